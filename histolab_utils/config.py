@@ -1,0 +1,135 @@
+"""Run profiles, device choice and seeding, kept in one place.
+
+``HISTO_PROFILE=smoke`` (the default: CPU, 2 cores, a minute or two per notebook, used by CI)
+and ``HISTO_PROFILE=full`` (GPU, real results) run the same code; only the sizes and step
+counts below differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+PROFILE_ENV = "HISTO_PROFILE"
+PROFILES = ("smoke", "full")
+
+
+@dataclass(frozen=True)
+class DataTourConfig:
+    """Notebook 00: how many crops to draw for the crop gallery and colour statistics."""
+
+    crop_size: int
+    n_crops: int
+    gallery_size: int
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """Every size and step count of every notebook, for one profile."""
+
+    name: str
+    seed: int
+    data_tour: DataTourConfig
+
+
+_CONFIGS = {
+    "smoke": ProfileConfig(
+        name="smoke", seed=0, data_tour=DataTourConfig(crop_size=64, n_crops=256, gallery_size=16),
+    ),
+    "full": ProfileConfig(
+        name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
+    ),
+}
+
+
+def current_profile() -> str:
+    """The profile named by ``HISTO_PROFILE`` (``smoke`` when unset)."""
+    name = os.environ.get(PROFILE_ENV, "smoke").strip().lower() or "smoke"
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV}={os.environ[PROFILE_ENV]!r} is not a profile; use one of {PROFILES}")
+    return name
+
+
+def load_config(profile: str | None = None) -> ProfileConfig:
+    """The frozen config of ``profile`` (default: ``HISTO_PROFILE``)."""
+    name = current_profile() if profile is None else profile
+    if name not in _CONFIGS:
+        raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
+    return _CONFIGS[name]
+
+
+def pick_device(prefer: str | None = None):
+    """CUDA when present (or ``prefer``, e.g. ``"cpu"``), else CPU. Returns a ``torch.device``."""
+    import torch
+
+    if prefer:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices). With ``deterministic``, also make torch
+    refuse non-deterministic kernels, and check that the switch really took effect."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+        if not torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError("torch did not enable deterministic algorithms")
+
+
+def config_lines(config: Any, prefix: str = "") -> Iterable[str]:
+    """Flatten a (nested) dataclass into ``key = value`` lines."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from config_lines(value, prefix=f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name} = {value!r}"
+
+
+@dataclass
+class NotebookContext:
+    """What a notebook's setup cell gets back: its config, device and start time."""
+
+    notebook: str
+    config: ProfileConfig
+    device: Any
+    started: float
+
+    @property
+    def profile(self) -> str:
+        return self.config.name
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def save_metrics(self, metrics: dict, headline: Iterable[str] = ()) -> "os.PathLike[str]":
+        """Write this notebook's metrics JSON, stamped with the wall time so far."""
+        from .report import save_metrics
+
+        return save_metrics(self.notebook, metrics, profile=self.profile, wall_time_s=self.elapsed(),
+                            headline=headline)
+
+
+def setup_notebook(notebook: str, profile: str | None = None, *, deterministic: bool = False) -> NotebookContext:
+    """The setup cell of every notebook: load the profile, pick the device, seed, print it all."""
+    started = time.perf_counter()
+    config = load_config(profile)
+    device = pick_device()
+    seed_everything(config.seed, deterministic=deterministic)
+    print(f"notebook {notebook} | profile {config.name} | device {device}")
+    for line in config_lines(config):
+        print("  " + line)
+    return NotebookContext(notebook=notebook, config=config, device=device, started=started)

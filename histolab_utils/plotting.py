@@ -1,0 +1,61 @@
+"""Small matplotlib helpers shared by the notebooks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+TYPE_COLOURS = {  # RGB in [0, 1]; 0 is background
+    1: (0.10, 0.75, 0.25),
+    2: (0.95, 0.75, 0.10),
+    3: (0.90, 0.15, 0.15),
+    4: (0.20, 0.45, 0.95),
+    5: (0.70, 0.30, 0.90),
+    6: (0.10, 0.80, 0.85),
+}
+
+
+def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend nuclei coloured by type into the image, with instance outlines drawn solid."""
+    from skimage.segmentation import find_boundaries
+
+    out = image.astype(np.float32) / 255.0
+    for type_id, colour in TYPE_COLOURS.items():
+        inside = type_mask == type_id
+        out[inside] = (1 - alpha) * out[inside] + alpha * np.asarray(colour)
+    edges = find_boundaries(inst_mask, mode="inner") & (type_mask > 0)
+    out[edges] = np.asarray([TYPE_COLOURS.get(int(t), (1, 1, 1)) for t in type_mask[edges]]).reshape(-1, 3)
+    return (out * 255).round().astype(np.uint8)
+
+
+def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_heldout: str = "tab:red") -> None:
+    """Show an ``HEImage`` with its train and held-out regions outlined and labelled."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image.image)
+    for region, colour in (("train", colour_train), ("heldout", colour_heldout)):
+        x0, y0, x1, y1 = image.region_box(region)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0 - 1, y1 - y0 - 1, fill=False, lw=2, ec=colour))
+        ax.text(x0 + 5, y0 + 5, region, color="white", va="top", fontsize=8,
+                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+    ax.set_title(image.name, fontsize=9)
+    ax.axis("off")
+
+
+def image_grid(images: Sequence[np.ndarray] | np.ndarray, ncols: int = 8, titles: Sequence[str] | None = None,
+               size: float = 1.6):
+    """A figure showing uint8 images in a grid; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig

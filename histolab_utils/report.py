@@ -1,0 +1,172 @@
+"""Metrics JSON per notebook, and the run summary built from them.
+
+``reports/<profile>/metrics/<notebook>.json`` holds the notebook's own metrics plus a stamp:
+profile, hardware, package versions, git commit and wall time, so every number can be traced
+to the run that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .config import current_profile
+from .paths import atomic_write_text, project_root, reports_dir
+
+STAMPED_PACKAGES = ("histolab_utils", "torch", "diffusers", "accelerate", "torchmetrics", "numpy", "openslide-python")
+
+
+def metrics_dir(profile: str | None = None) -> Path:
+    return reports_dir() / (profile or current_profile()) / "metrics"
+
+
+def package_versions(names: Iterable[str] = STAMPED_PACKAGES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    """CPU and accelerator description for the stamp."""
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with ``-dirty`` when it has uncommitted changes (None outside git)."""
+    try:
+        root = project_root()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy / pandas / torch scalars and arrays into JSON types; NaN becomes None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # pandas objects
+        return to_jsonable(value.to_dict())
+    if hasattr(value, "detach"):  # torch tensors
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"metric value of type {type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def save_metrics(
+    notebook: str,
+    metrics: Mapping[str, Any],
+    *,
+    profile: str | None = None,
+    wall_time_s: float | None = None,
+    headline: Iterable[str] = (),
+) -> Path:
+    """Write ``reports/<profile>/metrics/<notebook>.json`` atomically and return its path.
+
+    ``headline`` names the metrics shown in the run summary; each must be a key of ``metrics``.
+    """
+    if not notebook or "/" in notebook or notebook.endswith(".ipynb"):
+        raise ValueError(f"notebook must be a bare name like '00_data_tour', got {notebook!r}")
+    headline = list(headline)
+    missing = [k for k in headline if k not in metrics]
+    if missing:
+        raise KeyError(f"headline metrics {missing} are not in the metrics of {notebook}")
+    profile = profile or current_profile()
+    record = {
+        "notebook": notebook,
+        "profile": profile,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 2),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        "packages": package_versions(),
+        "headline": headline,
+        "metrics": to_jsonable(dict(metrics)),
+    }
+    path = metrics_dir(profile) / f"{notebook}.json"
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_metrics(notebook: str, profile: str | None = None) -> dict[str, Any]:
+    path = metrics_dir(profile) / f"{notebook}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics for {notebook} in profile {profile or current_profile()}: {path}")
+    return json.loads(path.read_text())
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def headline_text(record: Mapping[str, Any]) -> str:
+    metrics = record.get("metrics", {})
+    return ", ".join(f"{k}={_format_value(metrics[k])}" for k in record.get("headline", []) if k in metrics)
+
+
+def build_summary(results: Iterable[Mapping[str, Any]], profile: str) -> str:
+    """Markdown summary of a run: one row per notebook (status, wall time, headline metrics).
+
+    Each result has ``notebook``, ``status`` and ``wall_time_s`` (the runner's clock); headline
+    metrics come from the notebook's metrics JSON when it wrote one.
+    """
+    lines = [
+        f"# Run summary ({profile} profile)",
+        "",
+        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} at commit "
+        f"`{git_commit() or 'unknown'}` on {hardware()['gpu'] or 'CPU'} ({os.cpu_count()} cores).",
+        "",
+    ]
+    if profile == "smoke":
+        lines += ["Smoke-profile numbers check that the pipeline runs; they are not quality results.", ""]
+    lines += ["| notebook | status | wall time (s) | headline metrics |", "|---|---|---|---|"]
+    for result in results:
+        path = metrics_dir(profile) / f"{result['notebook']}.json"
+        headline = headline_text(json.loads(path.read_text())) if path.is_file() else "(no metrics written)"
+        wall = result.get("wall_time_s")
+        wall_text = "-" if wall is None else f"{wall:.1f}"
+        lines.append(f"| {result['notebook']} | {result['status']} | {wall_text} | {headline} |")
+    return "\n".join(lines) + "\n"

