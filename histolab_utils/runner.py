@@ -61,14 +61,13 @@ def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    os.environ[PROFILE_ENV] = profile  # the kernel inherits this process's environment
     client = NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
     )
     started = time.perf_counter()
     error: str | None = None
     try:
-        client.execute()
+        client.execute(env={**os.environ, PROFILE_ENV: profile})
     except CellExecutionError as exc:
         error = describe_failure(exc)
     except Exception as exc:  # a dead kernel or a timeout: still report which notebook

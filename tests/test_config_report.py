@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from histolab_utils import config, report
+
+
+def test_profile_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("HISTO_PROFILE", raising=False)
+    assert config.load_config().name == "smoke"
+    monkeypatch.setenv("HISTO_PROFILE", "full")
+    assert config.load_config().name == "full"
+    monkeypatch.setenv("HISTO_PROFILE", "fast")
+    with pytest.raises(ValueError, match="HISTO_PROFILE='fast'"):
+        config.load_config()
+
+
+def test_profiles_differ_only_in_sizes_and_are_frozen():
+    smoke, full = config.load_config("smoke"), config.load_config("full")
+    assert type(smoke.data_tour) is type(full.data_tour)
+    assert full.data_tour.n_crops > smoke.data_tour.n_crops
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke.seed = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="unknown profile"):
+        config.load_config("medium")
+
+
+def test_seed_everything_reproduces_random_streams():
+    config.seed_everything(7)
+    first = (torch.rand(3), np.random.rand(3))
+    config.seed_everything(7)
+    second = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_deterministic_mode_really_takes_effect():
+    try:
+        config.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_setup_notebook_prints_the_config(capsys, isolated_dirs):
+    ctx = config.setup_notebook("00_data_tour", profile="smoke")
+    out = capsys.readouterr().out
+    assert "profile smoke" in out and "data_tour.crop_size = 64" in out
+    assert ctx.device.type in {"cpu", "cuda"} and ctx.elapsed() >= 0
+
+
+def test_save_metrics_writes_stamped_json_atomically(isolated_dirs):
+    path = report.save_metrics(
+        "00_demo", {"n": np.int64(3), "score": np.float32(0.5), "bad": math.nan, "arr": np.arange(3)},
+        profile="smoke", wall_time_s=1.234, headline=["n", "score"],
+    )
+    assert path == isolated_dirs / "reports" / "smoke" / "metrics" / "00_demo.json"
+    record = json.loads(path.read_text())
+    assert record["metrics"] == {"n": 3, "score": 0.5, "bad": None, "arr": [0, 1, 2]}
+    assert record["profile"] == "smoke" and record["wall_time_s"] == 1.23
+    assert record["hardware"]["cpu_count"] >= 1 and "torch" in record["packages"]
+    assert "git_commit" in record and record["headline"] == ["n", "score"]
+    assert [p.name for p in path.parent.iterdir()] == ["00_demo.json"], "no temporary file left"
+
+
+def test_save_metrics_rejects_bad_input(isolated_dirs):
+    with pytest.raises(KeyError, match="missing"):
+        report.save_metrics("00_demo", {"a": 1}, headline=["missing"])
+    with pytest.raises(ValueError, match="bare name"):
+        report.save_metrics("notebooks/00_demo.ipynb", {"a": 1})
+    with pytest.raises(TypeError, match="object"):
+        report.save_metrics("00_demo", {"a": object()})
+    assert not (isolated_dirs / "reports" / "smoke" / "metrics" / "00_demo.json").exists()
+
+
+def test_summary_lists_each_notebook_with_its_headline(isolated_dirs):
+    report.save_metrics("00_a", {"n_images": 8, "other": 1}, profile="smoke", headline=["n_images"])
+    text = report.build_summary(
+        [{"notebook": "00_a", "status": "ok", "wall_time_s": 3.21},
+         {"notebook": "01_b", "status": "failed", "wall_time_s": 1.0}], "smoke")
+    assert "| 00_a | ok | 3.2 | n_images=8 |" in text
+    assert "| 01_b | failed | 1.0 | (no metrics written) |" in text
+    assert "not quality results" in text

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from histolab_utils.data import (
+    ANNOTATED_SET,
+    DEFAULT_SET,
+    IMAGES,
+    CropSampler,
+    HEImage,
+    dihedral,
+    load_image,
+    load_images,
+    load_polygons,
+    polygon_class_counts,
+    provenance_table,
+)
+from histolab_utils.stains import separate_stains, stain_concentrations
+
+
+def striped_image(height: int = 40, width: int = 100) -> HEImage:
+    """A synthetic image whose every pixel records its own (x, y), with masks equal to x."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs, ys, np.zeros_like(xs)], axis=-1).astype(np.uint8)
+    return HEImage(name="stripes", image=rgb, inst_mask=xs.astype(np.int32), type_mask=ys.astype(np.int32))
+
+
+def test_region_boxes_partition_the_image():
+    image = striped_image()
+    train, held = image.region_box("train"), image.region_box("heldout")
+    assert train == (0, 0, 75, 40) and held == (75, 0, 100, 40)
+    with pytest.raises(ValueError, match="region"):
+        image.region_box("test")
+
+
+@pytest.mark.parametrize("region", ["train", "heldout"])
+def test_crops_stay_inside_their_region_and_masks_follow_augmentation(region):
+    image = striped_image()
+    sampler = CropSampler([image], size=16, region=region, seed=1)
+    crops = sampler.sample_with_masks(200)
+    xs = crops.images[..., 0].astype(int)
+    if region == "train":
+        assert xs.max() < image.split_x
+    else:
+        assert xs.min() >= image.split_x
+    # The same rotation/flip was applied to image and masks.
+    assert np.array_equal(crops.inst_masks, xs)
+    assert np.array_equal(crops.type_masks, crops.images[..., 1].astype(int))
+    # Augmentation really happens: some crops have x increasing down the rows.
+    assert any(np.all(np.diff(c[:, 0]) == 1) for c in xs)
+
+
+def test_crop_sampler_is_reproducible_and_validates_input():
+    image = striped_image()
+    a = CropSampler([image], 8, seed=3).sample(10)
+    b = CropSampler([image], 8, seed=3).sample(10)
+    assert a.dtype == np.uint8 and a.shape == (10, 8, 8, 3) and np.array_equal(a, b)
+    with pytest.raises(ValueError, match="large enough"):
+        CropSampler([image], size=30, region="heldout")  # the held-out strip is 25 px wide
+    with pytest.raises(ValueError, match="size"):
+        CropSampler([image], size=0)
+
+
+def test_crop_positions_are_uniform_over_images():
+    big = HEImage(name="big", image=np.zeros((200, 400, 3), np.uint8))
+    small = HEImage(name="small", image=np.full((100, 100, 3), 255, np.uint8))
+    sampler = CropSampler([big, small], size=10, seed=0)
+    share_small = (sampler.sample(4000)[:, 0, 0, 0] == 255).mean()
+    expected = (66 * 91) / (66 * 91 + 291 * 191)
+    assert abs(share_small - expected) < 0.02
+
+
+def test_dihedral_gives_eight_distinct_transforms():
+    a = np.arange(12).reshape(3, 4)
+    outs = {dihedral(a, k, f).tobytes() + bytes(dihedral(a, k, f).shape) for k in range(4) for f in (False, True)}
+    assert len(outs) == 8
+
+
+def test_embedded_images_load_as_rgb_uint8(real_data):
+    for image in load_images(IMAGES):
+        assert image.image.dtype == np.uint8 and image.image.ndim == 3 and image.image.shape[2] == 3
+        assert not image.image.flags.writeable, "cached arrays are shared, so read-only"
+    assert set(ANNOTATED_SET) <= set(IMAGES) and set(DEFAULT_SET) <= set(IMAGES)
+    with pytest.raises(KeyError, match="known images"):
+        load_image("no_such_image")
+
+
+def test_hgsc_nest_masks_agree_with_its_polygons(real_data):
+    nest = load_image("hgsc_nest")
+    assert nest.shape == (1500, 1500)
+    assert len(np.unique(nest.inst_mask)) - 1 == 1294
+    assert set(np.unique(nest.type_mask)) == {0, 1, 2, 3}
+    polygons = load_polygons("hgsc_nest")
+    points = shapely.get_coordinates(shapely.point_on_surface(polygons["geometry"].to_numpy())).astype(int)
+    raster_types = nest.type_mask[points[:, 1].clip(0, 1499), points[:, 0].clip(0, 1499)]
+    names = np.array([nest.type_names.get(int(t), "?") for t in raster_types])
+    assert (names == polygons["class_name"].to_numpy()).mean() == 1.0
+
+
+def test_annotated_patches_have_instance_and_type_masks(real_data):
+    for name in ANNOTATED_SET:
+        image = load_image(name)
+        assert image.inst_mask.shape == image.shape and image.type_mask.shape == image.shape
+        assert image.inst_mask.max() > 0 and image.type_mask.max() > 0
+        # Every nucleus pixel has a type; hgsc_nest's type raster has 43 typed pixels outside
+        # any instance (rasterisation differences in the source), hence the tolerance.
+        assert np.all(image.type_mask[image.inst_mask > 0] > 0)
+        assert ((image.inst_mask > 0) == (image.type_mask > 0)).mean() > 0.9999
+
+
+def test_polygon_class_counts_of_the_whole_slide(real_data):
+    counts = polygon_class_counts("hgsc_tissue_wsi.parquet")
+    assert counts.sum() == 3712 and counts["stroma"] == 1170
+    with pytest.raises(ValueError, match="no polygon"):
+        load_polygons("tiatoolbox_target")
+
+
+def test_provenance_table_lists_every_image(real_data):
+    table = provenance_table()
+    assert list(table["image"]) == list(IMAGES)
+    assert table["height"].notna().all() and set(table["licence"]) <= {"BSD-3-Clause", "MIT", "Apache-2.0"}
+
+
+def test_real_crops_of_both_regions(real_data):
+    images = load_images()
+    train = CropSampler(images, 64, "train", seed=0).sample(32)
+    held = CropSampler(images, 64, "heldout", seed=0).sample(32)
+    assert train.shape == held.shape == (32, 64, 64, 3)
+    assert 100 < train.mean() < 230, "H&E crops are neither black nor blank"
+
+
+def test_haematoxylin_concentrates_in_nuclei(real_data):
+    nest = load_image("hgsc_nest")
+    hed = stain_concentrations(nest.image)
+    nuclei = nest.type_mask > 0
+    assert hed[..., 0][nuclei].mean() > hed[..., 0][~nuclei].mean() * 1.3
+    stains = separate_stains(nest.image[:64, :64])
+    assert set(stains) == {"haematoxylin", "eosin", "dab"}
+    assert all(s.dtype == np.uint8 and s.shape == (64, 64, 3) for s in stains.values())
+    with pytest.raises(ValueError, match="uint8"):
+        stain_concentrations(nest.image.astype(float))
