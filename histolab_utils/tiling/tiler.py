@@ -18,10 +18,11 @@ slide is complete, and the manifest is written last, atomically.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,7 +36,7 @@ from .slide import Slide, SlideError, open_slide
 from .tissue import TissueMethod, tissue_mask
 
 MANIFEST_COLUMNS = ["slide", "level", "x", "y", "size", "mpp", "tissue_fraction"]
-THUMBNAIL_SIZE = 2048
+THUMBNAIL_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -218,18 +219,24 @@ def write_tiles(
         (staging / "tiles").mkdir()
         if annotations is not None:
             (staging / "masks").mkdir()
-        for x, y, tile in _iter_tiles(slide, plan, params.tile_size):
-            stem = f"{plan.slide}_x{x}_y{y}"
-            _save_png(tile, staging / "tiles" / f"{stem}.png", params.png_compress_level)
-            row = {"x": x, "y": y, "path": f"tiles/{plan.slide}/{stem}.png"}
-            if annotations is not None:
-                box = (x, y, x + plan.footprint, y + plan.footprint)
-                rasters = rasterize(annotations, box, (params.tile_size, params.tile_size))
-                _save_png(rasters["label"], staging / "masks" / f"{stem}_label.png", params.png_compress_level)
-                _save_png(rasters["instance"], staging / "masks" / f"{stem}_instance.png", params.png_compress_level)
-                row["mask_path"] = f"masks/{plan.slide}/{stem}_label.png"
-                row["instance_path"] = f"masks/{plan.slide}/{stem}_instance.png"
-            rows.append(row)
+        level = params.png_compress_level
+        # Pillow releases the GIL while encoding PNG, so threads overlap encoding with reading.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as encoder:
+            pending = []
+            for x, y, tile in _iter_tiles(slide, plan, params.tile_size):
+                stem = f"{plan.slide}_x{x}_y{y}"
+                pending.append(encoder.submit(_save_png, tile, staging / "tiles" / f"{stem}.png", level))
+                row = {"x": x, "y": y, "path": f"tiles/{plan.slide}/{stem}.png"}
+                if annotations is not None:
+                    box = (x, y, x + plan.footprint, y + plan.footprint)
+                    rasters = rasterize(annotations, box, (params.tile_size, params.tile_size))
+                    for kind in ("label", "instance"):
+                        path = staging / "masks" / f"{stem}_{kind}.png"
+                        pending.append(encoder.submit(_save_png, rasters[kind], path, level))
+                        row[f"{'mask' if kind == 'label' else kind}_path"] = f"masks/{plan.slide}/{stem}_{kind}.png"
+                rows.append(row)
+            for future in pending:
+                future.result()  # re-raise any write error before the folder is renamed into place
         for kind in ("tiles", "masks"):
             target = out_dir / kind / plan.slide
             if target.exists():
