@@ -36,7 +36,7 @@ unit: setup
 
 nbval: setup
 	@echo ">> notebooks under nbval (smoke profile, one after another)"
-	HISTO_PROFILE=smoke $(PY) -m pytest --nbval-lax --nbval-current-env notebooks
+	HISTO_PROFILE=smoke HISTO_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
 
 test: unit nbval
 

@@ -30,20 +30,39 @@ class DataTourConfig:
 
 
 @dataclass(frozen=True)
+class TilingConfig:
+    """Notebook 01: tiling the CMU slide and the HGSC image, and stain normalisation."""
+
+    tile_size: int
+    overlap: float
+    min_tissue: float
+    hgsc_tile_size: int
+    target_label: str
+    min_label: float
+    gallery_size: int
+    stain_batch: int
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
     name: str
     seed: int
     data_tour: DataTourConfig
+    tiling: TilingConfig
 
 
 _CONFIGS = {
     "smoke": ProfileConfig(
         name="smoke", seed=0, data_tour=DataTourConfig(crop_size=64, n_crops=256, gallery_size=16),
+        tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
+                            target_label="neoplastic", min_label=0.1, gallery_size=16, stain_batch=16),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
+        tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
+                            target_label="neoplastic", min_label=0.1, gallery_size=32, stain_batch=128),
     ),
 }
 

@@ -45,7 +45,7 @@ def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_heldout: str
 
 def image_grid(images: Sequence[np.ndarray] | np.ndarray, ncols: int = 8, titles: Sequence[str] | None = None,
                size: float = 1.6):
-    """A figure showing uint8 images in a grid; returns the figure."""
+    """A figure showing uint8 images in a grid (``None`` leaves a cell empty); returns the figure."""
     import matplotlib.pyplot as plt
 
     n = len(images)
@@ -53,9 +53,31 @@ def image_grid(images: Sequence[np.ndarray] | np.ndarray, ncols: int = 8, titles
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i < n:
+        if i < n and images[i] is not None:  # None leaves a cell empty
             ax.imshow(images[i])
             if titles is not None:
                 ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def draw_tile_grid(ax, plan, *, kept_colour: str = "lime", rejected_colour: str = "red", show_rejected: bool = True,
+                   label_map_alpha: float = 0.0) -> None:
+    """Draw a ``TilePlan`` on its thumbnail: kept tiles in one colour, rejected tiles (that touch
+    tissue) in another. With ``label_map_alpha`` > 0 the annotation label map is blended in."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(plan.thumbnail)
+    if label_map_alpha and plan.label_map is not None:
+        ax.imshow(np.ma.masked_equal(plan.label_map, 0), cmap="tab10", alpha=label_map_alpha, interpolation="nearest")
+    side = plan.footprint * plan.thumb_scale
+    grid = plan.grid
+    for keep, colour, width in ((False, rejected_colour, 0.6), (True, kept_colour, 1.0)):
+        if not keep and not show_rejected:
+            continue
+        rows = grid[(grid["keep"] == keep) & ((grid["tissue_fraction"] > 0) | keep)]
+        boxes = [Rectangle((x * plan.thumb_scale, y * plan.thumb_scale), side, side) for x, y in zip(rows["x"], rows["y"])]
+        ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour, linewidth=width, alpha=0.8))
+    ax.set_title(f"{plan.slide}: {int(grid['keep'].sum())} kept / {len(grid)} grid tiles", fontsize=9)
+    ax.axis("off")

@@ -22,6 +22,7 @@ from typing import Sequence
 from .config import PROFILE_ENV, PROFILES
 from .paths import atomic_path, atomic_write_text, project_root, reports_dir
 from .report import build_summary, metrics_dir
+from .widgets import HEADLESS_ENV
 
 NUMBERED = re.compile(r"^\d{2}_.+\.ipynb$")
 
@@ -55,7 +56,8 @@ def describe_failure(error: Exception) -> str:
 
 
 def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int) -> NotebookResult:
-    """Run one notebook in a fresh kernel with ``cwd`` = its folder and ``HISTO_PROFILE`` set."""
+    """Run one notebook in a fresh kernel with ``cwd`` = its folder, ``HISTO_PROFILE`` set and
+    ``HISTO_HEADLESS=1`` (no widgets are built: see ``histolab_utils.widgets``)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -67,7 +69,7 @@ def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int
     started = time.perf_counter()
     error: str | None = None
     try:
-        client.execute(env={**os.environ, PROFILE_ENV: profile})
+        client.execute(env={**os.environ, PROFILE_ENV: profile, HEADLESS_ENV: "1"})
     except CellExecutionError as exc:
         error = describe_failure(exc)
     except Exception as exc:  # a dead kernel or a timeout: still report which notebook
@@ -78,7 +80,7 @@ def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int
     return NotebookResult(path.stem, "failed" if error else "ok", wall, error)
 
 
-def run(profile: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int = 1800) -> list[NotebookResult]:
+def run(profile: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int = 900) -> list[NotebookResult]:
     """Execute the notebooks one after another, stopping at the first failure."""
     notebooks = numbered_notebooks(notebook_dir, only)
     out = reports_dir() / profile
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "smoke"), choices=PROFILES)
     parser.add_argument("--notebooks", type=Path, default=None, help="folder of notebooks (default: notebooks/)")
     parser.add_argument("--only", nargs="*", default=(), help="run only notebooks whose name starts with these")
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
     args = parser.parse_args(argv)
     folder = args.notebooks or project_root() / "notebooks"
     try:

@@ -78,7 +78,8 @@ class TilePlan:
     mpp: float | None  # of the output tiles
     grid: pd.DataFrame  # x, y (level 0), tissue_fraction, frac_<class>..., keep
     thumbnail: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray  # tissue, at thumbnail resolution
+    thumb_scale: float  # thumbnail pixels per level-0 pixel
     label_map: np.ndarray | None = None  # class ids at thumbnail resolution
     classes: tuple[str, ...] = field(default=())
 
@@ -163,7 +164,7 @@ def plan_tiles(
     grid["keep"] = keep
     read_size = int(round(footprint / slide.level_downsamples[level]))
     return TilePlan(slide=slide.name, level=level, read_size=read_size, footprint=footprint, mpp=mpp,
-                    grid=grid, thumbnail=thumb, mask=mask, label_map=label_map, classes=classes)
+                    grid=grid, thumbnail=thumb, mask=mask, thumb_scale=sx, label_map=label_map, classes=classes)
 
 
 def _save_png(array: np.ndarray, path: Path, compress_level: int) -> None:
