@@ -1,0 +1,85 @@
+"""Sampling from a trained diffusion model with DDPM, DDIM or DPM-Solver++, to uint8 images."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .schedules import make_scheduler
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 100, "dpm": 20}  # what the notebooks use per sampler
+
+
+def unet_denoiser(unet) -> Denoiser:
+    """Wrap a diffusers ``UNet2DModel`` as ``denoiser(x, t) -> prediction``."""
+    return lambda x, t: unet(x, t).sample
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW float -> uint8 NHWC."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    scheduler,
+    n: int,
+    image_size: int,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    channels: int = 3,
+) -> np.ndarray:
+    """``n`` samples as uint8 [n, size, size, channels], drawn with ``scheduler``'s sampler.
+
+    The noise comes from a seeded generator, so a (model, scheduler, steps, seed) is reproducible.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        scheduler.set_timesteps(steps)
+        x = torch.randn((count, channels, image_size, image_size), generator=generator).to(device, dtype)
+        x = x * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t)
+            prediction = denoiser(model_input, t.to(device))
+            x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
+        out.append(to_uint8(x.float()))
+    return np.concatenate(out) if out else np.zeros((0, image_size, image_size, channels), np.uint8)
+
+
+def sample_timed(denoiser: Denoiser, sampler: str, schedule: str, n: int, image_size: int, steps: int,
+                 prediction_type: str = "epsilon", **kwargs) -> tuple[np.ndarray, dict]:
+    """Sample with a named sampler and schedule; also return NFE and seconds per image."""
+    scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type)
+    calls = 0
+
+    def counting(x, t):
+        nonlocal calls
+        calls += 1
+        return denoiser(x, t)
+
+    started = time.perf_counter()
+    images = sample(counting, scheduler, n, image_size, steps=steps, **kwargs)
+    seconds = time.perf_counter() - started
+    batches = max(1, -(-n // kwargs.get("batch_size", 64)))
+    return images, {"nfe": calls // batches, "seconds_per_image": seconds / max(n, 1)}
+
+
+def sample_grid(images: np.ndarray, ncols: int = 8) -> np.ndarray:
+    """Tile uint8 NHWC images into one uint8 image (rows of ``ncols``), padding with white."""
+    n, h, w, c = images.shape
+    rows = -(-n // ncols)
+    grid = np.full((rows * h, ncols * w, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, ncols)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+    return grid
