@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from histolab_utils.sampling import sample, unet_denoiser
+from histolab_utils.schedules import make_scheduler
+from histolab_utils.training import DiffusionTrainer, TrainConfig, TrainingDiverged
+
+TINY = dict(image_size=16, batch_size=4, block_out_channels=(8, 16), layers_per_block=1, warmup_steps=2,
+            learning_rate=1e-3, ema_decay=0.9)
+
+
+@pytest.fixture(scope="module")
+def crops():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+
+
+def test_resume_is_bitwise_identical_to_training_straight_through(tmp_path, crops):
+    config = TrainConfig(schedule="cosine", steps=8, checkpoint_every=4, **TINY)
+    straight = DiffusionTrainer(config, crops, tmp_path / "straight", progress=False)
+    straight.train()
+
+    first = DiffusionTrainer(config, crops, tmp_path / "resumed", progress=False)
+    first.train(steps=4)
+    second = DiffusionTrainer(config, crops, tmp_path / "resumed", progress=False)
+    second.train(resume=True)
+    assert second.step == 8
+    a, b = weights(straight), weights(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a = dict(straight.ema_unet().state_dict())
+    ema_b = dict(second.ema_unet().state_dict())
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert list(second.loss_frame()["loss"]) == list(straight.loss_frame()["loss"])
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, crops, monkeypatch):
+    config = TrainConfig(schedule="linear", steps=10, checkpoint_every=3, **TINY)
+    trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    original = trainer._loss
+    monkeypatch.setattr(trainer, "_loss", lambda x0: original(x0) * (float("nan") if trainer.step == 4 else 1.0))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5 .*step-3"):
+        trainer.train()
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-3"]
+    resumed = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    assert resumed.resume() and resumed.step == 3
+
+
+def test_sigmoid_model_is_saved_as_a_loadable_pipeline_and_samples_with_every_sampler(tmp_path, crops):
+    from diffusers import DDPMPipeline
+
+    config = TrainConfig(schedule="sigmoid", steps=3, checkpoint_every=3, **TINY)
+    trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    log = trainer.train()
+    assert list(log.columns) == ["step", "loss", "lr"] and len(log) == 3 and (tmp_path / "loss.csv").is_file()
+    folder = trainer.save_pipeline()
+    pipeline = DDPMPipeline.from_pretrained(folder)
+    assert np.allclose(pipeline.scheduler.betas.numpy(), make_scheduler("ddpm", "sigmoid").betas.numpy())
+    denoiser = unet_denoiser(pipeline.unet)
+    for sampler, steps in (("ddim", 5), ("dpm", 5), ("ddpm", 5)):
+        images = sample(denoiser, make_scheduler(sampler, "sigmoid"), n=2, image_size=16, steps=steps)
+        assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    out = pipeline(batch_size=1, num_inference_steps=2, output_type="np")
+    assert out.images.shape == (1, 16, 16, 3)
+
+
+def test_bad_crops_are_rejected(tmp_path):
+    config = TrainConfig(steps=1, **TINY)
+    with pytest.raises(ValueError, match="crops are 8 px but config.image_size is 16"):
+        DiffusionTrainer(config, np.zeros((4, 8, 8, 3), np.uint8), tmp_path)
+    with pytest.raises(ValueError, match="uint8"):
+        DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.float32), tmp_path)
