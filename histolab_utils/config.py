@@ -44,6 +44,27 @@ class TilingConfig:
 
 
 @dataclass(frozen=True)
+class DDPMConfig:
+    """Notebook 03 and ``python -m histolab_utils.train ddpm``: one DDPM per schedule."""
+
+    image_size: int
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    checkpoint_every: int
+    compile: bool
+    n_train_crops: int
+    n_eval: int  # samples per (schedule, sampler), and real crops per floor set
+    sampler_steps: tuple[tuple[str, int], ...]
+    prediction_type: str = "epsilon"
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -51,6 +72,7 @@ class ProfileConfig:
     seed: int
     data_tour: DataTourConfig
     tiling: TilingConfig
+    ddpm: DDPMConfig
 
 
 _CONFIGS = {
@@ -58,11 +80,19 @@ _CONFIGS = {
         name="smoke", seed=0, data_tour=DataTourConfig(crop_size=64, n_crops=256, gallery_size=16),
         tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
                             target_label="neoplastic", min_label=0.1, gallery_size=16, stain_batch=16),
+        ddpm=DDPMConfig(image_size=32, train_steps=150, batch_size=16, learning_rate=1e-3, warmup_steps=15,
+                        ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1, attention=False,
+                        checkpoint_every=75, compile=False, n_train_crops=1024, n_eval=24,
+                        sampler_steps=(("ddpm", 200), ("ddim", 50), ("dpm", 20))),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
         tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
                             target_label="neoplastic", min_label=0.1, gallery_size=32, stain_batch=128),
+        ddpm=DDPMConfig(image_size=64, train_steps=20000, batch_size=64, learning_rate=2e-4, warmup_steps=500,
+                        ema_decay=0.999, block_out_channels=(128, 256, 256, 512), layers_per_block=2, attention=True,
+                        checkpoint_every=2000, compile=True, n_train_crops=20000, n_eval=2000,
+                        sampler_steps=(("ddpm", 1000), ("ddim", 100), ("dpm", 20))),
     ),
 }
 

@@ -1,0 +1,73 @@
+"""Score generated samples against real crops, with the real-vs-real floors beside them.
+
+The real reference sets are random crops of the embedded default set: two independent draws
+from the train region and one from the held-out region, all with the same n as the samples
+(FID falls as n grows, so only equal-n numbers are comparable). Their Inception features are
+cached per (crop size, n, seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics
+from .data import DEFAULT_SET, CropSampler, load_images
+
+
+@dataclass
+class RealReference:
+    """Real crops and their Inception features, n each."""
+
+    image_size: int
+    n: int
+    train: np.ndarray
+    train_features: np.ndarray
+    train_b_features: np.ndarray  # an independent train draw, for the train-vs-train floor
+    heldout: np.ndarray
+    heldout_features: np.ndarray
+
+
+def real_reference(image_size: int, n: int, seed: int = 0) -> RealReference:
+    """Draw (and cache the features of) the real reference sets."""
+    images = load_images(DEFAULT_SET)
+    sets = {}
+    for name, region, offset in (("train", "train", 101), ("train_b", "train", 202), ("heldout", "heldout", 303)):
+        crops = CropSampler(images, image_size, region, seed=seed + offset).sample(n)
+        key = f"{','.join(DEFAULT_SET)}|{region}|{image_size}px|n={n}|seed={seed + offset}"
+        sets[name] = (crops, metrics.cached_features(key, lambda c=crops: metrics.inception_features(c)))
+    return RealReference(image_size, n, sets["train"][0], sets["train"][1], sets["train_b"][1],
+                         sets["heldout"][0], sets["heldout"][1])
+
+
+def floors(reference: RealReference) -> dict:
+    """FID/KID of real against real at the reference's n: the best a generator could score."""
+    kid_size = min(1000, reference.n)
+    return {
+        "n": reference.n,
+        "fid_train_vs_heldout": metrics.fid(reference.train_features, reference.heldout_features),
+        "fid_train_vs_train": metrics.fid(reference.train_features, reference.train_b_features),
+        "kid_train_vs_heldout": metrics.kid(reference.train_features, reference.heldout_features,
+                                            subset_size=kid_size)[0],
+    }
+
+
+def score_samples(samples: np.ndarray, reference: RealReference) -> dict:
+    """Every metric of one sample set: vs held-out (the headline), vs train, diversity, memorisation."""
+    if len(samples) != reference.n:
+        raise ValueError(f"score {reference.n} samples to compare with the floors at the same n, got {len(samples)}")
+    features = metrics.inception_features(samples)
+    kid_mean, kid_std = metrics.kid(reference.heldout_features, features, subset_size=min(1000, reference.n))
+    precision, recall = metrics.precision_recall(reference.heldout_features, features, k=min(3, reference.n - 1))
+    copies = metrics.memorisation(samples, reference.train)
+    return {
+        "fid_vs_heldout": metrics.fid(reference.heldout_features, features),
+        "kid_vs_heldout": kid_mean,
+        "kid_vs_heldout_std": kid_std,
+        "fid_vs_train": metrics.fid(reference.train_features, features),
+        "precision": precision,
+        "recall": recall,
+        "ms_ssim": metrics.ms_ssim_diversity(samples),
+        "near_copy_fraction": copies["near_copy_fraction"],
+    }
