@@ -129,13 +129,6 @@ def save_metrics(
     return path
 
 
-def load_metrics(notebook: str, profile: str | None = None) -> dict[str, Any]:
-    path = metrics_dir(profile) / f"{notebook}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics for {notebook} in profile {profile or current_profile()}: {path}")
-    return json.loads(path.read_text())
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

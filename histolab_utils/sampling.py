@@ -11,7 +11,6 @@ import torch
 from .schedules import make_scheduler
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 100, "dpm": 20}  # what the notebooks use per sampler
 
 
 def unet_denoiser(unet) -> Denoiser:

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -285,7 +284,3 @@ def plot_losses(logs: dict[str, pd.DataFrame], ax=None, smooth: int = 20):
     ax.set_yscale("log")
     ax.legend()
     return ax
-
-
-def images_per_second(batch_size: int, steps: int, seconds: float) -> float:
-    return batch_size * steps / seconds if seconds > 0 else math.nan
