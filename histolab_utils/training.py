@@ -77,7 +77,7 @@ def build_unet(config: TrainConfig):
 
 class BatchSource:
     """Random augmented batches from a resident uint8 crop tensor, drawn from a checkpointable
-    generator (registered with Accelerate, so resuming restores its exact state)."""
+    generator (one per process, saved with each checkpoint, so resuming restores its exact state)."""
 
     def __init__(self, crops: np.ndarray, device: torch.device, seed: int) -> None:
         if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
@@ -138,7 +138,10 @@ class DiffusionTrainer:
         precision = config.mixed_precision
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "no"
-        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.grad_accumulation)
+        # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
+        # not joined into one process group and every rank trains alone as "rank 0".
+        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.grad_accumulation,
+                                       cpu=not torch.cuda.is_available())
         set_seed(config.seed, device_specific=True)
         device = self.accelerator.device
         self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type)
@@ -157,7 +160,7 @@ class DiffusionTrainer:
         self.ema.to(device)
         seed = config.seed * 1000 + self.accelerator.process_index
         self.batches = BatchSource(crops, device, seed)
-        self.accelerator.register_for_checkpointing(self.ema, self.batches)
+        self.accelerator.register_for_checkpointing(self.ema)
         self.step = 0
         self.log: list[dict] = []
 
@@ -170,6 +173,10 @@ class DiffusionTrainer:
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(staging))
+        # accelerate saves registered objects from the main process only; every rank keeps its own
+        # batch/noise generator, so each saves it, and all must finish before the folder is renamed.
+        torch.save(self.batches.state_dict(), staging / f"batches_{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (staging / "trainer.json").write_text(json.dumps({"step": self.step, "log": self.log,
                                                               "config": asdict(self.config)}, default=list))
@@ -187,6 +194,11 @@ class DiffusionTrainer:
             return False
         latest = checkpoints[-1]
         self.accelerator.load_state(str(latest))
+        own = latest / f"batches_{self.accelerator.process_index}.pt"
+        if not own.is_file():
+            raise FileNotFoundError(f"{latest} has no generator state for process {self.accelerator.process_index} "
+                                    "(resumed with more processes than it was saved with?)")
+        self.batches.load_state_dict(torch.load(own))
         state = json.loads((latest / "trainer.json").read_text())
         self.step, self.log = state["step"], state["log"]
         return True

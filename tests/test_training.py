@@ -77,3 +77,21 @@ def test_bad_crops_are_rejected(tmp_path):
         DiffusionTrainer(config, np.zeros((4, 8, 8, 3), np.uint8), tmp_path)
     with pytest.raises(ValueError, match="uint8"):
         DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.float32), tmp_path)
+
+
+def test_two_processes_train_as_one_group_and_resume(tmp_path, real_data):
+    """The multi-process path (what `accelerate launch` / torchrun gives on several GPUs), on CPU."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "histolab_utils.train",
+               "ddpm", "--schedule", "cosine", "--profile", "smoke", "--out", str(out)]
+    for extra in (["--steps", "4"], ["--steps", "6", "--resume"]):
+        result = subprocess.run(command + extra, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.count("steps in") == 1, "only the main process reports"
+    checkpoint = out / "checkpoints" / "step-6"
+    states = [torch.load(checkpoint / f"batches_{rank}.pt")["generator"] for rank in (0, 1)]
+    assert not torch.equal(*states), "each rank draws its own batches"
+    assert (out / "pipeline" / "model_index.json").is_file()
