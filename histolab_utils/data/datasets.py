@@ -116,11 +116,15 @@ class HEImage:
         raise ValueError(f"region must be 'train', 'heldout' or 'all', not {region!r}")
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8, with an error that names the file when it is not an image."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable image: {error}") from None
 
 
 def _read_mask(path: Path, kind: Literal["inst", "type"]) -> np.ndarray:
@@ -150,7 +154,7 @@ def _readonly(array: np.ndarray | None) -> np.ndarray | None:
 @functools.lru_cache(maxsize=32)
 def _load_image_cached(name: str, root: Path | None) -> HEImage:
     spec = IMAGES[name]
-    image = _read_rgb(_locate(spec, root))
+    image = read_rgb(_locate(spec, root))
     inst = _read_mask(require_file(*spec.inst_mask, root), "inst") if spec.inst_mask else None
     typ = _read_mask(require_file(*spec.type_mask, root), "type") if spec.type_mask else None
     for label, mask in (("instance", inst), ("type", typ)):

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .datasets import HEImage
+from .datasets import HEImage, read_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -24,16 +24,6 @@ LIZARD_CLASSES = {1: "neutrophil", 2: "epithelial", 3: "lymphocyte", 4: "plasma"
 PANNUKE_CLASSES = {1: "neoplastic", 2: "inflammatory", 3: "connective", 4: "dead", 5: "epithelial"}
 # Kather et al., "NCT-CRC-HE-100K", 2018: one folder per tissue class.
 NCT_CRC_CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable image: {error}") from None
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -52,7 +42,7 @@ def load_patch_folder(root: str | Path, images: str = "images", masks: str = "ma
     if not paths:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
     for path in paths:
-        image = _read_rgb(path)
+        image = read_rgb(path)
         inst = None
         for candidate in (mask_dir / f"{path.stem}.npy", mask_dir / f"{path.stem}.png"):
             if candidate.is_file():
@@ -98,7 +88,7 @@ def load_lizard(root: str | Path) -> Iterator[HEImage]:
             raise ValueError(f"{label_path}: {len(ids)} ids but {len(classes)} classes")
         valid = ids <= inst.max()
         lookup[ids[valid]] = classes[valid]
-        image = _read_rgb(path)
+        image = read_rgb(path)
         if inst.shape != image.shape[:2]:
             raise ValueError(f"{label_path} has shape {inst.shape}, image {path} has {image.shape[:2]}")
         yield HEImage(name=path.stem, image=image, inst_mask=inst, type_mask=lookup[inst],
@@ -145,4 +135,4 @@ def nct_crc_table(root: str | Path) -> pd.DataFrame:
 
 
 def load_nct_crc_image(path: str | Path) -> np.ndarray:
-    return _read_rgb(Path(path))
+    return read_rgb(Path(path))
