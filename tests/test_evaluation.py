@@ -16,5 +16,8 @@ def test_scores_and_floors_on_real_crops(real_data):
     assert scores["fid_vs_heldout"] > floor["fid_train_vs_heldout"]
     copies = score_samples(reference.train.copy(), reference)
     assert copies["near_copy_fraction"] == 1.0 and scores["near_copy_fraction"] == 0.0
+    # Memorisation searches the crops the model trained on when they are given.
+    trained_on = np.concatenate([noise[:3], reference.heldout])
+    assert score_samples(noise, reference, training_crops=trained_on)["near_copy_fraction"] == 3 / 8
     with pytest.raises(ValueError, match="same n"):
         score_samples(noise[:4], reference)
