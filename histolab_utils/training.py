@@ -50,6 +50,9 @@ class TrainConfig:
     grad_accumulation: int = 1
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    in_channels: int = 3  # 3 for images; the VQ-GAN's latent channels for latent diffusion
+    num_classes: int = 0  # > 0: class-conditional, with class index num_classes as "no class"
+    label_dropout: float = 0.0  # probability of training on "no class" (classifier-free guidance)
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False
@@ -60,7 +63,8 @@ class TrainConfig:
 
 
 def build_unet(config: TrainConfig):
-    """A diffusers UNet2DModel for RGB images of ``config.image_size``."""
+    """A diffusers UNet2DModel for ``config.in_channels`` x ``config.image_size``², with a class
+    embedding of ``num_classes + 1`` entries (the last one: "no class") when conditional."""
     from diffusers import UNet2DModel
 
     levels = len(config.block_out_channels)
@@ -69,27 +73,48 @@ def build_unet(config: TrainConfig):
     if config.attention and levels > 1:
         down[-2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=config.image_size, in_channels=3, out_channels=3, layers_per_block=config.layers_per_block,
+        sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
+        num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
         block_out_channels=tuple(config.block_out_channels), down_block_types=tuple(down), up_block_types=tuple(up),
         norm_num_groups=min(32, min(config.block_out_channels)),
     )
 
 
 class BatchSource:
-    """Random augmented batches from a resident uint8 crop tensor, drawn from a checkpointable
-    generator (one per process, saved with each checkpoint, so resuming restores its exact state)."""
+    """Random batches from a resident training set, drawn from a checkpointable generator (one
+    per process, saved with each checkpoint, so resuming restores its exact state).
 
-    def __init__(self, crops: np.ndarray, device: torch.device, seed: int) -> None:
-        if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
-            raise ValueError(f"training crops must be uint8 [N, H, W, 3], got {crops.shape} {crops.dtype}")
-        self.data = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).to(device)
+    ``data`` is either uint8 images [N, H, W, 3] (scaled to [-1, 1], with a random dihedral
+    transform per element) or float latents [N, C, H, W] (used as they are: augment latents by
+    encoding augmented images). With ``labels``, :meth:`draw` also returns each element's label,
+    replaced by ``null_label`` with probability ``label_dropout`` (classifier-free guidance).
+    """
+
+    def __init__(self, data: np.ndarray, device: torch.device, seed: int, labels: np.ndarray | None = None,
+                 label_dropout: float = 0.0, null_label: int | None = None) -> None:
+        self.images = data.dtype == np.uint8
+        if self.images and (data.ndim != 4 or data.shape[-1] != 3):
+            raise ValueError(f"training images must be uint8 [N, H, W, 3], got {data.shape} {data.dtype}")
+        if not self.images and (data.ndim != 4 or not np.issubdtype(data.dtype, np.floating)):
+            raise ValueError(f"training latents must be float [N, C, H, W], got {data.shape} {data.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(data))
+        self.data = (tensor.permute(0, 3, 1, 2) if self.images else tensor.float()).to(device)
+        self.labels = None
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (len(data),):
+                raise ValueError(f"need one label per training example: {labels.shape} labels for {len(data)}")
+            self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+        self.label_dropout, self.null_label = label_dropout, null_label
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.device = device
 
-    def batch(self, size: int) -> torch.Tensor:
-        """A float batch in [-1, 1] with a random dihedral transform per batch element."""
-        index = torch.randint(len(self.data), (size,), generator=self.generator)
-        x = self.data[index.to(self.device)].float() / 127.5 - 1.0
+    def draw(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A float batch (and its labels, some dropped to ``null_label``, when there are labels)."""
+        index = torch.randint(len(self.data), (size,), generator=self.generator).to(self.device)
+        if not self.images:
+            return self.data[index], self._labels(index)
+        x = self.data[index].float() / 127.5 - 1.0
         turns = torch.randint(4, (size,), generator=self.generator)
         flips = torch.rand(size, generator=self.generator) < 0.5
         for k in range(4):
@@ -98,7 +123,20 @@ class BatchSource:
                 x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
         flip = flips.to(self.device)
         x[flip] = x[flip].flip(-1)
-        return x
+        return x, self._labels(index)
+
+    def _labels(self, index: torch.Tensor) -> torch.Tensor | None:
+        if self.labels is None:
+            return None
+        labels = self.labels[index]
+        if self.label_dropout > 0:
+            dropped = (torch.rand(len(index), generator=self.generator) < self.label_dropout).to(self.device)
+            labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+        return labels
+
+    def batch(self, size: int) -> torch.Tensor:
+        """A float batch without labels."""
+        return self.draw(size)[0]
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator).to(x.device, x.dtype)
@@ -118,51 +156,32 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
 
 
-class DiffusionTrainer:
-    """Train a UNet2DModel on uint8 crops with one noise schedule.
+def save_pretrained_atomic(model, folder: str | Path, extra: dict[str, dict] | None = None) -> Path:
+    """``model.save_pretrained`` into a staging folder that replaces ``folder`` only when complete;
+    ``extra`` maps file names to JSON-able dicts written beside it."""
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    for name, content in (extra or {}).items():
+        (staging / name).write_text(json.dumps(content, default=list, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
 
-    >>> trainer = DiffusionTrainer(TrainConfig(schedule="cosine", steps=500), crops, "runs/cosine")
-    >>> log = trainer.train()          # pandas DataFrame: step, loss, lr
-    >>> trainer.save_pipeline()        # runs/cosine/pipeline, loadable by DDPMPipeline.from_pretrained
+
+class AcceleratedTrainer:
+    """What every trainer of the project shares: the step loop with a progress bar, checkpoints
+    written aside and renamed (every ``config.checkpoint_every`` steps, keeping the last
+    ``config.keep_checkpoints``), exact resume, the non-finite-loss guard and the loss log.
+
+    A subclass sets ``config``, ``out_dir``, ``progress``, ``accelerator`` and ``batches`` (a
+    :class:`BatchSource`), then implements :meth:`train_step`, returning that step's log entries.
     """
 
-    def __init__(self, config: TrainConfig, crops: np.ndarray, out_dir: str | Path, progress: bool = True) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-        from diffusers.optimization import get_cosine_schedule_with_warmup
-        from diffusers.training_utils import EMAModel
-
-        if crops.shape[1] != config.image_size:
-            raise ValueError(f"crops are {crops.shape[1]} px but config.image_size is {config.image_size}")
-        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
-        precision = config.mixed_precision
-        if precision == "auto":
-            precision = "bf16" if torch.cuda.is_available() else "no"
-        # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
-        # not joined into one process group and every rank trains alone as "rank 0".
-        self.accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.grad_accumulation,
-                                       cpu=not torch.cuda.is_available())
-        set_seed(config.seed, device_specific=True)
-        device = self.accelerator.device
-        self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type)
-        self.train_steps = self.noise_scheduler.config.num_train_timesteps
-
-        model = build_unet(config)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        self.ema = EMAModel(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                      fused=device.type == "cuda")
-        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
-        if config.compile:
-            self.model = torch.compile(self.model)
-        self.ema.to(device)
-        seed = config.seed * 1000 + self.accelerator.process_index
-        self.batches = BatchSource(crops, device, seed)
-        self.accelerator.register_for_checkpointing(self.ema)
-        self.step = 0
-        self.log: list[dict] = []
+    name = "train"
+    step: int = 0
+    log: list[dict]
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -203,18 +222,17 @@ class DiffusionTrainer:
         self.step, self.log = state["step"], state["log"]
         return True
 
+    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        """Stop before a non-finite loss reaches the weights, naming the last good checkpoint."""
+        if not torch.isfinite(loss):
+            kept = _checkpoints(self.out_dir)
+            raise TrainingDiverged(
+                f"{what} became {loss.item()} at step {self.step + 1} ({self.name}); stopped. "
+                f"Last good checkpoint: {kept[-1] if kept else 'none written yet'}")
+
     # -- training ----------------------------------------------------------------------------
-    def _loss(self, x0: torch.Tensor) -> torch.Tensor:
-        noise = self.batches.randn_like(x0)
-        t = self.batches.timesteps(len(x0), self.train_steps)
-        noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        if self.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
-        with self.accelerator.autocast():
-            prediction = self.model(noisy, t).sample
-        return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    def train_step(self) -> dict:
+        raise NotImplementedError
 
     def train(self, steps: int | None = None, resume: bool = False) -> pd.DataFrame:
         """Train until ``steps`` (default ``config.steps``) optimiser steps have been taken in all."""
@@ -223,29 +241,15 @@ class DiffusionTrainer:
         if resume:
             self.resume()
         total = steps or self.config.steps
-        bar = tqdm(total=total, initial=self.step, desc=f"train {self.config.schedule}",
+        bar = tqdm(total=total, initial=self.step, desc=self.name,
                    disable=not (self.progress and self.accelerator.is_main_process))
         started = time.perf_counter()
         while self.step < total:
-            for _ in range(self.config.grad_accumulation):
-                with self.accelerator.accumulate(self.model):
-                    loss = self._loss(self.batches.batch(self.config.batch_size))
-                    if not torch.isfinite(loss):
-                        kept = _checkpoints(self.out_dir)
-                        raise TrainingDiverged(
-                            f"loss became {loss.item()} at step {self.step + 1} ({self.config.schedule} schedule); "
-                            f"stopped. Last good checkpoint: {kept[-1] if kept else 'none written yet'}")
-                    self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients:
-                        self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-                    self.optimizer.step()
-                    self.lr_scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(self.model.parameters())
+            entry = self.train_step()
             self.step += 1
-            self.log.append({"step": self.step, "loss": float(loss.detach()), "lr": self.lr_scheduler.get_last_lr()[0]})
+            self.log.append({"step": self.step, **entry})
             bar.update()
-            bar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}")
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
             if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         bar.close()
@@ -254,11 +258,114 @@ class DiffusionTrainer:
         return self.loss_frame()
 
     def loss_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.log, columns=["step", "loss", "lr"])
+        return pd.DataFrame(self.log)
 
     def save_log(self) -> None:
         if self.accelerator.is_main_process:
             atomic_write_text(self.out_dir / "loss.csv", self.loss_frame().to_csv(index=False))
+
+
+def make_accelerator(mixed_precision: str, grad_accumulation: int = 1):
+    """An Accelerator: ``"auto"`` precision is bf16 on CUDA and fp32 on CPU."""
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+    # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
+    # not joined into one process group and every rank trains alone as "rank 0".
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accumulation,
+                       cpu=not torch.cuda.is_available())
+
+
+def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
+    images = data.dtype == np.uint8
+    layout = "uint8 images [N, H, W, 3]" if images else "float latents [N, C, H, W]"
+    if data.ndim != 4:
+        raise ValueError(f"training data must be {layout}; got shape {data.shape}")
+    height, width, channels = (data.shape[1:3] + data.shape[3:]) if images else (data.shape[2:] + data.shape[1:2])
+    if (height, width) != (config.image_size, config.image_size):
+        raise ValueError(f"training data ({layout}, shape {data.shape}) are {height}x{width} px but "
+                         f"config.image_size is {config.image_size}")
+    if channels != config.in_channels:
+        raise ValueError(f"training data ({layout}, shape {data.shape}) have {channels} channels but "
+                         f"config.in_channels is {config.in_channels}")
+
+
+class DiffusionTrainer(AcceleratedTrainer):
+    """Train a UNet2DModel with one noise schedule, on uint8 crops or on float latents, optionally
+    conditioned on class labels (with label dropout for classifier-free guidance).
+
+    >>> trainer = DiffusionTrainer(TrainConfig(schedule="cosine", steps=500), crops, "runs/cosine")
+    >>> log = trainer.train()          # pandas DataFrame: step, loss, lr
+    >>> trainer.save_pipeline()        # runs/cosine/pipeline, loadable by DDPMPipeline.from_pretrained
+    """
+
+    def __init__(self, config: TrainConfig, crops: np.ndarray, out_dir: str | Path, progress: bool = True,
+                 labels: np.ndarray | None = None) -> None:
+        from accelerate.utils import set_seed
+        from diffusers.optimization import get_cosine_schedule_with_warmup
+        from diffusers.training_utils import EMAModel
+
+        _check_training_data(crops, config)
+        if (labels is None) != (config.num_classes == 0):
+            raise ValueError("give labels exactly when config.num_classes > 0 "
+                             f"(num_classes={config.num_classes}, labels {'given' if labels is not None else 'absent'})")
+        if labels is not None and (np.min(labels) < 0 or np.max(labels) >= config.num_classes):
+            raise ValueError(f"labels must lie in 0..{config.num_classes - 1}; got {np.min(labels)}..{np.max(labels)}")
+        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        self.name = f"train {config.schedule}" + (f" | {config.num_classes} classes" if config.num_classes else "")
+        self.accelerator = make_accelerator(config.mixed_precision, config.grad_accumulation)
+        set_seed(config.seed, device_specific=True)
+        device = self.accelerator.device
+        self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type)
+        self.train_steps = self.noise_scheduler.config.num_train_timesteps
+
+        model = build_unet(config)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.ema = EMAModel(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                      fused=device.type == "cuda")
+        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+        self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
+        if config.compile:
+            self.model = torch.compile(self.model)
+        self.ema.to(device)
+        seed = config.seed * 1000 + self.accelerator.process_index
+        self.batches = BatchSource(crops, device, seed, labels=labels, label_dropout=config.label_dropout,
+                                   null_label=config.num_classes)
+        self.accelerator.register_for_checkpointing(self.ema)
+        self.step = 0
+        self.log = []
+
+    def _loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        noise = self.batches.randn_like(x0)
+        t = self.batches.timesteps(len(x0), self.train_steps)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
+        if self.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        with self.accelerator.autocast():
+            prediction = self.model(noisy, t, class_labels=labels).sample
+        return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+    def train_step(self) -> dict:
+        for _ in range(self.config.grad_accumulation):
+            with self.accelerator.accumulate(self.model):
+                loss = self._loss(*self.batches.draw(self.config.batch_size))
+                self.check_finite(loss)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.model.parameters())
+        return {"loss": float(loss.detach()), "lr": self.lr_scheduler.get_last_lr()[0]}
+
+    def loss_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.log, columns=["step", "loss", "lr"])
 
     # -- outputs -----------------------------------------------------------------------------
     def ema_unet(self):
@@ -274,12 +381,7 @@ class DiffusionTrainer:
         folder = Path(folder or self.out_dir / "pipeline")
         if self.accelerator.is_main_process:
             pipeline = DDPMPipeline(unet=self.ema_unet(), scheduler=self.noise_scheduler)
-            staging = folder.with_name(f".{folder.name}.tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            pipeline.save_pretrained(staging)
-            (staging / "histolab_train_config.json").write_text(json.dumps(asdict(self.config), default=list, indent=2))
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
+            save_pretrained_atomic(pipeline, folder, {"histolab_train_config.json": asdict(self.config)})
         self.accelerator.wait_for_everyone()
         return folder
 

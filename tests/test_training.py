@@ -44,7 +44,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     config = TrainConfig(schedule="linear", steps=10, checkpoint_every=3, **TINY)
     trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
     original = trainer._loss
-    monkeypatch.setattr(trainer, "_loss", lambda x0: original(x0) * (float("nan") if trainer.step == 4 else 1.0))
+    monkeypatch.setattr(trainer, "_loss", lambda *args: original(*args) * (float("nan") if trainer.step == 4 else 1.0))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5 .*step-3"):
         trainer.train()
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -73,10 +73,29 @@ def test_sigmoid_model_is_saved_as_a_loadable_pipeline_and_samples_with_every_sa
 
 def test_bad_crops_are_rejected(tmp_path):
     config = TrainConfig(steps=1, **TINY)
-    with pytest.raises(ValueError, match="crops are 8 px but config.image_size is 16"):
+    with pytest.raises(ValueError, match=r"are 8x8 px but config.image_size is 16"):
         DiffusionTrainer(config, np.zeros((4, 8, 8, 3), np.uint8), tmp_path)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"float latents \[N, C, H, W\], shape \(4, 16, 16, 3\)"):
         DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.float32), tmp_path)
+    with pytest.raises(ValueError, match="have 4 channels but config.in_channels is 3"):
+        DiffusionTrainer(config, np.zeros((4, 4, 16, 16), np.float32), tmp_path)
+    with pytest.raises(ValueError, match="give labels exactly when config.num_classes > 0"):
+        DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.uint8), tmp_path, labels=np.zeros(4, int))
+
+
+def test_class_conditional_latent_training_drops_labels_to_the_null_class(tmp_path):
+    latents = np.random.default_rng(0).normal(size=(6, 4, 8, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    config = TrainConfig(steps=2, checkpoint_every=2, in_channels=4, num_classes=3, label_dropout=0.5,
+                         **{**TINY, "image_size": 8})
+    trainer = DiffusionTrainer(config, latents, tmp_path, progress=False, labels=labels)
+    x, y = trainer.batches.draw(400)
+    assert x.shape == (400, 4, 8, 8) and set(y.tolist()) == {0, 1, 2, 3}
+    assert 0.4 < (y == 3).float().mean() < 0.6  # the null class, at the dropout rate
+    assert trainer.model.class_embedding.num_embeddings == 4
+    assert len(trainer.train()) == 2
+    with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
+        DiffusionTrainer(config, latents, tmp_path, labels=labels + 1)
 
 
 def test_two_processes_train_as_one_group_and_resume(tmp_path, real_data):
