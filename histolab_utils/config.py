@@ -65,6 +65,61 @@ class DDPMConfig:
 
 
 @dataclass(frozen=True)
+class VQGANSection:
+    """Notebook 02: one VQ-GAN per entry of ``latent_channels`` (the first is kept for 04 and 05)."""
+
+    image_size: int
+    latent_channels: tuple[int, ...]
+    num_vq_embeddings: int
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    disc_start: int
+    perceptual_weight: float
+    checkpoint_every: int
+    n_train_crops: int
+    n_eval: int  # held-out crops for PSNR, SSIM and rFID
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    """Notebook 04: tiles of the default set, their latent features, UMAP and the clustering sweep."""
+
+    min_tissue: float  # fraction of a tile's pixels above the glass saturation floor
+    max_tiles: int  # a seeded random subset when the grid gives more
+    ks: tuple[int, ...]
+    umap_neighbors: int
+    gallery_size: int
+
+
+@dataclass(frozen=True)
+class LDMSection:
+    """Notebook 05: a class-conditional diffusion model on the VQ-GAN's latents."""
+
+    schedule: str
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    label_dropout: float
+    checkpoint_every: int
+    augment_copies: int  # dihedral copies of each training tile that are encoded
+    sampler: str
+    sampler_steps: int
+    guidance_scales: tuple[float, ...]
+    guidance: float  # the scale used for the per-cluster scores and gallery
+    min_eval_tiles: int  # clusters with fewer held-out tiles are not scored
+    gallery_size: int
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -73,6 +128,9 @@ class ProfileConfig:
     data_tour: DataTourConfig
     tiling: TilingConfig
     ddpm: DDPMConfig
+    vqgan: VQGANSection
+    clusters: ClusterSection
+    ldm: LDMSection
 
 
 _CONFIGS = {
@@ -84,6 +142,14 @@ _CONFIGS = {
                         ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1, attention=False,
                         checkpoint_every=75, compile=False, n_train_crops=1024, n_eval=24,
                         sampler_steps=(("ddpm", 200), ("ddim", 50), ("dpm", 20))),
+        vqgan=VQGANSection(image_size=32, latent_channels=(4,), num_vq_embeddings=256, block_out_channels=(16, 32, 32),
+                           layers_per_block=1, attention=False, train_steps=200, batch_size=16, learning_rate=1e-3,
+                           disc_start=100, perceptual_weight=0.1, checkpoint_every=100, n_train_crops=2048, n_eval=48),
+        clusters=ClusterSection(min_tissue=0.5, max_tiles=600, ks=(2, 3, 4, 5, 6), umap_neighbors=15, gallery_size=16),
+        ldm=LDMSection(schedule="cosine", train_steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
+                       ema_decay=0.99, block_out_channels=(32, 64), layers_per_block=1, attention=False,
+                       label_dropout=0.1, checkpoint_every=150, augment_copies=2, sampler="ddim", sampler_steps=20,
+                       guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4, gallery_size=8),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -93,6 +159,16 @@ _CONFIGS = {
                         ema_decay=0.999, block_out_channels=(128, 256, 256, 512), layers_per_block=2, attention=True,
                         checkpoint_every=2000, compile=True, n_train_crops=20000, n_eval=2000,
                         sampler_steps=(("ddpm", 1000), ("ddim", 100), ("dpm", 20))),
+        vqgan=VQGANSection(image_size=64, latent_channels=(4, 8), num_vq_embeddings=1024,
+                           block_out_channels=(128, 256, 256), layers_per_block=2, attention=True, train_steps=20000,
+                           batch_size=32, learning_rate=2e-4, disc_start=10000, perceptual_weight=0.5,
+                           checkpoint_every=2000, n_train_crops=20000, n_eval=1000),
+        clusters=ClusterSection(min_tissue=0.5, max_tiles=4000, ks=tuple(range(2, 17)), umap_neighbors=30,
+                                gallery_size=32),
+        ldm=LDMSection(schedule="cosine", train_steps=20000, batch_size=128, learning_rate=2e-4, warmup_steps=500,
+                       ema_decay=0.999, block_out_channels=(128, 256, 256), layers_per_block=2, attention=True,
+                       label_dropout=0.1, checkpoint_every=2000, augment_copies=8, sampler="dpm", sampler_steps=20,
+                       guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0, min_eval_tiles=20, gallery_size=16),
     ),
 }
 

@@ -49,6 +49,12 @@ def reports_dir() -> Path:
     return _resolve("HISTO_REPORTS_DIR", "reports")
 
 
+def runs_dir(profile: str | None = None) -> Path:
+    """Trained models: ``HISTO_RUNS_DIR`` (default ``runs/``), one folder per profile when given."""
+    root = _resolve("HISTO_RUNS_DIR", "runs")
+    return root / profile if profile else root
+
+
 @contextmanager
 def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.

@@ -64,6 +64,7 @@ def real_data() -> None:
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point reports (and a scratch data dir) at tmp so tests never touch the checkout."""
     monkeypatch.setenv("HISTO_REPORTS_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("HISTO_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("HISTO_PROFILE", "smoke")
     return tmp_path
 

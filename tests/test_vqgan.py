@@ -1,0 +1,109 @@
+"""The VQ-GAN pieces, its trainer, and the EfficientNet-Lite0 perceptual loss."""
+
+import numpy as np
+import pytest
+import torch
+
+from histolab_utils.vqgan import (
+    VQGANConfig, VQGANTrainer, adaptive_weight, check_tiles, codebook_stats, decode, encode, hinge_d_loss,
+    load_vqmodel, reconstruct, reconstruction_metrics,
+)
+
+TINY = dict(image_size=16, block_out_channels=(8, 16), num_vq_embeddings=32, batch_size=4, warmup_steps=1,
+            disc_start=2, disc_layers=1, disc_channels=8, perceptual_weight=0.0, learning_rate=1e-3)
+
+
+@pytest.fixture
+def crops():
+    return np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+
+
+def test_perceptual_backbone_recognises_photographs(real_data):
+    """The hand-written EfficientNet-Lite0 loads the shipped weights strictly and classifies skimage's
+    cat and coffee photographs as ImageNet cats (281-285) and espresso/cup (967, 968)."""
+    from skimage import data
+
+    from histolab_utils.perceptual import load_efficientnet_lite0
+
+    network = load_efficientnet_lite0()
+    for image, classes in ((data.chelsea(), range(281, 286)), (data.coffee(), (967, 968))):
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", antialias=True) / 127.5 - 1
+        with torch.no_grad():
+            top = network(x).argmax().item()
+        assert top in classes
+
+
+def test_perceptual_distance_is_zero_for_equal_images_and_grows_with_damage(real_data):
+    from histolab_utils.perceptual import PerceptualLoss
+
+    loss = PerceptualLoss()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    slightly, badly = x + 0.05 * torch.randn_like(x), x + 0.5 * torch.randn_like(x)
+    assert torch.allclose(loss(x, x), torch.zeros(2))
+    assert (loss(x, slightly) < loss(x, badly)).all()
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        loss(x, x[:, :2])
+
+
+def test_hinge_loss_and_adaptive_weight_by_hand():
+    assert hinge_d_loss(torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])).item() == pytest.approx(0.25 + 0.5)
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    rec, g = (3 * w).sum(), (w ** 2).sum()  # gradients (3, 3) and (2, 4): norms sqrt(18), sqrt(20)
+    assert adaptive_weight(rec, g, w).item() == pytest.approx(np.sqrt(18) / (np.sqrt(20) + 1e-4))
+
+
+def test_codebook_stats_by_hand():
+    stats = codebook_stats(np.array([[0, 0], [1, 1]]), codebook_size=4)
+    assert stats["codebook_usage"] == 0.5 and stats["perplexity"] == pytest.approx(2.0)
+    assert codebook_stats(np.zeros(10, int), 8)["perplexity"] == pytest.approx(1.0)
+
+
+def test_reconstruction_metrics_of_a_perfect_and_a_noisy_copy():
+    a = np.random.default_rng(1).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    noisy = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+    perfect, damaged = reconstruction_metrics(a, a), reconstruction_metrics(a, noisy)
+    assert perfect["ssim"] == pytest.approx(1.0) and perfect["psnr"] > 60
+    assert 25 < damaged["psnr"] < 30 and damaged["ssim"] < 1
+
+
+def test_bad_tiles_are_named():
+    with pytest.raises(ValueError, match="4 channels"):
+        check_tiles(np.zeros((2, 16, 16, 4), np.uint8))
+    with pytest.raises(ValueError, match="must be 16x16 px for this model; got 32x32"):
+        check_tiles(np.zeros((2, 32, 32, 3), np.uint8), 16)
+    with pytest.raises(ValueError, match="uint8"):
+        check_tiles(np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_training_resumes_exactly_and_saves_a_loadable_vqmodel(tmp_path, crops):
+    config = VQGANConfig(steps=4, checkpoint_every=2, **TINY)
+    straight = VQGANTrainer(config, crops, tmp_path / "straight", progress=False)
+    log = straight.train()
+    assert {"l1", "vq", "g_loss", "d_loss", "d_weight"} <= set(log.columns) and len(log) == 4
+    assert (log["d_weight"][:2] == 0).all() and (log["d_weight"][2:] > 0).all()  # the critic starts at step 2
+
+    first = VQGANTrainer(config, crops, tmp_path / "resumed", progress=False)
+    first.train(steps=2)
+    second = VQGANTrainer(config, crops, tmp_path / "resumed", progress=False)
+    second.train(resume=True)
+    for a, b in zip(straight.model.parameters(), second.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.critic.parameters(), second.critic.parameters()):
+        assert torch.equal(a, b)
+
+    folder = straight.save_model(scaling_crops=crops)
+    vqmodel = load_vqmodel(folder)
+    latents = encode(vqmodel, crops)
+    assert latents.shape == (12, 4, 8, 8)
+    assert vqmodel.config.scaling_factor == pytest.approx(1 / latents.std(), rel=1e-4)
+    images, codes = reconstruct(vqmodel, crops)
+    assert images.shape == crops.shape and images.dtype == np.uint8 and codes.shape == (12, 8, 8)
+    assert np.array_equal(decode(vqmodel, latents), images)  # decode quantises, as the forward pass does
+    with pytest.raises(FileNotFoundError, match="02_vqgan"):
+        load_vqmodel(tmp_path / "nowhere")
+
+
+def test_trainer_rejects_wrong_tiles(tmp_path, crops):
+    with pytest.raises(ValueError, match="must be 32x32 px"):
+        VQGANTrainer(VQGANConfig(steps=1, **{**TINY, "image_size": 32}), crops, tmp_path)
