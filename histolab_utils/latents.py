@@ -1,0 +1,140 @@
+"""Tiles of the embedded images, their VQ-GAN latent features, a 2-D UMAP, and reference labels.
+
+Notebook 04 cuts the default set into a grid of non-overlapping tiles (each wholly inside the
+train or the held-out region of its image), encodes them with the VQ-GAN of notebook 02, pools
+each latent map to one feature vector, and clusters those vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import DEFAULT_SET, HEImage, load_image, load_images
+
+# The two HGSC images are a tumour nest and a stromal area of the same cancer; no tissue-region
+# polygons ship for any image we have (those in the wheel belong to a slide without pixels).
+HGSC_TISSUE = {"hgsc_nest": "tumour nest", "hgsc_stroma": "stroma"}
+GLASS_SATURATION = 0.07  # HSV saturation that plain glass stays under (tiling.tissue's floor)
+
+
+@dataclass(frozen=True)
+class TileSet:
+    """uint8 tiles [N, S, S, 3] and one table row per tile (tile_id, image, x, y, region, tissue)."""
+
+    tiles: np.ndarray
+    table: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def subset(self, mask: np.ndarray) -> "TileSet":
+        mask = np.asarray(mask)
+        return TileSet(self.tiles[mask], self.table[mask].reset_index(drop=True))
+
+
+def tile_id(image: str, x: int, y: int, size: int) -> str:
+    """A tile's stable name: image, top-left corner and size (so other tilings never collide)."""
+    return f"{image}/x{x:05d}_y{y:05d}_s{size}"
+
+
+def _tissue_fraction_table(image: np.ndarray) -> np.ndarray:
+    """Summed-area table of the tissue indicator (saturation above the glass floor)."""
+    from .tiling.tissue import tissue_cue
+
+    tissue = (tissue_cue(image, "saturation") > GLASS_SATURATION).astype(np.float64)
+    return np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+
+def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tissue: float = 0.5,
+               max_tiles: int | None = None, seed: int = 0) -> TileSet:
+    """Non-overlapping ``size`` px tiles of each image's train and held-out regions with at least
+    ``min_tissue`` tissue; a seeded random ``max_tiles`` of them (in grid order) when there are more."""
+    if size <= 0:
+        raise ValueError(f"tile size must be positive, got {size}")
+    images = load_images(DEFAULT_SET) if images is None else images
+    rows, tiles = [], []
+    for image in images:
+        table = _tissue_fraction_table(image.image)
+        for region in ("train", "heldout"):
+            x0, y0, x1, y1 = image.region_box(region)
+            for y in range(y0, y1 - size + 1, size):
+                for x in range(x0, x1 - size + 1, size):
+                    area = table[y + size, x + size] - table[y, x + size] - table[y + size, x] + table[y, x]
+                    fraction = area / size**2
+                    if fraction >= min_tissue:
+                        rows.append((tile_id(image.name, x, y, size), image.name, x, y, region, fraction))
+                        tiles.append(image.image[y:y + size, x:x + size])
+    if not tiles:
+        raise ValueError(f"no {size} px tile of {[i.name for i in images]} has tissue fraction >= {min_tissue}")
+    table = pd.DataFrame(rows, columns=["tile_id", "image", "x", "y", "region", "tissue_fraction"])
+    tile_set = TileSet(np.stack(tiles), table)
+    if max_tiles is not None and len(tile_set) > max_tiles:
+        keep = np.zeros(len(tile_set), bool)
+        keep[np.random.default_rng(seed).choice(len(tile_set), max_tiles, replace=False)] = True
+        tile_set = tile_set.subset(keep)
+    return tile_set
+
+
+def pool_features(latents: np.ndarray) -> np.ndarray:
+    """One vector per latent map [N, C, h, w]: each channel's spatial mean and standard deviation
+    (2C values), i.e. what is in the tile and how much it varies, independent of where."""
+    latents = np.asarray(latents, dtype=np.float64)
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be [N, C, h, w], got shape {latents.shape}")
+    return np.concatenate([latents.mean(axis=(2, 3)), latents.std(axis=(2, 3))], axis=1)
+
+
+def standardise(features: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per column (constant columns stay 0)."""
+    features = np.asarray(features, dtype=np.float64)
+    std = features.std(axis=0)
+    return (features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def umap_embedding(features: np.ndarray, n_neighbors: int = 15, seed: int = 0) -> np.ndarray:
+    """A 2-D UMAP (McInnes et al. 2018) of the feature vectors, seeded (and so single-threaded)."""
+    import umap
+
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(features) - 1), random_state=seed)
+    return reducer.fit_transform(features)
+
+
+def reference_labels(table: pd.DataFrame, size: int) -> pd.DataFrame:
+    """Labels that exist independently of the clustering, for the tiles of the HGSC images:
+    ``tissue`` (tumour nest or stroma, from which image the tile comes) and, in the annotated
+    nest, ``nucleus_type`` (the cell type covering most nucleus pixels of the tile, or "none")."""
+    rows = table[table["image"].isin(list(HGSC_TISSUE))].copy()
+    rows["tissue"] = rows["image"].map(HGSC_TISSUE)
+    nest = load_image("hgsc_nest")
+    types = []
+    for image, x, y in zip(rows["image"], rows["x"], rows["y"]):
+        if image != "hgsc_nest" or nest.type_mask is None:
+            types.append(None)
+            continue
+        counts = np.bincount(nest.type_mask[y:y + size, x:x + size].ravel(), minlength=1)
+        counts[0] = 0
+        types.append(nest.type_names.get(int(counts.argmax()), str(counts.argmax())) if counts.any() else "none")
+    rows["nucleus_type"] = types
+    return rows[["tile_id", "tissue", "nucleus_type"]].reset_index(drop=True)
+
+
+def external_agreement(table: pd.DataFrame, labels: np.ndarray, references: pd.DataFrame) -> pd.DataFrame:
+    """Adjusted Rand index and NMI between cluster labels and each reference labelling, on the
+    tiles that have that reference label. 0 is chance agreement, 1 a perfect match."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    clusters = pd.Series(np.asarray(labels), index=table["tile_id"].to_numpy())
+    out = []
+    for reference in ("tissue", "nucleus_type"):
+        known = references.dropna(subset=[reference])
+        if known[reference].nunique() < 2:
+            continue
+        predicted = clusters.loc[known["tile_id"]].to_numpy()
+        out.append({"reference": reference, "n_tiles": len(known), "classes": known[reference].nunique(),
+                    "ari": adjusted_rand_score(known[reference], predicted),
+                    "nmi": normalized_mutual_info_score(known[reference], predicted)})
+    return pd.DataFrame(out, columns=["reference", "n_tiles", "classes", "ari", "nmi"])
