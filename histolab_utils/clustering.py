@@ -142,6 +142,24 @@ def best_k(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def choose_k(best: pd.DataFrame, method: str) -> int:
+    """A vote: the k that most of ``method``'s indices prefer in :func:`best_k`'s table (ties go to
+    the smaller k, the simpler model). One index alone is easy to fool; several rarely agree by chance."""
+    votes = best.loc[best["method"] == method, "best_k"]
+    if votes.empty:
+        raise ValueError(f"no indices for method {method!r}; methods are {sorted(best['method'].unique())}")
+    counts = votes.value_counts()
+    return int(min(counts[counts == counts.max()].index))
+
+
+def expert_labels_path(profile: str) -> Path:
+    """``data/expert_labels.csv`` for the full profile; smoke runs (CI) write their own
+    ``data/expert_labels.smoke.csv`` so that they never overwrite an expert's work."""
+    from .paths import data_dir
+
+    return data_dir() / ("expert_labels.csv" if profile == "full" else f"expert_labels.{profile}.csv")
+
+
 class ExpertLabelError(ValueError):
     """An expert-labels file or edit that does not fit the tiles and clusters."""
 

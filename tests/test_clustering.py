@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -123,3 +124,22 @@ def test_expert_label_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("tile,cluster,name\na,0,x\nb,0,y\n")
     with pytest.raises(ExpertLabelError, match="several names"):
         ExpertLabels.load(tmp_path / "bad.csv")
+
+
+def test_choose_k_takes_the_majority_of_the_indices_and_the_smaller_k_on_ties():
+    from histolab_utils.clustering import choose_k
+
+    best = pd.DataFrame({"method": ["kmeans"] * 4 + ["gmm"] * 2, "index": ["a", "b", "c", "d", "a", "b"],
+                         "best_k": [3, 4, 4, 5, 2, 6]})
+    assert choose_k(best, "kmeans") == 4
+    assert choose_k(best, "gmm") == 2
+    with pytest.raises(ValueError, match="no indices for method 'ward'"):
+        choose_k(best, "ward")
+
+
+def test_smoke_runs_never_write_the_full_profile_expert_file(isolated_dirs, monkeypatch):
+    from histolab_utils.clustering import expert_labels_path
+
+    monkeypatch.setenv("HISTO_DATA_DIR", str(isolated_dirs / "data"))
+    assert expert_labels_path("full").name == "expert_labels.csv"
+    assert expert_labels_path("smoke").name == "expert_labels.smoke.csv"
