@@ -142,10 +142,14 @@ def best_k(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+NON_VOTING = ("hartigan",)  # log(B/W) grows with k by construction: its "best" is always the largest k
+
+
 def choose_k(best: pd.DataFrame, method: str) -> int:
     """A vote: the k that most of ``method``'s indices prefer in :func:`best_k`'s table (ties go to
-    the smaller k, the simpler model). One index alone is easy to fool; several rarely agree by chance."""
-    votes = best.loc[best["method"] == method, "best_k"]
+    the smaller k, the simpler model). One index alone is easy to fool; several rarely agree by chance.
+    Indices that move monotonically with k (``NON_VOTING``) do not vote."""
+    votes = best.loc[(best["method"] == method) & ~best["index"].isin(NON_VOTING), "best_k"]
     if votes.empty:
         raise ValueError(f"no indices for method {method!r}; methods are {sorted(best['method'].unique())}")
     counts = votes.value_counts()
