@@ -116,6 +116,7 @@ class LDMSection:
     guidance_scales: tuple[float, ...]
     guidance: float  # the scale used for the per-cluster scores and gallery
     min_eval_tiles: int  # clusters with fewer held-out tiles are not scored
+    max_eval_per_class: int  # at most this many held-out tiles (and samples) per cluster are scored
     gallery_size: int
 
 
@@ -149,7 +150,8 @@ _CONFIGS = {
         ldm=LDMSection(schedule="cosine", train_steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
                        ema_decay=0.99, block_out_channels=(32, 64), layers_per_block=1, attention=False,
                        label_dropout=0.1, checkpoint_every=150, augment_copies=2, sampler="ddim", sampler_steps=20,
-                       guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4, gallery_size=8),
+                       guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4, max_eval_per_class=32,
+                       gallery_size=8),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -168,7 +170,8 @@ _CONFIGS = {
         ldm=LDMSection(schedule="cosine", train_steps=20000, batch_size=128, learning_rate=2e-4, warmup_steps=500,
                        ema_decay=0.999, block_out_channels=(128, 256, 256), layers_per_block=2, attention=True,
                        label_dropout=0.1, checkpoint_every=2000, augment_copies=8, sampler="dpm", sampler_steps=20,
-                       guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0, min_eval_tiles=20, gallery_size=16),
+                       guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0, min_eval_tiles=20,
+                       max_eval_per_class=500, gallery_size=16),
     ),
 }
 

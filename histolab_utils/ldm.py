@@ -126,9 +126,14 @@ def pipeline_image_shape(pipeline: ClassConditionalLDMPipeline) -> tuple[int, in
 
 def per_class_scores(samples: dict[int, np.ndarray], real: dict[int, np.ndarray], class_names: Sequence[str],
                      min_tiles: int = 2) -> pd.DataFrame:
-    """FID and KID of each class's samples against that class's real (held-out) tiles, at equal n,
-    plus the same for all classes pooled. Classes with fewer than ``min_tiles`` real tiles get NaN."""
+    """FID and KID of each class's samples against that class's real (held-out) tiles, at equal n
+    (the smaller of the two sets), plus the same for all scored classes pooled. ``real`` holds uint8
+    tiles or their Inception features (2-D float), so features can be computed once and reused.
+    Classes with fewer than ``min_tiles`` real tiles get NaN."""
     from . import metrics
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return x if x.ndim == 2 else metrics.inception_features(x)
 
     rows, all_fake, all_real = [], [], []
     for label, name in enumerate(class_names):
@@ -136,8 +141,7 @@ def per_class_scores(samples: dict[int, np.ndarray], real: dict[int, np.ndarray]
         n = 0 if true is None or fake is None else min(len(true), len(fake))
         row = {"class": label, "name": name, "n": n, "fid": np.nan, "kid": np.nan, "kid_std": np.nan}
         if n >= max(min_tiles, 2):
-            fake_features = metrics.inception_features(fake[:n])
-            real_features = metrics.inception_features(true[:n])
+            fake_features, real_features = features(fake[:n]), features(true[:n])
             all_fake.append(fake_features)
             all_real.append(real_features)
             kid, kid_std = metrics.kid(real_features, fake_features)

@@ -83,3 +83,15 @@ def test_per_class_scores_skip_classes_without_enough_real_tiles(monkeypatch):
     assert np.isfinite(table["fid"][0]) and np.isnan(table["fid"][1]) and table["n"][2] == 5
     same = per_class_scores(real, real, ["x", "y"])
     assert abs(same["fid"][0]) < 1e-6
+
+
+def test_per_class_scores_accept_precomputed_real_features(monkeypatch):
+    from histolab_utils import metrics
+
+    monkeypatch.setattr(metrics, "inception_features",
+                        lambda images: images.reshape(len(images), -1)[:, :16].astype(np.float64))
+    rng = np.random.default_rng(1)
+    real, fake = rng.integers(0, 255, (6, 4, 4, 3)), rng.integers(0, 255, (6, 4, 4, 3))
+    from_images = per_class_scores({0: fake}, {0: real}, ["x"])
+    from_features = per_class_scores({0: fake}, {0: metrics.inception_features(real)}, ["x"])
+    assert from_images["fid"][0] == pytest.approx(from_features["fid"][0])
