@@ -1,8 +1,13 @@
-"""Headless training: ``python -m histolab_utils.train ddpm --schedule cosine --profile full --out runs/cosine``.
+"""Headless training, the same code as the notebooks:
+
+    python -m histolab_utils.train ddpm --schedule cosine --profile full --out runs/full/ddpm-cosine
+    python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
-``checkpoint_every`` steps (``--resume`` continues from the latest), and saves the EMA model as
-a diffusers DDPMPipeline in ``OUT/pipeline``. Works unchanged under ``accelerate launch``.
+``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
+as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``.
+Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
+``python -m histolab_utils.vqgan score OUT/heldout_reconstructions.npz``.
 """
 
 from __future__ import annotations
@@ -37,21 +42,23 @@ def training_crops(image_size: int, n: int, seed: int = 0):
     return CropSampler(load_images(), image_size, "train", seed=seed).sample(n)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", choices=["ddpm"], help="what to train")
-    parser.add_argument("--schedule", choices=SCHEDULES, required=True)
-    parser.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, pipeline)")
-    parser.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
-    args = parser.parse_args(argv)
+def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Path:
+    """Reconstruct ``n`` held-out crops and save (originals, reconstructions, codes) to ``path``,
+    so a machine without the Inception weights can train and another can score."""
+    import numpy as np
 
+    from .data import CropSampler, load_images
+    from .paths import atomic_path
+    from .vqgan import reconstruct
+
+    originals = CropSampler(load_images(), image_size, "heldout", augment=False, seed=seed + 7).sample(n)
+    reconstructions, codes = reconstruct(vqmodel, originals)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, originals=originals, reconstructions=reconstructions, codes=codes)
+    return path
+
+
+def _train_ddpm(args) -> int:
     from .training import DiffusionTrainer, TrainingDiverged
 
     ddpm = load_config(args.profile).ddpm
@@ -69,6 +76,56 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{trainer.step} steps in {trainer.seconds:.1f} s; final loss {trainer.log[-1]['loss']:.4f}; "
               f"pipeline saved to {folder}")
     return 0
+
+
+def _train_vqgan(args) -> int:
+    from .training import TrainingDiverged
+    from .vqgan import VQGANTrainer, vqgan_config
+
+    section = load_config(args.profile).vqgan
+    config = vqgan_config(section, args.latent_channels, args.seed,
+                          **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    if args.steps and config.disc_start >= args.steps:  # keep the critic's share of a shortened run
+        config = dataclasses.replace(config, disc_start=args.steps * section.disc_start // section.train_steps)
+    crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed)
+    trainer = VQGANTrainer(config, crops, args.out)
+    try:
+        trainer.train(resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    folder = trainer.save_model(scaling_crops=crops[:512])
+    if trainer.accelerator.is_main_process:
+        print(f"{trainer.step} steps in {trainer.seconds:.1f} s; final L1 {trainer.log[-1]['l1']:.4f}; "
+              f"model saved to {folder}")
+        if args.eval:
+            saved = _heldout_eval(trainer.vqmodel(), config.image_size, args.eval, args.seed,
+                                  args.out / "heldout_reconstructions.npz")
+            print(f"{args.eval} held-out reconstructions saved to {saved}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan}", help="what to train")
+    ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
+    ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
+    ddpm.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
+    ddpm.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
+    vqgan = models.add_parser("vqgan", help="a VQ-GAN (notebook 02)")
+    vqgan.add_argument("--latent-channels", type=int, default=None, help="default: the profile's first")
+    vqgan.add_argument("--eval", type=int, default=0, metavar="N",
+                       help="also save N held-out crops, their reconstructions and codes (heldout_reconstructions.npz)")
+    for sub in (ddpm, vqgan):
+        sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
+        sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
+        sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
+        sub.add_argument("--batch-size", type=int, default=None)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    args = parser.parse_args(argv)
+    return _train_ddpm(args) if args.model == "ddpm" else _train_vqgan(args)
 
 
 if __name__ == "__main__":

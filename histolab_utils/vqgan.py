@@ -315,6 +315,33 @@ def reconstruction_metrics(originals: np.ndarray, reconstructions: np.ndarray) -
     return {"psnr": float(psnr.mean()), "ssim": float(ssim)}
 
 
+def mean_colour_baseline(tiles: np.ndarray) -> np.ndarray:
+    """Each tile replaced by its mean colour: the reconstruction that needs 3 numbers per tile."""
+    return np.broadcast_to(tiles.mean(axis=(1, 2), keepdims=True).round().astype(np.uint8), tiles.shape).copy()
+
+
+def bicubic_baseline(tiles: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic down-sampling by ``factor`` and back: 3 full-precision numbers per latent position."""
+    x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float()
+    small = torch.nn.functional.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True)
+    back = torch.nn.functional.interpolate(small, size=tiles.shape[1:3], mode="bicubic")
+    return back.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def score_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, codes: np.ndarray | None = None,
+                          codebook_size: int | None = None, original_features: np.ndarray | None = None) -> dict:
+    """PSNR, SSIM and rFID (Inception features, equal n) of a reconstruction set; with ``codes``,
+    codebook usage and perplexity too."""
+    from . import metrics
+
+    real = metrics.inception_features(originals) if original_features is None else original_features
+    out = {"n": len(originals), **reconstruction_metrics(originals, reconstructions),
+           "rfid": metrics.fid(real, metrics.inception_features(reconstructions))}
+    if codes is not None and codebook_size:
+        out.update(codebook_stats(codes, codebook_size))
+    return out
+
+
 def load_vqmodel(folder: str | Path, device: str | torch.device = "cpu"):
     """A saved ``VQModel``, with a clear error that names the notebook to run when it is missing."""
     from diffusers import VQModel
@@ -338,3 +365,61 @@ def plot_vqgan_losses(log: pd.DataFrame, disc_start: int, ax=None, smooth: int =
     ax.set_yscale("log")
     ax.legend()
     return ax
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m histolab_utils.vqgan score RUN/heldout_reconstructions.npz ... --out results/full/02_vqgan.json``:
+    score reconstructions saved by ``python -m histolab_utils.train vqgan --eval N`` (on a machine
+    with the Inception weights), beside the baselines and the real-vs-real floor at the same n."""
+    import argparse
+    import json
+
+    from .evaluation import floors, real_reference
+    from .paths import atomic_write_text
+    from .report import hardware, to_jsonable
+
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.vqgan", description=main.__doc__)
+    parser.add_argument("command", choices=["score"])
+    parser.add_argument("files", nargs="+", type=Path, help="heldout_reconstructions.npz of each run")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    parser.add_argument("--note", default="", help="where and how the runs were made (hardware, command)")
+    args = parser.parse_args(argv)
+    from . import metrics
+
+    runs, originals = {}, None
+    for path in args.files:
+        with np.load(path) as saved:
+            data = {key: saved[key] for key in saved.files}
+        if originals is not None and not np.array_equal(originals, data["originals"]):
+            raise ValueError(f"{path} was evaluated on other held-out crops than {args.files[0]}")
+        originals = data["originals"]
+        config = json.loads((path.parent / "vqmodel" / "histolab_vqgan_config.json").read_text())
+        runs[path.parent.name] = (data, config)
+    features = metrics.inception_features(originals)
+    factor = next(iter(runs.values()))[1]["block_out_channels"]
+    factor = 2 ** (len(factor) - 1)
+    result = {"runs": {}, "baselines": {}}
+    for name, (data, config) in runs.items():
+        result["runs"][name] = {"config": config, **score_reconstructions(
+            originals, data["reconstructions"], data["codes"], config["num_vq_embeddings"], features)}
+    for name, baseline in (("mean colour per tile", mean_colour_baseline(originals)),
+                           (f"bicubic down/up x{factor}", bicubic_baseline(originals, factor))):
+        result["baselines"][name] = score_reconstructions(originals, baseline, original_features=features)
+    reference = real_reference(originals.shape[1], len(originals))
+    result["floor"] = floors(reference)
+    result["data"] = (f"{len(originals)} crops of {originals.shape[1]} px from the held-out region (right 25 %) of the "
+                      "8 default images; models trained on the train region only")
+    result["scored_on"] = hardware()
+    result["note"] = args.note
+    atomic_write_text(args.out, json.dumps(to_jsonable(result), indent=2))
+    for name, row in {**result["runs"], **result["baselines"]}.items():
+        print(f"{name:>28}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  rFID {row['rfid']:.1f}"
+              + (f"  perplexity {row['perplexity']:.1f}  codes {row['codes_used']}" if "perplexity" in row else ""))
+    print(f"floor (train vs held-out real crops, n = {len(originals)}): FID {result['floor']['fid_train_vs_heldout']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -107,3 +107,26 @@ def test_training_resumes_exactly_and_saves_a_loadable_vqmodel(tmp_path, crops):
 def test_trainer_rejects_wrong_tiles(tmp_path, crops):
     with pytest.raises(ValueError, match="must be 32x32 px"):
         VQGANTrainer(VQGANConfig(steps=1, **{**TINY, "image_size": 32}), crops, tmp_path)
+
+
+def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data, monkeypatch):
+    """`python -m histolab_utils.train vqgan ... --eval N` then `python -m histolab_utils.vqgan score`."""
+    import json
+
+    from histolab_utils import metrics, train, vqgan
+
+    out = tmp_path / "vqgan-4ch"
+    assert train.main(["vqgan", "--profile", "smoke", "--out", str(out), "--steps", "2", "--eval", "6"]) == 0
+    saved = np.load(out / "heldout_reconstructions.npz")
+    assert saved["originals"].shape == saved["reconstructions"].shape == (6, 32, 32, 3)
+    assert load_vqmodel(out / "vqmodel").config.latent_channels == 4
+    log = (out / "loss.csv").read_text().splitlines()
+    assert len(log) == 3  # header + 2 steps; the critic's start moved inside the shortened run
+    monkeypatch.setattr(metrics, "inception_features",
+                        lambda images: np.asarray(images).reshape(len(images), -1)[:, :32].astype(np.float64))
+    monkeypatch.setattr(metrics, "cached_features", lambda key, compute: compute())  # keep fakes out of the cache
+    result_path = tmp_path / "result.json"
+    assert vqgan.main(["score", str(out / "heldout_reconstructions.npz"), "--out", str(result_path)]) == 0
+    result = json.loads(result_path.read_text())
+    assert set(result["runs"]["vqgan-4ch"]) >= {"psnr", "ssim", "rfid", "perplexity", "n", "config"}
+    assert result["floor"]["n"] == 6 and len(result["baselines"]) == 2
