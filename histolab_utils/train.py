@@ -42,19 +42,30 @@ def training_crops(image_size: int, n: int, seed: int = 0):
     return CropSampler(load_images(), image_size, "train", seed=seed).sample(n)
 
 
+def heldout_eval_crops(image_size: int, n: int, seed: int):
+    """The held-out crops a VQ-GAN run is scored on (the same on every machine for one seed)."""
+    from .data import CropSampler, load_images
+
+    return CropSampler(load_images(), image_size, "heldout", augment=False, seed=seed + 7).sample(n)
+
+
 def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Path:
-    """Reconstruct ``n`` held-out crops and save (originals, reconstructions, codes) to ``path``,
-    so a machine without the Inception weights can train and another can score."""
+    """Reconstruct ``n`` held-out crops and save the reconstructions and codes to ``path`` (the
+    crops themselves are redrawn by the scorer and checked against the hash saved here), so a
+    machine without the Inception weights can train and another can score."""
+    import hashlib
+
     import numpy as np
 
-    from .data import CropSampler, load_images
     from .paths import atomic_path
     from .vqgan import reconstruct
 
-    originals = CropSampler(load_images(), image_size, "heldout", augment=False, seed=seed + 7).sample(n)
+    originals = heldout_eval_crops(image_size, n, seed)
     reconstructions, codes = reconstruct(vqmodel, originals)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, originals=originals, reconstructions=reconstructions, codes=codes)
+        np.savez_compressed(tmp, reconstructions=reconstructions, codes=codes.astype(np.int32),
+                            originals_sha256=hashlib.sha256(originals.tobytes()).hexdigest(),
+                            image_size=image_size, n=n, seed=seed)
     return path
 
 

@@ -106,7 +106,10 @@ class BatchSource:
                 raise ValueError(f"need one label per training example: {labels.shape} labels for {len(data)}")
             self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
         self.label_dropout, self.null_label = label_dropout, null_label
+        # Indices and augmentation choices come from a CPU generator (tiny draws); noise and timesteps
+        # from one on the device, so no large tensor crosses the bus. Both are checkpointed.
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.device = device
 
     def draw(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -115,15 +118,13 @@ class BatchSource:
         if not self.images:
             return self.data[index], self._labels(index)
         x = self.data[index].float() / 127.5 - 1.0
-        turns = torch.randint(4, (size,), generator=self.generator)
-        flips = torch.rand(size, generator=self.generator) < 0.5
-        for k in range(4):
-            chosen = (turns == k).to(self.device)
-            if k and chosen.any():
-                x[chosen] = torch.rot90(x[chosen], k, dims=(2, 3))
-        flip = flips.to(self.device)
-        x[flip] = x[flip].flip(-1)
-        return x, self._labels(index)
+        turns = torch.randint(4, (size,), generator=self.generator).to(self.device).view(-1, 1, 1, 1)
+        flips = (torch.rand(size, generator=self.generator) < 0.5).to(self.device).view(-1, 1, 1, 1)
+        # torch.where rather than boolean-mask indexing: a mask index waits for the GPU every time.
+        turned = x
+        for k in (1, 2, 3):
+            turned = torch.where(turns == k, torch.rot90(x, k, dims=(2, 3)), turned)
+        return torch.where(flips, turned.flip(-1), turned), self._labels(index)
 
     def _labels(self, index: torch.Tensor) -> torch.Tensor | None:
         if self.labels is None:
@@ -139,16 +140,17 @@ class BatchSource:
         return self.draw(size)[0]
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.randn(x.shape, generator=self.generator).to(x.device, x.dtype)
+        return torch.randn(x.shape, generator=self.noise_generator, device=self.device, dtype=x.dtype)
 
     def timesteps(self, size: int, steps: int) -> torch.Tensor:
-        return torch.randint(steps, (size,), generator=self.generator).to(self.device)
+        return torch.randint(steps, (size,), generator=self.noise_generator, device=self.device)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.noise_generator.set_state(state["noise_generator"])
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -176,12 +178,19 @@ class AcceleratedTrainer:
     ``config.keep_checkpoints``), exact resume, the non-finite-loss guard and the loss log.
 
     A subclass sets ``config``, ``out_dir``, ``progress``, ``accelerator`` and ``batches`` (a
-    :class:`BatchSource`), then implements :meth:`train_step`, returning that step's log entries.
+    :class:`BatchSource`), then implements :meth:`train_step`, returning that step's log entries
+    (0-d tensors or floats).
+
+    Reading a loss on the host waits for the GPU, so the entries are kept on the device and read
+    every ``LOG_EVERY`` steps, before every checkpoint and at the end. That is also when a
+    non-finite loss is caught: training stops, names the step, and no checkpoint is written from
+    the bad state, so the last checkpoint on disk is a good one.
     """
 
     name = "train"
     step: int = 0
     log: list[dict]
+    LOG_EVERY = 25
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -222,13 +231,23 @@ class AcceleratedTrainer:
         self.step, self.log = state["step"], state["log"]
         return True
 
-    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
-        """Stop before a non-finite loss reaches the weights, naming the last good checkpoint."""
-        if not torch.isfinite(loss):
-            kept = _checkpoints(self.out_dir)
-            raise TrainingDiverged(
-                f"{what} became {loss.item()} at step {self.step + 1} ({self.name}); stopped. "
-                f"Last good checkpoint: {kept[-1] if kept else 'none written yet'}")
+    def _flush_log(self) -> None:
+        """Read the pending entries on the host (one transfer), check the losses, extend the log."""
+        pending, self._pending = getattr(self, "_pending", []), []
+        if not pending:
+            return
+        keys = [k for k, v in pending[0][1].items() if torch.is_tensor(v)]
+        values = (torch.stack([torch.stack([entry[k].detach().float().reshape(()) for k in keys])
+                               for _, entry in pending]).cpu().tolist() if keys else [[]] * len(pending))
+        for (step, entry), row in zip(pending, values):
+            record = {"step": step, **entry, **dict(zip(keys, row))}
+            for key in keys:
+                if key.endswith("loss") and not np.isfinite(record[key]):
+                    kept = _checkpoints(self.out_dir)
+                    raise TrainingDiverged(
+                        f"{key.replace('_', ' ')} became {record[key]} at step {step} ({self.name}); stopped. "
+                        f"Last good checkpoint: {kept[-1] if kept else 'none written yet'}")
+            self.log.append(record)
 
     # -- training ----------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -244,13 +263,17 @@ class AcceleratedTrainer:
         bar = tqdm(total=total, initial=self.step, desc=self.name,
                    disable=not (self.progress and self.accelerator.is_main_process))
         started = time.perf_counter()
+        self._pending = []
         while self.step < total:
             entry = self.train_step()
             self.step += 1
-            self.log.append({"step": self.step, **entry})
+            self._pending.append((self.step, entry))
             bar.update()
-            bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            if self.step % self.config.checkpoint_every == 0 or self.step == total:
+            checkpoint = self.step % self.config.checkpoint_every == 0 or self.step == total
+            if checkpoint or self.step % self.LOG_EVERY == 0:
+                self._flush_log()
+                bar.set_postfix(loss=f"{self.log[-1]['loss']:.4f}")
+            if checkpoint:
                 self.save_checkpoint()
         bar.close()
         self.seconds = time.perf_counter() - started
@@ -268,9 +291,16 @@ class AcceleratedTrainer:
 def make_accelerator(mixed_precision: str, grad_accumulation: int = 1):
     """An Accelerator: ``"auto"`` precision is bf16 on CUDA and fp32 on CPU."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision
+    # (a notebook or benchmark that trains an fp32 and a bf16 model in turn); single-process, reset it.
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision and \
+            shared.get("num_processes", 1) == 1:
+        AcceleratorState._reset_state()
     # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
     # not joined into one process group and every rank trains alone as "rank 0".
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accumulation,
@@ -354,7 +384,6 @@ class DiffusionTrainer(AcceleratedTrainer):
         for _ in range(self.config.grad_accumulation):
             with self.accelerator.accumulate(self.model):
                 loss = self._loss(*self.batches.draw(self.config.batch_size))
-                self.check_finite(loss)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -362,7 +391,7 @@ class DiffusionTrainer(AcceleratedTrainer):
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.ema.step(self.model.parameters())
-        return {"loss": float(loss.detach()), "lr": self.lr_scheduler.get_last_lr()[0]}
+        return {"loss": loss.detach(), "lr": self.lr_scheduler.get_last_lr()[0]}
 
     def loss_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.log, columns=["step", "loss", "lr"])

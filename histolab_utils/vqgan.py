@@ -198,7 +198,6 @@ class VQGANTrainer(AcceleratedTrainer):
         weight = (adaptive_weight(rec_loss, g_loss, self._last_layer()) * config.disc_weight if use_gan
                   else torch.zeros((), device=x.device))
         loss = rec_loss + config.codebook_weight * vq_loss.mean() + weight * g_loss
-        self.check_finite(loss, "autoencoder loss")
         self.opt_ae.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -210,14 +209,12 @@ class VQGANTrainer(AcceleratedTrainer):
             with self.accelerator.autocast():
                 real_logits, fake_logits = self.critic(torch.cat([x, reconstruction.detach()])).float().chunk(2)
                 d_loss = hinge_d_loss(real_logits, fake_logits)
-            self.check_finite(d_loss, "discriminator loss")
             self.opt_d.zero_grad(set_to_none=True)
             self.accelerator.backward(d_loss)
             self.accelerator.clip_grad_norm_(self.critic.parameters(), config.grad_clip)
             self.opt_d.step()
-        return {"loss": float(loss.detach()), "l1": float(l1.detach()), "perceptual": float(perceptual.detach()),
-                "vq": float(vq_loss.mean().detach()), "g_loss": float(g_loss.detach()),
-                "d_loss": float(d_loss.detach()), "d_weight": float(weight), "lr": self.sched_ae.get_last_lr()[0]}
+        return {"loss": loss.detach(), "l1": l1.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.mean().detach(),
+                "g_loss": g_loss.detach(), "d_loss": d_loss.detach(), "d_weight": weight, "lr": self.sched_ae.get_last_lr()[0]}
 
     def vqmodel(self):
         """The trained diffusers ``VQModel`` (eval mode)."""
@@ -386,13 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from . import metrics
 
+    import hashlib
+
+    from .train import heldout_eval_crops
+
     runs, originals = {}, None
     for path in args.files:
         with np.load(path) as saved:
             data = {key: saved[key] for key in saved.files}
-        if originals is not None and not np.array_equal(originals, data["originals"]):
+        crops = heldout_eval_crops(int(data["image_size"]), int(data["n"]), int(data["seed"]))
+        if hashlib.sha256(crops.tobytes()).hexdigest() != str(data["originals_sha256"]):
+            raise ValueError(f"{path}: the held-out crops redrawn here differ from those the run reconstructed "
+                             "(other data files or another numpy random stream?)")
+        if originals is not None and not np.array_equal(originals, crops):
             raise ValueError(f"{path} was evaluated on other held-out crops than {args.files[0]}")
-        originals = data["originals"]
+        originals = crops
         config = json.loads((path.parent / "vqmodel" / "histolab_vqgan_config.json").read_text())
         runs[path.parent.name] = (data, config)
     features = metrics.inception_features(originals)

@@ -114,3 +114,12 @@ def test_two_processes_train_as_one_group_and_resume(tmp_path, real_data):
     states = [torch.load(checkpoint / f"batches_{rank}.pt")["generator"] for rank in (0, 1)]
     assert not torch.equal(*states), "each rank draws its own batches"
     assert (out / "pipeline" / "model_index.json").is_file()
+
+
+def test_trainers_of_different_precision_can_follow_each_other_in_one_process(tmp_path, crops):
+    from accelerate import Accelerator
+
+    Accelerator(mixed_precision="no")  # what a plain loop (or an earlier cell) leaves behind
+    config = TrainConfig(steps=1, checkpoint_every=1, mixed_precision="bf16", **TINY)
+    trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    assert trainer.accelerator.mixed_precision == "bf16"

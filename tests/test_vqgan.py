@@ -118,7 +118,7 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     out = tmp_path / "vqgan-4ch"
     assert train.main(["vqgan", "--profile", "smoke", "--out", str(out), "--steps", "2", "--eval", "6"]) == 0
     saved = np.load(out / "heldout_reconstructions.npz")
-    assert saved["originals"].shape == saved["reconstructions"].shape == (6, 32, 32, 3)
+    assert saved["reconstructions"].shape == (6, 32, 32, 3) and saved["codes"].shape == (6, 8, 8)
     assert load_vqmodel(out / "vqmodel").config.latent_channels == 4
     log = (out / "loss.csv").read_text().splitlines()
     assert len(log) == 3  # header + 2 steps; the critic's start moved inside the shortened run
@@ -130,3 +130,25 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     result = json.loads(result_path.read_text())
     assert set(result["runs"]["vqgan-4ch"]) >= {"psnr", "ssim", "rfid", "perplexity", "n", "config"}
     assert result["floor"]["n"] == 6 and len(result["baselines"]) == 2
+    tampered = dict(np.load(out / "heldout_reconstructions.npz"))
+    tampered["seed"] = np.array(5)
+    np.savez(tmp_path / "vqgan-4ch" / "tampered.npz", **tampered)
+    with pytest.raises(ValueError, match="redrawn here differ"):
+        vqgan.main(["score", str(out / "tampered.npz"), "--out", str(result_path)])
+
+
+def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_path, crops):
+    from histolab_utils.training import TrainingDiverged
+
+    class Poisoned(torch.nn.Module):  # a perceptual term that turns NaN from the third step on
+        calls = 0
+
+        def forward(self, x, y):
+            Poisoned.calls += 1
+            return (x - y).abs().mean(dim=(1, 2, 3)) * (float("nan") if Poisoned.calls >= 3 else 1.0)
+
+    config = VQGANConfig(steps=6, checkpoint_every=2, **{**TINY, "perceptual_weight": 1.0})
+    trainer = VQGANTrainer(config, crops, tmp_path, progress=False, perceptual=Poisoned())
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 .*step-2"):
+        trainer.train()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
