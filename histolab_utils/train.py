@@ -69,18 +69,27 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Pa
     return path
 
 
+def _trained(trainer, resume: bool) -> bool:
+    """Train; on a diverged run print why (the error names the kept checkpoint) and return False."""
+    from .training import TrainingDiverged
+
+    try:
+        trainer.train(resume=resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
 def _train_ddpm(args) -> int:
-    from .training import DiffusionTrainer, TrainingDiverged
+    from .training import DiffusionTrainer
 
     ddpm = load_config(args.profile).ddpm
     config = train_config(ddpm, args.schedule, args.seed, steps=args.steps, batch_size=args.batch_size,
                           prediction_type=args.prediction_type, compile=False if args.no_compile else None)
     crops = training_crops(config.image_size, ddpm.n_train_crops, seed=args.seed)
     trainer = DiffusionTrainer(config, crops, args.out)
-    try:
-        trainer.train(resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not _trained(trainer, args.resume):
         return 1
     folder = trainer.save_pipeline()
     if trainer.accelerator.is_main_process:
@@ -90,7 +99,6 @@ def _train_ddpm(args) -> int:
 
 
 def _train_vqgan(args) -> int:
-    from .training import TrainingDiverged
     from .vqgan import VQGANTrainer, vqgan_config
 
     section = load_config(args.profile).vqgan
@@ -100,10 +108,7 @@ def _train_vqgan(args) -> int:
         config = dataclasses.replace(config, disc_start=args.steps * section.disc_start // section.train_steps)
     crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed)
     trainer = VQGANTrainer(config, crops, args.out)
-    try:
-        trainer.train(resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
+    if not _trained(trainer, args.resume):
         return 1
     folder = trainer.save_model(scaling_crops=crops[:512])
     if trainer.accelerator.is_main_process:

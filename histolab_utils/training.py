@@ -1,11 +1,13 @@
-"""One Accelerate trainer for the project's diffusion models.
+"""The project's Accelerate trainers: a shared base (:class:`AcceleratedTrainer`) and the
+diffusion trainer (pixels or VQ-GAN latents, optionally class-conditional); ``vqgan`` adds the VQ-GAN's.
 
 * AdamW (fused on CUDA), linear warm-up then cosine learning rate, EMA of the weights,
   gradient clipping and gradient accumulation.
 * bf16 autocast on GPU, fp32 on CPU; channels_last and optional ``torch.compile`` on GPU.
-* The training crops live on the device as one uint8 tensor; batches, flips/rotations,
-  timesteps and noise all come from one seeded generator whose state is checkpointed, so
-  N steps + resume + N steps gives bitwise the same weights as 2N steps straight (on CPU).
+* The training crops live on the device as one uint8 tensor (latents as float); batches and
+  flips/rotations come from a seeded CPU generator, timesteps and noise from a seeded device
+  generator, and both states are checkpointed, so N steps + resume + N steps gives bitwise the
+  same weights as 2N steps straight (on CPU).
 * ``accelerator.save_state`` every ``checkpoint_every`` steps; ``resume=True`` continues
   from the latest checkpoint. A non-finite loss stops training with a message, and the last
   good checkpoint (never written from a non-finite state) is kept.
