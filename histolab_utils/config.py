@@ -79,6 +79,7 @@ class VQGANSection:
     learning_rate: float
     disc_start: int
     perceptual_weight: float
+    code_restart_every: int  # 0: off; N: codes unused for N steps move onto encoder outputs
     checkpoint_every: int
     n_train_crops: int
     n_eval: int  # held-out crops for PSNR, SSIM and rFID
@@ -145,7 +146,8 @@ _CONFIGS = {
                         sampler_steps=(("ddpm", 200), ("ddim", 50), ("dpm", 20))),
         vqgan=VQGANSection(image_size=32, latent_channels=(4,), num_vq_embeddings=256, block_out_channels=(16, 32, 32),
                            layers_per_block=1, attention=False, train_steps=200, batch_size=16, learning_rate=1e-3,
-                           disc_start=100, perceptual_weight=0.1, checkpoint_every=100, n_train_crops=2048, n_eval=48),
+                           disc_start=100, perceptual_weight=0.1, code_restart_every=25,
+                           checkpoint_every=100, n_train_crops=2048, n_eval=48),
         clusters=ClusterSection(min_tissue=0.5, max_tiles=600, ks=(2, 3, 4, 5, 6), umap_neighbors=15, gallery_size=16),
         ldm=LDMSection(schedule="cosine", train_steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
                        ema_decay=0.99, block_out_channels=(32, 64), layers_per_block=1, attention=False,
@@ -164,7 +166,7 @@ _CONFIGS = {
         vqgan=VQGANSection(image_size=64, latent_channels=(4, 8), num_vq_embeddings=1024,
                            block_out_channels=(128, 256, 256), layers_per_block=2, attention=True, train_steps=20000,
                            batch_size=32, learning_rate=2e-4, disc_start=10000, perceptual_weight=0.5,
-                           checkpoint_every=2000, n_train_crops=20000, n_eval=1000),
+                           code_restart_every=200, checkpoint_every=2000, n_train_crops=20000, n_eval=1000),
         clusters=ClusterSection(min_tissue=0.5, max_tiles=4000, ks=tuple(range(2, 17)), umap_neighbors=30,
                                 gallery_size=32),
         ldm=LDMSection(schedule="cosine", train_steps=20000, batch_size=128, learning_rate=2e-4, warmup_steps=500,

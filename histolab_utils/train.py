@@ -102,8 +102,10 @@ def _train_vqgan(args) -> int:
     from .vqgan import VQGANTrainer, vqgan_config
 
     section = load_config(args.profile).vqgan
-    config = vqgan_config(section, args.latent_channels, args.seed,
-                          **{k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v})
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
+    if args.code_restart_every is not None:
+        overrides["code_restart_every"] = args.code_restart_every
+    config = vqgan_config(section, args.latent_channels, args.seed, **overrides)
     if args.steps and config.disc_start >= args.steps:  # keep the critic's share of a shortened run
         config = dataclasses.replace(config, disc_start=args.steps * section.disc_start // section.train_steps)
     crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed)
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ddpm.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
     vqgan = models.add_parser("vqgan", help="a VQ-GAN (notebook 02)")
     vqgan.add_argument("--latent-channels", type=int, default=None, help="default: the profile's first")
+    vqgan.add_argument("--code-restart-every", type=int, default=None, metavar="N",
+                       help="move codes unused for N steps onto encoder outputs; 0 turns it off (default: the profile's)")
     vqgan.add_argument("--eval", type=int, default=0, metavar="N",
                        help="also save N held-out crops, their reconstructions and codes (heldout_reconstructions.npz)")
     for sub in (ddpm, vqgan):

@@ -195,6 +195,13 @@ class AcceleratedTrainer:
     LOG_EVERY = 25
 
     # -- checkpoints -----------------------------------------------------------------------
+    def local_state(self) -> dict:
+        """This process's own state beyond the models, optimisers and generators (saved per rank)."""
+        return {}
+
+    def load_local_state(self, state: dict) -> None:
+        """Restore what :meth:`local_state` returned."""
+
     def save_checkpoint(self) -> Path:
         """``accelerator.save_state`` into checkpoints/step-N (written aside, then renamed)."""
         target = self.out_dir / "checkpoints" / f"step-{self.step}"
@@ -205,7 +212,8 @@ class AcceleratedTrainer:
         self.accelerator.save_state(str(staging))
         # accelerate saves registered objects from the main process only; every rank keeps its own
         # batch/noise generator, so each saves it, and all must finish before the folder is renamed.
-        torch.save(self.batches.state_dict(), staging / f"batches_{self.accelerator.process_index}.pt")
+        torch.save({**self.batches.state_dict(), **self.local_state()},
+                   staging / f"batches_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (staging / "trainer.json").write_text(json.dumps({"step": self.step, "log": self.log,
@@ -228,7 +236,9 @@ class AcceleratedTrainer:
         if not own.is_file():
             raise FileNotFoundError(f"{latest} has no generator state for process {self.accelerator.process_index} "
                                     "(resumed with more processes than it was saved with?)")
-        self.batches.load_state_dict(torch.load(own))
+        local = torch.load(own)
+        self.batches.load_state_dict(local)
+        self.load_local_state(local)
         state = json.loads((latest / "trainer.json").read_text())
         self.step, self.log = state["step"], state["log"]
         return True

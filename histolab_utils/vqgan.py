@@ -10,6 +10,11 @@ The autoencoder minimises
   ``mean relu(1 - D(x)) + mean relu(1 + D(x̂))`` (a PatchGAN, Isola et al. 2017: one logit per patch).
 * The adaptive weight ``λ = ||∇_last L_rec|| / (||∇_last L_G|| + 1e-4)``, taken at the decoder's
   last layer, balances the two gradients (Esser et al. 2021, eq. 7).
+* Dead-code restarts (optional, ``code_restart_every``): a code no encoder output chose during the
+  last ``code_restart_every`` steps is moved onto a random encoder output of the current batch
+  (Dhariwal et al. 2020, Jukebox; Zeghidour et al. 2021, SoundStream). Without them few codes
+  survive: the codebook starts at U(-1/K, 1/K), far inside the encoder's outputs, and only the
+  codes that win early receive gradient.
 
 The diffusion models in notebook 05 work on the pre-quantisation latents ``encode(x).latents``,
 scaled by ``vqmodel.config.scaling_factor`` (set from the training latents' standard deviation).
@@ -49,6 +54,7 @@ class VQGANConfig:
     disc_channels: int = 32
     perceptual_weight: float = 0.5
     codebook_weight: float = 1.0
+    code_restart_every: int = 0  # > 0: every N steps, move codes unused in those N steps onto encoder outputs
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -74,7 +80,8 @@ def vqgan_config(section, latent_channels: int | None = None, seed: int = 0, **o
         layers_per_block=section.layers_per_block, attention=section.attention, steps=section.train_steps,
         batch_size=section.batch_size, learning_rate=section.learning_rate, disc_learning_rate=section.learning_rate,
         warmup_steps=max(1, section.train_steps // 20), disc_start=section.disc_start,
-        perceptual_weight=section.perceptual_weight, checkpoint_every=section.checkpoint_every, seed=seed,
+        perceptual_weight=section.perceptual_weight, code_restart_every=section.code_restart_every,
+        checkpoint_every=section.checkpoint_every, seed=seed,
     )
     return dataclasses.replace(config, **overrides)
 
@@ -120,14 +127,14 @@ class VQGAN(nn.Module):
         super().__init__()
         self.vqmodel = vqmodel
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, VQ loss, code indices [N, h, w])."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, VQ loss, code indices [N, h, w], pre-quantisation latents [N, C, h, w])."""
         vq = self.vqmodel
         latents = vq.encode(x).latents
         with torch.autocast(device_type=x.device.type, enabled=False):  # nearest-code search in fp32
             quantised, vq_loss, (_, _, indices) = vq.quantize(latents.float())
         reconstruction = vq.decoder(vq.post_quant_conv(quantised))
-        return reconstruction, vq_loss, indices.reshape(len(x), *latents.shape[2:])
+        return reconstruction, vq_loss, indices.reshape(len(x), *latents.shape[2:]), latents
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -178,8 +185,17 @@ class VQGANTrainer(AcceleratedTrainer):
         (self.model, self.critic, self.opt_ae, self.opt_d, self.sched_ae) = self.accelerator.prepare(
             model, critic, opt_ae, opt_d, sched_ae)
         self.batches = BatchSource(crops, device, config.seed * 1000 + self.accelerator.process_index)
+        # codes chosen on this process since the last restart; summed over processes at a restart
+        self.code_counts = torch.zeros(config.num_vq_embeddings, device=device)
         self.step = 0
         self.log = []
+
+    def local_state(self) -> dict:
+        return {"code_counts": self.code_counts}
+
+    def load_local_state(self, state: dict) -> None:
+        if "code_counts" in state:
+            self.code_counts.copy_(state["code_counts"])
 
     def _last_layer(self) -> torch.Tensor:
         return self.accelerator.unwrap_model(self.model).vqmodel.decoder.conv_out.weight
@@ -189,7 +205,7 @@ class VQGANTrainer(AcceleratedTrainer):
         x = self.batches.batch(config.batch_size)
         use_gan = self.step >= config.disc_start
         with self.accelerator.autocast():
-            reconstruction, vq_loss, _ = self.model(x)
+            reconstruction, vq_loss, indices, latents = self.model(x)
             l1 = (x - reconstruction.float()).abs().mean()
             perceptual = (self.perceptual(reconstruction.float(), x).mean() if self.perceptual is not None
                           else torch.zeros((), device=x.device))
@@ -213,8 +229,41 @@ class VQGANTrainer(AcceleratedTrainer):
             self.accelerator.backward(d_loss)
             self.accelerator.clip_grad_norm_(self.critic.parameters(), config.grad_clip)
             self.opt_d.step()
+        restarted = 0
+        if config.code_restart_every:
+            # index_add_ rather than bincount: bincount reads the largest index on the host
+            self.code_counts.index_add_(0, indices.reshape(-1), torch.ones(indices.numel(), device=x.device))
+            if (self.step + 1) % config.code_restart_every == 0:
+                restarted = self.restart_dead_codes(latents.detach())
         return {"loss": loss.detach(), "l1": l1.detach(), "perceptual": perceptual.detach(), "vq": vq_loss.mean().detach(),
-                "g_loss": g_loss.detach(), "d_loss": d_loss.detach(), "d_weight": weight, "lr": self.sched_ae.get_last_lr()[0]}
+                "g_loss": g_loss.detach(), "d_loss": d_loss.detach(), "d_weight": weight, "lr": self.sched_ae.get_last_lr()[0],
+                "codes_restarted": restarted}
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latents: torch.Tensor) -> int:
+        """Move every code that no process chose since the last restart onto a random encoder
+        output of the main process's ``latents`` [N, C, h, w]; reset the counts and those codes'
+        Adam moments. Returns how many codes moved (the same on every process)."""
+        from accelerate.utils import broadcast
+
+        counts = self.accelerator.reduce(self.code_counts.clone(), reduction="sum")
+        dead = (counts == 0).nonzero().flatten()
+        self.code_counts.zero_()
+        if len(dead) == 0:
+            return 0
+        candidates = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float()
+        pick = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        if len(dead) <= len(candidates):
+            chosen = torch.randperm(len(candidates), generator=pick)[: len(dead)]
+        else:
+            chosen = torch.randint(len(candidates), (len(dead),), generator=pick)
+        new_codes = broadcast(candidates[chosen.to(candidates.device)].contiguous(), from_process=0)
+        codebook = self.accelerator.unwrap_model(self.model).vqmodel.quantize.embedding.weight
+        codebook[dead] = new_codes.to(codebook.dtype)
+        for moment in self.opt_ae.optimizer.state.get(codebook, {}).values():
+            if torch.is_tensor(moment) and moment.shape == codebook.shape:
+                moment[dead] = 0
+        return len(dead)
 
     def vqmodel(self):
         """The trained diffusers ``VQModel`` (eval mode)."""
@@ -282,7 +331,7 @@ def reconstruct(vqmodel, tiles: np.ndarray, batch_size: int = 128) -> tuple[np.n
     device = next(vqmodel.parameters()).device
     images, codes = [], []
     for i in range(0, len(tiles), batch_size):
-        reconstruction, _, indices = model(_to_model_input(tiles[i:i + batch_size], device))
+        reconstruction, _, indices, _ = model(_to_model_input(tiles[i:i + batch_size], device))
         images.append(to_uint8(reconstruction.float()))
         codes.append(indices.cpu().numpy())
     return np.concatenate(images), np.concatenate(codes)

@@ -77,16 +77,19 @@ def test_bad_tiles_are_named():
 
 
 def test_training_resumes_exactly_and_saves_a_loadable_vqmodel(tmp_path, crops):
-    config = VQGANConfig(steps=4, checkpoint_every=2, **TINY)
+    # a code restart at step 3 falls between the checkpoints, so resume needs step 1-2's code counts
+    config = VQGANConfig(steps=4, checkpoint_every=2, code_restart_every=3, **TINY)
     straight = VQGANTrainer(config, crops, tmp_path / "straight", progress=False)
     log = straight.train()
-    assert {"l1", "vq", "g_loss", "d_loss", "d_weight"} <= set(log.columns) and len(log) == 4
+    assert {"l1", "vq", "g_loss", "d_loss", "d_weight", "codes_restarted"} <= set(log.columns) and len(log) == 4
     assert (log["d_weight"][:2] == 0).all() and (log["d_weight"][2:] > 0).all()  # the critic starts at step 2
+    assert log["codes_restarted"][2] > 0 and (log["codes_restarted"].drop(2) == 0).all()
 
     first = VQGANTrainer(config, crops, tmp_path / "resumed", progress=False)
     first.train(steps=2)
     second = VQGANTrainer(config, crops, tmp_path / "resumed", progress=False)
     second.train(resume=True)
+    assert second.log == straight.log
     for a, b in zip(straight.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
     for a, b in zip(straight.critic.parameters(), second.critic.parameters()):
@@ -102,6 +105,47 @@ def test_training_resumes_exactly_and_saves_a_loadable_vqmodel(tmp_path, crops):
     assert np.array_equal(decode(vqmodel, latents), images)  # decode quantises, as the forward pass does
     with pytest.raises(FileNotFoundError, match="02_vqgan"):
         load_vqmodel(tmp_path / "nowhere")
+
+
+def _codebook(trainer):
+    return trainer.accelerator.unwrap_model(trainer.model).vqmodel.quantize.embedding.weight
+
+
+def _exact_matches(codes: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """[len(codes), len(vectors)]: whether code i equals vector j exactly."""
+    return (codes.detach()[:, None] == vectors[None]).all(dim=-1)
+
+
+def test_dead_codes_move_onto_encoder_outputs_and_live_codes_stay(tmp_path, crops):
+    trainer = VQGANTrainer(VQGANConfig(steps=1, code_restart_every=100, **TINY), crops, tmp_path, progress=False)
+    trainer.train()  # one step, so Adam has moments for the codebook
+    codebook, before = _codebook(trainer), _codebook(trainer).detach().clone()
+    trainer.code_counts.zero_()
+    trainer.code_counts[:4] = 1  # codes 0-3 were chosen since the last restart; 4-31 were not
+    latents = torch.randn(2, 4, 4, 8) * 5  # 64 candidate vectors of 4 channels
+    candidates = latents.permute(0, 2, 3, 1).reshape(-1, 4)
+
+    assert trainer.restart_dead_codes(latents) == 28
+    assert torch.equal(codebook[:4], before[:4])
+    matches = _exact_matches(codebook[4:], candidates)
+    assert matches.any(dim=1).all()  # each restarted code is an encoder output
+    assert len(set(matches.int().argmax(dim=1).tolist())) == 28  # and no two are the same one
+    moments = trainer.opt_ae.optimizer.state[codebook]
+    assert (moments["exp_avg"][4:] == 0).all() and (moments["exp_avg_sq"][4:] == 0).all()
+    assert (trainer.code_counts == 0).all()
+    # with no code chosen since, all 32 are dead; more dead codes than candidates draws with replacement
+    assert trainer.restart_dead_codes(latents[:1, :, :2, :2]) == 32
+    assert _exact_matches(codebook, candidates).any(dim=1).all()
+
+
+def test_restarts_keep_more_of_the_codebook_in_use(tmp_path, crops):
+    used = {}
+    for every in (0, 5):
+        config = VQGANConfig(steps=30, checkpoint_every=100, code_restart_every=every, **TINY)
+        trainer = VQGANTrainer(config, crops, tmp_path / str(every), progress=False)
+        trainer.train()
+        used[every] = codebook_stats(reconstruct(trainer.vqmodel(), crops)[1], 32)["codes_used"]
+    assert used[5] > 2 * used[0], used
 
 
 def test_trainer_rejects_wrong_tiles(tmp_path, crops):
@@ -152,3 +196,34 @@ def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 .*step-2"):
         trainer.train()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+
+
+RANKED_RESTARTS = """
+import sys, numpy as np, torch
+from histolab_utils.vqgan import VQGANConfig, VQGANTrainer
+config = VQGANConfig(steps=4, checkpoint_every=100, code_restart_every=2, image_size=16, block_out_channels=(8, 16),
+                     num_vq_embeddings=32, batch_size=4, warmup_steps=1, disc_start=2, disc_layers=1, disc_channels=8,
+                     perceptual_weight=0.0)
+crops = np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
+trainer = VQGANTrainer(config, crops, sys.argv[1], progress=False)
+log = trainer.train()
+codebook = trainer.accelerator.unwrap_model(trainer.model).vqmodel.quantize.embedding.weight.detach()
+torch.save({"codebook": codebook, "restarted": log["codes_restarted"].tolist()},
+           f"{sys.argv[1]}/rank{trainer.accelerator.process_index}.pt")
+"""
+
+
+def test_two_processes_restart_the_same_codes_with_the_same_vectors(tmp_path):
+    """Each rank chooses different codes from different batches; a restart must still leave
+    every rank with the same codebook (counts summed over ranks, new codes sent from rank 0)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranked.py"
+    script.write_text(RANKED_RESTARTS)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["restarted"] == ranks[1]["restarted"] and sum(ranks[0]["restarted"]) > 0
+    assert torch.equal(ranks[0]["codebook"], ranks[1]["codebook"])
