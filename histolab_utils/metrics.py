@@ -141,7 +141,11 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kid(real, fake, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """KID as (mean, std) of the unbiased polynomial-kernel MMD^2 over random subsets."""
+    """KID as (mean, std) of the unbiased polynomial-kernel MMD^2 over random subsets.
+
+    When both sets have at most ``subset_size`` samples every subset is the whole set, so the
+    std is 0: it says nothing about the uncertainty then (use the real-vs-real floor instead).
+    """
     a, b = _features(real), _features(fake)
     size_a, size_b = min(subset_size, len(a)), min(subset_size, len(b))
     if min(size_a, size_b) < 2:
