@@ -21,8 +21,7 @@ import pandas as pd
 import torch
 
 from histolab_utils.config import PROFILES, load_config
-from histolab_utils.data import CropSampler, load_images
-from histolab_utils.train import training_crops
+from histolab_utils.train import heldout_eval_crops, training_crops
 from histolab_utils.vqgan import (VQGANTrainer, codebook_stats, reconstruct, reconstruction_metrics,
                                   vqgan_config)
 
@@ -55,7 +54,7 @@ def main() -> None:
     if every <= 0:
         parser.error("--every must be positive (the profile turns restarts off; give a period)")
     crops = training_crops(section.image_size, section.n_train_crops, seed=0)
-    heldout = CropSampler(load_images(), section.image_size, "heldout", augment=False, seed=7).sample(args.n_eval)
+    heldout = heldout_eval_crops(section.image_size, args.n_eval, seed=0)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
     print(f"profile {args.profile}: {section.image_size} px crops, {section.num_vq_embeddings} codes, "
           f"{section.latent_channels[0]} latent channels; {len(crops)} train-region crops; scored on {len(heldout)} "

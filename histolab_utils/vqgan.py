@@ -258,12 +258,17 @@ class VQGANTrainer(AcceleratedTrainer):
         else:
             chosen = torch.randint(len(candidates), (len(dead),), generator=pick)
         new_codes = broadcast(candidates[chosen.to(candidates.device)].contiguous(), from_process=0)
-        codebook = self.accelerator.unwrap_model(self.model).vqmodel.quantize.embedding.weight
+        codebook = self.codebook
         codebook[dead] = new_codes.to(codebook.dtype)
         for moment in self.opt_ae.optimizer.state.get(codebook, {}).values():
             if torch.is_tensor(moment) and moment.shape == codebook.shape:
                 moment[dead] = 0
         return len(dead)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook [num_vq_embeddings, latent_channels] being trained (a parameter)."""
+        return self.accelerator.unwrap_model(self.model).vqmodel.quantize.embedding.weight
 
     def vqmodel(self):
         """The trained diffusers ``VQModel`` (eval mode)."""

@@ -107,10 +107,6 @@ def test_training_resumes_exactly_and_saves_a_loadable_vqmodel(tmp_path, crops):
         load_vqmodel(tmp_path / "nowhere")
 
 
-def _codebook(trainer):
-    return trainer.accelerator.unwrap_model(trainer.model).vqmodel.quantize.embedding.weight
-
-
 def _exact_matches(codes: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """[len(codes), len(vectors)]: whether code i equals vector j exactly."""
     return (codes.detach()[:, None] == vectors[None]).all(dim=-1)
@@ -119,7 +115,7 @@ def _exact_matches(codes: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
 def test_dead_codes_move_onto_encoder_outputs_and_live_codes_stay(tmp_path, crops):
     trainer = VQGANTrainer(VQGANConfig(steps=1, code_restart_every=100, **TINY), crops, tmp_path, progress=False)
     trainer.train()  # one step, so Adam has moments for the codebook
-    codebook, before = _codebook(trainer), _codebook(trainer).detach().clone()
+    codebook, before = trainer.codebook, trainer.codebook.detach().clone()
     trainer.code_counts.zero_()
     trainer.code_counts[:4] = 1  # codes 0-3 were chosen since the last restart; 4-31 were not
     latents = torch.randn(2, 4, 4, 8) * 5  # 64 candidate vectors of 4 channels
@@ -207,7 +203,7 @@ config = VQGANConfig(steps=4, checkpoint_every=100, code_restart_every=2, image_
 crops = np.random.default_rng(0).integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8)
 trainer = VQGANTrainer(config, crops, sys.argv[1], progress=False)
 log = trainer.train()
-codebook = trainer.accelerator.unwrap_model(trainer.model).vqmodel.quantize.embedding.weight.detach()
+codebook = trainer.codebook.detach()
 torch.save({"codebook": codebook, "restarted": log["codes_restarted"].tolist()},
            f"{sys.argv[1]}/rank{trainer.accelerator.process_index}.pt")
 """
