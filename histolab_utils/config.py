@@ -59,9 +59,14 @@ class DDPMConfig:
     checkpoint_every: int
     compile: bool
     n_train_crops: int
-    n_eval: int  # samples per (schedule, sampler), and real crops per floor set
+    n_eval: int  # samples per (schedule, prediction type, sampler), and real crops per floor set
     sampler_steps: tuple[tuple[str, int], ...]
-    prediction_type: str = "epsilon"
+    # (schedule, prediction type) of each DDPM notebook 03 trains; ``prediction_type`` is the
+    # default of the CLI and of the schedule comparison (v: chosen by measurement, see the README)
+    models: tuple[tuple[str, str], ...]
+    prediction_type: str = "v_prediction"
+    zero_terminal_snr: bool = False
+    diagnostic_timesteps: tuple[int, ...] = (0, 100, 250, 500, 650, 800, 900, 950, 990, 999)
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,7 @@ class LDMSection:
     """Notebook 05: a class-conditional diffusion model on the VQ-GAN's latents."""
 
     schedule: str
+    prediction_type: str
     train_steps: int
     batch_size: int
     learning_rate: float
@@ -143,13 +149,15 @@ _CONFIGS = {
         ddpm=DDPMConfig(image_size=32, train_steps=150, batch_size=16, learning_rate=1e-3, warmup_steps=15,
                         ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1, attention=False,
                         checkpoint_every=75, compile=False, n_train_crops=1024, n_eval=24,
-                        sampler_steps=(("ddpm", 200), ("ddim", 50), ("dpm", 20))),
+                        sampler_steps=(("ddpm", 200), ("ddim", 50), ("dpm", 20)),
+                        models=(("linear", "epsilon"), ("linear", "v_prediction"), ("cosine", "v_prediction"),
+                                ("sigmoid", "v_prediction"))),
         vqgan=VQGANSection(image_size=32, latent_channels=(4,), num_vq_embeddings=256, block_out_channels=(16, 32, 32),
                            layers_per_block=1, attention=False, train_steps=200, batch_size=16, learning_rate=1e-3,
                            disc_start=100, perceptual_weight=0.1, code_restart_every=25,
                            checkpoint_every=100, n_train_crops=2048, n_eval=48),
         clusters=ClusterSection(min_tissue=0.5, max_tiles=600, ks=(2, 3, 4, 5, 6), umap_neighbors=15, gallery_size=16),
-        ldm=LDMSection(schedule="cosine", train_steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
+        ldm=LDMSection(schedule="cosine", prediction_type="v_prediction", train_steps=300, batch_size=32, learning_rate=1e-3, warmup_steps=30,
                        ema_decay=0.99, block_out_channels=(32, 64), layers_per_block=1, attention=False,
                        label_dropout=0.1, checkpoint_every=150, augment_copies=2, sampler="ddim", sampler_steps=20,
                        guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4, max_eval_per_class=32,
@@ -162,14 +170,16 @@ _CONFIGS = {
         ddpm=DDPMConfig(image_size=64, train_steps=20000, batch_size=64, learning_rate=2e-4, warmup_steps=500,
                         ema_decay=0.999, block_out_channels=(128, 256, 256, 512), layers_per_block=2, attention=True,
                         checkpoint_every=2000, compile=True, n_train_crops=20000, n_eval=2000,
-                        sampler_steps=(("ddpm", 1000), ("ddim", 100), ("dpm", 20))),
+                        sampler_steps=(("ddpm", 1000), ("ddim", 100), ("dpm", 20)),
+                        models=tuple((s, p) for s in ("linear", "cosine", "sigmoid")
+                                     for p in ("epsilon", "v_prediction"))),
         vqgan=VQGANSection(image_size=64, latent_channels=(4, 8), num_vq_embeddings=1024,
                            block_out_channels=(128, 256, 256), layers_per_block=2, attention=True, train_steps=20000,
                            batch_size=32, learning_rate=2e-4, disc_start=10000, perceptual_weight=0.5,
                            code_restart_every=200, checkpoint_every=2000, n_train_crops=20000, n_eval=1000),
         clusters=ClusterSection(min_tissue=0.5, max_tiles=4000, ks=tuple(range(2, 17)), umap_neighbors=30,
                                 gallery_size=32),
-        ldm=LDMSection(schedule="cosine", train_steps=20000, batch_size=128, learning_rate=2e-4, warmup_steps=500,
+        ldm=LDMSection(schedule="cosine", prediction_type="v_prediction", train_steps=20000, batch_size=128, learning_rate=2e-4, warmup_steps=500,
                        ema_decay=0.999, block_out_channels=(128, 256, 256), layers_per_block=2, attention=True,
                        label_dropout=0.1, checkpoint_every=2000, augment_copies=8, sampler="dpm", sampler_steps=20,
                        guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0, min_eval_tiles=20,

@@ -12,6 +12,8 @@ antialiasing), the same operation the reference TensorFlow FID applies inside it
 * Improved precision and recall (Kynkaanniemi et al., 2019): a fake sample is *precise* when it
   falls inside the k-NN ball of some real sample; recall swaps the roles.
 * MS-SSIM diversity: mean MS-SSIM between random pairs of samples (lower = more diverse).
+* Colour statistics: mean RGB and the fraction of saturated pixels, the first thing to look at
+  when a sampler fails (grey noise, or saturated colour noise with every channel at 0 or 255).
 * Memorisation (after Carlini et al., 2023): a sample is a near-copy when its nearest training
   crop is much closer than its next nearest ones (distance ratio below a threshold).
 
@@ -197,6 +199,18 @@ def ms_ssim_diversity(samples, n_pairs: int = 100, seed: int = 0) -> float:
     second = (first + rng.integers(1, len(x), n_pairs)) % len(x)
     value = ms_ssim(x[first], x[second], data_range=255.0, kernel_size=kernel, betas=weights, normalize="relu")
     return float(value)
+
+
+def colour_stats(images) -> dict:
+    """Mean R, G, B (0-255) of uint8 NHWC images; ``saturated_fraction``: pixels with *every*
+    channel at 0 or 255 (a corner of the RGB cube: saturated colour noise); ``clipped_fraction``:
+    channel values at 0 or 255 (real H&E has some, where glass is white)."""
+    x = _as_uint8_nchw(images)
+    clipped = (x == 0) | (x == 255)
+    mean = x.float().mean(dim=(0, 2, 3)).tolist()
+    return {"mean_r": mean[0], "mean_g": mean[1], "mean_b": mean[2],
+            "saturated_fraction": float(clipped.all(dim=1).float().mean()),
+            "clipped_fraction": float(clipped.float().mean())}
 
 
 def memorisation(samples, train, k: int = 50, threshold: float = 1 / 3) -> dict:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import numpy as np
 import torch
 
+from .prediction import DEFAULT_PREDICTION_TYPE, Denoiser
 from .schedules import make_scheduler
-
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def unet_denoiser(unet) -> Denoiser:
@@ -56,9 +54,11 @@ def sample(
 
 
 def sample_timed(denoiser: Denoiser, sampler: str, schedule: str, n: int, image_size: int, steps: int,
-                 prediction_type: str = "epsilon", **kwargs) -> tuple[np.ndarray, dict]:
-    """Sample with a named sampler and schedule; also return NFE and seconds per image."""
-    scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type)
+                 prediction_type: str = DEFAULT_PREDICTION_TYPE, zero_terminal_snr: bool = False,
+                 **kwargs) -> tuple[np.ndarray, dict]:
+    """Sample with a named sampler and schedule (the model's ``prediction_type`` and
+    ``zero_terminal_snr`` must be those it was trained with); also return NFE and seconds per image."""
+    scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr)
     calls = 0
 
     def counting(x, t):

@@ -13,6 +13,16 @@
 
 diffusers' DDIM and DPM-Solver schedulers accept a custom schedule only as ``trained_betas``,
 so every scheduler here is built from the same beta array, whatever its kind.
+
+**Zero terminal SNR** (Lin et al., "Common diffusion noise schedules and sample steps are
+flawed", 2024): none of the three schedules ends at pure noise (ᾱ_T is 4e-5 for linear, 2e-9
+for cosine, 3e-7 for sigmoid), yet sampling starts from pure noise, so the model never trained on
+what it first sees. ``zero_terminal_snr=True`` shifts and rescales √ᾱ_t so that ᾱ_T = 0 while ᾱ_0
+is kept (diffusers' ``rescale_zero_terminal_snr``, their Algorithm 1). √ᾱ_t moves by at most 6e-3
+(linear), 5e-4 (sigmoid) or 5e-5 (cosine): what changes is the last step, now pure noise, and
+where DDIM starts. With ε-prediction the x₀ estimate at ᾱ_T = 0 divides by zero, so it needs
+``v_prediction`` (or ``sample``); DDIM then uses trailing spacing so that sampling starts at t = T,
+as the paper recommends.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from .prediction import DEFAULT_PREDICTION_TYPE, check_prediction_type
 
 ScheduleName = Literal["linear", "cosine", "sigmoid"]
 SamplerName = Literal["ddpm", "ddim", "dpm"]
@@ -54,23 +66,31 @@ def sigmoid_betas(steps: int, start: float = -3.0, end: float = 3.0, tau: float 
     return _betas_from_alpha_bar(alpha_bar)
 
 
-def make_betas(schedule: str, steps: int = 1000) -> np.ndarray:
-    """Betas of a named schedule (float64, length ``steps``)."""
+def make_betas(schedule: str, steps: int = 1000, zero_terminal_snr: bool = False) -> np.ndarray:
+    """Betas of a named schedule (float64, length ``steps``), optionally rescaled to zero terminal SNR."""
     makers = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}
     if schedule not in makers:
         raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
     if steps < 2:
         raise ValueError(f"a schedule needs at least 2 steps, got {steps}")
-    return makers[schedule](steps)
+    betas = makers[schedule](steps)
+    if zero_terminal_snr:
+        import torch
+        from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
+
+        betas = rescale_zero_terminal_snr(torch.from_numpy(betas)).numpy()
+    return betas
 
 
-def schedule_table(schedule: str, steps: int = 1000) -> pd.DataFrame:
-    """t, beta_t, alpha_bar_t and log-SNR = log(alpha_bar / (1 - alpha_bar)) per step."""
-    betas = make_betas(schedule, steps)
-    alpha_bar = np.cumprod(1.0 - betas)
+def schedule_table(schedule: str, steps: int = 1000, zero_terminal_snr: bool = False) -> pd.DataFrame:
+    """t, beta_t, alpha_bar_t and log-SNR = log(alpha_bar / (1 - alpha_bar)) per step (-inf where alpha_bar = 0)."""
+    betas = make_betas(schedule, steps, zero_terminal_snr)
+    alpha_bar = np.clip(np.cumprod(1.0 - betas), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)
     return pd.DataFrame({
-        "schedule": schedule, "t": np.arange(steps), "beta": betas, "alpha_bar": alpha_bar,
-        "log_snr": np.log(alpha_bar) - np.log1p(-alpha_bar),
+        "schedule": schedule + (" (zero terminal SNR)" if zero_terminal_snr else ""), "t": np.arange(steps),
+        "beta": betas, "alpha_bar": alpha_bar, "log_snr": log_snr,
     })
 
 
@@ -78,10 +98,12 @@ def make_scheduler(
     sampler: str,
     schedule: str,
     steps: int = 1000,
-    prediction_type: str = "epsilon",
+    prediction_type: str = DEFAULT_PREDICTION_TYPE,
     dpm_lambda_min_clipped: float = -5.1,
+    zero_terminal_snr: bool = False,
 ):
-    """A diffusers scheduler (DDPM, DDIM or DPM-Solver++) over the betas of ``schedule``.
+    """A diffusers scheduler (DDPM, DDIM or DPM-Solver++) over the betas of ``schedule``, for a
+    network that predicts ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``).
 
     * DDPM: ancestral sampling, ``clip_sample`` on (x0 estimates clipped to [-1, 1]).
     * DDIM: deterministic (eta = 0), ``clip_sample`` on, ``timestep_spacing="leading"`` (skips
@@ -91,15 +113,25 @@ def make_scheduler(
     * DPM-Solver++ (2nd order, multistep) with ``lambda_min_clipped`` = -5.1: with cosine-like
       schedules alpha_bar at the last step is ~0, the log-SNR runs to minus infinity, and the
       solver's first x0 estimate blows up unless the log-SNR is clipped.
+
+    With ``zero_terminal_snr`` every scheduler rescales the betas itself (diffusers'
+    ``rescale_betas_zero_snr``, so a config saved with the model reproduces it; DPM-Solver++ then
+    sets ᾱ_T to 2^-24 rather than 0 to keep its log-SNR finite), and DDIM uses trailing spacing.
     """
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+    check_prediction_type(prediction_type)
+    if zero_terminal_snr and prediction_type == "epsilon":
+        raise ValueError("zero_terminal_snr needs prediction_type 'v_prediction' or 'sample': with 'epsilon' "
+                         "the x0 estimate at t = T divides by sqrt(alpha_bar_T) = 0")
     betas = make_betas(schedule, steps).tolist()
-    common = dict(num_train_timesteps=steps, trained_betas=betas, prediction_type=prediction_type)
+    common = dict(num_train_timesteps=steps, trained_betas=betas, prediction_type=prediction_type,
+                  rescale_betas_zero_snr=zero_terminal_snr)
     if sampler == "ddpm":
         return DDPMScheduler(**common, clip_sample=True)
     if sampler == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="leading")
+        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True,
+                             timestep_spacing="trailing" if zero_terminal_snr else "leading")
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            lambda_min_clipped=dpm_lambda_min_clipped)

@@ -1,6 +1,7 @@
 """Headless training, the same code as the notebooks:
 
     python -m histolab_utils.train ddpm --schedule cosine --profile full --out runs/full/ddpm-cosine
+    python -m histolab_utils.train ddpm --schedule linear --prediction-type epsilon --profile full --out runs/full/ddpm-linear-eps
     python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
@@ -18,15 +19,18 @@ import sys
 from pathlib import Path
 
 from .config import PROFILES, DDPMConfig, load_config
+from .prediction import PREDICTION_TYPES
 from .schedules import SCHEDULES
 
 
 def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
-    """The trainer's config for one schedule, from a profile's DDPM section."""
+    """The trainer's config for one schedule, from a profile's DDPM section; ``overrides`` (e.g.
+    ``prediction_type="epsilon"``) replace its fields, ``None`` values are ignored."""
     from .training import TrainConfig
 
     config = TrainConfig(
-        schedule=schedule, prediction_type=ddpm.prediction_type, image_size=ddpm.image_size,
+        schedule=schedule, prediction_type=ddpm.prediction_type, zero_terminal_snr=ddpm.zero_terminal_snr,
+        image_size=ddpm.image_size,
         steps=ddpm.train_steps, batch_size=ddpm.batch_size, learning_rate=ddpm.learning_rate,
         warmup_steps=ddpm.warmup_steps, ema_decay=ddpm.ema_decay, block_out_channels=ddpm.block_out_channels,
         layers_per_block=ddpm.layers_per_block, attention=ddpm.attention, checkpoint_every=ddpm.checkpoint_every,
@@ -86,7 +90,8 @@ def _train_ddpm(args) -> int:
 
     ddpm = load_config(args.profile).ddpm
     config = train_config(ddpm, args.schedule, args.seed, steps=args.steps, batch_size=args.batch_size,
-                          prediction_type=args.prediction_type, compile=False if args.no_compile else None)
+                          prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr or None,
+                          compile=False if args.no_compile else None)
     crops = training_crops(config.image_size, ddpm.n_train_crops, seed=args.seed)
     trainer = DiffusionTrainer(config, crops, args.out)
     if not _trained(trainer, args.resume):
@@ -129,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan}", help="what to train")
     ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
     ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
-    ddpm.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None)
+    ddpm.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                      help="what the network predicts (default: the profile's, v_prediction)")
+    ddpm.add_argument("--zero-terminal-snr", action="store_true",
+                      help="rescale the schedule to end at pure noise (Lin et al. 2024); needs v_prediction or sample")
     ddpm.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
     vqgan = models.add_parser("vqgan", help="a VQ-GAN (notebook 02)")
     vqgan.add_argument("--latent-channels", type=int, default=None, help="default: the profile's first")

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from .paths import atomic_write_text
+from .prediction import DEFAULT_PREDICTION_TYPE, training_target
 from .schedules import make_scheduler
 
 
@@ -40,7 +41,8 @@ class TrainConfig:
     """Everything a run depends on; saved next to its checkpoints."""
 
     schedule: str = "linear"
-    prediction_type: str = "epsilon"
+    prediction_type: str = DEFAULT_PREDICTION_TYPE  # "epsilon", "v_prediction" or "sample"
+    zero_terminal_snr: bool = False  # rescale the schedule to end at pure noise (needs v_prediction or sample)
     image_size: int = 32
     steps: int = 200
     batch_size: int = 16
@@ -355,11 +357,13 @@ class DiffusionTrainer(AcceleratedTrainer):
         if labels is not None and (np.min(labels) < 0 or np.max(labels) >= config.num_classes):
             raise ValueError(f"labels must lie in 0..{config.num_classes - 1}; got {np.min(labels)}..{np.max(labels)}")
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
-        self.name = f"train {config.schedule}" + (f" | {config.num_classes} classes" if config.num_classes else "")
+        self.name = (f"train {config.schedule} {config.prediction_type}"
+                     + (f" | {config.num_classes} classes" if config.num_classes else ""))
         self.accelerator = make_accelerator(config.mixed_precision, config.grad_accumulation)
         set_seed(config.seed, device_specific=True)
         device = self.accelerator.device
-        self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type)
+        self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type,
+                                              zero_terminal_snr=config.zero_terminal_snr)
         self.train_steps = self.noise_scheduler.config.num_train_timesteps
 
         model = build_unet(config)
@@ -384,10 +388,7 @@ class DiffusionTrainer(AcceleratedTrainer):
         noise = self.batches.randn_like(x0)
         t = self.batches.timesteps(len(x0), self.train_steps)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        if self.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(x0, noise, t)
-        else:
-            target = noise
+        target = training_target(self.noise_scheduler, x0, noise, t)
         with self.accelerator.autocast():
             prediction = self.model(noisy, t, class_labels=labels).sample
         return torch.nn.functional.mse_loss(prediction.float(), target.float())

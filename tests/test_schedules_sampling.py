@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from histolab_utils.prediction import PREDICTION_TYPES
 from histolab_utils.sampling import sample, sample_grid, sample_timed
 from histolab_utils.schedules import SAMPLERS, SCHEDULES, make_betas, make_scheduler, schedule_table
 
@@ -30,34 +31,73 @@ def test_schedules_match_their_definitions():
         make_betas("quadratic")
 
 
-def oracle(x0: torch.Tensor, schedule: str, prediction_type: str):
-    """The exact denoiser for data that is always ``x0``."""
-    alpha_bar = torch.from_numpy(np.cumprod(1 - make_betas(schedule))).float()
+def oracle(x0: torch.Tensor, scheduler):
+    """The exact denoiser for data that is always ``x0``, in the scheduler's schedule and prediction type."""
+    alpha_bar = scheduler.alphas_cumprod.double()
+    prediction_type = scheduler.config.prediction_type
 
     def denoise(x, t):
         a = alpha_bar[int(t)]
-        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        return eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        eps = ((x.double() - a.sqrt() * x0) / (1 - a).sqrt()).float()
+        if prediction_type == "epsilon":
+            return eps
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).float() if prediction_type == "v_prediction" else x0.expand_as(x)
 
     return denoise
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def recovers_the_answer(scheduler, steps: int) -> bool:
+    """A known answer: if the data is one image, a correct sampler must return that image."""
+    x0 = torch.linspace(-0.8, 0.8, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    images = sample(oracle(x0, scheduler), scheduler, n=2, image_size=8, steps=steps, seed=1)
+    expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert images.shape == (2, 8, 8, 3)
+    return np.abs(images.astype(int) - expected.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20)])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_every_sampler_recovers_the_answer_of_an_exact_denoiser(schedule, sampler, steps, prediction_type):
-    """A known answer: if the data is one image, a correct sampler must return that image."""
-    x0 = torch.linspace(-0.8, 0.8, 3 * 8 * 8).reshape(1, 3, 8, 8)
     scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type)
-    images = sample(oracle(x0, schedule, prediction_type), scheduler, n=2, image_size=8, steps=steps, seed=1)
-    expected = ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    assert images.shape == (2, 8, 8, 3)
-    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 2, f"{schedule}/{sampler} misses the answer"
+    assert recovers_the_answer(scheduler, steps), f"{schedule}/{sampler}/{prediction_type} misses the answer"
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20)])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_zero_terminal_snr_schedules_sample_the_answer_too(schedule, sampler, steps, prediction_type):
+    scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type, zero_terminal_snr=True)
+    assert recovers_the_answer(scheduler, steps), f"{schedule}/{sampler}/{prediction_type} misses the answer"
+    if sampler == "ddim":  # trailing spacing: sampling starts from pure noise at t = T
+        scheduler.set_timesteps(steps)
+        assert int(scheduler.timesteps[0]) == 999
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_zero_terminal_snr_ends_at_pure_noise_and_keeps_the_start(schedule):
+    plain, rescaled = (np.cumprod(1 - make_betas(schedule, zero_terminal_snr=z)) for z in (False, True))
+    assert plain[-1] > 0 and rescaled[-1] == pytest.approx(0, abs=1e-12)
+    assert rescaled[0] == pytest.approx(plain[0], rel=1e-9)
+    assert np.abs(np.sqrt(plain) - np.sqrt(rescaled)).max() < 0.01
+    table = schedule_table(schedule, zero_terminal_snr=True)
+    assert table["log_snr"].iloc[-1] == -np.inf and table["schedule"].iloc[0].endswith("(zero terminal SNR)")
+    assert np.allclose(make_scheduler("ddpm", schedule, prediction_type="v_prediction",
+                                      zero_terminal_snr=True).alphas_cumprod.numpy(), rescaled, atol=1e-6)
+
+
+def test_bad_prediction_types_are_named():
+    with pytest.raises(ValueError, match="unknown prediction type 'x0'"):
+        make_scheduler("ddim", "cosine", prediction_type="x0")
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type 'v_prediction' or 'sample'"):
+        make_scheduler("ddim", "cosine", prediction_type="epsilon", zero_terminal_snr=True)
 
 
 def test_sample_timed_counts_function_evaluations():
     x0 = torch.zeros(1, 3, 4, 4)
-    images, info = sample_timed(oracle(x0, "sigmoid", "epsilon"), "dpm", "sigmoid", n=3, image_size=4, steps=10)
+    scheduler = make_scheduler("dpm", "sigmoid", prediction_type="epsilon")
+    images, info = sample_timed(oracle(x0, scheduler), "dpm", "sigmoid", n=3, image_size=4, steps=10,
+                                prediction_type="epsilon")
     assert info["nfe"] == 10 and info["seconds_per_image"] > 0 and images.shape == (3, 4, 4, 3)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("euler", "linear")

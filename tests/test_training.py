@@ -123,3 +123,29 @@ def test_trainers_of_different_precision_can_follow_each_other_in_one_process(tm
     config = TrainConfig(steps=1, checkpoint_every=1, mixed_precision="bf16", **TINY)
     trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
     assert trainer.accelerator.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("prediction_type,zero_terminal_snr", [("epsilon", False), ("sample", False),
+                                                               ("v_prediction", True)])
+def test_every_prediction_type_trains_and_is_saved_with_its_pipeline(tmp_path, crops, prediction_type,
+                                                                      zero_terminal_snr):
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    config = TrainConfig(schedule="cosine", steps=2, checkpoint_every=2, prediction_type=prediction_type,
+                         zero_terminal_snr=zero_terminal_snr, **TINY)
+    trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    assert np.isfinite(trainer.train()["loss"]).all()
+    pipeline = DDPMPipeline.from_pretrained(trainer.save_pipeline())
+    assert pipeline.scheduler.config.prediction_type == prediction_type
+    ddim = DDIMScheduler.from_config(pipeline.scheduler.config)
+    assert ddim.config.prediction_type == prediction_type and ddim.config.rescale_betas_zero_snr == zero_terminal_snr
+    assert float(pipeline.scheduler.alphas_cumprod[-1]) == 0.0 if zero_terminal_snr else \
+        float(pipeline.scheduler.alphas_cumprod[-1]) > 0
+
+
+def test_an_impossible_parameterisation_is_refused_before_anything_is_written(tmp_path, crops):
+    with pytest.raises(ValueError, match="unknown prediction type 'noise'"):
+        DiffusionTrainer(TrainConfig(prediction_type="noise", **TINY), crops, tmp_path / "a")
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type"):
+        DiffusionTrainer(TrainConfig(prediction_type="epsilon", zero_terminal_snr=True, **TINY), crops, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
