@@ -147,3 +147,31 @@ def x0_error_by_t(
             "prediction_mse": squared["prediction"] / x0_all.numel(), "n": len(x0_all),
         })
     return pd.DataFrame(rows)
+
+
+def x0_error_amplification(alpha_bar: np.ndarray) -> pd.DataFrame:
+    """How much an error of size 1 in the network's output grows in x̂₀, per prediction type:
+    ``sqrt((1 - ᾱ) / ᾱ)`` for ε, ``sqrt(1 - ᾱ)`` for v, 1 for x₀ (see the module docstring)."""
+    alpha_bar = np.asarray(alpha_bar, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        factors = {"epsilon": np.sqrt((1 - alpha_bar) / alpha_bar), "v_prediction": np.sqrt(1 - alpha_bar),
+                   "sample": np.ones_like(alpha_bar)}
+    return pd.concat([pd.DataFrame({"t": np.arange(len(alpha_bar)), "prediction_type": name, "amplification": value})
+                      for name, value in factors.items()], ignore_index=True)
+
+
+def plot_x0_error(tables: dict[str, pd.DataFrame], ax=None):
+    """x̂₀ error against t for several models (``tables`` from :func:`x0_error_by_t`, by name), with
+    the mean-colour predictor's error as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    for name, table in tables.items():
+        ax.plot(table["t"], table["x0_mse"], marker="o", label=name)
+    mean_mse = next(iter(tables.values()))["mean_predictor_mse"].iloc[0]
+    ax.axhline(mean_mse, color="k", linestyle="--", label="predict the mean colour")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel("MSE of the x0 estimate")
+    ax.legend(fontsize=8)
+    return ax

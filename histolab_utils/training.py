@@ -66,6 +66,20 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+def norm_groups(channels: tuple[int, ...], min_channels_per_group: int = 4) -> int:
+    """GroupNorm groups for a UNet with these level widths: diffusers' 32 where every group keeps at
+    least ``min_channels_per_group`` channels, fewer for narrow UNets.
+
+    One channel per group is instance norm: it removes each feature map's mean, and with it the
+    crop's overall colour. Measured on the smoke DDPM (channels 16/32/32, linear, v, 300 steps):
+    16 groups gave DDPM samples 18/23 levels too red/blue; 4 groups brought them within 5.
+    """
+    groups = max(1, min(32, min(channels) // min_channels_per_group))
+    while any(c % groups for c in channels):
+        groups -= 1
+    return groups
+
+
 def build_unet(config: TrainConfig):
     """A diffusers UNet2DModel for ``config.in_channels`` x ``config.image_size``², with a class
     embedding of ``num_classes + 1`` entries (the last one: "no class") when conditional."""
@@ -80,7 +94,7 @@ def build_unet(config: TrainConfig):
         sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
         block_out_channels=tuple(config.block_out_channels), down_block_types=tuple(down), up_block_types=tuple(up),
-        norm_num_groups=min(32, min(config.block_out_channels)),
+        norm_num_groups=norm_groups(tuple(config.block_out_channels)),
     )
 
 

@@ -149,3 +149,11 @@ def test_an_impossible_parameterisation_is_refused_before_anything_is_written(tm
     with pytest.raises(ValueError, match="zero_terminal_snr needs prediction_type"):
         DiffusionTrainer(TrainConfig(prediction_type="epsilon", zero_terminal_snr=True, **TINY), crops, tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_norm_groups_keep_several_channels_per_group():
+    from histolab_utils.training import norm_groups
+
+    assert norm_groups((128, 256, 256, 512)) == 32  # diffusers' default where the UNet is wide enough
+    assert norm_groups((16, 32, 32)) == 4 and norm_groups((32, 64)) == 8 and norm_groups((8, 16)) == 2
+    assert norm_groups((24, 48, 48)) == 6 and norm_groups((4,)) == 1 and norm_groups((12, 20)) == 2
