@@ -101,6 +101,7 @@ def make_scheduler(
     prediction_type: str = DEFAULT_PREDICTION_TYPE,
     dpm_lambda_min_clipped: float = -5.1,
     zero_terminal_snr: bool = False,
+    clip_sample: bool = True,
 ):
     """A diffusers scheduler (DDPM, DDIM or DPM-Solver++) over the betas of ``schedule``, for a
     network that predicts ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``).
@@ -113,6 +114,9 @@ def make_scheduler(
     * DPM-Solver++ (2nd order, multistep) with ``lambda_min_clipped`` = -5.1: with cosine-like
       schedules alpha_bar at the last step is ~0, the log-SNR runs to minus infinity, and the
       solver's first x0 estimate blows up unless the log-SNR is clipped.
+
+    ``clip_sample`` clips DDPM's and DDIM's x0 estimates to [-1, 1]: right for images, wrong for
+    latents, which have unit variance rather than bounds (a latent diffusion model passes False).
 
     With ``zero_terminal_snr`` every scheduler rescales the betas itself (diffusers'
     ``rescale_betas_zero_snr``, so a config saved with the model reproduces it; DPM-Solver++ then
@@ -128,9 +132,9 @@ def make_scheduler(
     common = dict(num_train_timesteps=steps, trained_betas=betas, prediction_type=prediction_type,
                   rescale_betas_zero_snr=zero_terminal_snr)
     if sampler == "ddpm":
-        return DDPMScheduler(**common, clip_sample=True)
+        return DDPMScheduler(**common, clip_sample=clip_sample)
     if sampler == "ddim":
-        return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True,
+        return DDIMScheduler(**common, clip_sample=clip_sample, set_alpha_to_one=True,
                              timestep_spacing="trailing" if zero_terminal_snr else "leading")
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,

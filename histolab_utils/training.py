@@ -376,8 +376,10 @@ class DiffusionTrainer(AcceleratedTrainer):
         self.accelerator = make_accelerator(config.mixed_precision, config.grad_accumulation)
         set_seed(config.seed, device_specific=True)
         device = self.accelerator.device
+        # x0 estimates are clipped to [-1, 1] for images only: latents have unit variance, not bounds
         self.noise_scheduler = make_scheduler("ddpm", config.schedule, prediction_type=config.prediction_type,
-                                              zero_terminal_snr=config.zero_terminal_snr)
+                                              zero_terminal_snr=config.zero_terminal_snr,
+                                              clip_sample=crops.dtype == np.uint8)
         self.train_steps = self.noise_scheduler.config.num_train_timesteps
 
         model = build_unet(config)
