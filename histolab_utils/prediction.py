@@ -118,7 +118,8 @@ def x0_error_by_t(
         raise ValueError("x0_error_by_t needs at least one crop")
     mean = (channel_mean(data) if reference_mean is None else torch.as_tensor(reference_mean, dtype=torch.float32))
     if mean.shape != (x0_all.shape[1],):
-        raise ValueError(f"reference_mean needs one value per channel ({x0_all.shape[1]}), got shape {tuple(mean.shape)}")
+        raise ValueError(f"reference_mean needs one value per channel ({x0_all.shape[1]}), "
+                         f"got shape {tuple(mean.shape)}")
     steps = len(scheduler.alphas_cumprod)
     if any(not 0 <= int(t) < steps for t in timesteps):
         raise ValueError(f"timesteps must lie in 0..{steps - 1}, got {list(timesteps)}")

@@ -1,7 +1,7 @@
 """Headless training, the same code as the notebooks:
 
     python -m histolab_utils.train ddpm --schedule cosine --profile full --out runs/full/ddpm-cosine
-    python -m histolab_utils.train ddpm --schedule linear --prediction-type epsilon --profile full --out runs/full/ddpm-linear-eps
+    python -m histolab_utils.train ddpm --schedule linear --prediction-type epsilon --profile full --out runs/full/eps
     python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     args = parser.parse_args(argv)
+    if args.model == "ddpm" and args.zero_terminal_snr:
+        prediction_type = args.prediction_type or load_config(args.profile).ddpm.prediction_type
+        if prediction_type == "epsilon":
+            parser.error("--zero-terminal-snr needs --prediction-type v_prediction or sample: with epsilon the x0 "
+                         "estimate at t = T divides by sqrt(alpha_bar_T) = 0")
     return _train_ddpm(args) if args.model == "ddpm" else _train_vqgan(args)
 
 

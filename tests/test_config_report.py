@@ -86,3 +86,30 @@ def test_summary_lists_each_notebook_with_its_headline(isolated_dirs):
     assert "| 00_a | ok | 3.2 | n_images=8 |" in text
     assert "| 01_b | failed | 1.0 | (no metrics written) |" in text
     assert "not quality results" in text
+
+
+def test_every_profile_compares_prediction_types_and_schedules_with_the_default():
+    from histolab_utils.prediction import DEFAULT_PREDICTION_TYPE, PREDICTION_TYPES
+    from histolab_utils.schedules import SCHEDULES
+
+    for profile in config.PROFILES:
+        cfg = config.load_config(profile)
+        assert cfg.ddpm.prediction_type == cfg.ldm.prediction_type == DEFAULT_PREDICTION_TYPE
+        models = set(cfg.ddpm.models)
+        assert all(s in SCHEDULES and p in PREDICTION_TYPES for s, p in models) and len(models) == len(cfg.ddpm.models)
+        assert {(s, DEFAULT_PREDICTION_TYPE) for s in SCHEDULES} <= models, "the schedule comparison needs every schedule"
+        assert any((s, "epsilon") in models for s in SCHEDULES), "ε against v on at least one schedule"
+    assert set(config.load_config("full").ddpm.models) == {(s, p) for s in SCHEDULES for p in ("epsilon", "v_prediction")}
+
+
+def test_the_cli_names_an_impossible_parameterisation(tmp_path, capsys):
+    from histolab_utils import train
+
+    with pytest.raises(SystemExit):
+        train.main(["ddpm", "--schedule", "cosine", "--prediction-type", "epsilon", "--zero-terminal-snr",
+                    "--profile", "smoke", "--out", str(tmp_path / "run")])
+    assert "--zero-terminal-snr needs --prediction-type v_prediction or sample" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        train.main(["ddpm", "--schedule", "cosine", "--prediction-type", "x0", "--out", str(tmp_path / "run")])
+    assert "invalid choice: 'x0'" in capsys.readouterr().err

@@ -157,3 +157,15 @@ def test_norm_groups_keep_several_channels_per_group():
     assert norm_groups((128, 256, 256, 512)) == 32  # diffusers' default where the UNet is wide enough
     assert norm_groups((16, 32, 32)) == 4 and norm_groups((32, 64)) == 8 and norm_groups((8, 16)) == 2
     assert norm_groups((24, 48, 48)) == 6 and norm_groups((4,)) == 1 and norm_groups((12, 20)) == 2
+
+
+def test_the_cli_trains_the_prediction_type_it_is_given(tmp_path, real_data):
+    import json
+
+    from histolab_utils import train
+
+    out = tmp_path / "run"
+    assert train.main(["ddpm", "--schedule", "sigmoid", "--prediction-type", "sample", "--zero-terminal-snr",
+                       "--profile", "smoke", "--steps", "2", "--out", str(out)]) == 0
+    scheduler = json.loads((out / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "sample" and scheduler["rescale_betas_zero_snr"] is True
