@@ -1,4 +1,4 @@
-"""Training images/s of histolab_utils.training against a plain diffusers loop, side by side.
+"""Training images/s of histolab_utils.diffusion.training against a plain diffusers loop, side by side.
 
     python benchmarks/train_throughput.py [--image-size 32] [--batch-size 16] [--steps 30] [--channels 16 32 32]
 
@@ -30,7 +30,7 @@ def plain_diffusers_loop(crops: np.ndarray, args, steps: int) -> float:
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    from histolab_utils.training import TrainConfig, build_unet
+    from histolab_utils.diffusion.training import TrainConfig, build_unet
 
     config = TrainConfig(image_size=args.image_size, block_out_channels=tuple(args.channels))
     accelerator = Accelerator(mixed_precision="no")
@@ -72,7 +72,7 @@ def plain_diffusers_loop(crops: np.ndarray, args, steps: int) -> float:
 
 
 def our_trainer(crops: np.ndarray, args, steps: int) -> float:
-    from histolab_utils.training import DiffusionTrainer, TrainConfig
+    from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
 
     config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, steps=steps + 5,
                          block_out_channels=tuple(args.channels), learning_rate=1e-4, warmup_steps=10,
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 32])
     parser.add_argument("--compile", action="store_true", help="torch.compile our trainer's model (GPU)")
     args = parser.parse_args()
-    from histolab_utils.train import training_crops
+    from histolab_utils.data import training_crops
 
     crops = training_crops(args.image_size, max(512, args.batch_size * 8))
     plain = plain_diffusers_loop(crops, args, args.steps)
@@ -112,7 +112,7 @@ def main() -> None:
           f"on {device}; torch {torch.__version__}, {platform.python_version()}")
     print(f"{'trainer':<28}{'seconds':>10}{'images/s':>12}")
     print(f"{'plain diffusers loop':<28}{plain:>10.2f}{images / plain:>12.1f}")
-    print(f"{'histolab_utils.training':<28}{ours:>10.2f}{images / ours:>12.1f}")
+    print(f"{'histolab_utils.diffusion.training':<28}{ours:>10.2f}{images / ours:>12.1f}")
     print(f"ratio (ours / plain, images/s): {plain / ours:.2f}x")
 
 

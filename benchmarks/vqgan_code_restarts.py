@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from histolab_utils.config import PROFILES, load_config
-from histolab_utils.train import heldout_eval_crops, training_crops
-from histolab_utils.vqgan import (VQGANTrainer, codebook_stats, reconstruct, reconstruction_metrics,
-                                  vqgan_config)
+from histolab_utils.data import heldout_eval_crops, training_crops
+from histolab_utils.models.vqgan import (VQGANTrainer, codebook_stats, reconstruct, reconstruction_metrics,
+                                         vqgan_config)
 
 
 def run(section, restart_every: int, seed: int, steps: int | None, crops, heldout, out_dir: str) -> dict:

@@ -16,8 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-PROFILE_ENV = "HISTO_PROFILE"
-PROFILES = ("smoke", "full")
+from .profiles import PROFILE_ENV, PROFILES, current_profile  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -188,14 +187,6 @@ _CONFIGS = {
 }
 
 
-def current_profile() -> str:
-    """The profile named by ``HISTO_PROFILE`` (``smoke`` when unset)."""
-    name = os.environ.get(PROFILE_ENV, "smoke").strip().lower() or "smoke"
-    if name not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={os.environ[PROFILE_ENV]!r} is not a profile; use one of {PROFILES}")
-    return name
-
-
 def load_config(profile: str | None = None) -> ProfileConfig:
     """The frozen config of ``profile`` (default: ``HISTO_PROFILE``)."""
     name = current_profile() if profile is None else profile
@@ -257,7 +248,7 @@ class NotebookContext:
 
     def save_metrics(self, metrics: dict, headline: Iterable[str] = ()) -> "os.PathLike[str]":
         """Write this notebook's metrics JSON, stamped with the wall time so far."""
-        from .report import save_metrics
+        from .report import save_metrics  # report never imports config: no loop
 
         return save_metrics(self.notebook, metrics, profile=self.profile, wall_time_s=self.elapsed(),
                             headline=headline)

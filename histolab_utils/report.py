@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .config import current_profile
+from .profiles import current_profile
 from .paths import atomic_write_text, project_root, reports_dir
 
 STAMPED_PACKAGES = ("histolab_utils", "torch", "diffusers", "accelerate", "torchmetrics", "numpy", "openslide-python")

@@ -14,12 +14,13 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import PROFILE_ENV, PROFILES
+from .profiles import PROFILE_ENV, PROFILES
 from .paths import atomic_path, atomic_write_text, project_root, reports_dir
 from .report import build_summary, metrics_dir
 from .widgets import HEADLESS_ENV
@@ -62,18 +63,23 @@ def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    from traitlets.config import Config
+
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-    )
     started = time.perf_counter()
     error: str | None = None
-    try:
-        client.execute(env={**os.environ, PROFILE_ENV: profile, HEADLESS_ENV: "1"})
-    except CellExecutionError as exc:
-        error = describe_failure(exc)
-    except Exception as exc:  # a dead kernel or a timeout: still report which notebook
-        error = f"{type(exc).__name__}: {exc}"
+    # The kernel talks to us over local Unix sockets in a private folder rather than TCP on
+    # localhost, which recent ipykernels warn about ("running over TCP without encryption").
+    with tempfile.TemporaryDirectory(prefix="histolab-kernel-") as sockets:
+        transport = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", config=transport,
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute(env={**os.environ, PROFILE_ENV: profile, HEADLESS_ENV: "1"})
+        except CellExecutionError as exc:
+            error = describe_failure(exc)
+        except Exception as exc:  # a dead kernel or a timeout: still report which notebook
+            error = f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - started
     with atomic_path(executed_path, suffix=".ipynb") as tmp:
         nbformat.write(nb, tmp)

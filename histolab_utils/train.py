@@ -8,7 +8,7 @@ Trains on random crops from the train region of the embedded default set, checkp
 ``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
 as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``.
 Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
-``python -m histolab_utils.vqgan score OUT/heldout_reconstructions.npz``.
+``python -m histolab_utils.models.vqgan score OUT/heldout_reconstructions.npz``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import sys
 from pathlib import Path
 
 from .config import PROFILES, DDPMConfig, load_config
-from .prediction import PREDICTION_TYPES
-from .schedules import SCHEDULES
+from .data import heldout_eval_crops, training_crops
+from .diffusion.prediction import PREDICTION_TYPES
+from .diffusion.schedules import SCHEDULES
 
 
 def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
     """The trainer's config for one schedule, from a profile's DDPM section; ``overrides`` (e.g.
     ``prediction_type="epsilon"``) replace its fields, ``None`` values are ignored."""
-    from .training import TrainConfig
+    from .diffusion.training import TrainConfig
 
     config = TrainConfig(
         schedule=schedule, prediction_type=ddpm.prediction_type, zero_terminal_snr=ddpm.zero_terminal_snr,
@@ -39,20 +40,6 @@ def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def training_crops(image_size: int, n: int, seed: int = 0):
-    """``n`` random crops from the train region of the default set (never the held-out strip)."""
-    from .data import CropSampler, load_images
-
-    return CropSampler(load_images(), image_size, "train", seed=seed).sample(n)
-
-
-def heldout_eval_crops(image_size: int, n: int, seed: int):
-    """The held-out crops a VQ-GAN run is scored on (the same on every machine for one seed)."""
-    from .data import CropSampler, load_images
-
-    return CropSampler(load_images(), image_size, "heldout", augment=False, seed=seed + 7).sample(n)
-
-
 def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Path:
     """Reconstruct ``n`` held-out crops and save the reconstructions and codes to ``path`` (the
     crops themselves are redrawn by the scorer and checked against the hash saved here), so a
@@ -62,7 +49,7 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Pa
     import numpy as np
 
     from .paths import atomic_path
-    from .vqgan import reconstruct
+    from .models.vqgan import reconstruct
 
     originals = heldout_eval_crops(image_size, n, seed)
     reconstructions, codes = reconstruct(vqmodel, originals)
@@ -75,7 +62,7 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Pa
 
 def _trained(trainer, resume: bool) -> bool:
     """Train; on a diverged run print why (the error names the kept checkpoint) and return False."""
-    from .training import TrainingDiverged
+    from .diffusion.training import TrainingDiverged
 
     try:
         trainer.train(resume=resume)
@@ -86,7 +73,7 @@ def _trained(trainer, resume: bool) -> bool:
 
 
 def _train_ddpm(args) -> int:
-    from .training import DiffusionTrainer
+    from .diffusion.training import DiffusionTrainer
 
     ddpm = load_config(args.profile).ddpm
     config = train_config(ddpm, args.schedule, args.seed, steps=args.steps, batch_size=args.batch_size,
@@ -104,7 +91,7 @@ def _train_ddpm(args) -> int:
 
 
 def _train_vqgan(args) -> int:
-    from .vqgan import VQGANTrainer, vqgan_config
+    from .models.vqgan import VQGANTrainer, vqgan_config
 
     section = load_config(args.profile).vqgan
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}

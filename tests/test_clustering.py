@@ -8,7 +8,7 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-from histolab_utils.clustering import (
+from histolab_utils.latent.clustering import (
     ExpertLabelError,
     ExpertLabels,
     best_k,
@@ -74,7 +74,7 @@ def test_sweep_finds_the_true_number_of_blobs():
     for index in ("silhouette", "calinski_harabasz", "davies_bouldin", "dunn"):
         assert kmeans[index] == 4, index
     # Hartigan's between-k statistic, checked against its formula on the sweep's own partitions.
-    from histolab_utils.clustering import within_between_ss
+    from histolab_utils.latent.clustering import within_between_ss
 
     w = {k: within_between_ss(X, partitions["kmeans", k])[0] for k in (3, 4)}
     h3 = table.query("method == 'kmeans' and k == 3 and index == 'hartigan_between_k'")["value"].item()
@@ -127,7 +127,7 @@ def test_expert_label_errors(tmp_path):
 
 
 def test_choose_k_takes_the_majority_of_the_indices_and_the_smaller_k_on_ties():
-    from histolab_utils.clustering import choose_k
+    from histolab_utils.latent.clustering import choose_k
 
     best = pd.DataFrame({"method": ["kmeans"] * 6 + ["gmm"] * 2,
                          "index": ["a", "b", "c", "d", "hartigan", "e", "a", "b"],
@@ -139,7 +139,7 @@ def test_choose_k_takes_the_majority_of_the_indices_and_the_smaller_k_on_ties():
 
 
 def test_smoke_runs_never_write_the_full_profile_expert_file(isolated_dirs, monkeypatch):
-    from histolab_utils.clustering import expert_labels_path
+    from histolab_utils.latent.clustering import expert_labels_path
 
     monkeypatch.setenv("HISTO_DATA_DIR", str(isolated_dirs / "data"))
     assert expert_labels_path("full").name == "expert_labels.csv"

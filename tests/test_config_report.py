@@ -89,8 +89,8 @@ def test_summary_lists_each_notebook_with_its_headline(isolated_dirs):
 
 
 def test_every_profile_compares_prediction_types_and_schedules_with_the_default():
-    from histolab_utils.prediction import DEFAULT_PREDICTION_TYPE, PREDICTION_TYPES
-    from histolab_utils.schedules import SCHEDULES
+    from histolab_utils.diffusion.prediction import DEFAULT_PREDICTION_TYPE, PREDICTION_TYPES
+    from histolab_utils.diffusion.schedules import SCHEDULES
 
     for profile in config.PROFILES:
         cfg = config.load_config(profile)

@@ -17,7 +17,7 @@ from histolab_utils.data import (
     polygon_class_counts,
     provenance_table,
 )
-from histolab_utils.stains import separate_stains, stain_concentrations
+from histolab_utils.stain.deconvolution import separate_stains, stain_concentrations
 
 
 def striped_image(height: int = 40, width: int = 100) -> HEImage:

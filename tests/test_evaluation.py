@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histolab_utils.evaluation import floors, real_reference, score_samples
+from histolab_utils.evaluation.floors import floors, real_reference, score_samples
 
 
 def test_scores_and_floors_on_real_crops(real_data):

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histolab_utils.clustering import ExpertLabels
 from histolab_utils.data import HEImage
-from histolab_utils.explorer import EXPERT, ClusterExplorer
-from histolab_utils.latents import external_agreement, grid_tiles, pool_features, standardise, tile_id
+from histolab_utils.latent.clustering import ExpertLabels
+from histolab_utils.latent.explorer import EXPERT, ClusterExplorer
+from histolab_utils.latent.latents import external_agreement, grid_tiles, pool_features, standardise, tile_id
 
 
 def _image(width=100, height=40, name="synthetic"):

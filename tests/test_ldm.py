@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.ldm import (
+from histolab_utils.diffusion.schedules import make_scheduler
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+from histolab_utils.models.ldm import (
     ClassConditionalLDMPipeline, latent_training_set, load_class_names, per_class_scores, sample_classes,
     save_ldm_pipeline,
 )
-from histolab_utils.schedules import make_scheduler
-from histolab_utils.training import DiffusionTrainer, TrainConfig
-from histolab_utils.vqgan import VQGANConfig, build_vqmodel
+from histolab_utils.models.vqgan import VQGANConfig, build_vqmodel
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_saved_pipeline_loads_and_guidance_mixes_the_two_predictions(trained):
 
 
 def test_per_class_scores_skip_classes_without_enough_real_tiles(monkeypatch):
-    from histolab_utils import metrics
+    from histolab_utils.evaluation import metrics
 
     monkeypatch.setattr(metrics, "inception_features",
                         lambda images: images.reshape(len(images), -1)[:, :16].astype(np.float64))
@@ -86,7 +86,7 @@ def test_per_class_scores_skip_classes_without_enough_real_tiles(monkeypatch):
 
 
 def test_per_class_scores_accept_precomputed_real_features(monkeypatch):
-    from histolab_utils import metrics
+    from histolab_utils.evaluation import metrics
 
     monkeypatch.setattr(metrics, "inception_features",
                         lambda images: images.reshape(len(images), -1)[:, :16].astype(np.float64))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from histolab_utils import metrics
 from histolab_utils.data import CropSampler, load_images, require_file
+from histolab_utils.evaluation import metrics
 
 
 def scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:

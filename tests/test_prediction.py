@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.prediction import (PREDICTION_TYPES, as_model_space, channel_mean, predicted_x0, training_target,
-                                       x0_error_by_t)
-from histolab_utils.sampling import unet_denoiser
-from histolab_utils.schedules import make_scheduler
-from histolab_utils.training import DiffusionTrainer, TrainConfig
+from histolab_utils.diffusion.prediction import (PREDICTION_TYPES, as_model_space, channel_mean, predicted_x0, training_target,
+                                                 x0_error_by_t)
+from histolab_utils.diffusion.sampling import unet_denoiser
+from histolab_utils.diffusion.schedules import make_scheduler
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)

@@ -52,3 +52,72 @@ def test_notebooks_have_goals_setup_asserts_and_exercises(path):
     assert f'setup_notebook("{path.stem}")' in text
     assert "save_metrics(" in text and "assert " in text
     assert "## Exercises" in nb.cells[-1].source
+
+
+PACKAGE = ROOT / "histolab_utils"
+STAGES = ("data", "tiling", "stain", "evaluation", "diffusion", "models", "latent")  # lower to higher
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports() -> dict[str, set[str]]:
+    """Every histolab_utils module and the package modules it imports (at the top or inside functions)."""
+    import ast
+
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                targets.add(base)
+                targets |= {f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def test_no_module_imports_the_cli_and_stages_import_only_lower_stages():
+    graph = package_imports()
+    assert "histolab_utils.diffusion.training" in graph and "histolab_utils.models.vqgan" in graph
+    importers_of_cli = sorted(m for m, targets in graph.items() if "histolab_utils.train" in targets)
+    assert importers_of_cli == [], f"the CLI is imported by {importers_of_cli}"
+    upward = sorted((m, t) for m, targets in graph.items() for t in targets
+                    if _stage(m) and _stage(t) and STAGES.index(_stage(t)) > STAGES.index(_stage(m)))
+    assert upward == [], f"lower stages import higher ones: {upward}"
+    plumbing = sorted((m, t) for m, targets in graph.items() if _stage(m) for t in targets
+                      if t in ("histolab_utils.config", "histolab_utils.runner"))
+    assert plumbing == [], f"stages import the notebook plumbing: {plumbing}"
+
+
+def test_there_is_no_import_loop():
+    graph = package_imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                loop = path[path.index(target):] + [target]
+                pytest.fail("import loop: " + " -> ".join(loop))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

@@ -65,3 +65,9 @@ def test_cli_exit_codes_and_profile_reaches_the_kernel(notebook_dir, isolated_di
     assert record["profile"] == "full" and record["metrics"]["profile_seen"] == "full"
     assert runner.main(["--notebooks", str(notebook_dir), "--only", "01"]) == 1
     assert runner.main(["--notebooks", str(notebook_dir / "nope")]) == 2
+
+
+def test_the_kernel_runs_over_private_sockets_without_a_tcp_warning(notebook_dir, isolated_dirs, capfd):
+    results = runner.run("smoke", notebook_dir, only=["00"], timeout=120)
+    assert [r.status for r in results] == ["ok"]
+    assert "without encryption" not in capfd.readouterr().err

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.prediction import PREDICTION_TYPES
-from histolab_utils.sampling import sample, sample_grid, sample_timed
-from histolab_utils.schedules import SAMPLERS, SCHEDULES, make_betas, make_scheduler, schedule_table
+from histolab_utils.diffusion.prediction import PREDICTION_TYPES
+from histolab_utils.diffusion.sampling import sample, sample_grid, sample_timed
+from histolab_utils.diffusion.schedules import SAMPLERS, SCHEDULES, make_betas, make_scheduler, schedule_table
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

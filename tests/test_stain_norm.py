@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from histolab_utils.data import load_image
-from histolab_utils.stain_norm import MacenkoNormalizer, ReinhardNormalizer, lab_to_rgb, rgb_to_lab
+from histolab_utils.stain.normalisation import MacenkoNormalizer, ReinhardNormalizer, lab_to_rgb, rgb_to_lab
 
 H_VECTOR = np.array([0.65, 0.70, 0.29])
 E_VECTOR = np.array([0.07, 0.99, 0.11])

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.sampling import sample, unet_denoiser
-from histolab_utils.schedules import make_scheduler
-from histolab_utils.training import DiffusionTrainer, TrainConfig, TrainingDiverged
+from histolab_utils.diffusion.sampling import sample, unet_denoiser
+from histolab_utils.diffusion.schedules import make_scheduler
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, TrainingDiverged
 
 TINY = dict(image_size=16, batch_size=4, block_out_channels=(8, 16), layers_per_block=1, warmup_steps=2,
             learning_rate=1e-3, ema_decay=0.9)
@@ -152,7 +152,7 @@ def test_an_impossible_parameterisation_is_refused_before_anything_is_written(tm
 
 
 def test_norm_groups_keep_several_channels_per_group():
-    from histolab_utils.training import norm_groups
+    from histolab_utils.diffusion.training import norm_groups
 
     assert norm_groups((128, 256, 256, 512)) == 32  # diffusers' default where the UNet is wide enough
     assert norm_groups((16, 32, 32)) == 4 and norm_groups((32, 64)) == 8 and norm_groups((8, 16)) == 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.vqgan import (
+from histolab_utils.models.vqgan import (
     VQGANConfig, VQGANTrainer, adaptive_weight, check_tiles, codebook_stats, decode, encode, hinge_d_loss,
     load_vqmodel, reconstruct, reconstruction_metrics,
 )
@@ -23,7 +23,7 @@ def test_perceptual_backbone_recognises_photographs(real_data):
     cat and coffee photographs as ImageNet cats (281-285) and espresso/cup (967, 968)."""
     from skimage import data
 
-    from histolab_utils.perceptual import load_efficientnet_lite0
+    from histolab_utils.models.perceptual import load_efficientnet_lite0
 
     network = load_efficientnet_lite0()
     for image, classes in ((data.chelsea(), range(281, 286)), (data.coffee(), (967, 968))):
@@ -35,7 +35,7 @@ def test_perceptual_backbone_recognises_photographs(real_data):
 
 
 def test_perceptual_distance_is_zero_for_equal_images_and_grows_with_damage(real_data):
-    from histolab_utils.perceptual import PerceptualLoss
+    from histolab_utils.models.perceptual import PerceptualLoss
 
     loss = PerceptualLoss()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -150,10 +150,12 @@ def test_trainer_rejects_wrong_tiles(tmp_path, crops):
 
 
 def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data, monkeypatch):
-    """`python -m histolab_utils.train vqgan ... --eval N` then `python -m histolab_utils.vqgan score`."""
+    """`python -m histolab_utils.train vqgan ... --eval N` then `python -m histolab_utils.models.vqgan score`."""
     import json
 
-    from histolab_utils import metrics, train, vqgan
+    from histolab_utils import train
+    from histolab_utils.evaluation import metrics
+    from histolab_utils.models import vqgan
 
     out = tmp_path / "vqgan-4ch"
     assert train.main(["vqgan", "--profile", "smoke", "--out", str(out), "--steps", "2", "--eval", "6"]) == 0
@@ -178,7 +180,7 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
 
 
 def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_path, crops):
-    from histolab_utils.training import TrainingDiverged
+    from histolab_utils.diffusion.training import TrainingDiverged
 
     class Poisoned(torch.nn.Module):  # a perceptual term that turns NaN from the third step on
         calls = 0
@@ -196,7 +198,7 @@ def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_
 
 RANKED_RESTARTS = """
 import sys, numpy as np, torch
-from histolab_utils.vqgan import VQGANConfig, VQGANTrainer
+from histolab_utils.models.vqgan import VQGANConfig, VQGANTrainer
 config = VQGANConfig(steps=4, checkpoint_every=100, code_restart_every=2, image_size=16, block_out_channels=(8, 16),
                      num_vq_embeddings=32, batch_size=4, warmup_steps=1, disc_start=2, disc_layers=1, disc_channels=8,
                      perceptual_weight=0.0)

@@ -7,7 +7,7 @@ Command line::
     python -m histolab_utils.data list
 """
 
-from .crops import Crops, CropSampler, dihedral
+from .crops import Crops, CropSampler, dihedral, heldout_eval_crops, training_crops
 from .datasets import (
     ANNOTATED_SET,
     DEFAULT_SET,
@@ -34,7 +34,7 @@ from .registry import SOURCES, DataSource, get_source
 __all__ = [
     "ANNOTATED_SET", "DEFAULT_SET", "HELDOUT_FRACTION", "IMAGES", "SOURCES",
     "Crops", "CropSampler", "DataError", "DataIntegrityError", "DataNotFetchedError",
-    "DataSource", "HEImage", "dihedral", "fetch", "get_source", "load_image", "load_images",
+    "DataSource", "HEImage", "dihedral", "fetch", "get_source", "heldout_eval_crops", "load_image", "load_images",
     "load_polygons", "polygon_class_counts", "provenance_table", "require_file",
-    "source_table", "verify",
+    "source_table", "training_crops", "verify",
 ]

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .datasets import HEImage, Region
+from .datasets import HEImage, Region, load_images
 
 
 @dataclass(frozen=True)
@@ -106,3 +106,13 @@ class CropSampler:
     def sample(self, n: int) -> np.ndarray:
         """``n`` RGB crops, uint8 [n, size, size, 3]."""
         return self.sample_with_masks(n).images
+
+
+def training_crops(image_size: int, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` random crops from the train region of the default set (never the held-out strip)."""
+    return CropSampler(load_images(), image_size, "train", seed=seed).sample(n)
+
+
+def heldout_eval_crops(image_size: int, n: int, seed: int) -> np.ndarray:
+    """The held-out crops a model is scored on (unaugmented; the same on every machine for one seed)."""
+    return CropSampler(load_images(), image_size, "heldout", augment=False, seed=seed + 7).sample(n)

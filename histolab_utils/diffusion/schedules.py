@@ -106,11 +106,12 @@ def make_scheduler(
     """A diffusers scheduler (DDPM, DDIM or DPM-Solver++) over the betas of ``schedule``, for a
     network that predicts ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``).
 
-    * DDPM: ancestral sampling, ``clip_sample`` on (x0 estimates clipped to [-1, 1]).
-    * DDIM: deterministic (eta = 0), ``clip_sample`` on, ``timestep_spacing="leading"`` (skips
-      the near-zero-SNR last step; see the pitfalls note), and ``set_alpha_to_one=True`` so the
-      last step lands on a clean image (with False it stops at alpha_bar_0 = 1 - beta_0 and keeps
-      noise of std sqrt(beta_0): an exact denoiser's samples missed by up to 5 grey levels).
+    * DDPM: ancestral sampling, x0 estimates clipped to [-1, 1] (``clip_sample``).
+    * DDIM: deterministic (eta = 0), ``clip_sample``, ``timestep_spacing="leading"`` (skips the
+      near-zero-SNR last step, where an ε-model's x0 estimate divides by √ᾱ_T ≈ 0), and
+      ``set_alpha_to_one=True`` so the last step lands on a clean image (with False it stops at
+      alpha_bar_0 = 1 - beta_0 and keeps noise of std sqrt(beta_0): an exact denoiser's samples
+      missed by up to 5 grey levels).
     * DPM-Solver++ (2nd order, multistep) with ``lambda_min_clipped`` = -5.1: with cosine-like
       schedules alpha_bar at the last step is ~0, the log-SNR runs to minus infinity, and the
       solver's first x0 estimate blows up unless the log-SNR is clipped.

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import dihedral
-from .training import save_pretrained_atomic
+from ..data import dihedral
+from ..diffusion.training import save_pretrained_atomic
 from .vqgan import check_tiles, encode
 
 try:
@@ -130,7 +130,7 @@ def per_class_scores(samples: dict[int, np.ndarray], real: dict[int, np.ndarray]
     (the smaller of the two sets), plus the same for all scored classes pooled. ``real`` holds uint8
     tiles or their Inception features (2-D float), so features can be computed once and reused.
     Classes with fewer than ``min_tiles`` real tiles get NaN."""
-    from . import metrics
+    from ..evaluation import metrics
 
     def features(x: np.ndarray) -> np.ndarray:
         return x if x.ndim == 2 else metrics.inception_features(x)

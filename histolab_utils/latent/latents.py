@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import DEFAULT_SET, HEImage, load_image, load_images
+from ..data import DEFAULT_SET, HEImage, load_image, load_images
 
 # The two HGSC images are a tumour nest and a stromal area of the same cancer; no tissue-region
 # polygons ship for any image we have (those in the wheel belong to a slide without pixels).
@@ -43,7 +43,7 @@ def tile_id(image: str, x: int, y: int, size: int) -> str:
 
 def _tissue_fraction_table(image: np.ndarray) -> np.ndarray:
     """Summed-area table of the tissue indicator (saturation above the glass floor)."""
-    from .tiling.tissue import tissue_cue
+    from ..tiling.tissue import tissue_cue
 
     tissue = (tissue_cue(image, "saturation") > GLASS_SATURATION).astype(np.float64)
     return np.pad(tissue.cumsum(0).cumsum(1), ((1, 0), (1, 0)))

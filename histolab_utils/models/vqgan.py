@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .training import AcceleratedTrainer, BatchSource, make_accelerator, save_pretrained_atomic
+from ..diffusion.training import AcceleratedTrainer, BatchSource, make_accelerator, save_pretrained_atomic
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def encode(vqmodel, tiles: np.ndarray, batch_size: int = 128) -> np.ndarray:
 @torch.no_grad()
 def decode(vqmodel, latents: np.ndarray | torch.Tensor, batch_size: int = 128) -> np.ndarray:
     """uint8 tiles from (unscaled) latents, quantised on the way, as ``VQModel.decode`` does."""
-    from .sampling import to_uint8
+    from ..diffusion.sampling import to_uint8
 
     device = next(vqmodel.parameters()).device
     latents = torch.as_tensor(latents)
@@ -329,7 +329,7 @@ def decode(vqmodel, latents: np.ndarray | torch.Tensor, batch_size: int = 128) -
 @torch.no_grad()
 def reconstruct(vqmodel, tiles: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 reconstructions, code indices [N, h, w]) of uint8 tiles."""
-    from .sampling import to_uint8
+    from ..diffusion.sampling import to_uint8
 
     check_tiles(tiles, vqmodel.config.sample_size)
     model = VQGAN(vqmodel).eval()
@@ -383,7 +383,7 @@ def score_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, co
                           codebook_size: int | None = None, original_features: np.ndarray | None = None) -> dict:
     """PSNR, SSIM and rFID (Inception features, equal n) of a reconstruction set; with ``codes``,
     codebook usage and perplexity too."""
-    from . import metrics
+    from ..evaluation import metrics
 
     real = metrics.inception_features(originals) if original_features is None else original_features
     out = {"n": len(originals), **reconstruction_metrics(originals, reconstructions),
@@ -419,27 +419,27 @@ def plot_vqgan_losses(log: pd.DataFrame, disc_start: int, ax=None, smooth: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m histolab_utils.vqgan score RUN/heldout_reconstructions.npz ... --out results/full/02_vqgan.json``:
+    """``python -m histolab_utils.models.vqgan score RUN/heldout_reconstructions.npz ... --out results/full/02_vqgan.json``:
     score reconstructions saved by ``python -m histolab_utils.train vqgan --eval N`` (on a machine
     with the Inception weights), beside the baselines and the real-vs-real floor at the same n."""
     import argparse
     import json
 
-    from .evaluation import floors, real_reference
-    from .paths import atomic_write_text
-    from .report import hardware, to_jsonable
+    from ..evaluation.floors import floors, real_reference
+    from ..paths import atomic_write_text
+    from ..report import hardware, to_jsonable
 
-    parser = argparse.ArgumentParser(prog="python -m histolab_utils.vqgan", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.models.vqgan", description=main.__doc__)
     parser.add_argument("command", choices=["score"])
     parser.add_argument("files", nargs="+", type=Path, help="heldout_reconstructions.npz of each run")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write")
     parser.add_argument("--note", default="", help="where and how the runs were made (hardware, command)")
     args = parser.parse_args(argv)
-    from . import metrics
+    from ..evaluation import metrics
 
     import hashlib
 
-    from .train import heldout_eval_crops
+    from ..data import heldout_eval_crops
 
     runs, originals = {}, None
     for path in args.files:

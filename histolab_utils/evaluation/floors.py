@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics
-from .data import DEFAULT_SET, CropSampler, load_images
+from ..data import DEFAULT_SET, CropSampler, load_images
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .paths import atomic_path, data_dir
+from ..paths import atomic_path, data_dir
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -43,7 +43,7 @@ FEATURE_DIM = 2048
 @functools.lru_cache(maxsize=4)
 def load_inception(device: str = "cpu") -> torch.jit.ScriptModule:
     """The FID Inception TorchScript, in eval mode on ``device`` (fetched by the data registry)."""
-    from .data import require_file
+    from ..data import require_file
 
     model = torch.jit.load(str(require_file("fid_inception", "default_1.pt")), map_location=device)
     return model.eval()
@@ -241,7 +241,7 @@ def cached_features(key: str, compute: Callable[[], np.ndarray], cache_dir: Path
     ``key`` must name everything the set depends on (images, region, crop size, n, seed); the
     Inception weights' identity is added here.
     """
-    from .data import get_source
+    from ..data import get_source
 
     folder = cache_dir or (data_dir() / "cache" / "features")
     digest = hashlib.sha256(f"{key}|{get_source('fid_inception').sha256}".encode()).hexdigest()[:16]

@@ -98,7 +98,7 @@ class EfficientNetLite0(nn.Module):
 def _state_dict(root: str | None) -> dict:
     from pathlib import Path
 
-    from .data import require_file
+    from ..data import require_file
 
     path = require_file("efficientnet_lite0", "efficientnet-lite0-57934424.pth", Path(root) if root else None)
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .paths import atomic_write_text
+from ..paths import atomic_write_text
 from .prediction import DEFAULT_PREDICTION_TYPE, training_target
 from .schedules import make_scheduler
 

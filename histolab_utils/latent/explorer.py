@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .clustering import ExpertLabels
-from .widgets import is_headless
+from ..widgets import is_headless
 
 EXPERT = "expert labels"
 
@@ -100,7 +100,7 @@ class ClusterExplorer:
             chosen = labels == cluster
             axes[0].scatter(*self.embedding[chosen].T, s=30, facecolors="none", edgecolors="black", linewidths=0.6)
         if gallery:
-            from .sampling import sample_grid
+            from ..diffusion.sampling import sample_grid
 
             index = self.members(cluster, colouring, k)
             axes[1].imshow(sample_grid(self.tiles[index], ncols=int(np.ceil(np.sqrt(max(len(index), 1))))))

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .paths import atomic_path
+from ..paths import atomic_path
 
 INDEX_DIRECTION = {  # +1: higher is better, -1: lower is better
     "silhouette": 1, "calinski_harabasz": 1, "davies_bouldin": -1, "dunn": 1, "c_index": -1,
@@ -159,7 +159,7 @@ def choose_k(best: pd.DataFrame, method: str) -> int:
 def expert_labels_path(profile: str) -> Path:
     """``data/expert_labels.csv`` for the full profile; smoke runs (CI) write their own
     ``data/expert_labels.smoke.csv`` so that they never overwrite an expert's work."""
-    from .paths import data_dir
+    from ..paths import data_dir
 
     return data_dir() / ("expert_labels.csv" if profile == "full" else f"expert_labels.{profile}.csv")
 
