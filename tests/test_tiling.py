@@ -195,7 +195,7 @@ def test_invalid_geometry_is_named_with_file_and_polygon(tmp_path):
     bow_tie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
     path = write_geojson(tmp_path / "bad.geojson", [qupath_feature(square(0, 0, 5, 5), "a"),
                                                     qupath_feature(bow_tie, "a")])
-    with pytest.raises(AnnotationError, match=r"bad.geojson: polygon 1 .*Self-intersection"):
+    with pytest.raises(AnnotationError, match=r"bad.geojson: row 1 .*Self-intersection.*repair=True"):
         read_annotations(path)
     point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
              "properties": {"classification": {"name": "a"}}}

@@ -53,6 +53,32 @@ def sample(
     return np.concatenate(out) if out else np.zeros((0, image_size, image_size, channels), np.uint8)
 
 
+@torch.no_grad()
+def guided_denoise(unet, scheduler, x: torch.Tensor, condition: torch.Tensor, null: torch.Tensor,
+                   guidance_scale: float, steps: int, generator: torch.Generator | None = None,
+                   progress=lambda timesteps: timesteps) -> torch.Tensor:
+    """Run ``scheduler``'s sampler from noise ``x`` with classifier-free guidance (Ho & Salimans 2022):
+
+        prediction = p(x_t, ∅) + s · (p(x_t, c) - p(x_t, ∅))
+
+    where p is the network's output (ε, v or x0: the mix is linear in each) and ``condition`` /
+    ``null`` are the ``class_labels`` of c and of "no condition" for every row. s = 1 is the plain
+    conditional model, s = 0 the unconditional one; other values run both in one batch.
+    """
+    scheduler.set_timesteps(steps)
+    for t in progress(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(x, t)
+        if guidance_scale in (0.0, 1.0):
+            labels = condition if guidance_scale == 1.0 else null
+            prediction = unet(model_input, t, class_labels=labels).sample
+        else:
+            both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([condition, null])).sample
+            conditional, unconditional = both.chunk(2)
+            prediction = unconditional + guidance_scale * (conditional - unconditional)
+        x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
+    return x
+
+
 def sample_timed(denoiser: Denoiser, sampler: str, schedule: str, n: int, image_size: int, steps: int,
                  prediction_type: str = DEFAULT_PREDICTION_TYPE, zero_terminal_snr: bool = False,
                  **kwargs) -> tuple[np.ndarray, dict]:

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from ..paths import atomic_write_text
+from .conditioning import null_condition
 from .prediction import DEFAULT_PREDICTION_TYPE, training_target
 from .schedules import make_scheduler
 
@@ -56,7 +57,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     in_channels: int = 3  # 3 for images; the VQ-GAN's latent channels for latent diffusion
     num_classes: int = 0  # > 0: class-conditional, with class index num_classes as "no class"
-    label_dropout: float = 0.0  # probability of training on "no class" (classifier-free guidance)
+    label_dropout: float = 0.0  # probability of training on "no class"/"no condition" (classifier-free guidance)
+    condition_features: int = 0  # > 0: conditioned on float vectors of this length (the last: the null flag)
+    augment_float: bool = False  # random flips/rotations of float data too (masks: yes; VQ latents: no)
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False
@@ -82,14 +85,24 @@ def norm_groups(channels: tuple[int, ...], min_channels_per_group: int = 4) -> i
 
 def build_unet(config: TrainConfig):
     """A diffusers UNet2DModel for ``config.in_channels`` x ``config.image_size``², with a class
-    embedding of ``num_classes + 1`` entries (the last one: "no class") when conditional."""
+    embedding of ``num_classes + 1`` entries (the last one: "no class") when class-conditional, or a
+    :class:`~histolab_utils.diffusion.conditioning.VectorConditionedUNet2DModel` when
+    ``config.condition_features`` > 0."""
     from diffusers import UNet2DModel
+
+    from .conditioning import VectorConditionedUNet2DModel
 
     levels = len(config.block_out_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
     if config.attention and levels > 1:
         down[-2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"
+    if config.condition_features:
+        return VectorConditionedUNet2DModel(
+            sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
+            down_block_types=tuple(down), up_block_types=tuple(up), block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block, norm_num_groups=norm_groups(tuple(config.block_out_channels)),
+            condition_features=config.condition_features)
     return UNet2DModel(
         sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
@@ -103,26 +116,33 @@ class BatchSource:
     per process, saved with each checkpoint, so resuming restores its exact state).
 
     ``data`` is either uint8 images [N, H, W, 3] (scaled to [-1, 1], with a random dihedral
-    transform per element) or float latents [N, C, H, W] (used as they are: augment latents by
-    encoding augmented images). With ``labels``, :meth:`draw` also returns each element's label,
-    replaced by ``null_label`` with probability ``label_dropout`` (classifier-free guidance).
+    transform per element) or float data [N, C, H, W] (kept in their dtype, cast per batch; used as
+    they are unless ``augment``: augment VQ latents by encoding augmented images, but masks can be
+    flipped and rotated directly). With ``labels`` (class indices [N] or float condition vectors
+    [N, F]), :meth:`draw` also returns each element's label, replaced by ``null_label`` (an index or
+    a vector) with probability ``label_dropout`` (classifier-free guidance).
     """
 
     def __init__(self, data: np.ndarray, device: torch.device, seed: int, labels: np.ndarray | None = None,
-                 label_dropout: float = 0.0, null_label: int | None = None) -> None:
+                 label_dropout: float = 0.0, null_label: int | np.ndarray | None = None,
+                 augment: bool | None = None) -> None:
         self.images = data.dtype == np.uint8
         if self.images and (data.ndim != 4 or data.shape[-1] != 3):
             raise ValueError(f"training images must be uint8 [N, H, W, 3], got {data.shape} {data.dtype}")
         if not self.images and (data.ndim != 4 or not np.issubdtype(data.dtype, np.floating)):
             raise ValueError(f"training latents must be float [N, C, H, W], got {data.shape} {data.dtype}")
         tensor = torch.from_numpy(np.ascontiguousarray(data))
-        self.data = (tensor.permute(0, 3, 1, 2) if self.images else tensor.float()).to(device)
+        self.data = (tensor.permute(0, 3, 1, 2) if self.images else tensor).to(device)
+        self.augment = self.images if augment is None else augment
         self.labels = None
         if labels is not None:
             labels = np.asarray(labels)
-            if labels.shape != (len(data),):
-                raise ValueError(f"need one label per training example: {labels.shape} labels for {len(data)}")
-            self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+            if labels.shape[:1] != (len(data),) or labels.ndim not in (1, 2):
+                raise ValueError(f"need one label (or condition vector) per training example: labels of shape "
+                                 f"{labels.shape} for {len(data)} examples")
+            self.labels = torch.from_numpy(labels.astype(np.int64 if labels.ndim == 1 else np.float32)).to(device)
+        if null_label is not None and self.labels is not None and self.labels.ndim == 2:
+            null_label = torch.as_tensor(np.asarray(null_label, dtype=np.float32)).to(device)
         self.label_dropout, self.null_label = label_dropout, null_label
         # Indices and augmentation choices come from a CPU generator (tiny draws); noise and timesteps
         # from one on the device, so no large tensor crosses the bus. Both are checkpointed.
@@ -133,9 +153,9 @@ class BatchSource:
     def draw(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A float batch (and its labels, some dropped to ``null_label``, when there are labels)."""
         index = torch.randint(len(self.data), (size,), generator=self.generator).to(self.device)
-        if not self.images:
-            return self.data[index], self._labels(index)
-        x = self.data[index].float() / 127.5 - 1.0
+        x = self.data[index].float() / 127.5 - 1.0 if self.images else self.data[index].float()
+        if not self.augment:
+            return x, self._labels(index)
         turns = torch.randint(4, (size,), generator=self.generator).to(self.device).view(-1, 1, 1, 1)
         flips = (torch.rand(size, generator=self.generator) < 0.5).to(self.device).view(-1, 1, 1, 1)
         # torch.where rather than boolean-mask indexing: a mask index waits for the GPU every time.
@@ -150,7 +170,10 @@ class BatchSource:
         labels = self.labels[index]
         if self.label_dropout > 0:
             dropped = (torch.rand(len(index), generator=self.generator) < self.label_dropout).to(self.device)
-            labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+            if labels.ndim == 2:
+                labels = torch.where(dropped[:, None], self.null_label.expand_as(labels), labels)
+            else:
+                labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
         return labels
 
     def batch(self, size: int) -> torch.Tensor:
@@ -349,6 +372,24 @@ def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
                          f"config.in_channels is {config.in_channels}")
 
 
+def _check_labels(labels: np.ndarray | None, config: TrainConfig) -> None:
+    if config.num_classes and config.condition_features:
+        raise ValueError("set num_classes (class labels) or condition_features (condition vectors), not both")
+    conditional = bool(config.num_classes or config.condition_features)
+    if (labels is None) == conditional:
+        raise ValueError("give labels exactly when config.num_classes > 0 or config.condition_features > 0 "
+                         f"(num_classes={config.num_classes}, condition_features={config.condition_features}, "
+                         f"labels {'given' if labels is not None else 'absent'})")
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    if config.condition_features:
+        if labels.ndim != 2 or labels.shape[1] != config.condition_features:
+            raise ValueError(f"condition vectors must be float [N, {config.condition_features}]; got shape {labels.shape}")
+    elif np.min(labels) < 0 or np.max(labels) >= config.num_classes:
+        raise ValueError(f"labels must lie in 0..{config.num_classes - 1}; got {np.min(labels)}..{np.max(labels)}")
+
+
 class DiffusionTrainer(AcceleratedTrainer):
     """Train a UNet2DModel with one noise schedule, on uint8 crops or on float latents, optionally
     conditioned on class labels (with label dropout for classifier-free guidance).
@@ -365,14 +406,11 @@ class DiffusionTrainer(AcceleratedTrainer):
         from diffusers.training_utils import EMAModel
 
         _check_training_data(crops, config)
-        if (labels is None) != (config.num_classes == 0):
-            raise ValueError("give labels exactly when config.num_classes > 0 "
-                             f"(num_classes={config.num_classes}, labels {'given' if labels is not None else 'absent'})")
-        if labels is not None and (np.min(labels) < 0 or np.max(labels) >= config.num_classes):
-            raise ValueError(f"labels must lie in 0..{config.num_classes - 1}; got {np.min(labels)}..{np.max(labels)}")
+        _check_labels(labels, config)
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.name = (f"train {config.schedule} {config.prediction_type}"
-                     + (f" | {config.num_classes} classes" if config.num_classes else ""))
+                     + (f" | {config.num_classes} classes" if config.num_classes else "")
+                     + (f" | {config.condition_features}-d condition" if config.condition_features else ""))
         self.accelerator = make_accelerator(config.mixed_precision, config.grad_accumulation)
         set_seed(config.seed, device_specific=True)
         device = self.accelerator.device
@@ -394,8 +432,9 @@ class DiffusionTrainer(AcceleratedTrainer):
             self.model = torch.compile(self.model)
         self.ema.to(device)
         seed = config.seed * 1000 + self.accelerator.process_index
+        null = null_condition(config.condition_features)[0] if config.condition_features else config.num_classes
         self.batches = BatchSource(crops, device, seed, labels=labels, label_dropout=config.label_dropout,
-                                   null_label=config.num_classes)
+                                   null_label=null, augment=True if config.augment_float else None)
         self.accelerator.register_for_checkpointing(self.ema)
         self.step = 0
         self.log = []

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..data import dihedral
+from ..diffusion.sampling import guided_denoise
 from ..diffusion.training import save_pretrained_atomic
 from .vqgan import check_tiles, encode
 
@@ -57,16 +58,8 @@ class ClassConditionalLDMPipeline(DiffusionPipeline):
         x = torch.randn(shape, generator=generator).to(device) * self.scheduler.init_noise_sigma
         labels = labels.to(device)
         null = torch.full_like(labels, self.null_class)
-        self.scheduler.set_timesteps(num_inference_steps)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(x, t)
-            if guidance_scale == 1.0:
-                prediction = unet(model_input, t, class_labels=labels).sample
-            else:
-                both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([labels, null])).sample
-                conditional, unconditional = both.chunk(2)
-                prediction = unconditional + guidance_scale * (conditional - unconditional)
-            x = self.scheduler.step(prediction, t, x, generator=generator).prev_sample
+        x = guided_denoise(unet, self.scheduler, x, labels, null, guidance_scale, num_inference_steps, generator,
+                           progress=self.progress_bar)
         images = self.vqvae.decode(x / self.vqvae.config.scaling_factor).sample
         images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         if output_type == "pil":

@@ -6,7 +6,7 @@ Command line (``python -m histolab_utils.tiling --help``)::
         --min-tissue 0.5 [--annotations FILE ...] [--target-label NAME --min-label 0.1] [--mpp 0.5]
 """
 
-from .annotations import AnnotationError, Annotations, rasterize, read_annotations
+from ..data.annotations import AnnotationError, Annotations, rasterize, read_annotations
 from .slide import Slide, SlideError, open_slide
 from .tiler import TilePlan, TilingParams, plan_tiles, tile_slide, tile_slides, write_manifest, write_tiles
 from .tissue import tissue_cue, tissue_mask

@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .annotations import AnnotationError
+from ..data.annotations import AnnotationError
 from .slide import SlideError
 from .tiler import TilingParams, tile_slides
 

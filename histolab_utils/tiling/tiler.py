@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..paths import atomic_path
-from .annotations import Annotations, read_annotations, rasterize
+from ..data.annotations import Annotations, read_annotations, rasterize
 from .slide import Slide, SlideError, open_slide
 from .tissue import TissueMethod, tissue_mask
 

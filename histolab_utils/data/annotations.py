@@ -1,4 +1,5 @@
-"""Polygon annotations: QuPath GeoJSON or GeoParquet in, label and instance rasters out.
+"""Polygon annotations: QuPath GeoJSON or GeoParquet in, label and instance rasters out (used by
+the tiler and by the nuclei-mask tiles, so it lives with the data).
 
 Coordinates are level-0 pixels of the slide (QuPath's export convention). Classes get label
 ids 1..K in the order given (or sorted by name); 0 is unannotated.
@@ -7,6 +8,7 @@ ids 1..K in the order given (or sorted by name); 0 is unannotated.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +28,7 @@ class Annotations:
     table: pd.DataFrame
     classes: tuple[str, ...]
     source: str = ""
+    repaired: int = 0  # polygons fixed by ``shapely.make_valid`` (``repair=True``)
 
     def label_of(self, class_name: str) -> int:
         """Label id (1-based) of a class, with a clear error for an unknown one."""
@@ -112,11 +115,14 @@ def _read_geoparquet(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"geometry": geometry, "class_name": table["class_name"].astype(str).to_numpy()})
 
 
-def read_annotations(path: str | Path, classes: Sequence[str] | None = None) -> Annotations:
+def read_annotations(path: str | Path, classes: Sequence[str] | None = None, *, repair: bool = False) -> Annotations:
     """Read QuPath GeoJSON (``.geojson``/``.json``) or GeoParquet (``.parquet``) polygons.
 
     ``classes`` fixes the label order and rejects any other class; by default the classes
-    found are sorted by name. Invalid geometry (self-intersections, empty) is an error.
+    found are sorted by name. Invalid geometry (self-intersections) is an error naming the file
+    and the row, unless ``repair``: then ``shapely.make_valid`` fixes it (keeping the polygonal
+    parts), ``Annotations.repaired`` counts the polygons it changed and a warning says how many.
+    Empty geometry is always an error.
     """
     import shapely
 
@@ -135,12 +141,19 @@ def read_annotations(path: str | Path, classes: Sequence[str] | None = None) -> 
     not_polygon = np.flatnonzero(~np.isin(kinds, (3, 6)))  # Polygon, MultiPolygon
     if len(not_polygon):
         raise AnnotationError(f"{path}: row {not_polygon[0]} is not a Polygon or MultiPolygon")
+    repaired = 0
+    if repair:
+        geometry, repaired = _repaired(geometry)
+        table = table.assign(geometry=geometry)
+        if repaired:
+            warnings.warn(f"{path}: repaired {repaired} invalid polygon(s) with shapely.make_valid", stacklevel=2)
     invalid = np.flatnonzero(~shapely.is_valid(geometry) | shapely.is_empty(geometry))
     if len(invalid):
         i = int(invalid[0])
         reason = "empty" if shapely.is_empty(geometry[i]) else shapely.is_valid_reason(geometry[i])
-        raise AnnotationError(f"{path}: polygon {i} ({table['class_name'].iloc[i]}) has invalid geometry: "
-                              f"{reason} ({len(invalid)} invalid in all)")
+        hint = "" if repair else "; read_annotations(..., repair=True) repairs it with shapely.make_valid"
+        raise AnnotationError(f"{path}: row {i} ({table['class_name'].iloc[i]}) has invalid geometry: "
+                              f"{reason} ({len(invalid)} invalid in all){hint}")
     found = sorted(set(table["class_name"]))
     if classes is None:
         classes = found
@@ -148,7 +161,24 @@ def read_annotations(path: str | Path, classes: Sequence[str] | None = None) -> 
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise AnnotationError(f"{path}: unknown classes {unknown}; allowed: {list(classes)}")
-    return Annotations(table=table.reset_index(drop=True), classes=tuple(classes), source=str(path))
+    return Annotations(table=table.reset_index(drop=True), classes=tuple(classes), source=str(path), repaired=repaired)
+
+
+def _repaired(geometry: np.ndarray) -> tuple[np.ndarray, int]:
+    """``make_valid`` on the invalid, non-empty polygons, keeping only their polygonal parts."""
+    import shapely
+
+    broken = np.flatnonzero(~shapely.is_valid(geometry) & ~shapely.is_empty(geometry))
+    if not len(broken):
+        return geometry, 0
+    geometry = geometry.copy()
+    for i in broken:
+        fixed = shapely.make_valid(geometry[i])
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if shapely.get_type_id(g) in (3, 6)]
+        polygons = [p for g in parts for p in getattr(g, "geoms", [g])]
+        geometry[i] = shapely.multipolygons(polygons) if len(polygons) > 1 else (
+            polygons[0] if polygons else shapely.Polygon())
+    return geometry, len(broken)
 
 
 def rasterize(
