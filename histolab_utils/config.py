@@ -127,6 +127,33 @@ class LDMSection:
 
 
 @dataclass(frozen=True)
+class MaskSection:
+    """Notebook 06 and ``python -m histolab_utils.train masks``: the nuclei-mask generator (NASDM stage 1)."""
+
+    tile_size: int  # px of a mask tile
+    downsample: float  # level-0 px of the slide per mask px
+    n_train_tiles: int  # train-region tiles of the slide
+    n_eval: int  # held-out tiles; every set compared with them (generated, floor, baseline) has as many
+    schedule: str
+    prediction_type: str
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    checkpoint_every: int
+    compile: bool
+    sampler: str
+    sampler_steps: int
+    guidance_scales: tuple[float, ...]  # 0 = the unconditional model (the chance level of conditioning)
+    guidance: float  # the scale of the gallery, the widget and the headline scores
+    gallery_per_condition: int
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -138,6 +165,7 @@ class ProfileConfig:
     vqgan: VQGANSection
     clusters: ClusterSection
     ldm: LDMSection
+    masks: MaskSection
 
 
 _CONFIGS = {
@@ -161,6 +189,11 @@ _CONFIGS = {
                        layers_per_block=1, attention=False, label_dropout=0.1, checkpoint_every=150, augment_copies=2,
                        sampler="ddim", sampler_steps=20, guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4,
                        max_eval_per_class=32, gallery_size=8),
+        masks=MaskSection(tile_size=32, downsample=2.0, n_train_tiles=4096, n_eval=96, schedule="cosine",
+                          prediction_type="v_prediction", train_steps=400, batch_size=16, learning_rate=2e-3,
+                          warmup_steps=20, ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1,
+                          attention=False, checkpoint_every=200, compile=False, sampler="ddim", sampler_steps=25,
+                          guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_per_condition=4),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -183,6 +216,11 @@ _CONFIGS = {
                        layers_per_block=2, attention=True, label_dropout=0.1, checkpoint_every=2000, augment_copies=8,
                        sampler="dpm", sampler_steps=20, guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0,
                        min_eval_tiles=20, max_eval_per_class=500, gallery_size=16),
+        masks=MaskSection(tile_size=128, downsample=1.0, n_train_tiles=20000, n_eval=1000, schedule="cosine",
+                          prediction_type="v_prediction", train_steps=20000, batch_size=64, learning_rate=2e-4,
+                          warmup_steps=500, ema_decay=0.999, block_out_channels=(64, 128, 256, 256), layers_per_block=2,
+                          attention=True, checkpoint_every=2000, compile=True, sampler="dpm", sampler_steps=25,
+                          guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=2.0, gallery_per_condition=8),
     ),
 }
 

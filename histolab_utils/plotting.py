@@ -16,6 +16,26 @@ TYPE_COLOURS = {  # RGB in [0, 1]; 0 is background
 }
 
 
+# Colours of the project's nucleus vocabulary (data.nuclei.NUCLEUS_CLASSES: ids 1..3).
+NUCLEUS_COLOURS = {1: (0.90, 0.15, 0.15), 2: (0.20, 0.45, 0.95), 3: (0.10, 0.75, 0.25)}  # neoplastic, inflammatory, connective
+
+
+def mask_image(types: np.ndarray, instances: np.ndarray, colours: dict = NUCLEUS_COLOURS) -> np.ndarray:
+    """A nuclei mask as uint8 RGB: nuclei filled by type on black, instance boundaries in white."""
+    from skimage.segmentation import find_boundaries
+
+    out = np.zeros((*types.shape, 3), dtype=np.float32)
+    for type_id, colour in colours.items():
+        out[types == type_id] = colour
+    out[find_boundaries(instances, mode="inner") & (instances > 0)] = 1.0
+    return (out * 255).round().astype(np.uint8)
+
+
+def mask_images(types: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """:func:`mask_image` of every tile of a stack [N, H, W] -> uint8 [N, H, W, 3]."""
+    return np.stack([mask_image(t, i) for t, i in zip(types, instances)]) if len(types) else np.zeros((0, 1, 1, 3), np.uint8)
+
+
 def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Blend nuclei coloured by type into the image, with instance outlines drawn solid."""
     from skimage.segmentation import find_boundaries

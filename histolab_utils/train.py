@@ -3,10 +3,12 @@
     python -m histolab_utils.train ddpm --schedule cosine --profile full --out runs/full/ddpm-cosine
     python -m histolab_utils.train ddpm --schedule linear --prediction-type epsilon --profile full --out runs/full/eps
     python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
+    python -m histolab_utils.train masks --profile full --out runs/full/masks
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
 ``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
-as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``.
+as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``, the
+nuclei-mask generator (train-region tiles of the HGSC slide) as a ``NucleiMaskPipeline`` in ``OUT/pipeline``.
 Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
 ``python -m histolab_utils.models.vqgan score OUT/heldout_reconstructions.npz``.
 """
@@ -115,10 +117,31 @@ def _train_vqgan(args) -> int:
     return 0
 
 
+def _train_masks(args) -> int:
+    from .data.nuclei import mask_tiles
+    from .diffusion.training import TrainingDiverged
+    from .models.mask_generator import mask_train_config, train_mask_generator
+
+    section = load_config(args.profile).masks
+    config = mask_train_config(section, args.seed, steps=args.steps, batch_size=args.batch_size,
+                               compile=False if args.no_compile else None)
+    tiles = mask_tiles("wsi", section.tile_size, "train", section.n_train_tiles, seed=args.seed,
+                       downsample=section.downsample)
+    try:
+        trainer = train_mask_generator(config, tiles, args.out, resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if trainer.accelerator.is_main_process:
+        print(f"{trainer.step} steps in {trainer.seconds:.1f} s on {len(tiles)} tiles; final loss "
+              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan}", help="what to train")
+    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks}", help="what to train")
     ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
     ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
     ddpm.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
@@ -132,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="move codes unused for N steps onto encoder outputs; 0 turns it off (default: the profile's)")
     vqgan.add_argument("--eval", type=int, default=0, metavar="N",
                        help="also save N held-out crops, their reconstructions and codes (heldout_reconstructions.npz)")
-    for sub in (ddpm, vqgan):
+    masks = models.add_parser("masks", help="the nuclei-mask generator, NASDM stage 1 (notebook 06)")
+    masks.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
+    for sub in (ddpm, vqgan, masks):
         sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
         sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
         sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
@@ -145,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if prediction_type == "epsilon":
             parser.error("--zero-terminal-snr needs --prediction-type v_prediction or sample: with epsilon the x0 "
                          "estimate at t = T divides by sqrt(alpha_bar_T) = 0")
-    return _train_ddpm(args) if args.model == "ddpm" else _train_vqgan(args)
+    return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks}[args.model](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,453 @@
+"""One nucleus vocabulary for the project, and nuclei-mask tiles cut from typed polygons.
+
+Vocabulary
+----------
+``NUCLEUS_CLASSES`` are the three types that every annotated source here shares; type id
+``i + 1`` is ``NUCLEUS_CLASSES[i]`` and 0 is background. ``NUCLEUS_NAME_MAP`` says where every
+other name goes (``None``: left out of the typed maps):
+
+* ``macrophage_cell`` and ``macrophage_nucleus`` (the HGSC slide) are inflammatory cells.
+* ``dead`` (the HGSC slide, PanNuke) is left out: an apoptotic or necrotic nucleus has lost the
+  morphology that says its lineage, no other source types it, and it is 0.3 % of the slide's
+  nuclei (1,670 of 592,349). Tiles keep those pixels as background.
+* Lizard's neutrophil, lymphocyte, plasma and eosinophil are inflammatory; its connective is
+  connective. Lizard's and PanNuke's ``epithelial`` do not say neoplastic or not: left out.
+* The cellseg patches' type ids have no published names: they map nowhere, and may serve as
+  binary nuclei.
+
+Mask tiles
+----------
+:func:`mask_tiles` cuts square tiles with at least one nucleus out of the whole HGSC slide's
+592,349 polygons (``source="wsi"``) or out of the nest and stroma images' polygons. Every tile
+carries a type map, an instance map, centroids with types and a tissue context. The split is
+spatial and fixed: the right ``HELDOUT_FRACTION`` (25 %) of the slide's extent, or of each image
+(the region split of every other notebook), is held out, and a tile lies wholly on one side.
+The held-out nest and stroma masks are the segmentation test set: no model trains on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..paths import atomic_path, data_dir
+from .datasets import HELDOUT_FRACTION, load_image
+from .store import require_file
+
+NUCLEUS_CLASSES: tuple[str, ...] = ("neoplastic", "inflammatory", "connective")
+
+NUCLEUS_NAME_MAP: dict[str, str | None] = {
+    **{name: name for name in NUCLEUS_CLASSES},
+    "macrophage_cell": "inflammatory",  # HGSC slide
+    "macrophage_nucleus": "inflammatory",  # HGSC slide
+    "dead": None,  # HGSC slide, PanNuke: lineage unknown (see the module docstring)
+    "neutrophil": "inflammatory",  # Lizard
+    "lymphocyte": "inflammatory",  # Lizard
+    "plasma": "inflammatory",  # Lizard
+    "eosinophil": "inflammatory",  # Lizard
+    "epithelial": None,  # Lizard, PanNuke: neoplastic or not is not said
+}
+
+# Tissue contexts: the HGSC slide's tissue-region classes, then "none" (no region covers most of a tile).
+TISSUE_CONTEXTS: tuple[str, ...] = ("tumor", "stroma", "omental_fat", "hemorragia", "necrosis", "serum", "none")
+NO_CONTEXT = TISSUE_CONTEXTS.index("none")
+
+WSI_NUCLEI = "hgsc_nuclei_wsi.parquet"
+WSI_TISSUE = "hgsc_tissue_wsi.parquet"
+# The nest and stroma images have no tissue polygons; each is one kind of tissue as a whole.
+IMAGE_CONTEXTS = {"hgsc_nest": "tumor", "hgsc_stroma": "stroma"}
+MASK_SOURCES: tuple[str, ...] = ("wsi", *IMAGE_CONTEXTS)
+Region = Literal["train", "heldout"]
+
+_TISSUE_CELL = 16  # level-0 px per cell of the coarse tissue raster that gives tile contexts
+_CACHE_VERSION = 1
+
+
+def vocabulary_name(name: str, source: str = "") -> str | None:
+    """The project's class for a source's nucleus class name (``None``: left out); an unknown name
+    is an error naming the source and the name."""
+    from .annotations import AnnotationError
+
+    if name not in NUCLEUS_NAME_MAP:
+        raise AnnotationError(f"{source or 'nuclei'}: unknown nucleus class {name!r}; known classes: "
+                              f"{sorted(NUCLEUS_NAME_MAP)} (add it to histolab_utils.data.nuclei.NUCLEUS_NAME_MAP)")
+    return NUCLEUS_NAME_MAP[name]
+
+
+def context_index(context: str | int) -> int:
+    """Index of a tissue context in ``TISSUE_CONTEXTS``, with a clear error outside the vocabulary."""
+    if isinstance(context, (int, np.integer)) and not isinstance(context, bool):
+        if 0 <= int(context) < len(TISSUE_CONTEXTS):
+            return int(context)
+    elif context in TISSUE_CONTEXTS:
+        return TISSUE_CONTEXTS.index(context)
+    raise ValueError(f"tissue context {context!r} is not in the vocabulary {list(TISSUE_CONTEXTS)}")
+
+
+def read_nuclei(path: str | Path, *, repair: bool = False):
+    """Typed nucleus polygons in the project's vocabulary: an ``Annotations`` whose classes are
+    ``NUCLEUS_CLASSES``; polygons whose class maps to ``None`` are left out (``table.attrs["left_out"]``
+    counts them by name). Unknown classes and invalid geometry are errors naming the file (and
+    row); ``repair=True`` fixes invalid geometry with ``shapely.make_valid`` and says how many."""
+    from .annotations import Annotations, read_annotations
+
+    raw = read_annotations(path, repair=repair)
+    mapped = raw.table["class_name"].map(lambda name: vocabulary_name(name, str(path)))
+    kept = mapped.notna().to_numpy()
+    table = raw.table.loc[kept].assign(class_name=mapped[kept].to_numpy()).reset_index(drop=True)
+    table.attrs["left_out"] = raw.table.loc[~kept, "class_name"].value_counts().to_dict()
+    return Annotations(table=table, classes=NUCLEUS_CLASSES, source=raw.source, repaired=raw.repaired)
+
+
+def edge_map(instance_map: np.ndarray) -> np.ndarray:
+    """Boundary pixels of an instance map (NASDM, SDM): a pixel is an edge when any of its
+    4-neighbours has a different instance id, background (0) included, so both sides of every
+    boundary are marked. Works on [..., H, W]; returns bool of the same shape."""
+    inst = np.asarray(instance_map)
+    if inst.ndim < 2:
+        raise ValueError(f"edge_map needs an [..., H, W] instance map, got shape {inst.shape}")
+    edge = np.zeros(inst.shape, dtype=bool)
+    vertical = inst[..., 1:, :] != inst[..., :-1, :]
+    edge[..., 1:, :] |= vertical
+    edge[..., :-1, :] |= vertical
+    horizontal = inst[..., :, 1:] != inst[..., :, :-1]
+    edge[..., :, 1:] |= horizontal
+    edge[..., :, :-1] |= horizontal
+    return edge
+
+
+@dataclass(frozen=True)
+class MaskTiles:
+    """Nuclei-mask tiles of one source and region.
+
+    ``types``: uint8 [N, S, S], 0 = background, i + 1 = ``NUCLEUS_CLASSES[i]``; ``instances``:
+    uint16 [N, S, S], 0 = background, 1..n within each tile; ``contexts``: int [N], indices into
+    ``TISSUE_CONTEXTS``; ``boxes``: float [N, 4], each tile's level-0 (x0, y0, x1, y1).
+    """
+
+    types: np.ndarray
+    instances: np.ndarray
+    contexts: np.ndarray
+    boxes: np.ndarray
+    source: str
+    region: str
+    downsample: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    @property
+    def size(self) -> int:
+        return self.types.shape[-1]
+
+    @property
+    def multi_hot(self) -> np.ndarray:
+        """bool [N, K]: which nucleus types each tile holds (its NASDM condition)."""
+        return multi_hot_of(self.types)
+
+    @property
+    def context_names(self) -> list[str]:
+        return [TISSUE_CONTEXTS[c] for c in self.contexts]
+
+    def subset(self, index) -> "MaskTiles":
+        return MaskTiles(self.types[index], self.instances[index], self.contexts[index], self.boxes[index],
+                         self.source, self.region, self.downsample)
+
+    def centroids(self) -> pd.DataFrame:
+        """One row per nucleus: tile, instance, centroid (y, x, in tile pixels), type id and class."""
+        frames = [instance_table(t, i).assign(tile=k) for k, (t, i) in enumerate(zip(self.types, self.instances))]
+        table = pd.concat(frames, ignore_index=True) if frames else instance_table(np.zeros((1, 1)), np.zeros((1, 1)))
+        return table[["tile", "instance", "y", "x", "type", "class_name"]]
+
+
+def multi_hot_of(types: np.ndarray) -> np.ndarray:
+    """bool [N, K]: whether each type map [N, H, W] holds each of the K nucleus types."""
+    types = np.asarray(types)
+    return np.stack([(types == k + 1).any(axis=(-2, -1)) for k in range(len(NUCLEUS_CLASSES))], axis=-1)
+
+
+def instance_table(types: np.ndarray, instances: np.ndarray) -> pd.DataFrame:
+    """Per instance of one tile: id, pixel count, centroid (y, x) and its type (the most frequent
+    type id among its pixels) with the class name."""
+    flat_inst = np.asarray(instances, dtype=np.int64).ravel()
+    n = int(flat_inst.max(initial=0)) + 1
+    rows, cols = np.indices(np.shape(instances))
+    count = np.bincount(flat_inst, minlength=n)
+    y = np.bincount(flat_inst, weights=rows.ravel(), minlength=n)
+    x = np.bincount(flat_inst, weights=cols.ravel(), minlength=n)
+    votes = np.zeros((n, len(NUCLEUS_CLASSES) + 1), dtype=np.int64)
+    np.add.at(votes, (flat_inst, np.asarray(types, dtype=np.int64).ravel()), 1)
+    ids = np.flatnonzero(count[1:]) + 1
+    type_ids = votes[ids, 1:].argmax(axis=1) + 1
+    return pd.DataFrame({
+        "instance": ids, "area": count[ids], "y": y[ids] / count[ids], "x": x[ids] / count[ids],
+        "type": type_ids, "class_name": [NUCLEUS_CLASSES[t - 1] for t in type_ids],
+    })
+
+
+# -- polygons in, tiles out ---------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _wsi_nuclei(root: Path):
+    return read_nuclei(require_file("hgsc", WSI_NUCLEI, root))
+
+
+@functools.lru_cache(maxsize=4)
+def _wsi_tissue(root: Path):
+    """The slide's tissue regions rasterised at one label per ``_TISSUE_CELL`` px (0 = none, i + 1 =
+    ``TISSUE_CONTEXTS[i]``; later polygons are drawn over earlier ones), and its level-0 origin."""
+    from .annotations import rasterize, read_annotations
+
+    tissue = read_annotations(require_file("hgsc", WSI_TISSUE, root), classes=TISSUE_CONTEXTS[:-1])
+    x0, y0, x1, y1 = wsi_extent(root)
+    width, height = int(np.ceil((x1 - x0) / _TISSUE_CELL)), int(np.ceil((y1 - y0) / _TISSUE_CELL))
+    box = (x0, y0, x0 + width * _TISSUE_CELL, y0 + height * _TISSUE_CELL)
+    return rasterize(tissue, box, (height, width))["label"].astype(np.uint8), (x0, y0)
+
+
+@functools.lru_cache(maxsize=4)
+def _wsi_extent(root: Path) -> tuple[float, float, float, float]:
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds(_wsi_nuclei(root).table["geometry"].to_numpy())
+    return float(np.floor(x0)), float(np.floor(y0)), float(np.ceil(x1)), float(np.ceil(y1))
+
+
+def wsi_extent(root: Path | None = None) -> tuple[float, float, float, float]:
+    """Level-0 (x0, y0, x1, y1) covered by the HGSC slide's nuclei."""
+    return _wsi_extent(Path(root) if root else data_dir())
+
+
+def wsi_split_x(root: Path | None = None) -> float:
+    """The level-0 x where the slide's held-out strip (its right ``HELDOUT_FRACTION``) begins."""
+    x0, _, x1, _ = wsi_extent(root)
+    return x0 + (1.0 - HELDOUT_FRACTION) * (x1 - x0)
+
+
+def wsi_region_box(region: Region, root: Path | None = None) -> tuple[float, float, float, float]:
+    """Level-0 box of the slide's train (left 75 %) or held-out (right 25 %) region."""
+    x0, y0, x1, y1 = wsi_extent(root)
+    split = wsi_split_x(root)
+    if region == "train":
+        return x0, y0, split, y1
+    if region == "heldout":
+        return split, y0, x1, y1
+    raise ValueError(f"region must be 'train' or 'heldout', not {region!r}")
+
+
+def wsi_nuclei(root: Path | None = None):
+    """The whole slide's nucleus polygons in the project's vocabulary (read once per process)."""
+    return _wsi_nuclei(Path(root) if root else data_dir())
+
+
+def wsi_tissue_raster(root: Path | None = None) -> tuple[np.ndarray, tuple[float, float], int]:
+    """(labels, level-0 origin, px per cell) of the slide's coarse tissue-region raster."""
+    labels, origin = _wsi_tissue(Path(root) if root else data_dir())
+    return labels, origin, _TISSUE_CELL
+
+
+def tissue_context(boxes: np.ndarray, root: Path | None = None) -> np.ndarray:
+    """The tissue context of each level-0 box: the region class covering most of it, or ``none``
+    when uncovered slide is the largest share (read on the coarse tissue raster)."""
+    labels, (ox, oy), cell = wsi_tissue_raster(root)
+    out = np.empty(len(boxes), dtype=np.int64)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64)):
+        c0, r0 = int((x0 - ox) // cell), int((y0 - oy) // cell)
+        c1, r1 = max(c0 + 1, int(np.ceil((x1 - ox) / cell))), max(r0 + 1, int(np.ceil((y1 - oy) / cell)))
+        votes = np.bincount(labels[max(r0, 0):r1, max(c0, 0):c1].ravel(), minlength=len(TISSUE_CONTEXTS))
+        winner = int(votes.argmax())
+        out[i] = NO_CONTEXT if winner == 0 else winner - 1
+    return out
+
+
+def _relabelled(types: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Instance ids renumbered 1..n (in order of the old ids); pixels of left-out polygons are background."""
+    ids, inverse = np.unique(instances, return_inverse=True)
+    fresh = inverse.reshape(instances.shape) if ids[0] == 0 else inverse.reshape(instances.shape) + 1
+    return types.astype(np.uint8), fresh.astype(np.uint16)
+
+
+def _raster_tile(annotations, box, size: int) -> tuple[np.ndarray, np.ndarray]:
+    from .annotations import rasterize
+
+    raster = rasterize(annotations, box, (size, size))
+    return _relabelled(raster["label"], raster["instance"])
+
+
+def _draw_wsi_tiles(size: int, downsample: float, region: Region, n: int, seed: int, root: Path | None) -> MaskTiles:
+    import shapely
+
+    annotations = wsi_nuclei(root)
+    rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
+    span = size * downsample
+    if rx1 - rx0 < span or ry1 - ry0 < span:
+        raise ValueError(f"the slide's {region} region ({rx1 - rx0:.0f} x {ry1 - ry0:.0f} px) is smaller than a "
+                         f"{span:.0f} px tile")
+    rng = np.random.default_rng(seed)
+    types, instances, boxes = [], [], []
+    tree = annotations._tree
+    attempts = 0
+    while len(types) < n:
+        attempts += 1
+        if attempts > 50:
+            raise RuntimeError(f"found only {len(types)} of {n} {region} tiles with nuclei after 50 rounds")
+        # Draw candidates in bulk, keep those whose box meets a polygon, rasterise those.
+        m = max(64, 2 * (n - len(types)))
+        x0 = rng.uniform(rx0, rx1 - span, m)
+        y0 = rng.uniform(ry0, ry1 - span, m)
+        candidates = np.stack([x0, y0, x0 + span, y0 + span], axis=1)
+        hit_boxes, _ = tree.query(shapely.box(*candidates.T), predicate="intersects")
+        for box in candidates[np.unique(hit_boxes)]:
+            typ, inst = _raster_tile(annotations, tuple(box), size)
+            if inst.any():
+                types.append(typ)
+                instances.append(inst)
+                boxes.append(box)
+                if len(types) == n:
+                    break
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return MaskTiles(np.stack(types), np.stack(instances), tissue_context(boxes, root), boxes, "wsi", region,
+                     downsample)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_raster(name: str, downsample: float, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from ..data.datasets import IMAGES
+
+    annotations = read_nuclei(require_file(*IMAGES[name].polygons, root))
+    height, width = load_image(name, root).shape
+    shape = (int(round(height / downsample)), int(round(width / downsample)))
+    from .annotations import rasterize
+
+    raster = rasterize(annotations, (0, 0, shape[1] * downsample, shape[0] * downsample), shape)
+    return raster["label"].astype(np.uint8), raster["instance"]
+
+
+def _draw_image_tiles(name: str, size: int, downsample: float, region: Region, n: int, seed: int,
+                      root: Path | None) -> MaskTiles:
+    root = Path(root) if root else data_dir()
+    label, instance = _image_raster(name, downsample, root)
+    x0, y0, x1, y1 = (int(round(v / downsample)) for v in load_image(name, root).region_box(region))
+    if x1 - x0 < size or y1 - y0 < size:
+        raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
+                         f"too small for {size} px tiles")
+    rng = np.random.default_rng(seed)
+    types, instances, boxes = [], [], []
+    for _ in range(50 * n):
+        if len(types) == n:
+            break
+        x, y = int(rng.integers(x0, x1 - size + 1)), int(rng.integers(y0, y1 - size + 1))
+        inst = instance[y:y + size, x:x + size]
+        if inst.any():
+            typ, inst = _relabelled(label[y:y + size, x:x + size], inst)
+            types.append(typ)
+            instances.append(inst)
+            boxes.append([x * downsample, y * downsample, (x + size) * downsample, (y + size) * downsample])
+    if len(types) < n:
+        raise RuntimeError(f"found only {len(types)} of {n} {region} tiles with nuclei in {name}")
+    contexts = np.full(n, TISSUE_CONTEXTS.index(IMAGE_CONTEXTS[name]), dtype=np.int64)
+    return MaskTiles(np.stack(types), np.stack(instances), contexts, np.asarray(boxes, np.float64), name, region,
+                     downsample)
+
+
+def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *, downsample: float = 1.0,
+               root: Path | None = None, cache: bool = True) -> MaskTiles:
+    """``n`` seeded tiles of ``size`` px, each with at least one nucleus, from ``source`` (``"wsi"``,
+    ``"hgsc_nest"`` or ``"hgsc_stroma"``), wholly inside ``region`` of the fixed spatial split.
+
+    A tile covers ``size * downsample`` level-0 px (``downsample=2`` halves the slide's resolution).
+    Tiles are cached under ``data/cache/mask_tiles/`` by their parameters: the first call builds
+    them, later ones load them.
+    """
+    if source not in MASK_SOURCES:
+        raise ValueError(f"unknown mask-tile source {source!r}; use one of {list(MASK_SOURCES)}")
+    if region not in ("train", "heldout"):
+        raise ValueError(f"region must be 'train' or 'heldout', not {region!r}")
+    if size <= 0 or n < 0 or downsample <= 0:
+        raise ValueError(f"need size > 0, n >= 0 and downsample > 0; got size={size}, n={n}, downsample={downsample}")
+
+    def build() -> MaskTiles:
+        if source == "wsi":
+            return _draw_wsi_tiles(size, downsample, region, n, seed, root)
+        return _draw_image_tiles(source, size, downsample, region, n, seed, root)
+
+    if not cache:
+        return build()
+    key = json.dumps({"v": _CACHE_VERSION, "source": source, "size": size, "region": region, "n": n, "seed": seed,
+                      "downsample": downsample}, sort_keys=True)
+    name = f"{source}-{region}-{size}px-x{downsample:g}-n{n}-seed{seed}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    path = (Path(root) if root else data_dir()) / "cache" / "mask_tiles" / f"{name}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return MaskTiles(stored["types"], stored["instances"], stored["contexts"], stored["boxes"], source, region,
+                             downsample)
+    tiles = build()
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, types=tiles.types, instances=tiles.instances, contexts=tiles.contexts,
+                            boxes=tiles.boxes)
+    return tiles
+
+
+def split_table(root: Path | None = None) -> pd.DataFrame:
+    """The fixed spatial split of every mask source, in level-0 px."""
+    rows = []
+    box = wsi_region_box("train", root), wsi_region_box("heldout", root)
+    rows.append({"source": "wsi", "train": box[0], "heldout": box[1]})
+    for name in IMAGE_CONTEXTS:
+        image = load_image(name, root)
+        rows.append({"source": name, "train": image.region_box("train"), "heldout": image.region_box("heldout")})
+    frame = pd.DataFrame(rows)
+    frame["held out"] = f"right {HELDOUT_FRACTION:.0%} of the extent"
+    return frame
+
+
+def wsi_density(bins: int = 64, root: Path | None = None) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Nuclei per bin of the slide, by type: counts [K, rows, bins] over the slide's extent."""
+    import shapely
+
+    table = wsi_nuclei(root).table
+    centres = shapely.get_coordinates(shapely.centroid(table["geometry"].to_numpy()))
+    x0, y0, x1, y1 = wsi_extent(root)
+    rows = max(1, int(round(bins * (y1 - y0) / (x1 - x0))))
+    counts = np.stack([
+        np.histogram2d(centres[table["class_name"].to_numpy() == name, 1],
+                       centres[table["class_name"].to_numpy() == name, 0],
+                       bins=(rows, bins), range=((y0, y1), (x0, x1)))[0]
+        for name in NUCLEUS_CLASSES])
+    return counts, (x0, y0, x1, y1)
+
+
+def describe_tiles(tiles: MaskTiles) -> pd.DataFrame:
+    """One row per tile: context, nuclei per type, foreground fraction."""
+    counts = np.stack([[len(np.unique(inst[typ == k + 1])) for k in range(len(NUCLEUS_CLASSES))]
+                       for typ, inst in zip(tiles.types, tiles.instances)]) if len(tiles) else np.zeros((0, 3))
+    frame = pd.DataFrame(counts, columns=[f"n_{name}" for name in NUCLEUS_CLASSES])
+    frame.insert(0, "context", tiles.context_names)
+    frame["foreground"] = (tiles.types > 0).mean(axis=(1, 2)) if len(tiles) else []
+    return frame
+
+
+def type_combinations(multi_hot: np.ndarray) -> list[str]:
+    """A readable name per multi-hot row, e.g. ``"neoplastic+connective"`` or ``"no nuclei"``."""
+    return ["+".join(name for name, on in zip(NUCLEUS_CLASSES, row) if on) or "no nuclei"
+            for row in np.asarray(multi_hot, dtype=bool)]
+
+
+def as_multi_hot(types: Sequence[str] | np.ndarray) -> np.ndarray:
+    """A multi-hot vector from type names (or a length-K 0/1 vector), checked."""
+    if not isinstance(types, np.ndarray) and all(isinstance(t, str) for t in types):
+        unknown = [t for t in types if t not in NUCLEUS_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown nucleus types {unknown}; use {list(NUCLEUS_CLASSES)}")
+        return np.array([name in types for name in NUCLEUS_CLASSES])
+    vector = np.asarray(types)
+    if vector.shape != (len(NUCLEUS_CLASSES),) or not np.isin(vector, (0, 1)).all():
+        raise ValueError(f"a multi-hot type vector has {len(NUCLEUS_CLASSES)} entries of 0 or 1 "
+                         f"({', '.join(NUCLEUS_CLASSES)}); got {vector.tolist()}")
+    return vector.astype(bool)

@@ -1,0 +1,213 @@
+"""Morphology of nuclei masks: per-nucleus and per-tile features, distances between two sets of
+masks, validity of decoded instances, and a naive baseline (random ellipses).
+
+* Per nucleus (``skimage.measure.regionprops_table``): area, eccentricity, solidity, type.
+* Per tile: nuclei of each type, the fraction of the tile covered, and the mean distance from
+  each centroid to its nearest neighbour (the tile's side when it holds fewer than two nuclei).
+* Distances: per feature, the 1-D Wasserstein distance (``scipy.stats.wasserstein_distance``)
+  divided by the reference set's standard deviation; and the Fréchet distance between Gaussians
+  fitted to the per-tile feature vectors standardised by the reference set: the "morphology FD".
+  It is computed like FID but on six hand-made features, not Inception features: never call it FID.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.nuclei import NUCLEUS_CLASSES
+
+NUCLEUS_FEATURES = ("area", "eccentricity", "solidity")
+TILE_FEATURES = (*(f"n_{name}" for name in NUCLEUS_CLASSES), "coverage", "nn_distance")
+
+
+def nucleus_features(types: np.ndarray, instances: np.ndarray) -> pd.DataFrame:
+    """One row per nucleus of a stack of tiles [N, H, W]: tile, label, area, eccentricity,
+    solidity, centroid, type (the most frequent type id among its pixels)."""
+    from skimage.measure import regionprops_table
+
+    frames = []
+    for tile, (typ, inst) in enumerate(zip(np.asarray(types), np.asarray(instances))):
+        if not inst.any():
+            continue
+        props = regionprops_table(inst.astype(np.int32), intensity_image=typ.astype(np.int32),
+                                  properties=("label", "area", "eccentricity", "solidity", "centroid"),
+                                  extra_properties=(_majority,))
+        frame = pd.DataFrame(props).rename(columns={"centroid-0": "y", "centroid-1": "x", "_majority": "type"})
+        frames.append(frame.assign(tile=tile))
+    columns = ["tile", "label", *NUCLEUS_FEATURES, "y", "x", "type"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(frames, ignore_index=True)[columns]
+    table["type"] = table["type"].astype(int)
+    return table
+
+
+def _majority(region_mask: np.ndarray, intensity: np.ndarray) -> int:
+    values = intensity[region_mask].astype(np.int64)
+    values = values[values > 0]
+    return int(np.bincount(values).argmax()) if len(values) else 0
+
+
+def tile_features(types: np.ndarray, instances: np.ndarray, nuclei: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per tile: nuclei per type, covered fraction, mean nearest-neighbour distance."""
+    from scipy.spatial import cKDTree
+
+    types = np.asarray(types)
+    nuclei = nucleus_features(types, instances) if nuclei is None else nuclei
+    size = types.shape[-1]
+    rows = []
+    for tile in range(len(types)):
+        mine = nuclei[nuclei["tile"] == tile]
+        row = {f"n_{name}": int((mine["type"] == k + 1).sum()) for k, name in enumerate(NUCLEUS_CLASSES)}
+        row["coverage"] = float((instances[tile] > 0).mean())
+        if len(mine) >= 2:
+            distances, _ = cKDTree(mine[["y", "x"]].to_numpy()).query(mine[["y", "x"]].to_numpy(), k=2)
+            row["nn_distance"] = float(distances[:, 1].mean())
+        else:
+            row["nn_distance"] = float(size)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TILE_FEATURES))
+
+
+def morphology_features(types: np.ndarray, instances: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(nucleus table, tile table) of a stack of masks."""
+    nuclei = nucleus_features(types, instances)
+    return nuclei, tile_features(types, instances, nuclei)
+
+
+def morphology_distances(reference: tuple[pd.DataFrame, pd.DataFrame],
+                         other: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, float]:
+    """Distances of ``other`` masks from ``reference`` masks, each given as (nucleus table, tile
+    table): per-feature Wasserstein / reference std (``w_<feature>``), their mean (``w_mean``), and
+    the morphology FD on standardised tile features (``morphology_fd``)."""
+    from scipy.stats import wasserstein_distance
+
+    from .metrics import fid
+
+    ref_nuclei, ref_tiles = reference
+    nuclei, tiles = other
+    out = {}
+    for feature in NUCLEUS_FEATURES:
+        out[f"w_{feature}"] = _scaled_wasserstein(ref_nuclei[feature], nuclei[feature], wasserstein_distance)
+    for feature in TILE_FEATURES:
+        out[f"w_{feature}"] = _scaled_wasserstein(ref_tiles[feature], tiles[feature], wasserstein_distance)
+    out["w_mean"] = float(np.nanmean([out[f"w_{f}"] for f in (*NUCLEUS_FEATURES, *TILE_FEATURES)]))
+    mean = ref_tiles[list(TILE_FEATURES)].mean().to_numpy(dtype=np.float64)
+    std = ref_tiles[list(TILE_FEATURES)].std().replace(0, 1).fillna(1).to_numpy(dtype=np.float64)
+    a = (ref_tiles[list(TILE_FEATURES)].to_numpy(dtype=np.float64) - mean) / std
+    b = (tiles[list(TILE_FEATURES)].to_numpy(dtype=np.float64) - mean) / std
+    out["morphology_fd"] = fid(a, b) if len(a) >= 2 and len(b) >= 2 else float("nan")
+    return out
+
+
+def _scaled_wasserstein(reference: pd.Series, other: pd.Series, distance) -> float:
+    reference, other = reference.dropna().to_numpy(float), other.dropna().to_numpy(float)
+    if not len(reference) or not len(other):
+        return float("nan")
+    scale = reference.std() or 1.0
+    return float(distance(reference, other) / scale)
+
+
+def instance_validity(instances: np.ndarray, types: np.ndarray | None = None) -> dict[str, float]:
+    """``connected``: the fraction of instances that are one (8-)connected component; with
+    ``types``, also ``single_type``: the fraction whose pixels all carry one type."""
+    from scipy import ndimage
+
+    connected = pure = total = 0
+    for tile, inst in enumerate(np.asarray(instances)):
+        objects = ndimage.find_objects(inst.astype(np.int64))
+        for label, box in enumerate(objects, start=1):
+            if box is None:
+                continue
+            mask = inst[box] == label
+            total += 1
+            connected += ndimage.label(mask, structure=np.ones((3, 3)))[1] == 1
+            if types is not None:
+                pure += len(np.unique(np.asarray(types)[tile][box][mask])) == 1
+    out = {"instances": total, "connected": connected / total if total else float("nan")}
+    if types is not None:
+        out["single_type"] = pure / total if total else float("nan")
+    return out
+
+
+def instance_recall(reference: np.ndarray, other: np.ndarray, iou: float = 0.5, min_px: int = 1) -> float:
+    """The fraction of ``reference`` instances (over a stack [N, H, W]) that some instance of
+    ``other`` overlaps with IoU above ``iou``; reference instances under ``min_px`` pixels are not counted."""
+    found = total = 0
+    for ref, oth in zip(np.asarray(reference, dtype=np.int64), np.asarray(other, dtype=np.int64)):
+        ref_ids, oth_ids = np.unique(ref), np.unique(oth)
+        ref_index, oth_index = np.searchsorted(ref_ids, ref), np.searchsorted(oth_ids, oth)
+        overlap = np.zeros((len(ref_ids), len(oth_ids)), dtype=np.int64)
+        np.add.at(overlap, (ref_index.ravel(), oth_index.ravel()), 1)
+        ref_area, oth_area = overlap.sum(axis=1), overlap.sum(axis=0)
+        union = ref_area[:, None] + oth_area[None, :] - overlap
+        scores = overlap / np.maximum(union, 1)
+        keep_ref, keep_oth = (ref_ids != 0) & (ref_area >= min_px), oth_ids != 0
+        best = scores[np.ix_(keep_ref, keep_oth)].max(axis=1, initial=0.0)
+        found += int((best > iou).sum())
+        total += int(keep_ref.sum())
+    return found / total if total else float("nan")
+
+
+def ellipse_masks(reference_nuclei: pd.DataFrame, reference_tiles: pd.DataFrame, multi_hot: np.ndarray,
+                  size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A naive baseline: for each requested multi-hot row, random ellipses with a real tile's
+    counts (a reference tile with the same types when there is one) and real nuclei's area and
+    eccentricity (drawn per type from the reference nuclei), at uniform positions and angles.
+    Later ellipses cover earlier ones. Returns (types, instances), uint8 and int32 [N, size, size]."""
+    from skimage.draw import ellipse
+
+    rng = np.random.default_rng(seed)
+    multi_hot = np.asarray(multi_hot, dtype=bool)
+    count_columns = [f"n_{name}" for name in NUCLEUS_CLASSES]
+    counts = reference_tiles[count_columns].to_numpy()
+    ref_hot = counts > 0
+    by_type = {k + 1: reference_nuclei[reference_nuclei["type"] == k + 1][["area", "eccentricity"]].to_numpy()
+               for k in range(len(NUCLEUS_CLASSES))}
+    types = np.zeros((len(multi_hot), size, size), dtype=np.uint8)
+    instances = np.zeros((len(multi_hot), size, size), dtype=np.int32)
+    for i, wanted in enumerate(multi_hot):
+        same = np.flatnonzero((ref_hot == wanted).all(axis=1))
+        tile_counts = counts[rng.choice(same)] if len(same) else np.where(wanted, counts.max(axis=0).clip(min=1), 0)
+        label = 0
+        for k, n in enumerate(tile_counts):
+            pool = by_type[k + 1]
+            if not wanted[k] or not len(pool):
+                continue
+            for area, eccentricity in pool[rng.integers(len(pool), size=int(n))]:
+                minor_over_major = np.sqrt(max(1e-3, 1.0 - eccentricity ** 2))
+                major = np.sqrt(area / (np.pi * minor_over_major))
+                rows, cols = ellipse(rng.uniform(0, size), rng.uniform(0, size), max(major, 0.5),
+                                     max(major * minor_over_major, 0.5), shape=(size, size),
+                                     rotation=rng.uniform(0, np.pi))
+                label += 1
+                instances[i, rows, cols] = label
+                types[i, rows, cols] = k + 1
+    return types, instances
+
+
+def distances_table(results: dict[str, dict[str, float]], n: int) -> pd.DataFrame:
+    """Rows: sets compared with the held-out masks; columns: the distances, plus n."""
+    frame = pd.DataFrame(results).T
+    frame.insert(0, "n", n)
+    return frame
+
+
+def compare_to_reference(reference: tuple[pd.DataFrame, pd.DataFrame],
+                         candidates: dict[str, tuple[np.ndarray, np.ndarray]], ) -> pd.DataFrame:
+    """Morphology distances of several sets of masks (name -> (types, instances)) from one
+    reference, at the reference's n (every set must hold as many tiles)."""
+    n = len(reference[1])
+    rows = {}
+    for name, (types, instances) in candidates.items():
+        if len(types) != n:
+            raise ValueError(f"compare at equal n: {name} has {len(types)} tiles, the reference {n}")
+        rows[name] = morphology_distances(reference, morphology_features(types, instances))
+    return distances_table(rows, n)
+
+
+def per_type_counts(nuclei: pd.DataFrame, names: Sequence[str] = NUCLEUS_CLASSES) -> pd.Series:
+    return pd.Series({name: int((nuclei["type"] == k + 1).sum()) for k, name in enumerate(names)})
