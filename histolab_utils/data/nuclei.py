@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from ..paths import atomic_path, data_dir
-from .datasets import HELDOUT_FRACTION, load_image
+from .annotations import AnnotationError, Annotations, rasterize, read_annotations
+from .datasets import IMAGES, HELDOUT_FRACTION, load_image
 from .store import require_file
 
 NUCLEUS_CLASSES: tuple[str, ...] = ("neoplastic", "inflammatory", "connective")
@@ -73,8 +74,6 @@ _CACHE_VERSION = 1
 def vocabulary_name(name: str, source: str = "") -> str | None:
     """The project's class for a source's nucleus class name (``None``: left out); an unknown name
     is an error naming the source and the name."""
-    from .annotations import AnnotationError
-
     if name not in NUCLEUS_NAME_MAP:
         raise AnnotationError(f"{source or 'nuclei'}: unknown nucleus class {name!r}; known classes: "
                               f"{sorted(NUCLEUS_NAME_MAP)} (add it to histolab_utils.data.nuclei.NUCLEUS_NAME_MAP)")
@@ -96,8 +95,6 @@ def read_nuclei(path: str | Path, *, repair: bool = False):
     ``NUCLEUS_CLASSES``; polygons whose class maps to ``None`` are left out (``table.attrs["left_out"]``
     counts them by name). Unknown classes and invalid geometry are errors naming the file (and
     row); ``repair=True`` fixes invalid geometry with ``shapely.make_valid`` and says how many."""
-    from .annotations import Annotations, read_annotations
-
     raw = read_annotations(path, repair=repair)
     mapped = raw.table["class_name"].map(lambda name: vocabulary_name(name, str(path)))
     kept = mapped.notna().to_numpy()
@@ -202,8 +199,6 @@ def _wsi_nuclei(root: Path):
 def _wsi_tissue(root: Path):
     """The slide's tissue regions rasterised at one label per ``_TISSUE_CELL`` px (0 = none, i + 1 =
     ``TISSUE_CONTEXTS[i]``; later polygons are drawn over earlier ones), and its level-0 origin."""
-    from .annotations import rasterize, read_annotations
-
     tissue = read_annotations(require_file("hgsc", WSI_TISSUE, root), classes=TISSUE_CONTEXTS[:-1])
     x0, y0, x1, y1 = wsi_extent(root)
     width, height = int(np.ceil((x1 - x0) / _TISSUE_CELL)), int(np.ceil((y1 - y0) / _TISSUE_CELL))
@@ -266,16 +261,18 @@ def tissue_context(boxes: np.ndarray, root: Path | None = None) -> np.ndarray:
     return out
 
 
-def _relabelled(types: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Instance ids renumbered 1..n (in order of the old ids); pixels of left-out polygons are background."""
+def renumber_instances(instances: np.ndarray) -> np.ndarray:
+    """Instance ids renumbered 1..n in order of the old ids (0 stays background)."""
     ids, inverse = np.unique(instances, return_inverse=True)
-    fresh = inverse.reshape(instances.shape) if ids[0] == 0 else inverse.reshape(instances.shape) + 1
-    return types.astype(np.uint8), fresh.astype(np.uint16)
+    fresh = inverse.reshape(np.shape(instances))
+    return fresh if ids[0] == 0 else fresh + 1
+
+
+def _relabelled(types: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return types.astype(np.uint8), renumber_instances(instances).astype(np.uint16)
 
 
 def _raster_tile(annotations, box, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from .annotations import rasterize
-
     raster = rasterize(annotations, box, (size, size))
     return _relabelled(raster["label"], raster["instance"])
 
@@ -318,13 +315,9 @@ def _draw_wsi_tiles(size: int, downsample: float, region: Region, n: int, seed: 
 
 @functools.lru_cache(maxsize=8)
 def _image_raster(name: str, downsample: float, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from ..data.datasets import IMAGES
-
     annotations = read_nuclei(require_file(*IMAGES[name].polygons, root))
     height, width = load_image(name, root).shape
     shape = (int(round(height / downsample)), int(round(width / downsample)))
-    from .annotations import rasterize
-
     raster = rasterize(annotations, (0, 0, shape[1] * downsample, shape[0] * downsample), shape)
     return raster["label"].astype(np.uint8), raster["instance"]
 
@@ -431,12 +424,6 @@ def describe_tiles(tiles: MaskTiles) -> pd.DataFrame:
     frame.insert(0, "context", tiles.context_names)
     frame["foreground"] = (tiles.types > 0).mean(axis=(1, 2)) if len(tiles) else []
     return frame
-
-
-def type_combinations(multi_hot: np.ndarray) -> list[str]:
-    """A readable name per multi-hot row, e.g. ``"neoplastic+connective"`` or ``"no nuclei"``."""
-    return ["+".join(name for name, on in zip(NUCLEUS_CLASSES, row) if on) or "no nuclei"
-            for row in np.asarray(multi_hot, dtype=bool)]
 
 
 def as_multi_hot(types: Sequence[str] | np.ndarray) -> np.ndarray:

@@ -70,10 +70,3 @@ def null_condition(features: int, n: int = 1) -> np.ndarray:
     vector = np.zeros((n, features), dtype=np.float32)
     vector[:, -1] = 1.0
     return vector
-
-
-def null_like(conditions: torch.Tensor) -> torch.Tensor:
-    """The null condition for every row of a batch of condition vectors."""
-    null = torch.zeros_like(conditions)
-    null[..., -1] = 1
-    return null

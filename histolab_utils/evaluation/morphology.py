@@ -12,8 +12,6 @@ masks, validity of decoded instances, and a naive baseline (random ellipses).
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
@@ -189,25 +187,16 @@ def ellipse_masks(reference_nuclei: pd.DataFrame, reference_tiles: pd.DataFrame,
     return types, instances
 
 
-def distances_table(results: dict[str, dict[str, float]], n: int) -> pd.DataFrame:
-    """Rows: sets compared with the held-out masks; columns: the distances, plus n."""
-    frame = pd.DataFrame(results).T
-    frame.insert(0, "n", n)
-    return frame
-
-
 def compare_to_reference(reference: tuple[pd.DataFrame, pd.DataFrame],
-                         candidates: dict[str, tuple[np.ndarray, np.ndarray]], ) -> pd.DataFrame:
+                         candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
     """Morphology distances of several sets of masks (name -> (types, instances)) from one
-    reference, at the reference's n (every set must hold as many tiles)."""
+    reference, at the reference's n (every set must hold as many tiles): one row per set, plus n."""
     n = len(reference[1])
     rows = {}
     for name, (types, instances) in candidates.items():
         if len(types) != n:
             raise ValueError(f"compare at equal n: {name} has {len(types)} tiles, the reference {n}")
         rows[name] = morphology_distances(reference, morphology_features(types, instances))
-    return distances_table(rows, n)
-
-
-def per_type_counts(nuclei: pd.DataFrame, names: Sequence[str] = NUCLEUS_CLASSES) -> pd.Series:
-    return pd.Series({name: int((nuclei["type"] == k + 1).sum()) for k, name in enumerate(names)})
+    frame = pd.DataFrame(rows).T
+    frame.insert(0, "n", n)
+    return frame

@@ -37,7 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS, MaskTiles, as_multi_hot, context_index, edge_map
+from ..data.nuclei import (NUCLEUS_CLASSES, TISSUE_CONTEXTS, MaskTiles, as_multi_hot, context_index, edge_map,
+                           renumber_instances)
 from ..diffusion.conditioning import null_condition
 from ..diffusion.sampling import guided_denoise
 from ..diffusion.training import TrainConfig, save_pretrained_atomic
@@ -133,13 +134,7 @@ def _claim_leftovers(grown: np.ndarray, leftover: np.ndarray, types: np.ndarray,
     small = np.bincount(grown.ravel()) < min_fragment_px
     small[0] = False
     grown[small[grown]] = 0
-    return _renumbered(grown)
-
-
-def _renumbered(instances: np.ndarray) -> np.ndarray:
-    ids, inverse = np.unique(instances, return_inverse=True)
-    out = inverse.reshape(instances.shape)
-    return out if ids[0] == 0 else out + 1
+    return renumber_instances(grown)
 
 
 # -- conditions --------------------------------------------------------------------------------
