@@ -225,12 +225,59 @@ _CONFIGS = {
 }
 
 
+OVERRIDES_ENV = "HISTO_OVERRIDES"
+
+
+def apply_overrides(config: ProfileConfig, overrides: str) -> ProfileConfig:
+    """``config`` with ``"section.field=value,..."`` replaced, e.g. ``"masks.train_steps=6000"``.
+
+    Values are Python literals (``6000``, ``(64, 128)``, ``'ddim'``) and must keep the field's type,
+    so a typo or a wrong kind of value is an error naming it, never a silent no-op.
+    """
+    import ast
+
+    for item in filter(None, (part.strip() for part in _split_top_level(overrides))):
+        key, sep, text = item.partition("=")
+        section_name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"{OVERRIDES_ENV}: {item!r} is not of the form section.field=value")
+        section = getattr(config, section_name, None)
+        if not dataclasses.is_dataclass(section):
+            raise ValueError(f"{OVERRIDES_ENV}: no config section {section_name!r}")
+        if field_name not in {f.name for f in dataclasses.fields(section)}:
+            raise ValueError(f"{OVERRIDES_ENV}: section {section_name!r} has no field {field_name!r}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError) as error:
+            raise ValueError(f"{OVERRIDES_ENV}: {key.strip()} = {text.strip()!r} is not a Python literal") from error
+        old = getattr(section, field_name)
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(old):
+            raise ValueError(f"{OVERRIDES_ENV}: {key.strip()} must be a {type(old).__name__}, got {value!r}")
+        config = dataclasses.replace(config, **{section_name: dataclasses.replace(section, **{field_name: value})})
+    return config
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside brackets, so tuples survive: ``a.b=(1, 2),c.d=3``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def load_config(profile: str | None = None) -> ProfileConfig:
-    """The frozen config of ``profile`` (default: ``HISTO_PROFILE``)."""
+    """The frozen config of ``profile`` (default: ``HISTO_PROFILE``), with any
+    ``HISTO_OVERRIDES`` applied (e.g. fewer steps to fit a time limit; printed by the setup cell)."""
     name = current_profile() if profile is None else profile
     if name not in _CONFIGS:
         raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
-    return _CONFIGS[name]
+    return apply_overrides(_CONFIGS[name], os.environ.get(OVERRIDES_ENV, ""))
 
 
 def pick_device(prefer: str | None = None):
@@ -299,6 +346,8 @@ def setup_notebook(notebook: str, profile: str | None = None, *, deterministic: 
     device = pick_device()
     seed_everything(config.seed, deterministic=deterministic)
     print(f"notebook {notebook} | profile {config.name} | device {device}")
+    if os.environ.get(OVERRIDES_ENV):
+        print(f"  overridden by {OVERRIDES_ENV}: {os.environ[OVERRIDES_ENV]}")
     for line in config_lines(config):
         print("  " + line)
     return NotebookContext(notebook=notebook, config=config, device=device, started=started)

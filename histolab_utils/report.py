@@ -120,6 +120,7 @@ def save_metrics(
         "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 2),
         "git_commit": git_commit(),
         "hardware": hardware(),
+        "config_overrides": os.environ.get("HISTO_OVERRIDES") or None,
         "packages": package_versions(),
         "headline": headline,
         "metrics": to_jsonable(dict(metrics)),

@@ -113,3 +113,18 @@ def test_the_cli_names_an_impossible_parameterisation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["ddpm", "--schedule", "cosine", "--prediction-type", "x0", "--out", str(tmp_path / "run")])
     assert "invalid choice: 'x0'" in capsys.readouterr().err
+
+def test_overrides_replace_fields_keep_types_and_name_bad_input(monkeypatch):
+    from histolab_utils.config import apply_overrides, load_config
+
+    base = load_config("full")
+    changed = apply_overrides(base, "masks.train_steps=6000, masks.block_out_channels=(32, 64),masks.learning_rate=1")
+    assert changed.masks.train_steps == 6000 and changed.masks.block_out_channels == (32, 64)
+    assert changed.masks.learning_rate == 1.0 and base.masks.train_steps == 20000  # the frozen original is untouched
+    monkeypatch.setenv("HISTO_OVERRIDES", "ddpm.n_eval=12")
+    assert load_config("smoke").ddpm.n_eval == 12
+    for bad, named in [("masks.train_step=5", "train_step"), ("mask.train_steps=5", "mask"),
+                       ("masks.train_steps='5'", "train_steps"), ("masks.train_steps", "section.field=value"),
+                       ("masks.train_steps=five", "not a Python literal")]:
+        with pytest.raises(ValueError, match=named):
+            apply_overrides(base, bad)
