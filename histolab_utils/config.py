@@ -154,6 +154,43 @@ class MaskSection:
 
 
 @dataclass(frozen=True)
+class SpadeSection:
+    """Notebook 07 and ``python -m histolab_utils.train spade``: mask-to-image synthesis (NASDM stage 2)
+    in pixel and VQ latent space, and RePaint inpainting."""
+
+    tile_size: int  # px of an image-mask pair
+    downsample: int  # image px per pair px (the mask generator's scale: notebook 06)
+    n_train_pairs: int  # random train-region crops of the nest and stroma images
+    n_eval: int  # held-out pairs; every scored set has as many images
+    schedule: str
+    prediction_type: str
+    learned_variance: bool  # NASDM's hybrid loss L_simple + 0.001 L_vlb with a learned variance
+    train_steps: int  # pixel space
+    latent_train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    block_out_channels: tuple[int, ...]  # pixel-space SPADE UNet
+    latent_block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool  # self-attention at the lowest level
+    spade_hidden_channels: int
+    latent_copies: int  # dihedral copies of each pair encoded for the latent model
+    vqgan_latent_channels: int  # which of notebook 02's VQ-GANs: runs/<profile>/vqgan-<c>ch
+    checkpoint_every: int
+    compile: bool
+    sampler: str
+    sampler_steps: int
+    guidance_scales: tuple[float, ...]  # the sweep; 0 = the unconditional model
+    guidance: float  # the headline scores, gallery and widget (SDM samples at 1.5)
+    gallery_size: int
+    inpaint_size: int  # px of the inpainting demo's image
+    repaint: tuple[int, int, int]  # RePaint's (t_T, jump_length, jump_n_sample)
+    repaint_fast: tuple[int, int, int]  # the DDIM variant's
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -166,6 +203,7 @@ class ProfileConfig:
     clusters: ClusterSection
     ldm: LDMSection
     masks: MaskSection
+    spade: SpadeSection
 
 
 _CONFIGS = {
@@ -194,6 +232,14 @@ _CONFIGS = {
                           warmup_steps=20, ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1,
                           attention=False, checkpoint_every=200, compile=False, sampler="ddim", sampler_steps=25,
                           guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_per_condition=4),
+        spade=SpadeSection(tile_size=32, downsample=2, n_train_pairs=2048, n_eval=64, schedule="cosine",
+                           prediction_type="v_prediction", learned_variance=True, train_steps=200,
+                           latent_train_steps=200, batch_size=16, learning_rate=2e-3, warmup_steps=20, ema_decay=0.99,
+                           block_out_channels=(16, 32, 32), latent_block_out_channels=(32, 64), layers_per_block=1,
+                           attention=False, spade_hidden_channels=32, latent_copies=2, vqgan_latent_channels=4,
+                           checkpoint_every=100, compile=False, sampler="ddim", sampler_steps=10,
+                           guidance_scales=(0.0, 1.0, 1.5, 3.0), guidance=1.5, gallery_size=8, inpaint_size=64,
+                           repaint=(50, 5, 3), repaint_fast=(10, 5, 2)),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -221,6 +267,14 @@ _CONFIGS = {
                           warmup_steps=500, ema_decay=0.999, block_out_channels=(64, 128, 256, 256), layers_per_block=2,
                           attention=True, checkpoint_every=2000, compile=True, sampler="dpm", sampler_steps=25,
                           guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=2.0, gallery_per_condition=8),
+        spade=SpadeSection(tile_size=64, downsample=1, n_train_pairs=20000, n_eval=1000, schedule="cosine",
+                           prediction_type="v_prediction", learned_variance=True, train_steps=20000,
+                           latent_train_steps=20000, batch_size=64, learning_rate=2e-4, warmup_steps=500,
+                           ema_decay=0.999, block_out_channels=(64, 128, 256), latent_block_out_channels=(128, 256),
+                           layers_per_block=2, attention=True, spade_hidden_channels=128, latent_copies=8,
+                           vqgan_latent_channels=4, checkpoint_every=2000, compile=False, sampler="ddim",
+                           sampler_steps=50, guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=1.5, gallery_size=16,
+                           inpaint_size=256, repaint=(250, 10, 10), repaint_fast=(50, 5, 2)),
     ),
 }
 

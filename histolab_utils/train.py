@@ -4,11 +4,14 @@
     python -m histolab_utils.train ddpm --schedule linear --prediction-type epsilon --profile full --out runs/full/eps
     python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
     python -m histolab_utils.train masks --profile full --out runs/full/masks
+    python -m histolab_utils.train spade --space latent --profile full --out runs/full/spade-latent
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
 ``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
 as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``, the
-nuclei-mask generator (train-region tiles of the HGSC slide) as a ``NucleiMaskPipeline`` in ``OUT/pipeline``.
+nuclei-mask generator (train-region tiles of the HGSC slide) as a ``NucleiMaskPipeline`` in ``OUT/pipeline``,
+the mask-to-image SPADE model (train-region image-mask pairs; in latent space, with notebook 02's VQ-GAN) as a
+``MaskToImagePipeline`` in ``OUT/pipeline``.
 Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
 ``python -m histolab_utils.models.vqgan score OUT/heldout_reconstructions.npz``.
 """
@@ -138,10 +141,49 @@ def _train_masks(args) -> int:
     return 0
 
 
+def _train_spade(args) -> int:
+    from .data.pairs import image_mask_pairs
+    from .diffusion.training import TrainingDiverged
+    from .models.mask_to_image import spade_train_config, train_mask_to_image
+    from .models.vqgan import load_vqmodel
+    from .paths import runs_dir
+
+    config = load_config(args.profile)
+    section = config.spade
+    vqmodel = None
+    if args.space == "latent":
+        vq_folder = args.vqgan or runs_dir(config.name) / f"vqgan-{section.vqgan_latent_channels}ch" / "vqmodel"
+        try:
+            vqmodel = load_vqmodel(vq_folder, "cuda" if _cuda() else "cpu")
+        except FileNotFoundError as error:
+            print(f"error: {error} (or pass --vqgan FOLDER)", file=sys.stderr)
+            return 2
+    train_config = spade_train_config(section, args.seed, vqmodel, steps=args.steps, batch_size=args.batch_size,
+                                      compile=False if args.no_compile else None)
+    pairs = image_mask_pairs(section.tile_size, "train", section.n_train_pairs, seed=args.seed,
+                             downsample=section.downsample)
+    try:
+        trainer = train_mask_to_image(train_config, pairs, args.out, vqmodel=vqmodel,
+                                      latent_copies=section.latent_copies, resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if trainer.accelerator.is_main_process:
+        print(f"{args.space} space: {trainer.step} steps in {trainer.seconds:.1f} s on {len(pairs)} pairs; final loss "
+              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks}", help="what to train")
+    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks,spade}", help="what to train")
     ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
     ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
     ddpm.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
@@ -157,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="also save N held-out crops, their reconstructions and codes (heldout_reconstructions.npz)")
     masks = models.add_parser("masks", help="the nuclei-mask generator, NASDM stage 1 (notebook 06)")
     masks.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
-    for sub in (ddpm, vqgan, masks):
+    spade = models.add_parser("spade", help="the mask-to-image SPADE model, NASDM stage 2 (notebook 07)")
+    spade.add_argument("--space", choices=("pixel", "latent"), required=True,
+                       help="pixels, or the latent space of notebook 02's VQ-GAN")
+    spade.add_argument("--vqgan", type=Path, default=None,
+                       help="a saved VQModel folder (default: runs/PROFILE/vqgan-<c>ch/vqmodel)")
+    spade.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
+    for sub in (ddpm, vqgan, masks, spade):
         sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
         sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
         sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
@@ -170,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if prediction_type == "epsilon":
             parser.error("--zero-terminal-snr needs --prediction-type v_prediction or sample: with epsilon the x0 "
                          "estimate at t = T divides by sqrt(alpha_bar_T) = 0")
-    return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks}[args.model](args)
+    return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks, "spade": _train_spade}[args.model](args)
 
 
 if __name__ == "__main__":

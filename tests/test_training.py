@@ -79,7 +79,7 @@ def test_bad_crops_are_rejected(tmp_path):
         DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.float32), tmp_path)
     with pytest.raises(ValueError, match="have 4 channels but config.in_channels is 3"):
         DiffusionTrainer(config, np.zeros((4, 4, 16, 16), np.float32), tmp_path)
-    with pytest.raises(ValueError, match="give labels exactly when config.num_classes > 0"):
+    with pytest.raises(ValueError, match="give labels exactly when the config is conditional"):
         DiffusionTrainer(config, np.zeros((4, 16, 16, 3), np.uint8), tmp_path, labels=np.zeros(4, int))
 
 

@@ -70,3 +70,14 @@ def null_condition(features: int, n: int = 1) -> np.ndarray:
     vector = np.zeros((n, features), dtype=np.float32)
     vector[:, -1] = 1.0
     return vector
+
+
+def condition_kwargs(model, condition) -> dict:
+    """The keyword a model takes its condition by: ``class_labels`` for diffusers' UNets, ``seg`` for
+    the SPADE UNet (its ``condition_argument``); nothing for an unconditional model (``None``)."""
+    if condition is None:
+        return {}
+    inner = model
+    while hasattr(inner, "_orig_mod") or isinstance(getattr(inner, "module", None), nn.Module):
+        inner = inner._orig_mod if hasattr(inner, "_orig_mod") else inner.module  # torch.compile, DDP
+    return {getattr(inner, "condition_argument", "class_labels"): condition}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .prediction import DEFAULT_PREDICTION_TYPE, Denoiser
+from .conditioning import condition_kwargs
 from .schedules import make_scheduler
 
 
@@ -54,27 +55,44 @@ def sample(
 
 
 @torch.no_grad()
-def guided_denoise(unet, scheduler, x: torch.Tensor, condition: torch.Tensor, null: torch.Tensor,
-                   guidance_scale: float, steps: int, generator: torch.Generator | None = None,
-                   progress=lambda timesteps: timesteps) -> torch.Tensor:
-    """Run ``scheduler``'s sampler from noise ``x`` with classifier-free guidance (Ho & Salimans 2022):
+def guided_prediction(unet, x: torch.Tensor, t, condition: torch.Tensor, null: torch.Tensor,
+                      guidance_scale: float) -> torch.Tensor:
+    """The network's output at (x, t) with classifier-free guidance (Ho & Salimans 2022):
 
         prediction = p(x_t, ∅) + s · (p(x_t, c) - p(x_t, ∅))
 
     where p is the network's output (ε, v or x0: the mix is linear in each) and ``condition`` /
-    ``null`` are the ``class_labels`` of c and of "no condition" for every row. s = 1 is the plain
-    conditional model, s = 0 the unconditional one; other values run both in one batch.
+    ``null`` are the conditions of c and of "no condition" for every row (class labels, vectors or
+    maps: whatever the model takes). s = 1 is the plain conditional model, s = 0 the unconditional
+    one; other values run both in one batch. A learned-variance model's variance channels are
+    taken from the conditional pass (guidance mixes means, not variances).
+    """
+    if guidance_scale in (0.0, 1.0):
+        return unet(x, t, **condition_kwargs(unet, condition if guidance_scale == 1.0 else null)).sample
+    if torch.is_tensor(t) and t.ndim > 0 and t.numel() > 1:  # per-row timesteps go with both halves
+        t = torch.cat([t, t])
+    both = unet(torch.cat([x, x]), t, **condition_kwargs(unet, torch.cat([condition, null]))).sample
+    conditional, unconditional = both.chunk(2)
+    if conditional.shape[1] == 2 * x.shape[1]:
+        (mean_c, variance), (mean_u, _) = conditional.chunk(2, dim=1), unconditional.chunk(2, dim=1)
+        return torch.cat([mean_u + guidance_scale * (mean_c - mean_u), variance], dim=1)
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def guided_denoise(unet, scheduler, x: torch.Tensor, condition: torch.Tensor, null: torch.Tensor,
+                   guidance_scale: float, steps: int, generator: torch.Generator | None = None,
+                   progress=lambda timesteps: timesteps) -> torch.Tensor:
+    """Run ``scheduler``'s sampler from noise ``x`` with classifier-free guidance (see
+    :func:`guided_prediction`). A learned-variance output (2x channels) keeps its variance only for a
+    scheduler that uses it (DDPM with ``variance_type="learned_range"``); DDIM and DPM-Solver take the mean.
     """
     scheduler.set_timesteps(steps)
+    learned = scheduler.config.get("variance_type") in ("learned", "learned_range")
     for t in progress(scheduler.timesteps):
         model_input = scheduler.scale_model_input(x, t)
-        if guidance_scale in (0.0, 1.0):
-            labels = condition if guidance_scale == 1.0 else null
-            prediction = unet(model_input, t, class_labels=labels).sample
-        else:
-            both = unet(torch.cat([model_input, model_input]), t, class_labels=torch.cat([condition, null])).sample
-            conditional, unconditional = both.chunk(2)
-            prediction = unconditional + guidance_scale * (conditional - unconditional)
+        prediction = guided_prediction(unet, model_input, t, condition, null, guidance_scale)
+        if prediction.shape[1] == 2 * x.shape[1] and not learned:
+            prediction = prediction[:, : x.shape[1]]
         x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
     return x
 

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 
 from ..paths import atomic_write_text
-from .conditioning import null_condition
+from .conditioning import condition_kwargs, null_condition
+from .hybrid_loss import hybrid_loss
 from .prediction import DEFAULT_PREDICTION_TYPE, training_target
 from .schedules import make_scheduler
 
@@ -59,6 +60,10 @@ class TrainConfig:
     num_classes: int = 0  # > 0: class-conditional, with class index num_classes as "no class"
     label_dropout: float = 0.0  # probability of training on "no class"/"no condition" (classifier-free guidance)
     condition_features: int = 0  # > 0: conditioned on float vectors of this length (the last: the null flag)
+    spatial_condition_channels: int = 0  # > 0: a SPADE UNet conditioned on paired maps [N, C, H, W] (zeros: none)
+    spade_hidden_channels: int = 64  # width of SPADE's convolutions from the map to gamma and beta
+    learned_variance: bool = False  # output 2x channels; hybrid loss L_simple + vlb_weight * L_vlb (Nichol & Dhariwal)
+    vlb_weight: float = 0.001
     augment_float: bool = False  # random flips/rotations of float data too (masks: yes; VQ latents: no)
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
@@ -92,19 +97,33 @@ def build_unet(config: TrainConfig):
 
     from .conditioning import VectorConditionedUNet2DModel
 
+    if sum(map(bool, (config.num_classes, config.condition_features, config.spatial_condition_channels))) > 1:
+        raise ValueError("condition on class labels, vectors or spatial maps: one of num_classes, condition_features, "
+                         "spatial_condition_channels")
     levels = len(config.block_out_channels)
+    out_channels = config.in_channels * (2 if config.learned_variance else 1)
+    if config.spatial_condition_channels:
+        from .spade import SPADEUNet
+
+        return SPADEUNet(
+            sample_size=config.image_size, in_channels=config.in_channels, out_channels=out_channels,
+            label_nc=config.spatial_condition_channels, block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            attention_levels=tuple([False] * (levels - 1) + [bool(config.attention)]),
+            norm_num_groups=norm_groups(tuple(config.block_out_channels)),
+            spade_hidden_channels=config.spade_hidden_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
     if config.attention and levels > 1:
         down[-2], up[1] = "AttnDownBlock2D", "AttnUpBlock2D"
     if config.condition_features:
         return VectorConditionedUNet2DModel(
-            sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
+            sample_size=config.image_size, in_channels=config.in_channels, out_channels=out_channels,
             down_block_types=tuple(down), up_block_types=tuple(up), block_out_channels=tuple(config.block_out_channels),
             layers_per_block=config.layers_per_block, norm_num_groups=norm_groups(tuple(config.block_out_channels)),
             condition_features=config.condition_features)
     return UNet2DModel(
-        sample_size=config.image_size, in_channels=config.in_channels, out_channels=config.in_channels,
+        sample_size=config.image_size, in_channels=config.in_channels, out_channels=out_channels,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
         block_out_channels=tuple(config.block_out_channels), down_block_types=tuple(down), up_block_types=tuple(up),
         norm_num_groups=norm_groups(tuple(config.block_out_channels)),
@@ -121,6 +140,10 @@ class BatchSource:
     flipped and rotated directly). With ``labels`` (class indices [N] or float condition vectors
     [N, F]), :meth:`draw` also returns each element's label, replaced by ``null_label`` (an index or
     a vector) with probability ``label_dropout`` (classifier-free guidance).
+
+    ``labels`` may also be paired spatial maps [N, C, H, W] (uint8 or float; a SPADE model's
+    condition): each map is drawn with its example and goes through the same flip and rotation, and
+    a dropped map becomes all zeros.
     """
 
     def __init__(self, data: np.ndarray, device: torch.device, seed: int, labels: np.ndarray | None = None,
@@ -137,11 +160,18 @@ class BatchSource:
         self.labels = None
         if labels is not None:
             labels = np.asarray(labels)
-            if labels.shape[:1] != (len(data),) or labels.ndim not in (1, 2):
-                raise ValueError(f"need one label (or condition vector) per training example: labels of shape "
+            if labels.shape[:1] != (len(data),) or labels.ndim not in (1, 2, 4):
+                raise ValueError(f"need one label (condition vector or map) per training example: labels of shape "
                                  f"{labels.shape} for {len(data)} examples")
-            self.labels = torch.from_numpy(labels.astype(np.int64 if labels.ndim == 1 else np.float32)).to(device)
-        if null_label is not None and self.labels is not None and self.labels.ndim == 2:
+            if labels.ndim == 4 and labels.shape[-2:] != tuple(self.data.shape[-2:]):
+                raise ValueError(f"condition maps of {labels.shape[-2]}x{labels.shape[-1]} px do not match the "
+                                 f"{self.data.shape[-2]}x{self.data.shape[-1]} px training data")
+            dtype = {1: np.int64, 2: np.float32, 4: np.uint8 if labels.dtype == np.uint8 else np.float32}[labels.ndim]
+            self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=dtype)).to(device)
+        self.spatial = self.labels is not None and self.labels.ndim == 4
+        if self.spatial:
+            null_label = torch.zeros(self.labels.shape[1:], device=device)
+        elif null_label is not None and self.labels is not None and self.labels.ndim == 2:
             null_label = torch.as_tensor(np.asarray(null_label, dtype=np.float32)).to(device)
         self.label_dropout, self.null_label = label_dropout, null_label
         # Indices and augmentation choices come from a CPU generator (tiny draws); noise and timesteps
@@ -154,24 +184,35 @@ class BatchSource:
         """A float batch (and its labels, some dropped to ``null_label``, when there are labels)."""
         index = torch.randint(len(self.data), (size,), generator=self.generator).to(self.device)
         x = self.data[index].float() / 127.5 - 1.0 if self.images else self.data[index].float()
-        if not self.augment:
-            return x, self._labels(index)
-        turns = torch.randint(4, (size,), generator=self.generator).to(self.device).view(-1, 1, 1, 1)
-        flips = (torch.rand(size, generator=self.generator) < 0.5).to(self.device).view(-1, 1, 1, 1)
+        labels = None if self.labels is None else self.labels[index]
+        if self.augment:
+            turns = torch.randint(4, (size,), generator=self.generator).to(self.device).view(-1, 1, 1, 1)
+            flips = (torch.rand(size, generator=self.generator) < 0.5).to(self.device).view(-1, 1, 1, 1)
+            if self.spatial:  # one transform for the example and its map: they stay aligned
+                x, labels = self._dihedral(torch.cat([x, labels.float()], 1), turns, flips).split(
+                    [x.shape[1], labels.shape[1]], dim=1)
+            else:
+                x = self._dihedral(x, turns, flips)
+        return x, self._dropped(labels)
+
+    @staticmethod
+    def _dihedral(x: torch.Tensor, turns: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         # torch.where rather than boolean-mask indexing: a mask index waits for the GPU every time.
         turned = x
         for k in (1, 2, 3):
             turned = torch.where(turns == k, torch.rot90(x, k, dims=(2, 3)), turned)
-        return torch.where(flips, turned.flip(-1), turned), self._labels(index)
+        return torch.where(flips, turned.flip(-1), turned)
 
-    def _labels(self, index: torch.Tensor) -> torch.Tensor | None:
-        if self.labels is None:
+    def _dropped(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if labels is None:
             return None
-        labels = self.labels[index]
+        if self.spatial:
+            labels = labels.float()
         if self.label_dropout > 0:
-            dropped = (torch.rand(len(index), generator=self.generator) < self.label_dropout).to(self.device)
-            if labels.ndim == 2:
-                labels = torch.where(dropped[:, None], self.null_label.expand_as(labels), labels)
+            dropped = (torch.rand(len(labels), generator=self.generator) < self.label_dropout).to(self.device)
+            if labels.ndim > 1:
+                dropped = dropped.view(-1, *[1] * (labels.ndim - 1))
+                labels = torch.where(dropped, self.null_label.expand_as(labels), labels)
             else:
                 labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
         return labels
@@ -373,17 +414,23 @@ def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
 
 
 def _check_labels(labels: np.ndarray | None, config: TrainConfig) -> None:
-    if config.num_classes and config.condition_features:
-        raise ValueError("set num_classes (class labels) or condition_features (condition vectors), not both")
-    conditional = bool(config.num_classes or config.condition_features)
+    kinds = {"num_classes": config.num_classes, "condition_features": config.condition_features,
+             "spatial_condition_channels": config.spatial_condition_channels}
+    if sum(map(bool, kinds.values())) > 1:
+        raise ValueError(f"set one of num_classes, condition_features and spatial_condition_channels; got {kinds}")
+    conditional = any(kinds.values())
     if (labels is None) == conditional:
-        raise ValueError("give labels exactly when config.num_classes > 0 or config.condition_features > 0 "
-                         f"(num_classes={config.num_classes}, condition_features={config.condition_features}, "
+        raise ValueError("give labels exactly when the config is conditional "
+                         f"({', '.join(f'{k}={v}' for k, v in kinds.items())}; "
                          f"labels {'given' if labels is not None else 'absent'})")
     if labels is None:
         return
     labels = np.asarray(labels)
-    if config.condition_features:
+    if config.spatial_condition_channels:
+        if labels.ndim != 4 or labels.shape[1] != config.spatial_condition_channels:
+            raise ValueError(f"condition maps must be [N, {config.spatial_condition_channels}, H, W]; "
+                             f"got shape {labels.shape}")
+    elif config.condition_features:
         if labels.ndim != 2 or labels.shape[1] != config.condition_features:
             raise ValueError(f"condition vectors must be float [N, {config.condition_features}]; got shape {labels.shape}")
     elif np.min(labels) < 0 or np.max(labels) >= config.num_classes:
@@ -445,7 +492,9 @@ class DiffusionTrainer(AcceleratedTrainer):
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = training_target(self.noise_scheduler, x0, noise, t)
         with self.accelerator.autocast():
-            prediction = self.model(noisy, t, class_labels=labels).sample
+            prediction = self.model(noisy, t, **condition_kwargs(self.model, labels)).sample
+        if self.config.learned_variance:
+            return hybrid_loss(self.noise_scheduler, prediction, target, x0, noisy, t, self.config.vlb_weight)[0]
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
     def train_step(self) -> dict:

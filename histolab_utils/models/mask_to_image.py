@@ -1,0 +1,265 @@
+"""NASDM stage 2: paint an H&E image for a nuclei mask with a SPADE diffusion UNet, in pixel space or
+in the latent space of notebook 02's VQ-GAN, and inpaint a region with the same model (Tánczos 2025,
+Sec. 6.3 and 6.6).
+
+Condition
+---------
+A mask becomes K + 2 binary channels: background, the K nucleus types (one-hot), and the
+instance-edge map that separates touching nuclei (NASDM, Sec. 3.2). It enters every decoder
+normalisation of the UNet through SPADE (:class:`~histolab_utils.diffusion.spade.SPADEUNet`). In
+latent space the map is resized to the latent grid by nearest neighbour, as SPADE resizes it to
+each feature map. Training drops the whole map to zeros with probability 0.2; the explicit
+background channel keeps "no nuclei here" (background = 1) distinct from "no condition" (all 0).
+Sampling mixes the two predictions with a guidance scale (SDM samples at 1.5).
+
+Samples drawn for real held-out masks are NASDM's setting; for masks from notebook 06's
+generator, NASDM++.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..data.pairs import ImageMaskPairs
+from ..diffusion.inpainting import REPAINT, RePaintSettings, check_region, repaint
+from ..diffusion.sampling import guided_denoise, guided_prediction, to_uint8
+from ..diffusion.training import TrainConfig, save_pretrained_atomic
+from .mask_generator import MASK_CHANNELS, encode_masks
+
+try:
+    from diffusers import DiffusionPipeline, ImagePipelineOutput
+except ImportError:  # pragma: no cover - diffusers is a dependency
+    DiffusionPipeline, ImagePipelineOutput = object, None
+
+SEG_CHANNELS = MASK_CHANNELS  # background, K types, edge
+CONDITION_DROPOUT = 0.2  # NASDM's and SDM's rate of training without the map
+SPACES = ("pixel", "latent")
+
+
+def condition_maps(types: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """Type and instance maps [N, H, W] -> uint8 [N, K + 2, H, W] in {0, 1}: background, types, edges.
+
+    Type ids outside 0..K or maps of two shapes are errors that say so.
+    """
+    return ((encode_masks(types, instances, dtype=np.float32) + 1) / 2).astype(np.uint8)
+
+
+def check_pairs(images: np.ndarray, types: np.ndarray) -> None:
+    """Images uint8 [N, H, W, 3] and type maps [N, H, W] of one size each, or a clear error."""
+    images, types = np.asarray(images), np.asarray(types)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, 3]; got {images.shape} {images.dtype}")
+    if types.shape != images.shape[:3]:
+        raise ValueError(f"each image needs a mask of its own size: images {images.shape[:3]} vs masks {types.shape}")
+
+
+def resize_maps(maps: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
+    """Condition maps [N, C, H, W] resized to ``size`` x ``size`` by nearest neighbour."""
+    maps = torch.as_tensor(np.asarray(maps) if not torch.is_tensor(maps) else maps)
+    if maps.shape[-1] == size and maps.shape[-2] == size:
+        return maps
+    return F.interpolate(maps.float(), size=(size, size), mode="nearest").to(maps.dtype)
+
+
+def latent_factor(vqvae) -> int:
+    """How many pixels one latent cell spans along a side."""
+    return 2 ** (len(vqvae.config.block_out_channels) - 1)
+
+
+class MaskToImagePipeline(DiffusionPipeline):
+    """SPADE UNet + scheduler (+ the VQ-GAN in latent space): H&E images for nuclei masks, and
+    inpainting; ``save_pretrained`` / ``from_pretrained`` like any diffusers pipeline.
+
+    >>> pipeline = MaskToImagePipeline.from_pretrained("runs/full/spade-pixel/pipeline")
+    >>> images = pipeline(types, instances, guidance_scale=1.5, num_inference_steps=50).images  # uint8 NHWC
+    """
+
+    _optional_components = ["vqvae"]  # None in pixel space
+
+    def __init__(self, unet, scheduler, vqvae=None) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vqvae=vqvae)
+
+    @property
+    def space(self) -> str:
+        return "pixel" if self.vqvae is None else "latent"
+
+    def _maps(self, types: np.ndarray, instances: np.ndarray) -> torch.Tensor:
+        maps = torch.from_numpy(condition_maps(types, instances)).to(self.unet.device, torch.float32)
+        factor = 1 if self.vqvae is None else latent_factor(self.vqvae)
+        if maps.shape[-1] % factor or maps.shape[-2] % factor:
+            raise ValueError(f"masks of {maps.shape[-2]}x{maps.shape[-1]} px do not divide into this VQ-GAN's "
+                             f"{factor}x{factor} px latent cells")
+        return resize_maps(maps, maps.shape[-1] // factor) if factor > 1 else maps
+
+    def _to_images(self, x: torch.Tensor) -> np.ndarray:
+        if self.vqvae is None:
+            return to_uint8(x.float())
+        return to_uint8(self.vqvae.decode(x / self.vqvae.config.scaling_factor).sample.float())
+
+    @torch.no_grad()
+    def __call__(self, types: np.ndarray, instances: np.ndarray, guidance_scale: float = 1.5,
+                 num_inference_steps: int = 50, generator: torch.Generator | None = None, output_type: str = "np"):
+        maps = self._maps(types, instances)
+        unet = self.unet
+        shape = (len(maps), unet.config.in_channels, maps.shape[-2], maps.shape[-1])
+        x = torch.randn(shape, generator=generator).to(unet.device) * self.scheduler.init_noise_sigma
+        x = guided_denoise(unet, self.scheduler, x, maps, torch.zeros_like(maps), guidance_scale, num_inference_steps,
+                           generator, progress=self.progress_bar)
+        images = self._to_images(x)
+        if output_type == "pil":
+            from PIL import Image
+
+            images = [Image.fromarray(image) for image in images]
+        return ImagePipelineOutput(images=images)
+
+    @torch.no_grad()
+    def inpaint(self, images: np.ndarray, types: np.ndarray, instances: np.ndarray, region: np.ndarray,
+                settings: RePaintSettings = REPAINT, guidance_scale: float = 1.5,
+                generator: torch.Generator | None = None) -> np.ndarray:
+        """Repaint ``region`` (bool [H, W] or [N, H, W], True = regenerate) of uint8 ``images``
+        [N, H, W, 3] to match the (edited) masks; every pixel outside the region comes back unchanged.
+
+        In latent space the latent cells touching the region are regenerated and decoded, and the
+        original pixels are pasted back outside the region.
+        """
+        check_pairs(images, types)
+        region = check_region(region, images.shape[1:3])
+        region = np.broadcast_to(region, images.shape[:3])
+        device = self.unet.device
+        maps = self._maps(types, instances)
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device).float() / 127.5 - 1
+        unknown = torch.from_numpy(np.ascontiguousarray(region)).to(device)[:, None].float()
+        if self.vqvae is None:
+            x0 = pixels
+        else:
+            x0 = self.vqvae.encode(pixels).latents * self.vqvae.config.scaling_factor
+            unknown = F.max_pool2d(unknown, latent_factor(self.vqvae))
+        null = torch.zeros_like(maps)
+
+        def denoiser(x, t):
+            return guided_prediction(self.unet, x, t, maps, null, guidance_scale)
+
+        x = repaint(denoiser, self.scheduler, x0, 1 - unknown, settings, generator, clip=self.vqvae is None)
+        painted = self._to_images(x)
+        return np.where(region[..., None], painted, images)
+
+
+def save_mask_to_image_pipeline(unet, scheduler, folder: str | Path, vqvae=None,
+                                train_config: dict | None = None) -> Path:
+    """Save a :class:`MaskToImagePipeline` atomically."""
+    pipeline = MaskToImagePipeline(unet=unet, scheduler=scheduler, vqvae=vqvae)
+    extra = {"histolab_train_config.json": train_config} if train_config is not None else None
+    return save_pretrained_atomic(pipeline, folder, extra)
+
+
+def spade_train_config(section, seed: int = 0, vqmodel=None, **overrides) -> TrainConfig:
+    """The trainer's config from a profile's ``spade`` section: pixel space, or the latent space of
+    ``vqmodel`` (its latent channels, the tile size over its latent factor); ``None`` overrides are ignored."""
+    latent = vqmodel is not None
+    config = TrainConfig(
+        schedule=section.schedule, prediction_type=section.prediction_type,
+        image_size=section.tile_size // latent_factor(vqmodel) if latent else section.tile_size,
+        steps=section.latent_train_steps if latent else section.train_steps, batch_size=section.batch_size,
+        learning_rate=section.learning_rate, warmup_steps=section.warmup_steps, ema_decay=section.ema_decay,
+        checkpoint_every=section.checkpoint_every, in_channels=vqmodel.config.latent_channels if latent else 3,
+        spatial_condition_channels=SEG_CHANNELS, spade_hidden_channels=section.spade_hidden_channels,
+        label_dropout=CONDITION_DROPOUT, learned_variance=section.learned_variance,
+        block_out_channels=section.latent_block_out_channels if latent else section.block_out_channels,
+        layers_per_block=section.layers_per_block, attention=section.attention, compile=section.compile, seed=seed,
+    )
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def latent_training_set(vqmodel, pairs: ImageMaskPairs, copies: int = 1,
+                        batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled VQ latents of every pair under ``copies`` dihedral transforms (VQ latents do not
+    rotate with the image, so augmented images are encoded), and the condition maps under the same
+    transforms, resized to the latent grid (nearest)."""
+    from ..data import dihedral
+    from .vqgan import encode
+
+    if not 1 <= copies <= 8:
+        raise ValueError(f"copies must be 1..8 dihedral transforms, got {copies}")
+    maps = condition_maps(pairs.types, pairs.instances)
+    latents, latent_maps = [], []
+    for k, flip in [(k, flip) for flip in (False, True) for k in range(4)][:copies]:
+        images = np.stack([dihedral(image, k, flip) for image in pairs.images])
+        turned = np.stack([dihedral(m.transpose(1, 2, 0), k, flip).transpose(2, 0, 1) for m in maps])
+        latent = encode(vqmodel, images, batch_size) * vqmodel.config.scaling_factor
+        latents.append(latent.astype(np.float32))
+        latent_maps.append(resize_maps(turned, latent.shape[-1]).numpy())
+    return np.concatenate(latents), np.concatenate(latent_maps).astype(np.uint8)
+
+
+def train_mask_to_image(config: TrainConfig, pairs: ImageMaskPairs, out_dir: str | Path, vqmodel=None,
+                        latent_copies: int = 1, progress: bool = True, resume: bool = False):
+    """Train the SPADE model on train-region pairs (pixels flipped and rotated with their maps, or
+    VQ latents of ``latent_copies`` dihedral copies) and save the EMA model as a
+    :class:`MaskToImagePipeline` in ``out_dir/pipeline``; returns the trainer."""
+    from diffusers import DDPMScheduler
+
+    from ..diffusion.training import DiffusionTrainer
+
+    if pairs.region != "train":
+        raise ValueError(f"the image model trains on train-region pairs only; got {pairs.region!r} pairs")
+    check_pairs(pairs.images, pairs.types)
+    if vqmodel is None:
+        data, maps = pairs.images, condition_maps(pairs.types, pairs.instances)
+    else:
+        data, maps = latent_training_set(vqmodel, pairs, latent_copies)
+    trainer = DiffusionTrainer(config, data, out_dir, progress=progress, labels=maps)
+    trainer.train(resume=resume)
+    if trainer.accelerator.is_main_process:
+        scheduler = DDPMScheduler.from_config(
+            trainer.noise_scheduler.config, clip_sample=vqmodel is None,
+            variance_type="learned_range" if config.learned_variance else "fixed_small")
+        save_mask_to_image_pipeline(trainer.ema_unet(), scheduler, Path(out_dir) / "pipeline", vqvae=vqmodel,
+                                    train_config=dataclasses.asdict(config))
+    return trainer
+
+
+def synthesise(pipeline: MaskToImagePipeline, types: np.ndarray, instances: np.ndarray, guidance_scale: float,
+               steps: int, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """uint8 images for many masks, in batches, from one seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = [pipeline(types[i:i + batch_size], instances[i:i + batch_size], guidance_scale, steps, generator).images
+             for i in range(0, len(types), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, *np.shape(types)[1:], 3), np.uint8)
+
+
+def edit_mask(types: np.ndarray, instances: np.ndarray, retype: dict[int, int] | None = None,
+              erase: Sequence[int] = (), copy: Sequence[tuple[int, int, int]] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """An edited copy of one mask [H, W]: ``retype`` {instance: new type id}, ``erase`` instances,
+    ``copy`` (instance, dy, dx): paste an instance shifted by (dy, dx) as a new one (clipped to the tile)."""
+    from ..data.nuclei import NUCLEUS_CLASSES
+
+    types, instances = np.array(types, dtype=np.uint8), np.array(instances, dtype=np.int64)
+    present = set(np.unique(instances)) - {0}
+    for instance in [*(retype or {}), *erase, *(c[0] for c in copy)]:
+        if instance not in present:
+            raise ValueError(f"instance {instance} is not in this mask (instances: {sorted(present)})")
+    for instance, new_type in (retype or {}).items():
+        if not 1 <= new_type <= len(NUCLEUS_CLASSES):
+            raise ValueError(f"type id {new_type} is outside 1..{len(NUCLEUS_CLASSES)} ({NUCLEUS_CLASSES})")
+        types[instances == instance] = new_type
+    originals = instances.copy(), types.copy()
+    for instance in erase:
+        types[instances == instance] = 0
+        instances[instances == instance] = 0
+    next_id = int(originals[0].max()) + 1
+    for instance, dy, dx in copy:
+        ys, xs = np.nonzero(originals[0] == instance)
+        ys, xs = ys + dy, xs + dx
+        keep = (ys >= 0) & (ys < types.shape[0]) & (xs >= 0) & (xs < types.shape[1])
+        source_type = originals[1][originals[0] == instance][0]
+        instances[ys[keep], xs[keep]] = next_id
+        types[ys[keep], xs[keep]] = source_type
+        next_id += 1
+    return types, instances.astype(np.int32)

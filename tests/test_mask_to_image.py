@@ -1,0 +1,261 @@
+"""Notebook 07: image-mask pairs, the SPADE model, its hybrid loss, RePaint inpainting, mask fidelity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from histolab_utils.data import load_image
+from histolab_utils.data.pairs import image_mask_pairs, pair_rasters
+from histolab_utils.diffusion.hybrid_loss import model_log_variance, normal_kl, posterior, vlb_terms
+from histolab_utils.diffusion.inpainting import RePaintSettings, check_region, jump_schedule, model_evaluations
+from histolab_utils.diffusion.schedules import make_scheduler
+from histolab_utils.diffusion.spade import SPADEUNet
+from histolab_utils.diffusion.training import BatchSource, TrainConfig
+from histolab_utils.evaluation.mask_fidelity import HaematoxylinDetector, dice, mask_dice, mismatched
+from histolab_utils.evaluation.seams import seam_score
+from histolab_utils.models.mask_to_image import (SEG_CHANNELS, MaskToImagePipeline, condition_maps, edit_mask,
+                                                 train_mask_to_image)
+
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def tiny_unet(in_channels: int = 3, out_channels: int = 6) -> SPADEUNet:
+    torch.manual_seed(0)
+    unet = SPADEUNet(sample_size=16, in_channels=in_channels, out_channels=out_channels, label_nc=SEG_CHANNELS,
+                     block_out_channels=(8, 16), attention_levels=(False, False), norm_num_groups=4,
+                     spade_hidden_channels=8)
+    with torch.no_grad():  # MONAI zero-initialises output layers: an untrained net would answer 0 to anything
+        for parameter in unet.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.1)
+    return unet
+
+
+def tiny_pipeline(vqvae=None) -> MaskToImagePipeline:
+    scheduler = make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=vqvae is None)
+    channels = 3 if vqvae is None else vqvae.config.latent_channels
+    pipeline = MaskToImagePipeline(unet=tiny_unet(channels, 2 * channels).eval(), scheduler=scheduler, vqvae=vqvae)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# -- pairs -------------------------------------------------------------------------------------
+def test_pairs_respect_the_region_split_and_match_the_shipped_rasters():
+    for downsample in (1, 2):
+        train = image_mask_pairs(32, "train", 40, seed=0, downsample=downsample)
+        heldout = image_mask_pairs(32, "heldout", 40, seed=1, downsample=downsample)
+        for name in ("hgsc_nest", "hgsc_stroma"):
+            split = load_image(name).split_x
+            assert train.boxes[train.sources == name, 2].max() <= split <= heldout.boxes[heldout.sources == name, 0].min()
+    pairs = image_mask_pairs(48, "heldout", 6, seed=3, sources=("hgsc_nest",))
+    pixels, types, _ = pair_rasters("hgsc_nest")
+    nest = load_image("hgsc_nest")
+    # HGSC ids 1 connective, 2 inflammatory, 3 neoplastic -> ours 3, 2, 1
+    for box, image, typ in zip(pairs.boxes.astype(int), pairs.images, pairs.types):
+        x0, y0, x1, y1 = box
+        np.testing.assert_array_equal(image, nest.image[y0:y1, x0:x1])
+        np.testing.assert_array_equal(typ, np.array([0, 3, 2, 1], np.uint8)[nest.type_mask[y0:y1, x0:x1]])
+    assert pairs.types.max() <= 3 and (pairs.instances > 0).sum() == (pairs.types > 0).sum()
+
+
+def test_paired_crops_stay_aligned_under_all_eight_dihedral_transforms():
+    rng = np.random.default_rng(0)
+    maps = (rng.random((6, SEG_CHANNELS, 8, 8)) < 0.5).astype(np.uint8)
+    images = np.stack([np.repeat(m[1:2].transpose(1, 2, 0) * 255, 3, axis=2) for m in maps]).astype(np.uint8)
+    source = BatchSource(images, torch.device("cpu"), seed=0, labels=maps)
+    seen = set()
+    for _ in range(40):
+        x, m = source.draw(16)
+        image_channel = (x[:, 0] + 1) / 2  # 0/1 where the map's channel 1 is 0/1
+        np.testing.assert_array_equal(image_channel.numpy(), m[:, 1].numpy())  # aligned, whatever the transform
+        for xi in x:
+            for i, image in enumerate(images):
+                for k, (turns, flip) in enumerate(DIHEDRAL):
+                    turned = np.rot90(image[..., 0] / 127.5 - 1, turns)
+                    if np.array_equal(turned[:, ::-1] if flip else turned, xi[0].numpy()):
+                        seen.add(k)
+    assert seen == set(range(8))
+
+
+def test_the_condition_is_dropped_at_the_rate_asked():
+    maps = np.ones((32, SEG_CHANNELS, 4, 4), np.uint8)
+    images = np.zeros((32, 4, 4, 3), np.uint8)
+    source = BatchSource(images, torch.device("cpu"), seed=1, labels=maps, label_dropout=0.2)
+    dropped = np.concatenate([(source.draw(500)[1].flatten(1).sum(1) == 0).numpy() for _ in range(20)])
+    assert len(dropped) == 10_000 and abs(dropped.mean() - 0.2) < 0.015  # binomial sd 0.004
+
+
+def test_condition_maps_and_bad_input():
+    types = np.array([[[0, 1], [3, 0]]], np.uint8)
+    instances = np.array([[[0, 1], [2, 0]]], np.int32)
+    maps = condition_maps(types, instances)
+    assert maps.shape == (1, SEG_CHANNELS, 2, 2) and maps[:, :4].sum(1).min() == 1  # one class per pixel
+    with pytest.raises(ValueError, match="type ids must lie in 0..3"):
+        condition_maps(types + 4, instances)
+    with pytest.raises(ValueError, match="one shape"):
+        condition_maps(types, instances[:, :1])
+    pipeline = tiny_pipeline()
+    image = np.zeros((1, 16, 16, 3), np.uint8)
+    region = np.zeros((16, 16), bool)
+    region[4:8, 4:8] = True
+    with pytest.raises(ValueError, match="a mask of its own size"):
+        pipeline.inpaint(image, np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.int32), region)
+    for bad, message in ((np.zeros((16, 16), bool), "empty"), (np.ones((16, 16), bool), "whole image")):
+        with pytest.raises(ValueError, match=message):
+            check_region(bad)
+
+
+def test_latent_training_without_a_vqgan_names_the_notebook(tmp_path, capsys):
+    from histolab_utils.train import main
+
+    assert main(["spade", "--space", "latent", "--profile", "smoke", "--out", str(tmp_path / "run"),
+                 "--vqgan", str(tmp_path / "missing")]) == 2
+    assert "02_vqgan.ipynb" in capsys.readouterr().err
+
+
+# -- the model ---------------------------------------------------------------------------------
+def test_train_save_reload_gives_identical_outputs(tmp_path):
+    pairs = image_mask_pairs(16, "train", 24, seed=0, downsample=2)
+    config = TrainConfig(schedule="cosine", prediction_type="v_prediction", image_size=16, steps=3, batch_size=4,
+                         checkpoint_every=3, spatial_condition_channels=SEG_CHANNELS, label_dropout=0.2,
+                         learned_variance=True, block_out_channels=(8, 16), spade_hidden_channels=8)
+    trainer = train_mask_to_image(config, pairs, tmp_path / "run", progress=False)
+    assert np.isfinite(trainer.log[-1]["loss"])
+    loaded = MaskToImagePipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert loaded.vqvae is None and loaded.scheduler.config.variance_type == "learned_range"
+    x = torch.randn(2, 3, 16, 16)
+    maps = torch.from_numpy(condition_maps(pairs.types[:2], pairs.instances[:2])).float()
+    with torch.no_grad():
+        expected = trainer.ema_unet()(x, torch.tensor(500), seg=maps).sample
+        np.testing.assert_array_equal(loaded.unet(x, torch.tensor(500), seg=maps).sample.numpy(), expected.numpy())
+    loaded.set_progress_bar_config(disable=True)
+    first = loaded(pairs.types[:2], pairs.instances[:2], 1.5, 3, torch.Generator().manual_seed(0)).images
+    again = loaded(pairs.types[:2], pairs.instances[:2], 1.5, 3, torch.Generator().manual_seed(0)).images
+    assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8 and np.array_equal(first, again)
+
+
+def test_the_map_changes_the_output():
+    unet = tiny_unet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    empty = torch.zeros(1, SEG_CHANNELS, 16, 16)
+    full = empty.clone()
+    full[:, 1] = 1
+    with torch.no_grad():
+        assert not torch.allclose(unet(x, torch.tensor(10), seg=empty).sample, unet(x, torch.tensor(10), seg=full).sample)
+    with pytest.raises(ValueError, match="seg must be"):
+        unet(x, torch.tensor(10), seg=torch.zeros(1, 2, 16, 16))
+
+
+# -- the hybrid loss ---------------------------------------------------------------------------
+def test_normal_kl_matches_the_closed_form_of_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    m1, m2, lv1, lv2 = (torch.randn(1000, generator=g) for _ in range(4))
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(m1, (0.5 * lv1).exp()),
+                                                 torch.distributions.Normal(m2, (0.5 * lv2).exp()))
+    torch.testing.assert_close(normal_kl(m1, lv1, m2, lv2), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vlb_kl_term_equals_the_kl_between_the_true_and_model_posteriors():
+    scheduler = make_scheduler("ddpm", "cosine", prediction_type="epsilon")
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([5, 100, 500, 900])
+    x_t = scheduler.add_noise(x0, noise, t)
+    eps_hat, v = torch.randn(4, 3, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g) * 2 - 1
+    ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    ab_prev = scheduler.alphas_cumprod[t - 1].view(-1, 1, 1, 1)
+    beta = 1 - ab / ab_prev
+    x0_hat = (x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+
+    def mean(start):  # the DDPM posterior mean (Ho et al. 2020, eq. 7)
+        return (ab_prev.sqrt() * beta / (1 - ab)) * start + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+
+    posterior_variance = beta * (1 - ab_prev) / (1 - ab)
+    model_variance = torch.exp((v + 1) / 2 * beta.log() + (1 - v) / 2 * posterior_variance.log())
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean(x0), posterior_variance.sqrt()),
+                                                 torch.distributions.Normal(mean(x0_hat), model_variance.sqrt()))
+    got = vlb_terms(scheduler, eps_hat, v, x0, x_t, t)
+    torch.testing.assert_close(got, expected.flatten(1).mean(1) / math.log(2), rtol=1e-4, atol=1e-6)
+    true_mean, _ = posterior(scheduler, x0, x_t, t)
+    torch.testing.assert_close(true_mean, mean(x0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model_log_variance(scheduler, v, t).exp(), model_variance, rtol=1e-5, atol=1e-7)
+
+
+# -- inpainting --------------------------------------------------------------------------------
+def test_repaint_jump_schedule():
+    times = jump_schedule(RePaintSettings())
+    assert times[0] == 249 and times[-1] == -1
+    assert all(abs(a - b) == 1 for a, b in zip(times[:-1], times[1:]))
+    assert model_evaluations(RePaintSettings()) == 250 + 24 * 9 * 10  # 24 jump points, 9 extra passes of 10 steps
+    assert model_evaluations(RePaintSettings(t_T=20, jump_length=5, jump_n_sample=1)) == 20
+
+
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+def test_inpainting_returns_the_known_region_bit_for_bit(space):
+    vqvae = None
+    if space == "latent":
+        from diffusers import VQModel
+
+        torch.manual_seed(0)
+        vqvae = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=3,
+                        num_vq_embeddings=16, norm_num_groups=4, sample_size=32).eval()
+    pipeline = tiny_pipeline(vqvae)
+    pairs = image_mask_pairs(32, "heldout", 2, seed=0, downsample=2)
+    region = np.zeros((32, 32), bool)
+    region[8:21, 5:19] = True
+    out = pipeline.inpaint(pairs.images, pairs.types, pairs.instances, region,
+                           RePaintSettings(t_T=10, jump_length=3, jump_n_sample=2, eta=1.0),
+                           generator=torch.Generator().manual_seed(0))
+    assert out.dtype == np.uint8 and out.shape == pairs.images.shape
+    np.testing.assert_array_equal(out[:, ~region], pairs.images[:, ~region])
+    assert (out[:, region] != pairs.images[:, region]).any()
+
+
+def test_edit_mask_retypes_erases_and_copies():
+    types = np.zeros((8, 8), np.uint8)
+    instances = np.zeros((8, 8), np.int32)
+    types[1:3, 1:3], instances[1:3, 1:3] = 1, 1
+    types[5:7, 5:7], instances[5:7, 5:7] = 3, 2
+    new_types, new_instances = edit_mask(types, instances, retype={1: 2}, erase=[2], copy=[(1, 0, 3)])
+    assert (new_types[1:3, 1:3] == 2).all() and not new_instances[5:7, 5:7].any()
+    assert (new_instances[1:3, 4:6] == 3).all() and (new_types[1:3, 4:6] == 2).all()  # a copy takes its source's new type
+    with pytest.raises(ValueError, match="instance 9 is not in this mask"):
+        edit_mask(types, instances, erase=[9])
+    with pytest.raises(ValueError, match="outside 1..3"):
+        edit_mask(types, instances, retype={1: 7})
+
+
+# -- scores ------------------------------------------------------------------------------------
+def test_dice_by_hand_and_the_mismatch_has_no_fixed_point():
+    a = np.zeros((2, 4, 4), bool)
+    b = a.copy()
+    a[0, :2], b[0, 1:3] = True, True  # 8 and 8 px, 4 shared
+    np.testing.assert_allclose(dice(a, b), [0.5, 1.0])
+    masks = np.arange(7)[:, None, None] * np.ones((7, 2, 2), int)
+    shuffled = mismatched(masks, seed=3)
+    assert (shuffled[:, 0, 0] != np.arange(7)).all() and sorted(shuffled[:, 0, 0]) == list(range(7))
+
+
+def test_the_haematoxylin_detector_finds_real_nuclei_better_than_a_mismatched_mask():
+    train = image_mask_pairs(64, "train", 24, seed=0)
+    heldout = image_mask_pairs(64, "heldout", 24, seed=1)
+    detector = HaematoxylinDetector.fit(train.images)
+    real = mask_dice(detector, heldout.images, heldout.types).mean()
+    floor = mask_dice(detector, heldout.images, mismatched(heldout.types)).mean()
+    assert real > floor + 0.1, (real, floor)
+
+
+def test_seam_score_sees_a_step_on_the_border():
+    region = np.zeros((32, 32), bool)
+    region[8:24, 8:24] = True
+    ramp = np.tile(np.linspace(60, 200, 32), (32, 1))
+    smooth = np.repeat(ramp[..., None], 3, axis=2).astype(np.uint8)
+    seam = smooth.copy()
+    seam[region] = 255
+    assert abs(seam_score(smooth, region)["ratio"] - 1) < 0.2
+    assert seam_score(seam, region)["ratio"] > 5
