@@ -132,6 +132,13 @@ def test_train_save_reload_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         expected = trainer.ema_unet()(x, torch.tensor(500), seg=maps).sample
         np.testing.assert_array_equal(loaded.unet(x, torch.tensor(500), seg=maps).sample.numpy(), expected.numpy())
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "from histolab_utils.models.mask_to_image import MaskToImagePipeline; "
+                            f"print(type(MaskToImagePipeline.from_pretrained({str(tmp_path / 'run' / 'pipeline')!r}).unet)"
+                            ".__name__)"], capture_output=True, text=True)
+    assert fresh.stdout.strip() == "SPADEUNet", fresh.stderr[-2000:]  # one line in a fresh process
     loaded.set_progress_bar_config(disable=True)
     first = loaded(pairs.types[:2], pairs.instances[:2], 1.5, 3, torch.Generator().manual_seed(0)).images
     again = loaded(pairs.types[:2], pairs.instances[:2], 1.5, 3, torch.Generator().manual_seed(0)).images
@@ -259,3 +266,23 @@ def test_seam_score_sees_a_step_on_the_border():
     seam[region] = 255
     assert abs(seam_score(smooth, region)["ratio"] - 1) < 0.2
     assert seam_score(seam, region)["ratio"] > 5
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_repaint_with_an_oracle_denoiser_recovers_the_image(eta):
+    from histolab_utils.diffusion.inpainting import repaint
+    from histolab_utils.diffusion.prediction import _alpha_bar
+
+    scheduler = make_scheduler("ddpm", "cosine", prediction_type="v_prediction")
+    x0 = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    known = torch.ones(2, 1, 8, 8)
+    known[:, :, 2:6, 2:6] = 0
+
+    def oracle(x, t):  # the v that points exactly at x0 from wherever x is
+        a = _alpha_bar(scheduler, t, x)
+        return (a.sqrt() * x - x0) / (1 - a).sqrt()
+
+    out = repaint(oracle, scheduler, x0, known, RePaintSettings(t_T=20, jump_length=4, jump_n_sample=3, eta=eta),
+                  torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)

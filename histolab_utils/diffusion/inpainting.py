@@ -120,8 +120,8 @@ def repaint(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sche
     x = noise_like(x0)
     for now, nxt in zip(times[:-1], times[1:]):
         a_now, a_next = abar(now), abar(nxt)
-        if nxt > now:  # resampling: one forward step back up
-            x = (a_now / a_next).sqrt() * x + (1 - a_now / a_next).sqrt() * noise_like(x)
+        if nxt > now:  # resampling: one forward step back up, q(x_next | x_now)
+            x = (a_next / a_now).sqrt() * x + (1 - a_next / a_now).sqrt() * noise_like(x)
             continue
         t = torch.full((len(x),), train_t(now), device=x.device, dtype=torch.long)
         output = denoiser(x, t)[:, : x.shape[1]].float()

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from ..data.pairs import ImageMaskPairs
 from ..diffusion.inpainting import REPAINT, RePaintSettings, check_region, repaint
 from ..diffusion.sampling import guided_denoise, guided_prediction, to_uint8
+from ..diffusion.spade import SPADEUNet  # noqa: F401  diffusers' loader finds the UNet's class by its module
 from ..diffusion.training import TrainConfig, save_pretrained_atomic
 from .mask_generator import MASK_CHANNELS, encode_masks
 
@@ -263,3 +264,43 @@ def edit_mask(types: np.ndarray, instances: np.ndarray, retype: dict[int, int] |
         types[ys[keep], xs[keep]] = source_type
         next_id += 1
     return types, instances.astype(np.int32)
+
+
+def add_nuclei(types: np.ndarray, instances: np.ndarray, region: np.ndarray, type_id: int, count: int,
+               radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One mask [H, W] with up to ``count`` round nuclei of ``type_id`` added inside ``region``,
+    on background only and apart from each other (e.g. inflammatory cells into stroma)."""
+    from skimage.draw import disk
+
+    types, instances = np.array(types, dtype=np.uint8), np.array(instances, dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    ys, xs = np.nonzero(np.asarray(region, bool))
+    next_id, added = int(instances.max()) + 1, 0
+    for index in rng.permutation(len(ys)):
+        if added == count:
+            break
+        rr, cc = disk((ys[index], xs[index]), radius + 1, shape=types.shape)  # one px of clearance
+        if instances[rr, cc].any() or not region[rr, cc].all():
+            continue
+        rr, cc = disk((ys[index], xs[index]), radius, shape=types.shape)
+        types[rr, cc], instances[rr, cc] = type_id, next_id
+        next_id, added = next_id + 1, added + 1
+    return types, instances
+
+
+def remove_nuclei(types: np.ndarray, instances: np.ndarray, region: np.ndarray,
+                  type_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One mask [H, W] without the nuclei of ``type_id`` whose centre lies in ``region``, and the
+    region grown to cover them whole (their pixels outside it must be repainted too)."""
+    from scipy.ndimage import binary_dilation
+
+    types, instances = np.array(types, dtype=np.uint8), np.array(instances, dtype=np.int32)
+    region = np.array(region, dtype=bool)
+    grown = region.copy()
+    for instance in np.unique(instances[(types == type_id) & region]):
+        pixels = instances == instance
+        ys, xs = np.nonzero(pixels)
+        if region[int(round(ys.mean())), int(round(xs.mean()))]:
+            types[pixels], instances[pixels] = 0, 0
+            grown |= binary_dilation(pixels, iterations=2)
+    return types, instances, grown
