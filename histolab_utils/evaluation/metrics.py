@@ -152,6 +152,8 @@ def kid(real, fake, subsets: int = 100, subset_size: int = 1000, seed: int = 0) 
     size_a, size_b = min(subset_size, len(a)), min(subset_size, len(b))
     if min(size_a, size_b) < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    if size_a == len(a) and size_b == len(b):  # every subset would be the whole of both sets
+        return _mmd2_unbiased(a, b), 0.0
     rng = np.random.default_rng(seed)
     values = [_mmd2_unbiased(a[rng.choice(len(a), size_a, replace=False)], b[rng.choice(len(b), size_b, replace=False)])
               for _ in range(subsets)]
