@@ -286,3 +286,21 @@ def test_repaint_with_an_oracle_denoiser_recovers_the_image(eta):
                   torch.Generator().manual_seed(1))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
+
+
+def test_synthesis_scores_put_the_floors_beside_every_set_at_equal_n():
+    from histolab_utils.evaluation.mask_fidelity import (FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS,
+                                                         synthesis_scores)
+
+    heldout = image_mask_pairs(32, "heldout", 6, seed=1)
+    floor = image_mask_pairs(32, "train", 6, seed=2)
+    detector = HaematoxylinDetector.fit(floor.images)
+    table = synthesis_scores(detector, heldout.images, heldout.types, floor.images,
+                             {"copies of the real images": (heldout.images, heldout.types)})
+    assert {FLOOR_REAL, REFERENCE_PAIRS, FLOOR_MISMATCHED, "copies of the real images"} <= set(table.index)
+    assert table.loc["copies of the real images", "fid"] < 1e-6  # the same images score FID 0
+    assert table.loc["copies of the real images", "dice"] == table.loc[REFERENCE_PAIRS, "dice"]
+    assert (table["n"] == 6).all()
+    with pytest.raises(ValueError, match="held-out n = 6"):
+        synthesis_scores(detector, heldout.images, heldout.types, floor.images,
+                         {"short": (heldout.images[:3], heldout.types[:3])})

@@ -91,3 +91,38 @@ def fidelity_table(detector: HaematoxylinDetector, sets: dict[str, tuple[np.ndar
         scores = mask_dice(detector, images, types)
         rows[name] = {"dice": float(scores.mean()), "dice_std": float(scores.std()), "n": len(scores)}
     return pd.DataFrame(rows).T.astype({"n": int})
+
+
+FLOOR_REAL = "floor: real train vs real held-out"
+REFERENCE_PAIRS = "reference: real held-out pairs"
+FLOOR_MISMATCHED = "floor: mismatched real pairs"
+
+
+def synthesis_scores(detector: HaematoxylinDetector, heldout_images: np.ndarray, heldout_types: np.ndarray,
+                     floor_images: np.ndarray, synthetic: dict[str, tuple[np.ndarray, np.ndarray]], seed: int = 0):
+    """The score table of mask-to-image synthesis, every set at the held-out set's n.
+
+    ``synthetic`` maps a name to (images, the type maps they were drawn for). Each row gets FID and
+    KID against the held-out real images and the haematoxylin Dice against its own masks. Beside
+    them: the real-vs-real floor (``floor_images``, real train-region crops, against the held-out
+    ones), the Dice of the real held-out pairs (reference) and of mismatched real pairs (floor).
+    """
+    import pandas as pd
+
+    from . import metrics
+
+    n = len(heldout_images)
+    for name, (images, types) in {"floor images": (floor_images, heldout_types), **synthetic}.items():
+        if len(images) != n or len(types) != n:
+            raise ValueError(f"{name}: {len(images)} images / {len(types)} masks; every set needs the held-out n = {n}")
+    real = metrics.inception_features(heldout_images)
+
+    def realism(images: np.ndarray) -> dict:
+        features = metrics.inception_features(images)
+        return {"fid": metrics.fid(real, features), "kid": metrics.kid(real, features)[0]}
+
+    rows = {FLOOR_REAL: realism(floor_images), **{name: realism(images) for name, (images, _) in synthetic.items()}}
+    fidelity = fidelity_table(detector, {REFERENCE_PAIRS: (heldout_images, heldout_types),
+                                         FLOOR_MISMATCHED: (heldout_images, mismatched(heldout_types, seed)),
+                                         **synthetic})
+    return pd.DataFrame(rows).T.join(fidelity, how="outer").assign(n=n)
