@@ -23,7 +23,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import PROFILES, DDPMConfig, load_config
+from .config import PROFILES, DDPMConfig, load_config, pick_device
 from .data import heldout_eval_crops, training_crops
 from .diffusion.prediction import PREDICTION_TYPES
 from .diffusion.schedules import SCHEDULES
@@ -154,7 +154,7 @@ def _train_spade(args) -> int:
     if args.space == "latent":
         vq_folder = args.vqgan or runs_dir(config.name) / f"vqgan-{section.vqgan_latent_channels}ch" / "vqmodel"
         try:
-            vqmodel = load_vqmodel(vq_folder, "cuda" if _cuda() else "cpu")
+            vqmodel = load_vqmodel(vq_folder, pick_device())
         except FileNotFoundError as error:
             print(f"error: {error} (or pass --vqgan FOLDER)", file=sys.stderr)
             return 2
@@ -172,12 +172,6 @@ def _train_spade(args) -> int:
         print(f"{args.space} space: {trainer.step} steps in {trainer.seconds:.1f} s on {len(pairs)} pairs; final loss "
               f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from histolab_utils.data import load_image
+from histolab_utils.data.crops import DIHEDRAL_TRANSFORMS as DIHEDRAL
 from histolab_utils.data.pairs import image_mask_pairs, pair_rasters
 from histolab_utils.diffusion.hybrid_loss import model_log_variance, normal_kl, posterior, vlb_terms
 from histolab_utils.diffusion.inpainting import RePaintSettings, check_region, jump_schedule, model_evaluations
@@ -20,7 +21,6 @@ from histolab_utils.evaluation.seams import seam_score
 from histolab_utils.models.mask_to_image import (SEG_CHANNELS, MaskToImagePipeline, condition_maps, edit_mask,
                                                  train_mask_to_image)
 
-DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
 def tiny_unet(in_channels: int = 3, out_channels: int = 6) -> SPADEUNet:

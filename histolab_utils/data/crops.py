@@ -25,6 +25,10 @@ class Crops:
     origins: np.ndarray  # N x 3: image index, x, y of the top-left corner (before augmentation)
 
 
+# The 8 dihedral transforms as (quarter turns, mirror): identity, then rotations, then mirrored rotations.
+DIHEDRAL_TRANSFORMS = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
 def dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """Rotate the first two axes by ``k`` quarter turns, then mirror left-right if ``flip``."""
     out = np.rot90(array, k, axes=(0, 1))

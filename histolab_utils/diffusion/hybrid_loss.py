@@ -64,18 +64,21 @@ def _schedule(scheduler) -> dict[str, torch.Tensor]:
             "log_posterior_variance": torch.log(torch.cat([variance[1:2], variance[1:]]))}
 
 
-def posterior(scheduler, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and clipped log variance of the true posterior q(x_{t-1} | x_t, x_0)."""
-    s = _schedule(scheduler)
+def posterior(scheduler, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+              schedule: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and clipped log variance of the true posterior q(x_{t-1} | x_t, x_0) (``schedule``:
+    :func:`_schedule`'s tensors, when the caller already has them)."""
+    s = schedule or _schedule(scheduler)
     coef_x0 = s["betas"] * s["alpha_bar_prev"].sqrt() / (1.0 - s["alpha_bar"])
     coef_xt = (1.0 - s["alpha_bar_prev"]) * (1.0 - s["betas"]).sqrt() / (1.0 - s["alpha_bar"])
     mean = _gather(coef_x0, t, x_t) * x0 + _gather(coef_xt, t, x_t) * x_t
     return mean, _gather(s["log_posterior_variance"], t, x_t)
 
 
-def model_log_variance(scheduler, variance_values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def model_log_variance(scheduler, variance_values: torch.Tensor, t: torch.Tensor,
+                       schedule: dict | None = None) -> torch.Tensor:
     """log Σ_θ from the network's variance channels v in [-1, 1] (diffusers' ``learned_range``)."""
-    s = _schedule(scheduler)
+    s = schedule or _schedule(scheduler)
     frac = (variance_values.float() + 1.0) / 2.0
     return (frac * _gather(torch.log(s["betas"]), t, variance_values)
             + (1.0 - frac) * _gather(s["log_posterior_variance"], t, variance_values))
@@ -88,10 +91,11 @@ def vlb_terms(scheduler, prediction: torch.Tensor, variance_values: torch.Tensor
     ``prediction`` is the network's mean output (ε, v or x0, by the scheduler's prediction type);
     pass it detached to train only the variance with this term.
     """
+    schedule = _schedule(scheduler)
     x0_hat = predicted_x0(scheduler, prediction.float(), x_t.float(), t)
-    true_mean, true_log_variance = posterior(scheduler, x0.float(), x_t.float(), t)
-    model_mean, _ = posterior(scheduler, x0_hat, x_t.float(), t)
-    log_variance = model_log_variance(scheduler, variance_values, t)
+    true_mean, true_log_variance = posterior(scheduler, x0.float(), x_t.float(), t, schedule)
+    model_mean, _ = posterior(scheduler, x0_hat, x_t.float(), t, schedule)
+    log_variance = model_log_variance(scheduler, variance_values, t, schedule)
     kl = normal_kl(true_mean, true_log_variance, model_mean, log_variance).flatten(1).mean(1) / math.log(2.0)
     nll = -discretized_gaussian_log_likelihood(x0.float(), model_mean, 0.5 * log_variance).flatten(1).mean(1)
     return torch.where(t.to(kl.device) == 0, nll / math.log(2.0), kl)

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .prediction import _alpha_bar, check_prediction_type
+from .prediction import _alpha_bar, check_prediction_type, predicted_x0
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,14 @@ def repaint(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sche
 
 
 def _x0_and_eps(scheduler, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """(x0, ε) implied by a network output: x0 by :func:`~.prediction.predicted_x0`; ε as the network
+    gives it (ε-prediction), from v, or from x0."""
     alpha_bar = _alpha_bar(scheduler, t, x_t).float()
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    x0 = predicted_x0(scheduler, output, x_t, t)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
-        return (x_t - s * output) / a, output
+        return x0, output
     if kind == "v_prediction":
-        x0 = a * x_t - s * output
         return x0, s * x_t + a * output
-    return output, (x_t - a * output) / s
+    return x0, (x_t - a * x0) / s

@@ -67,10 +67,6 @@ class SPADEUNet(ModelMixin, ConfigMixin):
             num_head_channels=math.gcd(num_head_channels, *block_out_channels),  # must divide every width
             spade_intermediate_channels=spade_hidden_channels)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
     def forward(self, sample: torch.Tensor, timestep, seg: torch.Tensor | None = None,
                 return_dict: bool = True):
         if seg is None:

@@ -97,9 +97,7 @@ def build_unet(config: TrainConfig):
 
     from .conditioning import VectorConditionedUNet2DModel
 
-    if sum(map(bool, (config.num_classes, config.condition_features, config.spatial_condition_channels))) > 1:
-        raise ValueError("condition on class labels, vectors or spatial maps: one of num_classes, condition_features, "
-                         "spatial_condition_channels")
+    _condition_kinds(config)
     levels = len(config.block_out_channels)
     out_channels = config.in_channels * (2 if config.learned_variance else 1)
     if config.spatial_condition_channels:
@@ -413,11 +411,17 @@ def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
                          f"config.in_channels is {config.in_channels}")
 
 
-def _check_labels(labels: np.ndarray | None, config: TrainConfig) -> None:
+def _condition_kinds(config: TrainConfig) -> dict[str, int]:
+    """The config's condition settings, checked: at most one kind (class labels, vectors or maps) is set."""
     kinds = {"num_classes": config.num_classes, "condition_features": config.condition_features,
              "spatial_condition_channels": config.spatial_condition_channels}
     if sum(map(bool, kinds.values())) > 1:
         raise ValueError(f"set one of num_classes, condition_features and spatial_condition_channels; got {kinds}")
+    return kinds
+
+
+def _check_labels(labels: np.ndarray | None, config: TrainConfig) -> None:
+    kinds = _condition_kinds(config)
     conditional = any(kinds.values())
     if (labels is None) == conditional:
         raise ValueError("give labels exactly when the config is conditional "

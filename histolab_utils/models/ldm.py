@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from ..data import dihedral
+from ..data.crops import DIHEDRAL_TRANSFORMS
 from ..diffusion.sampling import guided_denoise
 from ..diffusion.training import save_pretrained_atomic
 from .vqgan import check_tiles, encode
@@ -79,7 +80,7 @@ def latent_training_set(vqmodel, tiles: np.ndarray, labels: np.ndarray, copies: 
     labels = np.asarray(labels)
     if labels.shape != (len(tiles),):
         raise ValueError(f"need one label per tile: {labels.shape} labels for {len(tiles)} tiles")
-    transforms = [(k, flip) for flip in (False, True) for k in range(4)][:copies]
+    transforms = DIHEDRAL_TRANSFORMS[:copies]
     augmented = np.concatenate([np.stack([dihedral(t, k, flip) for t in tiles]) for k, flip in transforms])
     latents = encode(vqmodel, augmented, batch_size) * vqmodel.config.scaling_factor
     return latents.astype(np.float32), np.tile(labels, copies)

@@ -184,19 +184,13 @@ def latent_training_set(vqmodel, pairs: ImageMaskPairs, copies: int = 1,
     rotate with the image, so augmented images are encoded), and the condition maps under the same
     transforms, resized to the latent grid (nearest)."""
     from ..data import dihedral
-    from .vqgan import encode
+    from ..data.crops import DIHEDRAL_TRANSFORMS
+    from .ldm import latent_training_set as dihedral_latents
 
-    if not 1 <= copies <= 8:
-        raise ValueError(f"copies must be 1..8 dihedral transforms, got {copies}")
-    maps = condition_maps(pairs.types, pairs.instances)
-    latents, latent_maps = [], []
-    for k, flip in [(k, flip) for flip in (False, True) for k in range(4)][:copies]:
-        images = np.stack([dihedral(image, k, flip) for image in pairs.images])
-        turned = np.stack([dihedral(m.transpose(1, 2, 0), k, flip).transpose(2, 0, 1) for m in maps])
-        latent = encode(vqmodel, images, batch_size) * vqmodel.config.scaling_factor
-        latents.append(latent.astype(np.float32))
-        latent_maps.append(resize_maps(turned, latent.shape[-1]).numpy())
-    return np.concatenate(latents), np.concatenate(latent_maps).astype(np.uint8)
+    latents, _ = dihedral_latents(vqmodel, pairs.images, np.arange(len(pairs)), copies, batch_size)
+    maps = condition_maps(pairs.types, pairs.instances).transpose(0, 2, 3, 1)  # [N, H, W, C] for dihedral()
+    turned = np.concatenate([np.stack([dihedral(m, k, flip) for m in maps]) for k, flip in DIHEDRAL_TRANSFORMS[:copies]])
+    return latents, resize_maps(np.ascontiguousarray(turned.transpose(0, 3, 1, 2)), latents.shape[-1]).numpy()
 
 
 def train_mask_to_image(config: TrainConfig, pairs: ImageMaskPairs, out_dir: str | Path, vqmodel=None,
