@@ -191,6 +191,33 @@ class SpadeSection:
 
 
 @dataclass(frozen=True)
+class JointSection:
+    """Joint image-label synthesis from a nucleus layout (notebook 08, Min et al. 2024). It trains and
+    scores on notebook 07's image-mask pairs (``spade``: tile_size, downsample, n_train_pairs, n_eval),
+    so the head-to-head with the two-stage route compares like with like."""
+
+    schedule: str
+    prediction_type: str
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    ema_decay: float
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention: bool
+    checkpoint_every: int
+    compile: bool
+    context_dropout: float  # CoSyn drops its prompt with p = 0.1 for classifier-free guidance
+    layout_sigma: float  # px of each centroid's blob in the layout maps
+    sampler: str
+    sampler_steps: int
+    guidance_scales: tuple[float, ...]  # the sweep; 0 = context ignored (the layout still conditions)
+    guidance: float  # the headline scores, gallery and widget (CoSyn samples at 2.0)
+    gallery_size: int
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -204,6 +231,7 @@ class ProfileConfig:
     ldm: LDMSection
     masks: MaskSection
     spade: SpadeSection
+    joint: JointSection
 
 
 _CONFIGS = {
@@ -240,6 +268,11 @@ _CONFIGS = {
                            checkpoint_every=100, compile=False, sampler="ddim", sampler_steps=10,
                            guidance_scales=(0.0, 1.0, 1.5, 3.0), guidance=1.5, gallery_size=8, inpaint_size=64,
                            repaint=(50, 5, 3), repaint_fast=(10, 5, 2)),
+        joint=JointSection(schedule="cosine", prediction_type="v_prediction", train_steps=400, batch_size=16,
+                           learning_rate=2e-3, warmup_steps=25, ema_decay=0.99, block_out_channels=(16, 32, 32),
+                           layers_per_block=1, attention=False, checkpoint_every=200, compile=False,
+                           context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=10,
+                           guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_size=8),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -275,6 +308,11 @@ _CONFIGS = {
                            vqgan_latent_channels=4, checkpoint_every=2000, compile=False, sampler="ddim",
                            sampler_steps=50, guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=1.5, gallery_size=16,
                            inpaint_size=256, repaint=(250, 10, 10), repaint_fast=(50, 5, 2)),
+        joint=JointSection(schedule="cosine", prediction_type="v_prediction", train_steps=4000, batch_size=64,
+                           learning_rate=2e-4, warmup_steps=200, ema_decay=0.999, block_out_channels=(64, 128, 256, 256),
+                           layers_per_block=2, attention=True, checkpoint_every=1000, compile=False,
+                           context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=50,
+                           guidance_scales=(0.0, 1.0, 2.0, 3.0), guidance=2.0, gallery_size=16),
     ),
 }
 

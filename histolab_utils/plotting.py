@@ -36,17 +36,34 @@ def mask_images(types: np.ndarray, instances: np.ndarray) -> np.ndarray:
     return np.stack([mask_image(t, i) for t, i in zip(types, instances)]) if len(types) else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray, alpha: float = 0.45,
+                 colours: dict = TYPE_COLOURS) -> np.ndarray:
     """Blend nuclei coloured by type into the image, with instance outlines drawn solid."""
     from skimage.segmentation import find_boundaries
 
     out = image.astype(np.float32) / 255.0
-    for type_id, colour in TYPE_COLOURS.items():
+    for type_id, colour in colours.items():
         inside = type_mask == type_id
         out[inside] = (1 - alpha) * out[inside] + alpha * np.asarray(colour)
     edges = find_boundaries(inst_mask, mode="inner") & (type_mask > 0)
-    out[edges] = np.asarray([TYPE_COLOURS.get(int(t), (1, 1, 1)) for t in type_mask[edges]]).reshape(-1, 3)
+    out[edges] = np.asarray([colours.get(int(t), (1, 1, 1)) for t in type_mask[edges]]).reshape(-1, 3)
     return (out * 255).round().astype(np.uint8)
+
+
+def layout_image(points: np.ndarray, size: int, colours: dict = NUCLEUS_COLOURS) -> np.ndarray:
+    """A nucleus layout (int [M, 3] rows of y, x, type id) as uint8 RGB: a dot per centroid in its
+    type's colour on light grey."""
+    out = np.full((size, size, 3), 0.9, dtype=np.float32)
+    for y, x, kind in np.asarray(points).reshape(-1, 3):
+        out[max(y - 1, 0):y + 2, x, :] = colours[int(kind)]
+        out[y, max(x - 1, 0):x + 2, :] = colours[int(kind)]
+    return (out * 255).round().astype(np.uint8)
+
+
+def grey_image(values: np.ndarray) -> np.ndarray:
+    """A map with values in [0, 1] as uint8 RGB (0 black, 1 white)."""
+    grey = (np.clip(values, 0, 1) * 255).round().astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_heldout: str = "tab:red") -> None:

@@ -5,13 +5,15 @@
     python -m histolab_utils.train vqgan --latent-channels 8 --profile full --out runs/full/vqgan-8ch --eval 1000
     python -m histolab_utils.train masks --profile full --out runs/full/masks
     python -m histolab_utils.train spade --space latent --profile full --out runs/full/spade-latent
+    python -m histolab_utils.train joint --profile full --out runs/full/joint
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
 ``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
 as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel in ``OUT/vqmodel``, the
 nuclei-mask generator (train-region tiles of the HGSC slide) as a ``NucleiMaskPipeline`` in ``OUT/pipeline``,
 the mask-to-image SPADE model (train-region image-mask pairs; in latent space, with notebook 02's VQ-GAN) as a
-``MaskToImagePipeline`` in ``OUT/pipeline``.
+``MaskToImagePipeline`` in ``OUT/pipeline``, the joint image-label model (train-region image-mask pairs with
+their layouts and tissue contexts) as a ``JointSynthesisPipeline`` in ``OUT/pipeline``.
 Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
 ``python -m histolab_utils.models.vqgan score OUT/heldout_reconstructions.npz``.
 """
@@ -174,10 +176,33 @@ def _train_spade(args) -> int:
     return 0
 
 
+def _train_joint(args) -> int:
+    from .data.pairs import image_mask_pairs
+    from .diffusion.training import TrainingDiverged
+    from .models.joint_synthesis import joint_train_config, train_joint_model
+
+    config = load_config(args.profile)
+    section, pairs_section = config.joint, config.spade  # the pairs of notebook 07, for a like-for-like comparison
+    train_config = joint_train_config(section, pairs_section.tile_size, args.seed, steps=args.steps,
+                                      batch_size=args.batch_size, compile=False if args.no_compile else None)
+    pairs = image_mask_pairs(pairs_section.tile_size, "train", pairs_section.n_train_pairs, seed=args.seed,
+                             downsample=pairs_section.downsample)
+    try:
+        trainer = train_joint_model(train_config, pairs, args.out, layout_sigma=section.layout_sigma,
+                                    resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if trainer.accelerator.is_main_process:
+        print(f"{trainer.step} steps in {trainer.seconds:.1f} s on {len(pairs)} pairs; final loss "
+              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks,spade}", help="what to train")
+    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks,spade,joint}", help="what to train")
     ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
     ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
     ddpm.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
@@ -199,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     spade.add_argument("--vqgan", type=Path, default=None,
                        help="a saved VQModel folder (default: runs/PROFILE/vqgan-<c>ch/vqmodel)")
     spade.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
-    for sub in (ddpm, vqgan, masks, spade):
+    joint = models.add_parser("joint", help="joint image-label synthesis from a nucleus layout (notebook 08)")
+    joint.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
+    for sub in (ddpm, vqgan, masks, spade, joint):
         sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
         sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
         sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
@@ -212,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         if prediction_type == "epsilon":
             parser.error("--zero-terminal-snr needs --prediction-type v_prediction or sample: with epsilon the x0 "
                          "estimate at t = T divides by sqrt(alpha_bar_T) = 0")
-    return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks, "spade": _train_spade}[args.model](args)
+    return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks, "spade": _train_spade,
+            "joint": _train_joint}[args.model](args)
 
 
 if __name__ == "__main__":

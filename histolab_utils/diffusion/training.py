@@ -62,6 +62,9 @@ class TrainConfig:
     condition_features: int = 0  # > 0: conditioned on float vectors of this length (the last: the null flag)
     spatial_condition_channels: int = 0  # > 0: a SPADE UNet conditioned on paired maps [N, C, H, W] (zeros: none)
     spade_hidden_channels: int = 64  # width of SPADE's convolutions from the map to gamma and beta
+    # > 0: the last this many channels of the training data are condition maps concatenated to the noisy
+    # input (never noised, never dropped; CoSyn's layout); the model generates the first in_channels
+    concat_condition_channels: int = 0
     learned_variance: bool = False  # output 2x channels; hybrid loss L_simple + vlb_weight * L_vlb (Nichol & Dhariwal)
     vlb_weight: float = 0.001
     augment_float: bool = False  # random flips/rotations of float data too (masks: yes; VQ latents: no)
@@ -100,6 +103,10 @@ def build_unet(config: TrainConfig):
     _condition_kinds(config)
     levels = len(config.block_out_channels)
     out_channels = config.in_channels * (2 if config.learned_variance else 1)
+    in_channels = config.in_channels + config.concat_condition_channels
+    if config.concat_condition_channels and (config.spatial_condition_channels or config.condition_features):
+        raise ValueError("concat_condition_channels combine with num_classes (or nothing), not with SPADE maps "
+                         "or condition vectors")
     if config.spatial_condition_channels:
         from .spade import SPADEUNet
 
@@ -121,7 +128,7 @@ def build_unet(config: TrainConfig):
             layers_per_block=config.layers_per_block, norm_num_groups=norm_groups(tuple(config.block_out_channels)),
             condition_features=config.condition_features)
     return UNet2DModel(
-        sample_size=config.image_size, in_channels=config.in_channels, out_channels=out_channels,
+        sample_size=config.image_size, in_channels=in_channels, out_channels=out_channels,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
         block_out_channels=tuple(config.block_out_channels), down_block_types=tuple(down), up_block_types=tuple(up),
         norm_num_groups=norm_groups(tuple(config.block_out_channels)),
@@ -406,9 +413,10 @@ def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
     if (height, width) != (config.image_size, config.image_size):
         raise ValueError(f"training data ({layout}, shape {data.shape}) are {height}x{width} px but "
                          f"config.image_size is {config.image_size}")
-    if channels != config.in_channels:
+    expected = config.in_channels + config.concat_condition_channels
+    if channels != expected:
         raise ValueError(f"training data ({layout}, shape {data.shape}) have {channels} channels but "
-                         f"config.in_channels is {config.in_channels}")
+                         f"config.in_channels + config.concat_condition_channels is {expected}")
 
 
 def _condition_kinds(config: TrainConfig) -> dict[str, int]:
@@ -461,7 +469,9 @@ class DiffusionTrainer(AcceleratedTrainer):
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.name = (f"train {config.schedule} {config.prediction_type}"
                      + (f" | {config.num_classes} classes" if config.num_classes else "")
-                     + (f" | {config.condition_features}-d condition" if config.condition_features else ""))
+                     + (f" | {config.condition_features}-d condition" if config.condition_features else "")
+                     + (f" | {config.concat_condition_channels} map channels" if config.concat_condition_channels
+                        else ""))
         self.accelerator = make_accelerator(config.mixed_precision, config.grad_accumulation)
         set_seed(config.seed, device_specific=True)
         device = self.accelerator.device
@@ -491,12 +501,16 @@ class DiffusionTrainer(AcceleratedTrainer):
         self.log = []
 
     def _loss(self, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        maps = None
+        if self.config.concat_condition_channels:  # the data's last channels: maps that condition, not data
+            x0, maps = x0.split([self.config.in_channels, self.config.concat_condition_channels], dim=1)
         noise = self.batches.randn_like(x0)
         t = self.batches.timesteps(len(x0), self.train_steps)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = training_target(self.noise_scheduler, x0, noise, t)
+        model_input = noisy if maps is None else torch.cat([noisy, maps], dim=1)
         with self.accelerator.autocast():
-            prediction = self.model(noisy, t, **condition_kwargs(self.model, labels)).sample
+            prediction = self.model(model_input, t, **condition_kwargs(self.model, labels)).sample
         if self.config.learned_variance:
             return hybrid_loss(self.noise_scheduler, prediction, target, x0, noisy, t, self.config.vlb_weight)[0]
         return torch.nn.functional.mse_loss(prediction.float(), target.float())

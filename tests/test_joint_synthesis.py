@@ -1,0 +1,220 @@
+"""Notebook 08: nucleus layouts, the joint image-label model, watershed decoding, layout adherence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from histolab_utils.data.layouts import (Layouts, check_layout, layout_maps, layouts_from_masks, random_layouts,
+                                         read_layouts, thinned)
+from histolab_utils.data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS
+from histolab_utils.data.pairs import image_mask_pairs
+from histolab_utils.diffusion.schedules import make_scheduler
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, build_unet
+from histolab_utils.evaluation.layout_adherence import adherence_table, layout_adherence
+from histolab_utils.models.joint_synthesis import (JOINT_CHANNELS, NULL_CONTEXT, JointSynthesisPipeline, decode_joint,
+                                                   distance_maps, encode_joint, joint_training_set, layout_disks,
+                                                   median_radius, train_joint_model, trained_contexts)
+
+K = len(NUCLEUS_CLASSES)
+
+
+def sorted_rows(points: np.ndarray) -> list[tuple]:
+    return sorted(map(tuple, np.asarray(points).tolist()))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+# -- layouts -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("size, downsample", [(32, 2), (64, 1)])
+def test_watershed_decoding_recovers_real_heldout_instances_from_their_distance_maps(size, downsample):
+    """The decoder on a perfect sample: the real held-out tile's own types and distance map,
+    seeded by its true centroids, must give back its nuclei (>= 95 % at IoU > 0.5)."""
+    pairs = image_mask_pairs(size, "heldout", 150, seed=5, downsample=downsample)
+    layouts = layouts_from_masks(pairs.types, pairs.instances)
+    decoded = decode_joint(encode_joint(pairs.images, pairs.types, pairs.instances).astype(np.float32), layouts)
+    scores = [iou(instances == instances[y, x], out == j + 1)
+              for instances, out, points in zip(pairs.instances, decoded.instances, layouts.points)
+              for j, (y, x, _) in enumerate(points)]
+    assert len(scores) > 100, "too few held-out nuclei for the test to mean anything"
+    assert np.mean(np.array(scores) > 0.5) >= 0.95
+    np.testing.assert_array_equal(decoded.images, pairs.images)  # the RGB channels round-trip exactly
+    summary = layout_adherence(decoded.types, decoded.instances, layouts)
+    assert summary["typed_fraction"] >= 0.95 and summary["spurious_fraction"] <= 0.05
+
+
+def test_layouts_encode_and_read_back_to_the_same_centroids_and_types():
+    pairs = image_mask_pairs(32, "heldout", 60, seed=2, downsample=2)
+    real = layouts_from_masks(pairs.types, pairs.instances)
+    touching = Layouts((np.array([[5, 5, 1], [5, 6, 1], [6, 5, 2], [5, 5, 3]]), np.zeros((0, 3), int)), 32)
+    for layouts in (real, random_layouts(20, 32, 12, seed=1), touching):
+        back = read_layouts(layout_maps(layouts))
+        assert [sorted_rows(p) for p in back.points] == [sorted_rows(p) for p in layouts.points]
+    # every real centroid lies in the nucleus it names, with that nucleus's type
+    for typ, inst, points in zip(pairs.types, pairs.instances, real.points):
+        assert len(points) == len(np.unique(inst)) - 1
+        assert all(inst[y, x] > 0 and typ[y, x] == k for y, x, k in points)
+
+
+def test_bad_layouts_name_the_centroid_or_type():
+    with pytest.raises(ValueError, match=r"centroid 1 at \(y=40, x=3\) lies outside the 32 x 32"):
+        check_layout([(1, 1, 1), (40, 3, 2)], 32, "tile 0")
+    with pytest.raises(ValueError, match=r"unknown type 'epithelial'"):
+        check_layout([(1, 1, "epithelial")], 32)
+    with pytest.raises(ValueError, match=r"unknown type id 4"):
+        Layouts((np.array([[1, 1, 4]]),), 32)
+    with pytest.raises(ValueError, match=r"-1"):
+        check_layout([(-1, 3, 1)], 32)
+    with pytest.raises(ValueError, match="share the pixel"):
+        check_layout([(2, 2, 1), (2, 2, 1)], 32)
+    assert check_layout([(2, 2, "neoplastic"), (2, 2, "connective")], 32).tolist() == [[2, 2, 1], [2, 2, 3]]
+    assert check_layout([], 32).shape == (0, 3)  # an empty layout is valid
+
+
+def test_thinning_and_random_layouts_keep_to_the_tile():
+    layouts = random_layouts(10, 32, 15, proportions=(0, 1, 0), min_distance=3, seed=0)
+    assert all((p[:, 2] == 2).all() for p in layouts.points)
+    assert all(np.min(np.hypot(*(p[:, None, :2] - p[None, :, :2]).transpose(2, 0, 1))
+                      + np.eye(len(p)) * 99) >= 3 for p in layouts.points if len(p) > 1)
+    assert len(thinned(layouts, 0.0).table()) == 0
+    assert len(thinned(layouts, 1.0).table()) == len(layouts.table())
+    retyped = thinned(layouts, 1.0, proportions=(1, 0, 0))
+    assert (retyped.table()["type"] == 1).all()
+    with pytest.raises(ValueError, match="proportions"):
+        random_layouts(1, 32, 3, proportions=(1, 1))
+
+
+# -- representation ----------------------------------------------------------------------------
+def test_distance_maps_peak_at_one_in_every_nucleus_and_vanish_outside():
+    instances = np.zeros((1, 12, 12), np.int32)
+    instances[0, 2:7, 2:7] = 1  # a 5 x 5 square touching ...
+    instances[0, 2:7, 7:10] = 2  # ... a 5 x 3 one
+    instances[0, 11, 0] = 3  # one pixel on the tile's corner
+    distance = distance_maps(instances)[0]
+    assert distance[instances[0] == 0].max() == 0
+    for label in (1, 2, 3):
+        assert distance[instances[0] == label].max() == pytest.approx(1.0)
+    assert distance[4, 4] == 1.0 and distance[2, 2] < distance[3, 3] < distance[4, 4]  # the centre is farthest in
+    assert distance[4, 6] < 1 and distance[4, 7] < 1  # the shared boundary is low on both sides
+
+
+def test_encode_joint_ranges_and_bad_input():
+    pairs = image_mask_pairs(16, "train", 8, seed=0, downsample=2)
+    x = encode_joint(pairs.images, pairs.types, pairs.instances)
+    assert x.shape == (8, JOINT_CHANNELS, 16, 16) and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(x[:, 3:3 + K].max(axis=1) > 0, pairs.types > 0)
+    with pytest.raises(ValueError, match="type ids"):
+        encode_joint(pairs.images, np.full_like(pairs.types, 7), pairs.instances)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_joint(pairs.images.astype(float), pairs.types, pairs.instances)
+
+
+def test_layout_disks_adhere_to_their_layout_and_spurious_nuclei_are_counted():
+    layouts = random_layouts(6, 32, 8, min_distance=4, seed=3)
+    types, instances = layout_disks(layouts, radius=2.0)
+    summary = layout_adherence(types, instances, layouts)
+    assert summary["located_fraction"] == 1.0 and summary["typed_fraction"] == 1.0 and summary["spurious_per_tile"] == 0
+    assert median_radius(types, instances) > 1
+    two = Layouts((np.array([[10, 10, 1], [20, 20, 2]]),), 32)
+    types, instances = layout_disks(two, radius=2.0)
+    types[0, 0:2, 0:2], instances[0, 0:2, 0:2] = 3, instances.max() + 1  # a nucleus nobody asked for
+    types[0, 20, 20] = 3  # one wrong-typed pixel does not change the majority type
+    row = adherence_table(types, instances, two).loc[0]
+    assert (row["centroids"], row["located"], row["typed"], row["nuclei"], row["spurious"]) == (2, 2, 2, 3, 1)
+    types[0, instances[0] == instances[0, 20, 20]] = 3  # now the second nucleus has the wrong type
+    assert adherence_table(types, instances, two).loc[0, "typed"] == 1
+
+
+# -- the model ---------------------------------------------------------------------------------
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(schedule="cosine", prediction_type="v_prediction", image_size=16, steps=3, batch_size=4,
+                    checkpoint_every=3, in_channels=JOINT_CHANNELS, concat_condition_channels=K,
+                    num_classes=len(TISSUE_CONTEXTS), label_dropout=0.1, augment_float=True, block_out_channels=(8, 16))
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_the_trainer_concatenates_the_layout_and_checks_the_channels(tmp_path):
+    unet = build_unet(tiny_config())
+    assert unet.config.in_channels == JOINT_CHANNELS + K and unet.config.out_channels == JOINT_CHANNELS
+    assert unet.config.num_class_embeds == NULL_CONTEXT + 1
+    pairs = image_mask_pairs(16, "train", 8, seed=0, downsample=2)
+    with pytest.raises(ValueError, match="concat_condition_channels is 10"):
+        DiffusionTrainer(tiny_config(), encode_joint(pairs.images, pairs.types, pairs.instances), tmp_path,
+                         labels=pairs.contexts)
+    with pytest.raises(ValueError, match="SPADE maps or condition vectors"):
+        build_unet(tiny_config(num_classes=0, condition_features=4))
+
+
+def test_train_save_reload_gives_identical_outputs(tmp_path):
+    pairs = image_mask_pairs(16, "train", 24, seed=0, downsample=2)
+    trainer = train_joint_model(tiny_config(), pairs, tmp_path / "run", layout_sigma=1.5, progress=False)
+    assert np.isfinite(trainer.log[-1]["loss"]) and trainer.step == 3
+    folder = tmp_path / "run" / "pipeline"
+    loaded = JointSynthesisPipeline.from_pretrained(folder)
+    assert loaded.config.layout_sigma == 1.5 and trained_contexts(folder) == ["tumor", "stroma"]
+    x = torch.randn(2, JOINT_CHANNELS + K, 16, 16)
+    labels = torch.tensor([0, NULL_CONTEXT])
+    with torch.no_grad():
+        expected = trainer.ema_unet()(x, torch.tensor(500), class_labels=labels).sample
+        np.testing.assert_array_equal(loaded.unet(x, torch.tensor(500), class_labels=labels).sample.numpy(),
+                                      expected.numpy())
+    fresh = subprocess.run([sys.executable, "-c", "from histolab_utils.models.joint_synthesis import "
+                            f"JointSynthesisPipeline as P; print(P.from_pretrained({str(folder)!r}).config.layout_sigma)"],
+                           capture_output=True, text=True)
+    assert fresh.stdout.strip() == "1.5", fresh.stderr[-2000:]  # one line in a fresh process
+    loaded.scheduler = make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True)
+    loaded.set_progress_bar_config(disable=True)
+    layouts = layouts_from_masks(pairs.types[:3], pairs.instances[:3])
+    first = loaded(layouts, ["tumor", "stroma", 1], 2.0, 3, torch.Generator().manual_seed(0))
+    again = loaded(layouts, ["tumor", "stroma", 1], 2.0, 3, torch.Generator().manual_seed(0))
+    assert first.images.shape == (3, 16, 16, 3) and first.images.dtype == np.uint8
+    for name in ("images", "types", "instances", "distance"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    with pytest.raises(ValueError, match="tissue context 'bone'"):
+        loaded(layouts, ["tumor", "stroma", "bone"], 2.0, 2)
+    with pytest.raises(ValueError, match="16 px tiles; the layouts are 32 px"):
+        loaded(random_layouts(1, 32, 2), ["tumor"], 2.0, 2)
+
+
+def test_an_empty_layout_gives_a_tile_whose_nuclei_are_all_spurious():
+    torch.manual_seed(0)
+    unet = build_unet(tiny_config()).eval()
+    pipeline = JointSynthesisPipeline(unet, make_scheduler("ddim", "cosine", prediction_type="v_prediction",
+                                                           clip_sample=True))
+    pipeline.set_progress_bar_config(disable=True)
+    empty = Layouts((np.zeros((0, 3), np.int64),), 16)
+    out = pipeline(empty, ["stroma"], 2.0, 2, torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 16, 16, 3) and out.types.shape == out.instances.shape == (1, 16, 16)
+    table = adherence_table(out.types, out.instances, empty)
+    assert table.loc[0, "centroids"] == 0 and table.loc[0, "spurious"] == table.loc[0, "nuclei"]
+    assert layout_adherence(out.types, out.instances, empty)["spurious_per_tile"] == table.loc[0, "spurious"]
+
+
+def test_the_layout_changes_the_output_and_training_data_keep_it_aligned():
+    pairs = image_mask_pairs(16, "train", 6, seed=1, downsample=2)
+    data = joint_training_set(pairs)
+    assert data.shape == (6, JOINT_CHANNELS + K, 16, 16)
+    layouts = read_layouts(data[:, JOINT_CHANNELS:].astype(np.float32))
+    assert [sorted_rows(p) for p in layouts.points] == [sorted_rows(p) for p in
+                                                       layouts_from_masks(pairs.types, pairs.instances).points]
+    torch.manual_seed(0)
+    unet = build_unet(tiny_config()).eval()
+    x = torch.randn(1, JOINT_CHANNELS, 16, 16)
+    with_layout = torch.cat([x, torch.ones(1, K, 16, 16)], 1)
+    without = torch.cat([x, torch.zeros(1, K, 16, 16)], 1)
+    with torch.no_grad():
+        assert not torch.allclose(unet(with_layout, torch.tensor(10), class_labels=torch.tensor([0])).sample,
+                                  unet(without, torch.tensor(10), class_labels=torch.tensor([0])).sample)
+
+
+def test_cli_trains_a_joint_model(tmp_path):
+    from histolab_utils.train import main
+
+    assert main(["joint", "--profile", "smoke", "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
