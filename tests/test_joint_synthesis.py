@@ -18,7 +18,8 @@ from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, bui
 from histolab_utils.evaluation.layout_adherence import adherence_table, layout_adherence
 from histolab_utils.models.joint_synthesis import (JOINT_CHANNELS, NULL_CONTEXT, JointSynthesisPipeline, decode_joint,
                                                    distance_maps, encode_joint, joint_training_set, layout_disks,
-                                                   median_radius, train_joint_model, trained_contexts)
+                                                   median_radius, train_joint_model, trained_contexts,
+                                                   type_purity)
 
 K = len(NUCLEUS_CLASSES)
 
@@ -38,7 +39,8 @@ def test_watershed_decoding_recovers_real_heldout_instances_from_their_distance_
     seeded by its true centroids, must give back its nuclei (>= 95 % at IoU > 0.5)."""
     pairs = image_mask_pairs(size, "heldout", 150, seed=5, downsample=downsample)
     layouts = layouts_from_masks(pairs.types, pairs.instances)
-    decoded = decode_joint(encode_joint(pairs.images, pairs.types, pairs.instances).astype(np.float32), layouts)
+    samples = encode_joint(pairs.images, pairs.types, pairs.instances).astype(np.float32)
+    decoded = decode_joint(samples, layouts)
     scores = [iou(instances == instances[y, x], out == j + 1)
               for instances, out, points in zip(pairs.instances, decoded.instances, layouts.points)
               for j, (y, x, _) in enumerate(points)]
@@ -47,6 +49,11 @@ def test_watershed_decoding_recovers_real_heldout_instances_from_their_distance_
     np.testing.assert_array_equal(decoded.images, pairs.images)  # the RGB channels round-trip exactly
     summary = layout_adherence(decoded.types, decoded.instances, layouts)
     assert summary["typed_fraction"] >= 0.95 and summary["spurious_fraction"] <= 0.05
+    assert type_purity(samples, decoded.instances) == 1.0  # real labels: one type per nucleus
+    noisy = samples.copy()
+    noisy[:, 3:3 + K] = np.where(decoded.instances[:, None] > 0, np.random.default_rng(0).normal(size=noisy[:, 3:3 + K].shape),
+                                 noisy[:, 3:3 + K])
+    assert type_purity(noisy, decoded.instances) < 0.95  # random type channels inside nuclei are caught
 
 
 def test_layouts_encode_and_read_back_to_the_same_centroids_and_types():

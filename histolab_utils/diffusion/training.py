@@ -415,8 +415,8 @@ def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
                          f"config.image_size is {config.image_size}")
     expected = config.in_channels + config.concat_condition_channels
     if channels != expected:
-        raise ValueError(f"training data ({layout}, shape {data.shape}) have {channels} channels but "
-                         f"config.in_channels + config.concat_condition_channels is {expected}")
+        fields = "config.in_channels" + (" + config.concat_condition_channels" if config.concat_condition_channels else "")
+        raise ValueError(f"training data ({layout}, shape {data.shape}) have {channels} channels but {fields} is {expected}")
 
 
 def _condition_kinds(config: TrainConfig) -> dict[str, int]:
