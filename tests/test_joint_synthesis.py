@@ -201,6 +201,8 @@ def test_an_empty_layout_gives_a_tile_whose_nuclei_are_all_spurious():
     table = adherence_table(out.types, out.instances, empty)
     assert table.loc[0, "centroids"] == 0 and table.loc[0, "spurious"] == table.loc[0, "nuclei"]
     assert layout_adherence(out.types, out.instances, empty)["spurious_per_tile"] == table.loc[0, "spurious"]
+    none = pipeline(Layouts((), 16), [], 2.0, 2)  # no layouts at all: empty arrays, not an error
+    assert none.images.shape == (0, 16, 16, 3) and none.instances.shape == (0, 16, 16)
 
 
 def test_the_layout_changes_the_output_and_training_data_keep_it_aligned():

@@ -172,9 +172,11 @@ def decode_joint(samples: np.ndarray | torch.Tensor, layouts: Layouts,
     foreground = type_channels.max(axis=1) > 0
     pixel_types = np.where(foreground, type_channels.argmax(axis=1) + 1, 0).astype(np.uint8)
     distance = (x[:, 3 + K] + 1) / 2
-    instances = np.stack([seeded_watershed(fg, d, points, min_fragment_px)
-                          for fg, d, points in zip(foreground, distance, layouts.points)])
-    types = np.stack([majority_types(t, i) for t, i in zip(pixel_types, instances)])
+    instances = np.zeros(foreground.shape, np.int32)
+    types = np.zeros(foreground.shape, np.uint8)
+    for i, points in enumerate(layouts.points):
+        instances[i] = seeded_watershed(foreground[i], distance[i], points, min_fragment_px)
+        types[i] = majority_types(pixel_types[i], instances[i])
     return JointOutput(images=images, types=types, instances=instances, distance=distance, samples=x)
 
 
