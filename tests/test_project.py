@@ -55,7 +55,7 @@ def test_notebooks_have_goals_setup_asserts_and_exercises(path):
 
 
 PACKAGE = ROOT / "histolab_utils"
-STAGES = ("data", "tiling", "stain", "evaluation", "diffusion", "models", "latent")  # lower to higher
+STAGES = ("data", "tiling", "stain", "evaluation", "diffusion", "models", "latent", "segmentation")  # lower to higher
 
 
 def _module_name(path: Path) -> str:

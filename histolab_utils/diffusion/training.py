@@ -148,12 +148,14 @@ class BatchSource:
 
     ``labels`` may also be paired spatial maps [N, C, H, W] (uint8 or float; a SPADE model's
     condition): each map is drawn with its example and goes through the same flip and rotation, and
-    a dropped map becomes all zeros.
+    a dropped map becomes all zeros. ``vector_field`` names two map channels that hold a planar
+    vector per pixel, (horizontal, vertical) (HoVer-Net's distance maps): a rotation or flip moves
+    those pixels and also turns their vectors, so the components are swapped and negated to match.
     """
 
     def __init__(self, data: np.ndarray, device: torch.device, seed: int, labels: np.ndarray | None = None,
                  label_dropout: float = 0.0, null_label: int | np.ndarray | None = None,
-                 augment: bool | None = None) -> None:
+                 augment: bool | None = None, vector_field: tuple[int, int] | None = None) -> None:
         self.images = data.dtype == np.uint8
         if self.images and (data.ndim != 4 or data.shape[-1] != 3):
             raise ValueError(f"training images must be uint8 [N, H, W, 3], got {data.shape} {data.dtype}")
@@ -174,6 +176,10 @@ class BatchSource:
             dtype = {1: np.int64, 2: np.float32, 4: np.uint8 if labels.dtype == np.uint8 else np.float32}[labels.ndim]
             self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=dtype)).to(device)
         self.spatial = self.labels is not None and self.labels.ndim == 4
+        if vector_field is not None and (not self.spatial or max(vector_field) >= self.labels.shape[1]):
+            raise ValueError(f"vector_field {vector_field} names channels of the condition maps, which are "
+                             f"{'absent' if not self.spatial else self.labels.shape[1]}")
+        self.vector_field = vector_field
         if self.spatial:
             null_label = torch.zeros(self.labels.shape[1:], device=device)
         elif null_label is not None and self.labels is not None and self.labels.ndim == 2:
@@ -196,6 +202,8 @@ class BatchSource:
             if self.spatial:  # one transform for the example and its map: they stay aligned
                 x, labels = self._dihedral(torch.cat([x, labels.float()], 1), turns, flips).split(
                     [x.shape[1], labels.shape[1]], dim=1)
+                if self.vector_field is not None:
+                    labels = self._turn_vectors(labels, turns, flips)
             else:
                 x = self._dihedral(x, turns, flips)
         return x, self._dropped(labels)
@@ -207,6 +215,18 @@ class BatchSource:
         for k in (1, 2, 3):
             turned = torch.where(turns == k, torch.rot90(x, k, dims=(2, 3)), turned)
         return torch.where(flips, turned.flip(-1), turned)
+
+    def _turn_vectors(self, maps: torch.Tensor, turns: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        # torch.rot90 by one turn sends the pixel at (row, col) to (W - 1 - col, row): a displacement
+        # (dx, dy) becomes (dy, -dx). A flip of the columns negates dx.
+        h_index, v_index = self.vector_field
+        h, v = maps[:, h_index:h_index + 1], maps[:, v_index:v_index + 1]
+        new_h = torch.where(turns == 1, v, torch.where(turns == 2, -h, torch.where(turns == 3, -v, h)))
+        new_v = torch.where(turns == 1, -h, torch.where(turns == 2, -v, torch.where(turns == 3, h, v)))
+        maps = maps.clone()
+        maps[:, h_index:h_index + 1] = torch.where(flips, -new_h, new_h)
+        maps[:, v_index:v_index + 1] = new_v
+        return maps
 
     def _dropped(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         if labels is None:

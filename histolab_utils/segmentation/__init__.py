@@ -1,0 +1,1 @@
+"""Nuclei segmentation: a HoVer-Net-style segmenter and the augmentation experiments (notebook 09)."""

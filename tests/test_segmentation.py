@@ -1,0 +1,175 @@
+"""The segmenter (targets, augmentation, training, saving, post-processing), the arms of the
+augmentation experiments and their equal budgets, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from histolab_utils.config import load_config
+from histolab_utils.diffusion.training import BatchSource
+from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_training_set,
+                                                     needed_pool_pairs, pick_arms, run_arm, segmenter_config)
+from histolab_utils.segmentation.hovernet import (SegmenterConfig, SegmenterTrainer, load_segmenter, segment,
+                                                  segmentation_targets)
+from histolab_utils.stain.jitter import stain_jitter
+
+
+def blobs(n=6, size=32, seed=0):
+    """Images with dark disks (nuclei) on pink, with their type and instance maps."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.tile(np.array([230, 180, 210], np.uint8), (n, size, size, 1))
+    types, instances = np.zeros((n, size, size), np.uint8), np.zeros((n, size, size), np.int32)
+    for i in range(n):
+        for k in range(1, 4):
+            cy, cx = rng.integers(3, size - 3, 2)
+            disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= 5
+            instances[i][disk], types[i][disk] = k, 1 + (k % 3)
+            images[i][disk] = (80, 40, 120)
+    return images, types, instances
+
+
+def test_hv_vectors_turn_with_every_flip_and_rotation():
+    from monai.transforms import ComputeHoVerMaps
+
+    _, types, instances = blobs(8, 16)
+    instances[:, 2:6, 9:15] = 7  # an elongated nucleus: its h and v differ
+    maps = segmentation_targets(types, instances)
+    maps = np.concatenate([maps, instances[:, None].astype(np.float32)], 1)
+    source = BatchSource(np.zeros((8, 16, 16, 3), np.uint8), torch.device("cpu"), 0, labels=maps, vector_field=(2, 3))
+    for _ in range(6):
+        _, drawn = source.draw(8)
+        moved = drawn[:, 4].round().int().numpy()
+        expected = np.stack([ComputeHoVerMaps()(m[None]) for m in moved])
+        np.testing.assert_allclose(drawn[:, 2:4].numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="vector_field"):
+        BatchSource(np.zeros((8, 16, 16, 3), np.uint8), torch.device("cpu"), 0, labels=maps, vector_field=(2, 9))
+
+
+def test_stain_jitter_is_seeded_and_the_identity_at_zero():
+    x = torch.rand(3, 3, 8, 8) * 1.8 - 0.9
+    assert torch.allclose(stain_jitter(x, torch.Generator().manual_seed(0), 0, 0, 0), x, atol=1e-4)
+    a = stain_jitter(x, torch.Generator().manual_seed(1))
+    b = stain_jitter(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, x, atol=1e-3) and a.abs().max() <= 1
+    with pytest.raises(ValueError, match="RGB batches"):
+        stain_jitter(x[:, :2], torch.Generator())
+
+
+def test_segmenter_trains_resumes_saves_and_segments(tmp_path):
+    images, types, instances = blobs(8, 32)
+    config = SegmenterConfig(tile_size=32, features=(4, 4, 8, 8, 8, 4), steps=4, batch_size=4, checkpoint_every=2,
+                             keep_checkpoints=2, augment=True, min_object_size=2, marker_radius=1)
+    straight = SegmenterTrainer(config, images, types, instances, tmp_path / "a", progress=False)
+    straight.train()
+    half = SegmenterTrainer(config, images, types, instances, tmp_path / "b", progress=False)
+    half.train(steps=2)
+    resumed = SegmenterTrainer(config, images, types, instances, tmp_path / "b", progress=False)
+    resumed.train(resume=True)
+    assert resumed.step == 4 and [r["loss"] for r in resumed.log] == pytest.approx([r["loss"] for r in straight.log])
+    folder = straight.save_model()
+    model, loaded = load_segmenter(folder)
+    assert loaded == config
+    out_types, out_instances = segment(model, images, 3, loaded.min_object_size, loaded.marker_radius)
+    assert out_types.shape == out_instances.shape == (8, 32, 32) and out_types.max() <= 3
+    again = segment(model, images, 3, loaded.min_object_size, loaded.marker_radius)
+    np.testing.assert_array_equal(again[1], out_instances)
+    with pytest.raises(ValueError, match="uint8 \\[N, 32, 32, 3\\] .config.tile_size"):
+        SegmenterTrainer(config, images[:, :16, :16], types, instances, tmp_path / "c")
+    with pytest.raises(ValueError, match="BasicUNet halves a tile four times"):
+        SegmenterConfig(tile_size=24)
+    with pytest.raises(ValueError, match="HoVerNet in FAST mode reads 256 px tiles only"):
+        SegmenterConfig(architecture="hovernet_fast", tile_size=64)
+    with pytest.raises(FileNotFoundError, match="no saved segmenter"):
+        load_segmenter(tmp_path)
+
+
+def toy_pool(n=16, size=32):
+    from histolab_utils.data.pairs import ImageMaskPairs
+
+    images, types, instances = blobs(n, size)
+    pairs = ImageMaskPairs(images, types, instances.astype(np.uint16), np.zeros(n, int), np.full(n, "toy", object),
+                           np.tile([0.0, 0.0, size, size], (n, 1)), "train")
+    return Pool(pairs, np.random.default_rng(0).permutation(n))
+
+
+def toy_bank(pool, index):
+    """A stand-in bank: each 'synthetic' tile is its source pair's image inverted, so it can be traced."""
+    index = np.asarray(index)
+    return Synthetic(255 - pool.pairs.images[index], pool.pairs.types[index],
+                     pool.pairs.instances[index].astype(np.int32), index)
+
+
+def test_arms_build_the_sets_they_promise():
+    pool = toy_pool()
+    catalogue = arm_catalogue()
+    arms = list(catalogue.values())
+    needed = needed_pool_pairs(arms, pool)
+    banks = {s: toy_bank(pool, i) for s, i in needed.items() if s != "rare"}
+    banks["rare"] = toy_bank(pool, np.arange(int(needed["rare"][0])))
+    quarter = set(pool.quarter.tolist())
+    sets = {arm.name: arm_training_set(arm, pool, banks) for arm in arms}
+    assert set(sets["real_25"].pool_index) == quarter and len(sets["real_25"]) == 4
+    assert sorted(sets["duplicated_25"].pool_index) == sorted(np.resize(pool.quarter, 16))
+    assert not np.array_equal(sets["duplicated_25"].pool_index, np.resize(pool.quarter, 16))  # shuffled
+    assert len(sets["real_100"]) == 16 and (sets["real_100"].origin == "real").all()
+    added = sets["add_joint_75"]
+    assert len(added) == 4 + 12 and set(added.pool_index[added.origin == "synthetic"]).isdisjoint(quarter)
+    replaced = sets["replace_spade_real_50"]
+    assert len(replaced) == 16 and (replaced.origin == "synthetic").sum() == 8
+    assert sorted(replaced.pool_index) == list(range(16))  # every pool pair once: its real or synthetic version
+    synthetic = replaced.origin == "synthetic"
+    np.testing.assert_array_equal(replaced.images[synthetic], 255 - pool.pairs.images[replaced.pool_index[synthetic]])
+    assert len(sets["replace_joint_100"]) == 16 and (sets["replace_joint_100"].origin == "synthetic").all()
+    assert len(sets["rare_spade_generated"]) == 16 + 8
+    with pytest.raises(ValueError, match="needs the 'joint' synthetic bank"):
+        arm_training_set(catalogue["add_joint_50"], pool, {})
+    with pytest.raises(ValueError, match="no synthetic tile was made from pool pairs"):
+        arm_training_set(catalogue["add_joint_75"], pool, {"joint": toy_bank(pool, [0])})
+    assert [a.name for a in pick_arms(["add_joint_25"], catalogue)] == ["real_25", "add_joint_25"]
+    with pytest.raises(ValueError, match="unknown arm"):
+        pick_arms(["add_magic_25"], catalogue)
+
+
+def test_every_arm_gets_the_same_optimiser_steps(tmp_path):
+    for profile in ("smoke", "full"):
+        section = load_config(profile).segmentation
+        configs = [segmenter_config(section, arm, seed) for arm in arm_catalogue().values() for seed in section.seeds]
+        budgets = {(c.steps, c.batch_size, c.learning_rate, c.warmup_steps, c.architecture) for c in configs}
+        assert len(budgets) == 1, budgets
+        assert {c.augment for c in configs} == {False, True}
+    pool = toy_pool()
+    banks = {"joint": toy_bank(pool, pool.rest)}
+    test = pool.pairs.subset(np.arange(4))
+    section = load_config("smoke").segmentation
+    logs = {}
+    for name in ("real_25", "add_joint_75"):  # 4 and 16 tiles: the same steps
+        arm = arm_catalogue()[name]
+        config = segmenter_config(section, arm, 0)
+        config = SegmenterConfig(**{**config.__dict__, "tile_size": 32, "features": (4, 4, 8, 8, 8, 4), "steps": 3,
+                                    "batch_size": 2, "checkpoint_every": 3})
+        counts = run_arm(config, arm_training_set(arm, pool, banks), test, tmp_path / name)
+        assert len(counts) == 4 and {"aji_inter", "pq_tp_neoplastic"} <= set(counts.columns)
+        logs[name] = pd.read_csv(tmp_path / name / "loss.csv")
+    assert len(logs["real_25"]) == len(logs["add_joint_75"]) == 3
+    before = (tmp_path / "real_25" / "test_counts.csv").stat().st_mtime_ns
+    run_arm(config.__class__(**{**config.__dict__, "extra": {"arm": "real_25"}}),
+            arm_training_set(arm_catalogue()["real_25"], pool, banks), test, tmp_path / "real_25")
+    assert (tmp_path / "real_25" / "test_counts.csv").stat().st_mtime_ns == before  # finished: read back
+
+
+def test_cli_trains_one_arm(tmp_path, real_data, isolated_dirs):
+    from histolab_utils.train import main
+
+    out = tmp_path / "arm"
+    assert main(["segmenter", "--arm", "real_25", "--seed", "1", "--profile", "smoke", "--out", str(out),
+                 "--steps", "2"]) == 0
+    saved = json.loads((out / "model" / "segmenter_config.json").read_text())
+    assert saved["steps"] == 2 and saved["seed"] == 1 and saved["extra"] == {"arm": "real_25"}
+    assert len(pd.read_csv(out / "test_counts.csv")) == load_config("smoke").segmentation.n_test
+    assert main(["segmenter", "--arm", "add_magic_25", "--profile", "smoke", "--out", str(out)]) == 2
