@@ -218,6 +218,33 @@ class JointSection:
 
 
 @dataclass(frozen=True)
+class SegmentationSection:
+    """Notebook 09 and ``python -m histolab_utils.train segmenter``: does synthetic data help a nuclei
+    segmenter? Every arm trains for ``train_steps`` at ``batch_size``; only the data differ."""
+
+    architecture: str  # "hovernet_fast" (MONAI's HoVerNet, 256 px only) or "basic_unet" (MONAI's BasicUNet)
+    tile_size: int  # px of a training and test tile
+    downsample: int  # image px per tile px (the generators' scale: notebook 07's pairs)
+    features: tuple[int, ...]  # BasicUNet's six widths (unused by HoVerNet)
+    n_real: int  # the real pool of train-region pairs (R25 = a seeded quarter of it)
+    n_test: int  # held-out tiles every arm is scored on
+    train_steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    checkpoint_every: int
+    compile: bool
+    min_object_size: int  # HoVer-Net post-processing, scaled with the nuclei (10 px at ~7 px radius)
+    marker_radius: int  # likewise (2 px at ~7 px radius)
+    seeds: tuple[int, ...]  # segmenter seeds per arm
+    arms: tuple[str, ...]  # the arms the notebook runs; ("all",) for every one
+    addition: tuple[float, ...]  # (a): synthetic tiles added, as shares of the pool
+    replacement: tuple[float, ...]  # (b): shares of the pool replaced
+    n_resamples: int  # bootstrap and permutation resamples
+    overlays: int  # test tiles drawn with TP / FP / FN
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -232,6 +259,7 @@ class ProfileConfig:
     masks: MaskSection
     spade: SpadeSection
     joint: JointSection
+    segmentation: SegmentationSection
 
 
 _CONFIGS = {
@@ -273,6 +301,13 @@ _CONFIGS = {
                            layers_per_block=1, attention=False, checkpoint_every=200, compile=False,
                            context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=10,
                            guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_size=8),
+        segmentation=SegmentationSection(
+            architecture="basic_unet", tile_size=32, downsample=2, features=(16, 16, 32, 64, 128, 16), n_real=96,
+            n_test=64, train_steps=100, batch_size=16, learning_rate=3e-3, warmup_steps=10, checkpoint_every=100,
+            compile=False, min_object_size=3, marker_radius=1, seeds=(0, 1),
+            arms=("real_25", "classic_25", "duplicated_25", "add_spade_real_75", "add_spade_generated_75",
+                  "add_joint_75", "real_100", "replace_spade_real_50", "rare_spade_generated"),
+            addition=(0.25, 0.5, 0.75), replacement=(0.25, 0.5, 0.75, 1.0), n_resamples=1000, overlays=4),
     ),
     "full": ProfileConfig(
         name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
@@ -313,6 +348,11 @@ _CONFIGS = {
                            layers_per_block=2, attention=True, checkpoint_every=1000, compile=False,
                            context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=50,
                            guidance_scales=(0.0, 1.0, 2.0, 3.0), guidance=2.0, gallery_size=16),
+        segmentation=SegmentationSection(
+            architecture="hovernet_fast", tile_size=256, downsample=1, features=(32, 32, 64, 128, 256, 32),
+            n_real=1000, n_test=200, train_steps=3000, batch_size=16, learning_rate=3e-4, warmup_steps=100,
+            checkpoint_every=500, compile=False, min_object_size=10, marker_radius=2, seeds=(0, 1, 2), arms=("all",),
+            addition=(0.25, 0.5, 0.75), replacement=(0.25, 0.5, 0.75, 1.0), n_resamples=5000, overlays=6),
     ),
 }
 

@@ -118,3 +118,40 @@ def draw_tile_grid(ax, plan, *, kept_colour: str = "lime", rejected_colour: str 
         ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor=colour, linewidth=width, alpha=0.8))
     ax.set_title(f"{plan.slide}: {int(grid['keep'].sum())} kept / {len(grid)} grid tiles", fontsize=9)
     ax.axis("off")
+
+
+def detection_overlay(image: np.ndarray, true_inst: np.ndarray, pred_inst: np.ndarray) -> np.ndarray:
+    """The image with predicted nuclei outlined green where they match a true nucleus at IoU > 0.5
+    (TP) and red where they match none (FP), and the true nuclei no prediction matched in yellow (FN)."""
+    from skimage.segmentation import find_boundaries
+
+    from .evaluation.segmentation import match_instances
+
+    tp, fp, fn = match_instances(true_inst, pred_inst)
+    out = image.astype(np.float32) / 255
+    for ids, labels, colour in ((fn, true_inst, (1.0, 0.9, 0.0)), (tp, pred_inst, (0.1, 0.85, 0.2)),
+                                (fp, pred_inst, (0.95, 0.1, 0.1))):
+        edges = find_boundaries(np.where(np.isin(labels, ids), labels, 0), mode="inner")
+        out[edges] = colour
+    return (out * 255).round().astype(np.uint8)
+
+
+def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | None = None):
+    """Each arm's difference from its real-only reference in ``score`` with its bootstrap interval
+    (``results``: segmentation.experiments.arm_results); a dashed line at no difference."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    rows = results.dropna(subset=[f"{score}_diff"])
+    rows = rows.loc[[a for a in (order or rows.index) if a in rows.index]]
+    y = np.arange(len(rows))
+    diff = rows[f"{score}_diff"].to_numpy(float)
+    err = np.stack([diff - rows[f"{score}_ci_low"].to_numpy(float), rows[f"{score}_ci_high"].to_numpy(float) - diff])
+    colours = ["tab:green" if v == "gain" else "tab:red" if v == "loss" else "tab:grey" for v in rows[f"{score}_verdict"]]
+    for yi, d, e0, e1, c in zip(y, diff, err[0], err[1], colours):
+        ax.errorbar(d, yi, xerr=[[e0], [e1]], fmt="o", color=c, capsize=3)
+    ax.axvline(0, ls="--", color="black", lw=1)
+    ax.set_yticks(y, [f"{a} (vs {r})" for a, r in zip(rows.index, rows["reference"])])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{score}: arm - reference (95 % paired bootstrap CI)")
+    return ax

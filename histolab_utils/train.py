@@ -6,6 +6,7 @@
     python -m histolab_utils.train masks --profile full --out runs/full/masks
     python -m histolab_utils.train spade --space latent --profile full --out runs/full/spade-latent
     python -m histolab_utils.train joint --profile full --out runs/full/joint
+    python -m histolab_utils.train segmenter --arm add_joint_50 --seed 1 --profile full --out runs/full/segmentation/add_joint_50/seed-1
 
 Trains on random crops from the train region of the embedded default set, checkpoints every
 ``checkpoint_every`` steps (``--resume`` continues from the latest), and saves a DDPM's EMA model
@@ -13,7 +14,10 @@ as a diffusers DDPMPipeline in ``OUT/pipeline``, a VQ-GAN as a diffusers VQModel
 nuclei-mask generator (train-region tiles of the HGSC slide) as a ``NucleiMaskPipeline`` in ``OUT/pipeline``,
 the mask-to-image SPADE model (train-region image-mask pairs; in latent space, with notebook 02's VQ-GAN) as a
 ``MaskToImagePipeline`` in ``OUT/pipeline``, the joint image-label model (train-region image-mask pairs with
-their layouts and tissue contexts) as a ``JointSynthesisPipeline`` in ``OUT/pipeline``.
+their layouts and tissue contexts) as a ``JointSynthesisPipeline`` in ``OUT/pipeline``, and one arm of notebook 09's
+augmentation experiments (a nuclei segmenter; the synthetic tiles it needs come from the saved models of notebooks
+06-08 in runs/PROFILE, cached in runs/PROFILE/segmentation/synthetic) in ``OUT/model`` with its held-out
+``test_counts.csv``, which notebook 09 reads back instead of retraining.
 Works unchanged under ``accelerate launch``. Score a VQ-GAN's ``--eval`` file with
 ``python -m histolab_utils.models.vqgan score OUT/heldout_reconstructions.npz``.
 """
@@ -199,10 +203,54 @@ def _train_joint(args) -> int:
     return 0
 
 
+def _train_segmenter(args) -> int:
+    import dataclasses as dc
+
+    from .diffusion.training import TrainingDiverged
+    from .paths import runs_dir
+    from .segmentation.experiments import (arm_catalogue, arm_training_set, load_generators, needed_pool_pairs,
+                                           real_pool, run_arm, segmenter_config, synthetic_bank, heldout_tiles)
+
+    config = load_config(args.profile)
+    section = config.segmentation
+    catalogue = arm_catalogue(section.addition, section.replacement)
+    if args.arm not in catalogue:
+        print(f"error: unknown --arm {args.arm!r}; arms are: {', '.join(catalogue)}", file=sys.stderr)
+        return 2
+    arm = catalogue[args.arm]
+    pool = real_pool(section.tile_size, section.n_real, section.downsample, config.seed,
+                     generator_pairs=(config.spade.tile_size, config.spade.n_train_pairs))
+    banks = {}
+    if arm.source is not None:
+        folder = runs_dir(config.name)
+        generators = load_generators(folder, config.masks, config.spade, config.joint, pick_device())
+        banks = {source: synthetic_bank(source, pool, generators, index, folder / "segmentation" / "synthetic",
+                                        seed=config.seed)
+                 for source, index in needed_pool_pairs([arm], pool).items()}
+    training = arm_training_set(arm, pool, banks)
+    segmenter = segmenter_config(section, arm, args.seed)
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "compile": False if args.no_compile else None}
+    segmenter = dc.replace(segmenter, **{k: v for k, v in overrides.items() if v is not None})
+    test = heldout_tiles(section.tile_size, section.n_test, section.downsample, config.seed)
+    try:
+        counts = run_arm(segmenter, training, test, args.out, progress=True, resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    from .data.nuclei import NUCLEUS_CLASSES
+    from .evaluation.segmentation import segmentation_scores
+
+    scores = segmentation_scores(counts, NUCLEUS_CLASSES)
+    print(f"arm {arm.name}, seed {args.seed}: {len(training)} training tiles, {segmenter.steps} steps; on "
+          f"{len(test)} held-out tiles Dice {scores['dice']:.4f}, AJI+ {scores['aji_plus']:.4f}, "
+          f"mPQ+ {scores['mpq_plus']:.4f}; saved to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks,spade,joint}", help="what to train")
+    models = parser.add_subparsers(dest="model", required=True, metavar="{ddpm,vqgan,masks,spade,joint,segmenter}", help="what to train")
     ddpm = models.add_parser("ddpm", help="an unconditional DDPM with one noise schedule (notebook 03)")
     ddpm.add_argument("--schedule", choices=SCHEDULES, required=True)
     ddpm.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
@@ -226,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     spade.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
     joint = models.add_parser("joint", help="joint image-label synthesis from a nucleus layout (notebook 08)")
     joint.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
-    for sub in (ddpm, vqgan, masks, spade, joint):
+    segmenter = models.add_parser("segmenter", help="one arm of the augmentation experiments (notebook 09)")
+    segmenter.add_argument("--arm", required=True, help="e.g. real_25, classic_100, add_joint_50, replace_spade_real_100")
+    segmenter.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
+    for sub in (ddpm, vqgan, masks, spade, joint, segmenter):
         sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
         sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
         sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
@@ -240,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--zero-terminal-snr needs --prediction-type v_prediction or sample: with epsilon the x0 "
                          "estimate at t = T divides by sqrt(alpha_bar_T) = 0")
     return {"ddpm": _train_ddpm, "vqgan": _train_vqgan, "masks": _train_masks, "spade": _train_spade,
-            "joint": _train_joint}[args.model](args)
+            "joint": _train_joint, "segmenter": _train_segmenter}[args.model](args)
 
 
 if __name__ == "__main__":

@@ -185,8 +185,9 @@ def test_train_save_reload_gives_identical_outputs(tmp_path):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     with pytest.raises(ValueError, match="tissue context 'bone'"):
         loaded(layouts, ["tumor", "stroma", "bone"], 2.0, 2)
-    with pytest.raises(ValueError, match="16 px tiles; the layouts are 32 px"):
-        loaded(random_layouts(1, 32, 2), ["tumor"], 2.0, 2)
+    assert loaded(random_layouts(1, 32, 2), ["tumor"], 2.0, 2).images.shape == (1, 32, 32, 3)  # convolutional
+    with pytest.raises(ValueError, match="multiple of 2 px .trained at 16.; the layouts are 17 px"):
+        loaded(random_layouts(1, 17, 2), ["tumor"], 2.0, 2)
 
 
 def test_an_empty_layout_gives_a_tile_whose_nuclei_are_all_spurious():

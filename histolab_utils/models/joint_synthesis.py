@@ -223,8 +223,10 @@ class JointSynthesisPipeline(DiffusionPipeline):
         unet = self.unet
         if not isinstance(layouts, Layouts):
             raise TypeError(f"layouts must be a histolab_utils.data.layouts.Layouts, not {type(layouts).__name__}")
-        if layouts.size != unet.config.sample_size:
-            raise ValueError(f"this model makes {unet.config.sample_size} px tiles; the layouts are {layouts.size} px")
+        factor = 2 ** (len(unet.config.block_out_channels) - 1)  # convolutional: any size its levels divide
+        if layouts.size % factor:
+            raise ValueError(f"this model makes tiles of a multiple of {factor} px (trained at "
+                             f"{unet.config.sample_size}); the layouts are {layouts.size} px")
         labels = torch.from_numpy(context_labels(contexts, len(layouts))).to(unet.device)
         maps = torch.from_numpy(layout_maps(layouts, self.config.layout_sigma)).to(unet.device)
         shape = (len(layouts), JOINT_CHANNELS, layouts.size, layouts.size)

@@ -189,13 +189,17 @@ class NucleiMaskPipeline(DiffusionPipeline):
     @torch.no_grad()
     def from_conditions(self, conditions: np.ndarray, guidance_scale: float = 1.0, num_inference_steps: int = 50,
                         generator: torch.Generator | None = None,
-                        min_fragment_px: int = MIN_FRAGMENT_PX) -> MaskPipelineOutput:
-        """Masks for ready-made condition vectors [N, K + C + 1]."""
+                        min_fragment_px: int = MIN_FRAGMENT_PX, size: int | None = None) -> MaskPipelineOutput:
+        """Masks for ready-made condition vectors [N, K + C + 1], of ``size`` px (default: the
+        trained size; the UNet is convolutional, so another size divisible by its downsampling works)."""
         unet = self.unet
         conditions = np.asarray(conditions, dtype=np.float32)
         if conditions.ndim != 2 or conditions.shape[1] != unet.config.condition_features:
             raise ValueError(f"condition vectors must be [N, {unet.config.condition_features}]; got {conditions.shape}")
-        size, channels = unet.config.sample_size, unet.config.in_channels
+        size, channels = size or unet.config.sample_size, unet.config.in_channels
+        factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        if size % factor:
+            raise ValueError(f"size must be a multiple of {factor} px for this UNet; got {size}")
         x = torch.randn((len(conditions), channels, size, size), generator=generator).to(unet.device)
         x = x * self.scheduler.init_noise_sigma
         condition = torch.from_numpy(conditions).to(unet.device)
@@ -228,13 +232,14 @@ def load_vocabulary(folder: str | Path) -> dict:
 
 
 def generate_masks(pipeline: NucleiMaskPipeline, conditions: np.ndarray, guidance_scale: float, steps: int,
-                   seed: int = 0, batch_size: int = 64) -> MaskPipelineOutput:
+                   seed: int = 0, batch_size: int = 64, size: int | None = None) -> MaskPipelineOutput:
     """Masks for many condition vectors, in batches, from one seeded generator."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [pipeline.from_conditions(conditions[start:start + batch_size], guidance_scale, steps, generator)
+    parts = [pipeline.from_conditions(conditions[start:start + batch_size], guidance_scale, steps, generator,
+                                      size=size)
              for start in range(0, len(conditions), batch_size)]
     if not parts:
-        size = pipeline.unet.config.sample_size
+        size = size or pipeline.unet.config.sample_size
         empty = np.zeros((0, size, size))
         return MaskPipelineOutput(empty.astype(np.uint8), empty.astype(np.int32), np.zeros((0, MASK_CHANNELS, size, size)))
     return MaskPipelineOutput(*(np.concatenate([getattr(p, key) for p in parts]) for key in ("types", "instances", "masks")))

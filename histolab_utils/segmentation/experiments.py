@@ -1,0 +1,442 @@
+"""Augmentation experiments: does synthetic data help a nuclei segmenter? (notebook 09)
+
+A **real pool** of image-mask pairs is drawn from the train region (where the pixel size matches,
+it is a subset of the very pairs the generators of notebooks 07 and 08 trained on). A seeded
+permutation splits it into a quarter (R25) and the other three quarters (R75). Every synthetic
+tile is made from one pool tile's masks by one **source**:
+
+* ``spade_real``: notebook 07's SPADE model paints the tile's real masks (label = the real masks);
+* ``spade_generated``: notebook 06 generates new masks asked for the tile's nucleus types and
+  tissue context, and SPADE paints them (label = the generated masks);
+* ``joint``: notebook 08's model makes image and label together from the tile's nucleus layout.
+
+The **arms** (NASDM Tables 3-5, Tanczos 6.6), each trained for the same optimiser steps at the
+same batch size, scored on the held-out region's tiles, and compared with its real-only reference:
+
+* baselines: ``real_25`` / ``real_100`` (R25 / the whole pool), ``classic_25`` / ``classic_100``
+  (the same with dihedral, stain and colour jitter), ``duplicated_25`` (R25 repeated, shuffled, to
+  the pool's size: with equal steps and uniform batches it trains on the same tiles as ``real_25``
+  in another random stream, so its difference from ``real_25`` is the noise of the comparison);
+* (a) addition, ``add_<source>_<pct>``: R25 + synthetic tiles from R75's masks, pct % of the pool;
+* (b) replacement, ``replace_<source>_<pct>``: the pool with pct % of its tiles replaced by their
+  synthetic versions; at 100 % these are (c), NASDM Table 5: images from the generator's own
+  training masks against the real images;
+* (d) rare-class rebalancing, ``rare_spade_generated``: the pool + tiles made from notebook 06's
+  masks asked for the rarest nucleus type and kept when richest in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.layouts import layouts_from_masks
+from ..data.nuclei import NUCLEUS_CLASSES, multi_hot_of
+from ..data.pairs import ImageMaskPairs, image_mask_pairs
+from ..evaluation.segmentation import PRIMARY_SCORES, paired_difference, seed_summary, tile_counts
+from ..paths import atomic_path, atomic_write_text
+from .hovernet import SegmenterConfig, SegmenterTrainer, segment
+
+SOURCES = ("spade_real", "spade_generated", "joint")
+EXPERIMENTS = {"baseline": "baselines", "addition": "(a) addition, NASDM Table 3",
+               "replacement": "(b) replacement, NASDM Table 4; at 100 %: (c) Table 5",
+               "rare": "(d) rare-class rebalancing, Tanczos 6.6"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training set recipe. ``fraction``: synthetic tiles added (addition, rare) or real tiles
+    replaced (replacement), as a share of the real pool."""
+
+    name: str
+    experiment: str
+    reference: str  # the real-only arm it is compared with
+    source: str | None = None
+    fraction: float = 0.0
+    real_share: float = 1.0  # the share of the pool used as real tiles (0.25 or 1)
+    augment: bool = False
+    duplicate: bool = False
+
+
+def arm_catalogue(addition: Sequence[float] = (0.25, 0.5, 0.75), replacement: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                  sources: Sequence[str] = SOURCES) -> dict[str, Arm]:
+    """Every arm, by name."""
+    arms = [Arm("real_25", "baseline", "real_25", real_share=0.25),
+            Arm("classic_25", "baseline", "real_25", real_share=0.25, augment=True),
+            Arm("duplicated_25", "baseline", "real_25", real_share=0.25, duplicate=True),
+            Arm("real_100", "baseline", "real_100"),
+            Arm("classic_100", "baseline", "real_100", augment=True)]
+    for source in sources:
+        arms += [Arm(f"add_{source}_{round(100 * f)}", "addition", "real_25", source, f, 0.25) for f in addition]
+        arms += [Arm(f"replace_{source}_{round(100 * f)}", "replacement", "real_100", source, f) for f in replacement]
+    arms.append(Arm("rare_spade_generated", "rare", "real_100", "spade_generated", 0.5))
+    return {arm.name: arm for arm in arms}
+
+
+def pick_arms(names: Sequence[str] | str, catalogue: dict[str, Arm]) -> list[Arm]:
+    """The named arms (``"all"``: every one) with their references, references first."""
+    names = list(catalogue) if names == "all" else list(names)
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; arms are {sorted(catalogue)}")
+    wanted = {catalogue[n].reference for n in names} | set(names)
+    return [arm for name, arm in catalogue.items() if name in wanted]
+
+
+@dataclass
+class Pool:
+    """The real pool and its seeded 25 / 75 split (``order``: a permutation; the first quarter is R25)."""
+
+    pairs: ImageMaskPairs
+    order: np.ndarray
+
+    @property
+    def quarter(self) -> np.ndarray:
+        return self.order[: len(self.order) // 4]
+
+    @property
+    def rest(self) -> np.ndarray:
+        return self.order[len(self.order) // 4:]
+
+
+def real_pool(tile_size: int, n: int, downsample: int, seed: int, generator_pairs: tuple[int, int] | None = None) -> Pool:
+    """``n`` train-region pairs. With ``generator_pairs`` = (tile size, count) of the generators'
+    training pairs (drawn with ``seed``), the pool is a seeded subset of them when the tile size
+    matches; otherwise fresh train-region crops (every pixel of which the generators trained on)."""
+    rng = np.random.default_rng(seed + 10)
+    if generator_pairs and generator_pairs[0] == tile_size and generator_pairs[1] >= n:
+        everything = image_mask_pairs(tile_size, "train", generator_pairs[1], seed=seed, downsample=downsample)
+        pairs = everything.subset(np.sort(rng.choice(len(everything), n, replace=False)))
+    else:
+        pairs = image_mask_pairs(tile_size, "train", n, seed=seed, downsample=downsample)
+    return Pool(pairs, rng.permutation(n))
+
+
+def heldout_tiles(tile_size: int, n: int, downsample: int, seed: int) -> ImageMaskPairs:
+    """The held-out region's tiles every arm is scored on (no model ever trains on them)."""
+    return image_mask_pairs(tile_size, "heldout", n, seed=seed + 1, downsample=downsample)
+
+
+def rarest_type(types: np.ndarray, instances: np.ndarray) -> int:
+    """The type id (1..K) with the fewest nuclei in these (training) masks."""
+    table = layouts_from_masks(types, instances).counts.sum(0)
+    return int(np.argmin(table)) + 1
+
+
+@dataclass
+class Synthetic:
+    """Synthetic tiles: uint8 images [N, S, S, 3], types, instances, and for each the pool index of
+    the masks it came from (-1: generated masks)."""
+
+    images: np.ndarray
+    types: np.ndarray
+    instances: np.ndarray
+    made_from: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "Synthetic":
+        return Synthetic(self.images[index], self.types[index], self.instances[index], self.made_from[index])
+
+    def rows(self, pool_index: np.ndarray) -> np.ndarray:
+        """The rows made from these pool pairs (an error names any pair without one)."""
+        where = {int(p): row for row, p in enumerate(self.made_from)}
+        missing = [int(p) for p in pool_index if int(p) not in where]
+        if missing:
+            raise ValueError(f"no synthetic tile was made from pool pairs {missing[:5]}...; build the bank with "
+                             "needed_pool_pairs(arms, pool)")
+        return np.array([where[int(p)] for p in pool_index], dtype=np.int64)
+
+
+@dataclass
+class Generators:
+    """The trained generators of notebooks 06-08, with each one's sampling settings:
+    (guidance scale, sampler steps)."""
+
+    spade: object | None = None
+    masks: object | None = None
+    joint: object | None = None
+    spade_settings: tuple[float, int] = (1.5, 10)
+    mask_settings: tuple[float, int] = (2.0, 25)
+    joint_settings: tuple[float, int] = (2.0, 10)
+
+    def fingerprint(self) -> str:
+        """Which models and settings made a bank (their saved configs and weights' sizes and times)."""
+        parts = [repr((self.spade_settings, self.mask_settings, self.joint_settings))]
+        for pipeline in (self.spade, self.masks, self.joint):
+            folder = getattr(getattr(pipeline, "config", None), "_name_or_path", None)
+            if folder and Path(folder).is_dir():
+                parts += [f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                          for p in sorted(Path(folder).rglob("*")) if p.is_file()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu") -> Generators:
+    """Notebooks 06, 07 and 08's saved pipelines from ``runs_folder`` (``masks``, ``spade-pixel``,
+    ``joint``), each with its profile section's sampler, steps and guidance (``masks``, ``spade``,
+    ``joint``: a profile's sections). A missing folder says which notebook makes it."""
+    from ..diffusion.schedules import make_scheduler
+    from ..models.joint_synthesis import JointSynthesisPipeline
+    from ..models.mask_generator import NucleiMaskPipeline
+    from ..models.mask_to_image import MaskToImagePipeline
+
+    loaded = {}
+    for key, folder, kind, section, notebook in (("masks", "masks", NucleiMaskPipeline, masks, "06"),
+                                                 ("spade", "spade-pixel", MaskToImagePipeline, spade, "07"),
+                                                 ("joint", "joint", JointSynthesisPipeline, joint, "08")):
+        path = Path(runs_folder) / folder / "pipeline"
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} does not exist: run notebook {notebook} (or the CLI's "
+                                    f"`train {folder.split('-')[0]}`) first")
+        pipeline = kind.from_pretrained(path).to(device)
+        pipeline.scheduler = make_scheduler(section.sampler, section.schedule, prediction_type=section.prediction_type,
+                                            clip_sample=True)
+        pipeline.set_progress_bar_config(disable=True)
+        loaded[key] = pipeline
+    return Generators(**loaded, spade_settings=(spade.guidance, spade.sampler_steps),
+                      mask_settings=(masks.guidance, masks.sampler_steps),
+                      joint_settings=(joint.guidance, joint.sampler_steps))
+
+
+def _need(model, name: str):
+    if model is None:
+        raise ValueError(f"this source needs notebook {name}'s model; pass it in Generators")
+    return model
+
+
+def synthesise_from_pool(source: str, pairs: ImageMaskPairs, generators: Generators, seed: int = 0,
+                         made_from: np.ndarray | None = None) -> Synthetic:
+    """One synthetic tile per pair of ``pairs``, made from its masks by ``source`` (``made_from``:
+    the pairs' indices in the pool, recorded with the tiles)."""
+    from ..models.joint_synthesis import synthesise_joint
+    from ..models.mask_generator import condition_vectors
+    from ..models.mask_to_image import synthesise
+
+    made_from = np.arange(len(pairs)) if made_from is None else np.asarray(made_from)
+    if source == "spade_real":
+        guidance, steps = generators.spade_settings
+        images = synthesise(_need(generators.spade, "07"), pairs.types, pairs.instances, guidance, steps, seed=seed)
+        return Synthetic(images, pairs.types, pairs.instances.astype(np.int32), made_from)
+    if source == "spade_generated":
+        conditions = condition_vectors(multi_hot_of(pairs.types), pairs.contexts)
+        return _paint_generated(conditions, pairs.size, generators, seed, made_from)
+    if source == "joint":
+        guidance, steps = generators.joint_settings
+        out = synthesise_joint(_need(generators.joint, "08"), layouts_from_masks(pairs.types, pairs.instances),
+                               pairs.contexts, guidance, steps, seed=seed)
+        return Synthetic(out.images, out.types, out.instances.astype(np.int32), made_from)
+    raise ValueError(f"unknown synthetic source {source!r}; sources are {SOURCES}")
+
+
+def _paint_generated(conditions: np.ndarray, size: int, generators: Generators, seed: int,
+                     made_from: np.ndarray) -> Synthetic:
+    from ..models.mask_generator import generate_masks
+    from ..models.mask_to_image import synthesise
+
+    guidance, steps = generators.mask_settings
+    made = generate_masks(_need(generators.masks, "06"), conditions, guidance, steps, seed=seed, size=size)
+    guidance, steps = generators.spade_settings
+    images = synthesise(_need(generators.spade, "07"), made.types, made.instances, guidance, steps, seed=seed + 1)
+    return Synthetic(images, made.types.astype(np.uint8), made.instances.astype(np.int32), made_from)
+
+
+def rare_class_tiles(pool: Pool, n: int, generators: Generators, seed: int = 0, oversample: int = 2) -> Synthetic:
+    """``n`` tiles rich in the pool's rarest nucleus type: notebook 06 is asked ``oversample`` x n
+    times for masks holding it (with the type mix and context of random pool tiles), SPADE paints
+    the ``n`` whose nuclei are most often of that type."""
+    from ..models.mask_generator import condition_vectors
+
+    pairs = pool.pairs
+    rare = rarest_type(pairs.types, pairs.instances)
+    rng = np.random.default_rng(seed)
+    donors = rng.choice(len(pairs), oversample * n, replace=True)
+    wanted = multi_hot_of(pairs.types[donors])
+    wanted[:, rare - 1] = 1
+    conditions = condition_vectors(wanted, pairs.contexts[donors])
+    made = _paint_generated(conditions, pairs.size, generators, seed, np.full(len(donors), -1))
+    counts = layouts_from_masks(made.types, made.instances).counts
+    share = counts[:, rare - 1] / np.maximum(counts.sum(1), 1)
+    return made.subset(np.argsort(-share, kind="stable")[:n])
+
+
+def needed_pool_pairs(arms: Sequence[Arm], pool: Pool) -> dict[str, np.ndarray]:
+    """For each source the arms use, the pool pairs whose masks they need synthesised (sorted);
+    "rare" maps to the number of rare-class tiles instead."""
+    n, needed = len(pool.pairs), {}
+    for arm in arms:
+        count = round(arm.fraction * n)
+        if arm.experiment == "addition":
+            needed.setdefault(arm.source, set()).update(pool.rest[:count].tolist())
+        elif arm.experiment == "replacement":
+            needed.setdefault(arm.source, set()).update(pool.order[:count].tolist())
+        elif arm.experiment == "rare":
+            needed["rare"] = {max(count, len(needed.get("rare", ())))}
+    return {k: (np.array(sorted(v)) if k != "rare" else np.array(sorted(v))[-1:]) for k, v in needed.items()}
+
+
+def synthetic_bank(source: str, pool: Pool, generators: Generators, needed: np.ndarray,
+                   folder: str | Path | None = None, seed: int = 0) -> Synthetic:
+    """:func:`synthesise_from_pool` over the ``needed`` pool pairs (``source`` = "rare":
+    :func:`rare_class_tiles`, ``needed[0]`` of them), cached in ``folder`` and reused while the
+    pool, pairs, models and settings match."""
+    needed = np.asarray(needed, dtype=np.int64)
+    key = hashlib.sha256(pool.pairs.types.tobytes() + pool.pairs.instances.tobytes() + pool.order.tobytes()
+                         + needed.tobytes() + f"{source}|{seed}|{generators.fingerprint()}".encode()).hexdigest()[:16]
+    path = Path(folder) / f"{source}-{key}.npz" if folder else None
+    if path is not None and path.is_file():
+        with np.load(path) as cached:
+            return Synthetic(*(cached[k] for k in ("images", "types", "instances", "made_from")))
+    if source == "rare":
+        bank = rare_class_tiles(pool, int(needed[0]), generators, seed)
+    else:
+        bank = synthesise_from_pool(source, pool.pairs.subset(needed), generators, seed, made_from=needed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as staging:
+            with open(staging, "wb") as handle:
+                np.savez(handle, **asdict(bank))
+    return bank
+
+
+@dataclass
+class TrainingSet:
+    """An arm's tiles and where each came from: ``origin`` "real" or "synthetic", ``pool_index``
+    (the pool pair whose pixels or masks it carries; -1 for generated masks)."""
+
+    images: np.ndarray
+    types: np.ndarray
+    instances: np.ndarray
+    origin: np.ndarray
+    pool_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _joined(parts: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> TrainingSet:
+    return TrainingSet(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]).astype(np.uint8),
+                       np.concatenate([p[3] for p in parts]).astype(np.int32),
+                       np.concatenate([np.full(len(p[1]), p[0]) for p in parts]),
+                       np.concatenate([p[4] for p in parts]))
+
+
+def arm_training_set(arm: Arm, pool: Pool, banks: dict[str, Synthetic]) -> TrainingSet:
+    """The tiles an arm trains on (``banks``: each source's :func:`synthetic_bank`, and "rare")."""
+    pairs, n = pool.pairs, len(pool.pairs)
+
+    def real(index):
+        return ("real", pairs.images[index], pairs.types[index], pairs.instances[index], np.asarray(index))
+
+    def synthetic(bank: Synthetic, rows):
+        return ("synthetic", bank.images[rows], bank.types[rows], bank.instances[rows], bank.made_from[rows])
+
+    if arm.source is not None and (arm.source if arm.experiment != "rare" else "rare") not in banks:
+        raise ValueError(f"arm {arm.name} needs the {arm.source!r} synthetic bank; banks given: {sorted(banks)}")
+    base = pool.quarter if arm.real_share < 1 else pool.order
+    if arm.experiment == "baseline":
+        # np.resize alone would repeat R25 in order, and a uniform draw of index r % 96 then lands on
+        # tile r % 24: the very batches of real_25. Shuffled, the copies give the same tiles in
+        # another random stream.
+        index = np.random.default_rng(len(base)).permutation(np.resize(base, n)) if arm.duplicate else base
+        return _joined([real(index)])
+    if arm.experiment == "addition":
+        count = round(arm.fraction * n)
+        if count > len(pool.rest):
+            raise ValueError(f"{arm.name}: {count} synthetic tiles asked for, but R75 has {len(pool.rest)} masks")
+        bank = banks[arm.source]
+        return _joined([real(pool.quarter), synthetic(bank, bank.rows(pool.rest[:count]))])
+    if arm.experiment == "replacement":
+        count = round(arm.fraction * n)
+        replaced, kept = pool.order[:count], pool.order[count:]
+        bank = banks[arm.source]
+        return _joined([real(kept), synthetic(bank, bank.rows(replaced))])
+    if arm.experiment == "rare":
+        bank = banks["rare"]
+        return _joined([real(pool.order), synthetic(bank, np.arange(min(len(bank), round(arm.fraction * n))))])
+    raise ValueError(f"unknown experiment {arm.experiment!r} of arm {arm.name}")
+
+
+def segmenter_config(section, arm: Arm, seed: int) -> SegmenterConfig:
+    """The segmenter's config for one arm and seed from a profile's ``segmentation`` section: every
+    arm the same steps, batch size and schedule; only ``augment`` and the seed differ."""
+    return SegmenterConfig(
+        architecture=section.architecture, tile_size=section.tile_size, n_types=len(NUCLEUS_CLASSES),
+        features=tuple(section.features), steps=section.train_steps, batch_size=section.batch_size,
+        learning_rate=section.learning_rate, warmup_steps=section.warmup_steps,
+        checkpoint_every=section.checkpoint_every, augment=arm.augment, min_object_size=section.min_object_size,
+        marker_radius=section.marker_radius, compile=section.compile, seed=seed, extra={"arm": arm.name})
+
+
+def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs, out_dir: str | Path,
+            progress: bool = False, resume: bool = False) -> pd.DataFrame:
+    """Train one arm with one seed, segment the test tiles and return (and save) their counts.
+    A finished run with the same config is read back instead of retrained."""
+    out_dir = Path(out_dir)
+    done, saved = out_dir / "test_counts.csv", out_dir / "model" / "segmenter_config.json"
+    wanted = json.loads(json.dumps(asdict(config), default=list))
+    if done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted:
+        return pd.read_csv(done)
+    trainer = SegmenterTrainer(config, training.images, training.types, training.instances, out_dir, progress)
+    trainer.train(resume=resume)
+    trainer.save_model()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    types, instances = segment(getattr(model, "_orig_mod", model), test.images, config.n_types,
+                               config.min_object_size, config.marker_radius)
+    counts = tile_counts(test.types, test.instances, types, instances, NUCLEUS_CLASSES)
+    if trainer.accelerator.is_main_process:
+        atomic_write_text(done, counts.to_csv(index=False))
+        np.savez_compressed(out_dir / "test_predictions.npz", types=types, instances=instances)
+    return counts
+
+
+def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
+                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
+    """One row per arm: mean and std over seeds of each score, and for every arm that is not its own
+    reference, the paired bootstrap interval and permutation p-value of its difference from it."""
+    rows = []
+    for arm in arms:
+        per_seed = [counts[(arm.name, s)] for s in seeds]
+        row = {"arm": arm.name, "experiment": arm.experiment, "source": arm.source or "real",
+               "fraction": arm.fraction, "reference": arm.reference,
+               **seed_summary(per_seed, NUCLEUS_CLASSES, scores)}
+        if arm.reference != arm.name:
+            reference = [counts[(arm.reference, s)] for s in seeds]
+            for score in scores:
+                diff = paired_difference(per_seed, reference, NUCLEUS_CLASSES, score, n_resamples, seed=seed)
+                row.update({f"{score}_diff": diff["difference"], f"{score}_ci_low": diff["ci_low"],
+                            f"{score}_ci_high": diff["ci_high"], f"{score}_p": diff["p_value"],
+                            f"{score}_verdict": "gain" if diff["gain"] else "loss" if diff["loss"] else "no gain"})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame], scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
+    """Long table (arm, seed, score, value) of each run's pooled scores, for point plots."""
+    from ..evaluation.segmentation import segmentation_scores
+
+    rows = [{"arm": arm, "seed": s, "score": name, "value": value}
+            for (arm, s), frame in counts.items()
+            for name, value in segmentation_scores(frame, NUCLEUS_CLASSES).items() if name in scores]
+    return pd.DataFrame(rows)
+
+
+def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPairs, banks: dict[str, Synthetic],
+                    folder: str | Path, progress: bool = True) -> dict[tuple[str, int], pd.DataFrame]:
+    """Every arm with every seed of ``section`` (a profile's ``segmentation``), one after another;
+    each run lives in ``folder/ARM/seed-N`` and a finished one is read back."""
+    from tqdm.auto import tqdm
+
+    counts = {}
+    runs = [(arm, seed) for arm in arms for seed in section.seeds]
+    training = {arm.name: arm_training_set(arm, pool, banks) for arm in arms}
+    for arm, seed in tqdm(runs, desc="arms x seeds", disable=not progress):
+        counts[(arm.name, seed)] = run_arm(segmenter_config(section, arm, seed), training[arm.name], test,
+                                           Path(folder) / arm.name / f"seed-{seed}")
+    return counts
