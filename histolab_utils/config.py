@@ -303,7 +303,7 @@ _CONFIGS = {
                            guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_size=8),
         segmentation=SegmentationSection(
             architecture="basic_unet", tile_size=32, downsample=2, features=(16, 16, 32, 64, 128, 16), n_real=96,
-            n_test=64, train_steps=100, batch_size=16, learning_rate=3e-3, warmup_steps=10, checkpoint_every=100,
+            n_test=64, train_steps=80, batch_size=16, learning_rate=3e-3, warmup_steps=8, checkpoint_every=80,
             compile=False, min_object_size=3, marker_radius=1, seeds=(0, 1),
             arms=("real_25", "classic_25", "duplicated_25", "add_spade_real_75", "add_spade_generated_75",
                   "add_joint_75", "real_100", "replace_spade_real_50", "rare_spade_generated"),

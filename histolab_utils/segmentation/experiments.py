@@ -275,7 +275,7 @@ def needed_pool_pairs(arms: Sequence[Arm], pool: Pool) -> dict[str, np.ndarray]:
         if arm.experiment == "addition":
             needed.setdefault(arm.source, set()).update(pool.rest[:count].tolist())
         elif arm.experiment == "replacement":
-            needed.setdefault(arm.source, set()).update(pool.order[:count].tolist())
+            needed.setdefault(arm.source, set()).update(pool.order[n - count:].tolist())
         elif arm.experiment == "rare":
             needed["rare"] = {max(count, len(needed.get("rare", ())))}
     return {k: (np.array(sorted(v)) if k != "rare" else np.array(sorted(v))[-1:]) for k, v in needed.items()}
@@ -354,7 +354,9 @@ def arm_training_set(arm: Arm, pool: Pool, banks: dict[str, Synthetic]) -> Train
         return _joined([real(pool.quarter), synthetic(bank, bank.rows(pool.rest[:count]))])
     if arm.experiment == "replacement":
         count = round(arm.fraction * n)
-        replaced, kept = pool.order[:count], pool.order[count:]
+        # replaced from the end of the order, i.e. from R75 up to 75 %: the synthetic tiles the
+        # addition arms need (made from R75's masks) serve these arms too, and are made only once
+        replaced, kept = pool.order[n - count:], pool.order[:n - count]
         bank = banks[arm.source]
         return _joined([real(kept), synthetic(bank, bank.rows(replaced))])
     if arm.experiment == "rare":
