@@ -42,7 +42,7 @@ def run(section, restart_every: int, seed: int, steps: int | None, crops, heldou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default="smoke")
+    parser.add_argument("--profile", default="smoke", help=f"one of {', '.join(PROFILES)} or a profile file")
     parser.add_argument("--steps", type=int, default=None, help="default: the profile's training steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--every", type=int, default=None, help="restart period (default: the profile's)")

@@ -1,8 +1,10 @@
-"""Run profiles, device choice and seeding, kept in one place.
+"""Run profiles as typed, frozen dataclasses; device choice and seeding.
 
-``HISTO_PROFILE=smoke`` (the default: CPU, 2 cores, a minute or two per notebook, used by CI)
-and ``HISTO_PROFILE=full`` (GPU, real results) run the same code; only the sizes and step
-counts below differ.
+The profiles themselves are TOML files (``histolab_utils/profiles/*.toml``): ``HISTO_PROFILE=smoke``
+(the default: CPU, 2 cores, a minute or two per notebook, used by CI), ``cpu`` (real results on a
+2-core CPU) and ``full`` (one GPU) run the same code; only sizes and step counts differ.
+``HISTO_PROFILE=/path/to/mine.toml`` loads a researcher's own file (``extends = "cpu"`` and a few keys).
+A profile's ``[training]`` table holds the defaults every diffusion section inherits.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import dataclasses
 import os
 import random
 import time
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from .profiles import PROFILE_ENV, PROFILES, current_profile  # noqa: F401  (re-exported)
+from .profiles import (PROFILE_ENV, PROFILES, ProfileError, current_profile, current_spec,  # noqa: F401
+                       profile_name, profile_path, read_profile)
 
 
 @dataclass(frozen=True)
@@ -42,29 +47,50 @@ class TilingConfig:
     stain_batch: int
 
 
-@dataclass(frozen=True)
-class DDPMConfig:
-    """Notebook 03 and ``python -m histolab_utils.train ddpm``: one DDPM per schedule."""
+@dataclass(frozen=True, kw_only=True)
+class DiffusionTraining:
+    """What the training of every diffusion model shares. A profile's ``[training]`` table sets these (and
+    any other field of a diffusion section) once for all of them; a section overrides what it needs."""
 
-    image_size: int
+    prediction_type: str  # "epsilon", "v_prediction" or "sample" (v: chosen by measurement, see the README)
     train_steps: int
     batch_size: int
     learning_rate: float
     warmup_steps: int
     ema_decay: float
-    block_out_channels: tuple[int, ...]
+    block_out_channels: tuple[int, ...]  # the UNet's widths, one per level
     layers_per_block: int
-    attention: bool
+    attention: bool  # self-attention at the lowest level
     checkpoint_every: int
-    compile: bool
+    compile: bool = False  # torch.compile (worth it on a GPU; under 5 % on a CPU)
+    mixed_precision: str = "auto"  # "auto": bf16 on a GPU or a CPU with native bf16, else fp32; or "no", "bf16"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuidedDiffusion(DiffusionTraining):
+    """A conditional diffusion model sampled with one named sampler and classifier-free guidance."""
+
+    schedule: str  # "linear", "cosine" or "sigmoid"
+    sampler: str  # "ddpm", "ddim" or "dpm"
+    sampler_steps: int
+    guidance_scales: tuple[float, ...]  # the sweep; 0 = the unconditional model where there is one
+    guidance: float  # the scale of the headline scores, gallery and widget
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDPMConfig(DiffusionTraining):
+    """Notebook 03 and ``python -m histolab_utils.train ddpm``: one DDPM per schedule."""
+
+    image_size: int
     n_train_crops: int
     n_eval: int  # samples per (schedule, prediction type, sampler), and real crops per floor set
     sampler_steps: tuple[tuple[str, int], ...]
     # (schedule, prediction type) of each DDPM notebook 03 trains; ``prediction_type`` is the
-    # default of the CLI and of the schedule comparison (v: chosen by measurement, see the README)
+    # default of the CLI and of the schedule comparison
     models: tuple[tuple[str, str], ...]
-    prediction_type: str = "v_prediction"
     zero_terminal_snr: bool = False
+    ancestral_steps: int = 0  # > 0: the best model is also sampled with ancestral DDPM at this many steps
+    downsample: int = 1  # image px per crop px: 2 = 32 px crops of 64 px fields, box-averaged
     diagnostic_timesteps: tuple[int, ...] = (0, 100, 250, 500, 650, 800, 900, 950, 990, 999)
 
 
@@ -100,120 +126,60 @@ class ClusterSection:
     gallery_size: int
 
 
-@dataclass(frozen=True)
-class LDMSection:
+@dataclass(frozen=True, kw_only=True)
+class LDMSection(GuidedDiffusion):
     """Notebook 05: a class-conditional diffusion model on the VQ-GAN's latents."""
 
-    schedule: str
-    prediction_type: str
-    train_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    ema_decay: float
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    attention: bool
     label_dropout: float
-    checkpoint_every: int
     augment_copies: int  # dihedral copies of each training tile that are encoded
-    sampler: str
-    sampler_steps: int
-    guidance_scales: tuple[float, ...]
-    guidance: float  # the scale used for the per-cluster scores and gallery
     min_eval_tiles: int  # clusters with fewer held-out tiles are not scored
     max_eval_per_class: int  # at most this many held-out tiles (and samples) per cluster are scored
     gallery_size: int
 
 
-@dataclass(frozen=True)
-class MaskSection:
-    """Notebook 06 and ``python -m histolab_utils.train masks``: the nuclei-mask generator (NASDM stage 1)."""
+@dataclass(frozen=True, kw_only=True)
+class MaskSection(GuidedDiffusion):
+    """Notebook 06 and ``python -m histolab_utils.train masks``: the nuclei-mask generator (NASDM stage 1).
+    Guidance scale 0 is the unconditional model: the chance level of conditioning."""
 
     tile_size: int  # px of a mask tile
     downsample: float  # level-0 px of the slide per mask px
     n_train_tiles: int  # train-region tiles of the slide
     n_eval: int  # held-out tiles; every set compared with them (generated, floor, baseline) has as many
-    schedule: str
-    prediction_type: str
-    train_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    ema_decay: float
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    attention: bool
-    checkpoint_every: int
-    compile: bool
-    sampler: str
-    sampler_steps: int
-    guidance_scales: tuple[float, ...]  # 0 = the unconditional model (the chance level of conditioning)
-    guidance: float  # the scale of the gallery, the widget and the headline scores
     gallery_per_condition: int
 
 
-@dataclass(frozen=True)
-class SpadeSection:
+@dataclass(frozen=True, kw_only=True)
+class SpadeSection(GuidedDiffusion):
     """Notebook 07 and ``python -m histolab_utils.train spade``: mask-to-image synthesis (NASDM stage 2)
-    in pixel and VQ latent space, and RePaint inpainting."""
+    in pixel and VQ latent space, and RePaint inpainting. SDM samples at guidance 1.5; scale 0 is the
+    unconditional model. ``train_steps`` and ``block_out_channels`` are the pixel-space model's."""
 
     tile_size: int  # px of an image-mask pair
     downsample: int  # image px per pair px (the mask generator's scale: notebook 06)
     n_train_pairs: int  # random train-region crops of the nest and stroma images
     n_eval: int  # held-out pairs; every scored set has as many images
-    schedule: str
-    prediction_type: str
     learned_variance: bool  # NASDM's hybrid loss L_simple + 0.001 L_vlb with a learned variance
-    train_steps: int  # pixel space
     latent_train_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    ema_decay: float
-    block_out_channels: tuple[int, ...]  # pixel-space SPADE UNet
     latent_block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    attention: bool  # self-attention at the lowest level
     spade_hidden_channels: int
     latent_copies: int  # dihedral copies of each pair encoded for the latent model
     vqgan_latent_channels: int  # which of notebook 02's VQ-GANs: runs/<profile>/vqgan-<c>ch
-    checkpoint_every: int
-    compile: bool
-    sampler: str
-    sampler_steps: int
-    guidance_scales: tuple[float, ...]  # the sweep; 0 = the unconditional model
-    guidance: float  # the headline scores, gallery and widget (SDM samples at 1.5)
     gallery_size: int
     inpaint_size: int  # px of the inpainting demo's image
     repaint: tuple[int, int, int]  # RePaint's (t_T, jump_length, jump_n_sample)
     repaint_fast: tuple[int, int, int]  # the DDIM variant's
 
 
-@dataclass(frozen=True)
-class JointSection:
+@dataclass(frozen=True, kw_only=True)
+class JointSection(GuidedDiffusion):
     """Joint image-label synthesis from a nucleus layout (notebook 08, Min et al. 2024). It trains and
     scores on notebook 07's image-mask pairs (``spade``: tile_size, downsample, n_train_pairs, n_eval),
-    so the head-to-head with the two-stage route compares like with like."""
+    so the head-to-head with the two-stage route compares like with like. CoSyn samples at guidance 2.0;
+    scale 0 ignores the context (the layout still conditions)."""
 
-    schedule: str
-    prediction_type: str
-    train_steps: int
-    batch_size: int
-    learning_rate: float
-    warmup_steps: int
-    ema_decay: float
-    block_out_channels: tuple[int, ...]
-    layers_per_block: int
-    attention: bool
-    checkpoint_every: int
-    compile: bool
     context_dropout: float  # CoSyn drops its prompt with p = 0.1 for classifier-free guidance
     layout_sigma: float  # px of each centroid's blob in the layout maps
-    sampler: str
-    sampler_steps: int
-    guidance_scales: tuple[float, ...]  # the sweep; 0 = context ignored (the layout still conditions)
-    guidance: float  # the headline scores, gallery and widget (CoSyn samples at 2.0)
     gallery_size: int
 
 
@@ -262,99 +228,85 @@ class ProfileConfig:
     segmentation: SegmentationSection
 
 
-_CONFIGS = {
-    "smoke": ProfileConfig(
-        name="smoke", seed=0, data_tour=DataTourConfig(crop_size=64, n_crops=256, gallery_size=16),
-        tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
-                            target_label="neoplastic", min_label=0.1, gallery_size=16, stain_batch=16),
-        ddpm=DDPMConfig(image_size=32, train_steps=300, batch_size=16, learning_rate=2e-3, warmup_steps=15,
-                        ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1, attention=False,
-                        checkpoint_every=75, compile=False, n_train_crops=1024, n_eval=24,
-                        sampler_steps=(("ddpm", 100), ("ddim", 50), ("dpm", 20)),
-                        models=(("linear", "epsilon"), ("linear", "v_prediction"), ("cosine", "v_prediction"),
-                                ("sigmoid", "v_prediction"))),
-        vqgan=VQGANSection(image_size=32, latent_channels=(4,), num_vq_embeddings=256, block_out_channels=(16, 32, 32),
-                           layers_per_block=1, attention=False, train_steps=200, batch_size=16, learning_rate=1e-3,
-                           disc_start=100, perceptual_weight=0.1, code_restart_every=25,
-                           checkpoint_every=100, n_train_crops=2048, n_eval=48),
-        clusters=ClusterSection(min_tissue=0.5, max_tiles=600, ks=(2, 3, 4, 5, 6), umap_neighbors=15, gallery_size=16),
-        ldm=LDMSection(schedule="cosine", prediction_type="v_prediction", train_steps=300, batch_size=32,
-                       learning_rate=1e-3, warmup_steps=30, ema_decay=0.99, block_out_channels=(32, 64),
-                       layers_per_block=1, attention=False, label_dropout=0.1, checkpoint_every=150, augment_copies=2,
-                       sampler="ddim", sampler_steps=20, guidance_scales=(1.0, 3.0), guidance=3.0, min_eval_tiles=4,
-                       max_eval_per_class=32, gallery_size=8),
-        masks=MaskSection(tile_size=32, downsample=2.0, n_train_tiles=4096, n_eval=96, schedule="cosine",
-                          prediction_type="v_prediction", train_steps=400, batch_size=16, learning_rate=2e-3,
-                          warmup_steps=20, ema_decay=0.99, block_out_channels=(16, 32, 32), layers_per_block=1,
-                          attention=False, checkpoint_every=200, compile=False, sampler="ddim", sampler_steps=25,
-                          guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_per_condition=4),
-        spade=SpadeSection(tile_size=32, downsample=2, n_train_pairs=2048, n_eval=64, schedule="cosine",
-                           prediction_type="v_prediction", learned_variance=True, train_steps=200,
-                           latent_train_steps=200, batch_size=16, learning_rate=2e-3, warmup_steps=20, ema_decay=0.99,
-                           block_out_channels=(16, 32, 32), latent_block_out_channels=(32, 64), layers_per_block=1,
-                           attention=False, spade_hidden_channels=32, latent_copies=2, vqgan_latent_channels=4,
-                           checkpoint_every=100, compile=False, sampler="ddim", sampler_steps=10,
-                           guidance_scales=(0.0, 1.0, 1.5, 3.0), guidance=1.5, gallery_size=8, inpaint_size=64,
-                           repaint=(50, 5, 3), repaint_fast=(10, 5, 2)),
-        joint=JointSection(schedule="cosine", prediction_type="v_prediction", train_steps=400, batch_size=16,
-                           learning_rate=2e-3, warmup_steps=25, ema_decay=0.99, block_out_channels=(16, 32, 32),
-                           layers_per_block=1, attention=False, checkpoint_every=200, compile=False,
-                           context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=10,
-                           guidance_scales=(0.0, 1.0, 2.0), guidance=2.0, gallery_size=8),
-        segmentation=SegmentationSection(
-            architecture="basic_unet", tile_size=32, downsample=2, features=(16, 16, 32, 64, 128, 16), n_real=96,
-            n_test=64, train_steps=80, batch_size=16, learning_rate=3e-3, warmup_steps=8, checkpoint_every=80,
-            compile=False, min_object_size=3, marker_radius=1, seeds=(0, 1),
-            arms=("real_25", "classic_25", "duplicated_25", "add_spade_real_75", "add_spade_generated_75",
-                  "add_joint_75", "real_100", "replace_spade_real_50", "rare_spade_generated"),
-            addition=(0.25, 0.5, 0.75), replacement=(0.25, 0.5, 0.75, 1.0), n_resamples=1000, overlays=4),
-    ),
-    "full": ProfileConfig(
-        name="full", seed=0, data_tour=DataTourConfig(crop_size=128, n_crops=4096, gallery_size=32),
-        tiling=TilingConfig(tile_size=256, overlap=0.5, min_tissue=0.5, hgsc_tile_size=128,
-                            target_label="neoplastic", min_label=0.1, gallery_size=32, stain_batch=128),
-        ddpm=DDPMConfig(image_size=64, train_steps=20000, batch_size=64, learning_rate=2e-4, warmup_steps=500,
-                        ema_decay=0.999, block_out_channels=(128, 256, 256, 512), layers_per_block=2, attention=True,
-                        checkpoint_every=2000, compile=True, n_train_crops=20000, n_eval=2000,
-                        sampler_steps=(("ddpm", 1000), ("ddim", 100), ("dpm", 20)),
-                        models=tuple((s, p) for s in ("linear", "cosine", "sigmoid")
-                                     for p in ("epsilon", "v_prediction"))),
-        vqgan=VQGANSection(image_size=64, latent_channels=(4, 8), num_vq_embeddings=1024,
-                           block_out_channels=(128, 256, 256), layers_per_block=2, attention=True, train_steps=20000,
-                           batch_size=32, learning_rate=2e-4, disc_start=10000, perceptual_weight=0.5,
-                           code_restart_every=200, checkpoint_every=2000, n_train_crops=20000, n_eval=1000),
-        clusters=ClusterSection(min_tissue=0.5, max_tiles=4000, ks=tuple(range(2, 17)), umap_neighbors=30,
-                                gallery_size=32),
-        ldm=LDMSection(schedule="cosine", prediction_type="v_prediction", train_steps=20000, batch_size=128,
-                       learning_rate=2e-4, warmup_steps=500, ema_decay=0.999, block_out_channels=(128, 256, 256),
-                       layers_per_block=2, attention=True, label_dropout=0.1, checkpoint_every=2000, augment_copies=8,
-                       sampler="dpm", sampler_steps=20, guidance_scales=(1.0, 2.0, 3.0, 5.0), guidance=2.0,
-                       min_eval_tiles=20, max_eval_per_class=500, gallery_size=16),
-        masks=MaskSection(tile_size=128, downsample=1.0, n_train_tiles=20000, n_eval=1000, schedule="cosine",
-                          prediction_type="v_prediction", train_steps=20000, batch_size=64, learning_rate=2e-4,
-                          warmup_steps=500, ema_decay=0.999, block_out_channels=(64, 128, 256, 256), layers_per_block=2,
-                          attention=True, checkpoint_every=2000, compile=True, sampler="dpm", sampler_steps=25,
-                          guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=2.0, gallery_per_condition=8),
-        spade=SpadeSection(tile_size=64, downsample=1, n_train_pairs=20000, n_eval=1000, schedule="cosine",
-                           prediction_type="v_prediction", learned_variance=True, train_steps=20000,
-                           latent_train_steps=20000, batch_size=64, learning_rate=2e-4, warmup_steps=500,
-                           ema_decay=0.999, block_out_channels=(64, 128, 256), latent_block_out_channels=(128, 256),
-                           layers_per_block=2, attention=True, spade_hidden_channels=128, latent_copies=8,
-                           vqgan_latent_channels=4, checkpoint_every=2000, compile=False, sampler="ddim",
-                           sampler_steps=50, guidance_scales=(0.0, 1.0, 1.5, 2.0, 3.0), guidance=1.5, gallery_size=16,
-                           inpaint_size=256, repaint=(250, 10, 10), repaint_fast=(50, 5, 2)),
-        joint=JointSection(schedule="cosine", prediction_type="v_prediction", train_steps=4000, batch_size=64,
-                           learning_rate=2e-4, warmup_steps=200, ema_decay=0.999, block_out_channels=(64, 128, 256, 256),
-                           layers_per_block=2, attention=True, checkpoint_every=1000, compile=False,
-                           context_dropout=0.1, layout_sigma=1.0, sampler="ddim", sampler_steps=50,
-                           guidance_scales=(0.0, 1.0, 2.0, 3.0), guidance=2.0, gallery_size=16),
-        segmentation=SegmentationSection(
-            architecture="hovernet_fast", tile_size=256, downsample=1, features=(32, 32, 64, 128, 256, 32),
-            n_real=1000, n_test=200, train_steps=3000, batch_size=16, learning_rate=3e-4, warmup_steps=100,
-            checkpoint_every=500, compile=False, min_object_size=10, marker_radius=2, seeds=(0, 1, 2), arms=("all",),
-            addition=(0.25, 0.5, 0.75), replacement=(0.25, 0.5, 0.75, 1.0), n_resamples=5000, overlays=6),
-    ),
-}
+# Sections of diffusion models: they inherit the profile's [training] defaults for every field they have.
+DIFFUSION_SECTIONS = ("ddpm", "ldm", "masks", "spade", "joint")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` (as TOML gives it) as ``hint`` says: lists become tuples, ints become floats where a
+    float is wanted; anything else of the wrong kind is a :class:`ProfileError` naming ``where``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+        if len(value) == len(args):
+            return tuple(_coerce(item, arg, f"{where}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint in (bool, str) and type(value) is hint:
+        return value
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ProfileError(f"{where} must be {_type_name(hint)}, got {value!r}")
+
+
+def _section(cls: type, table: dict, defaults: dict, sources: dict, section: str, origin: Path) -> Any:
+    """One frozen section from its TOML table, the [training] defaults filling the fields it leaves out."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        where = sources.get((section, unknown[0]), origin)
+        raise ProfileError(f"{where}: [{section}] has no key {unknown[0]!r}; its keys are {', '.join(fields)}")
+    values = {}
+    for name, field in fields.items():
+        if name in table:
+            key, value = (section, name), table[name]
+        elif name in defaults:
+            key, value = ("training", name), defaults[name]
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ProfileError(f"{origin}: [{section}] lacks {name!r} ({_type_name(hints[name])}), and no "
+                               f"file it extends sets it")
+        else:
+            continue
+        values[name] = _coerce(value, hints[name], f"{sources.get(key, origin)}: [{key[0]}] {name}")
+    return cls(**values)
+
+
+def profile_from_tables(data: dict, sources: dict, name: str, origin: Path) -> "ProfileConfig":
+    """The typed, frozen :class:`ProfileConfig` of a profile's merged TOML tables (``read_profile``)."""
+    data = dict(data)
+    defaults = data.pop("training", {})
+    sections = {f.name: f for f in dataclasses.fields(ProfileConfig) if f.name not in ("name", "seed")}
+    shared = set().union(*({f.name for f in dataclasses.fields(typing.get_type_hints(ProfileConfig)[s])}
+                           for s in DIFFUSION_SECTIONS))
+    for key in sorted(set(defaults) - shared):
+        raise ProfileError(f"{sources.get(('training', key), origin)}: [training] has no key {key!r}; it sets "
+                           f"defaults for fields of the diffusion sections {DIFFUSION_SECTIONS}")
+    for key in sorted(set(data) - set(sections) - {"seed"}):
+        raise ProfileError(f"{sources.get((key,), origin)}: no profile section or key {key!r}; sections are "
+                           f"{', '.join(['training', *sections])}")
+    if "seed" not in data:
+        raise ProfileError(f"{origin}: the profile sets no seed")
+    hints = typing.get_type_hints(ProfileConfig)
+    built = {}
+    for section in sections:
+        if section not in data:
+            raise ProfileError(f"{origin}: the profile has no [{section}] table, and no file it extends has one")
+        built[section] = _section(hints[section], data[section], defaults if section in DIFFUSION_SECTIONS else {},
+                                  sources, section, origin)
+    seed = _coerce(data["seed"], int, f"{sources.get(('seed',), origin)}: seed")
+    return ProfileConfig(name=name, seed=seed, **built)
+
+
+def read_config(spec: str) -> "ProfileConfig":
+    """The frozen config of a shipped profile's name or a TOML file's path, without ``HISTO_OVERRIDES``."""
+    data, sources = read_profile(spec)
+    return profile_from_tables(data, sources, profile_name(spec), profile_path(spec))
 
 
 OVERRIDES_ENV = "HISTO_OVERRIDES"
@@ -404,12 +356,11 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def load_config(profile: str | None = None) -> ProfileConfig:
-    """The frozen config of ``profile`` (default: ``HISTO_PROFILE``), with any
-    ``HISTO_OVERRIDES`` applied (e.g. fewer steps to fit a time limit; printed by the setup cell)."""
-    name = current_profile() if profile is None else profile
-    if name not in _CONFIGS:
-        raise ValueError(f"unknown profile {name!r}; use one of {PROFILES}")
-    return apply_overrides(_CONFIGS[name], os.environ.get(OVERRIDES_ENV, ""))
+    """The frozen config of ``profile`` (a shipped profile's name or a TOML file's path; default:
+    ``HISTO_PROFILE``), with any ``HISTO_OVERRIDES`` applied (e.g. fewer steps to fit a time limit;
+    printed by the setup cell)."""
+    return apply_overrides(read_config(current_spec() if profile is None else profile),
+                           os.environ.get(OVERRIDES_ENV, ""))
 
 
 def pick_device(prefer: str | None = None):

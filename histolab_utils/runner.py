@@ -1,6 +1,6 @@
 """Execute the numbered notebooks in order and summarise the run.
 
-    python -m histolab_utils.runner [--profile smoke|full] [--notebooks DIR] [--only 00 03] [--timeout S]
+    python -m histolab_utils.runner [--profile smoke|cpu|full|FILE.toml] [--notebooks DIR] [--only 00 03] [--timeout S]
 
 Writes ``reports/<profile>/executed/<notebook>.ipynb`` (an executed copy, also of a failing
 notebook so that its error can be read), expects each notebook to write
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .profiles import PROFILE_ENV, PROFILES
+from .profiles import PROFILE_ENV, PROFILES, ProfileError, profile_name, profile_path
 from .paths import atomic_path, atomic_write_text, project_root, reports_dir
 from .report import build_summary, metrics_dir
 from .widgets import HEADLESS_ENV
@@ -86,9 +86,13 @@ def execute_notebook(path: Path, executed_path: Path, profile: str, timeout: int
     return NotebookResult(path.stem, "failed" if error else "ok", wall, error)
 
 
-def run(profile: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int = 900) -> list[NotebookResult]:
-    """Execute the notebooks one after another, stopping at the first failure."""
+def run(spec: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int = 900) -> list[NotebookResult]:
+    """Execute the notebooks one after another in profile ``spec`` (a name or a TOML file), stopping at
+    the first failure."""
     notebooks = numbered_notebooks(notebook_dir, only)
+    profile = profile_name(spec)
+    # the kernels run in the notebook folder: give them a file profile as an absolute path
+    kernel_spec = spec if spec in PROFILES else str(profile_path(spec))
     out = reports_dir() / profile
     results: list[NotebookResult] = []
     print(f"Running {len(notebooks)} notebook(s) in the {profile} profile; reports in {out}", flush=True)
@@ -96,7 +100,7 @@ def run(profile: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int
         print(f"[{index}/{len(notebooks)}] {path.name} ...", end=" ", flush=True)
         # A stale metrics file from an earlier run must not pass for this run's output.
         (metrics_dir(profile) / f"{path.stem}.json").unlink(missing_ok=True)
-        result = execute_notebook(path, out / "executed" / path.name, profile, timeout)
+        result = execute_notebook(path, out / "executed" / path.name, kernel_spec, timeout)
         results.append(result)
         print(f"{result.status} ({result.wall_time_s:.1f} s)", flush=True)
         if result.error:
@@ -111,7 +115,8 @@ def run(profile: str, notebook_dir: Path, only: Sequence[str] = (), timeout: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "smoke"), choices=PROFILES)
+    parser.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "smoke"), metavar="NAME_OR_TOML",
+                        help=f"one of {', '.join(PROFILES)} or a profile file (default: HISTO_PROFILE, else smoke)")
     parser.add_argument("--notebooks", type=Path, default=None, help="folder of notebooks (default: notebooks/)")
     parser.add_argument("--only", nargs="*", default=(), help="run only notebooks whose name starts with these")
     parser.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.notebooks or project_root() / "notebooks"
     try:
         results = run(args.profile, folder, args.only, args.timeout)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ProfileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0 if results and all(r.status == "ok" for r in results) else 1

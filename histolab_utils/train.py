@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from .config import PROFILES, DDPMConfig, load_config, pick_device
 from .data import heldout_eval_crops, training_crops
@@ -38,17 +39,11 @@ from .diffusion.schedules import SCHEDULES
 def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
     """The trainer's config for one schedule, from a profile's DDPM section; ``overrides`` (e.g.
     ``prediction_type="epsilon"``) replace its fields, ``None`` values are ignored."""
-    from .diffusion.training import TrainConfig
+    from .diffusion.training import section_train_config
 
-    config = TrainConfig(
-        schedule=schedule, prediction_type=ddpm.prediction_type, zero_terminal_snr=ddpm.zero_terminal_snr,
-        image_size=ddpm.image_size,
-        steps=ddpm.train_steps, batch_size=ddpm.batch_size, learning_rate=ddpm.learning_rate,
-        warmup_steps=ddpm.warmup_steps, ema_decay=ddpm.ema_decay, block_out_channels=ddpm.block_out_channels,
-        layers_per_block=ddpm.layers_per_block, attention=ddpm.attention, checkpoint_every=ddpm.checkpoint_every,
-        compile=ddpm.compile, seed=seed,
-    )
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    # the data's scale and size go into the saved config too, so a resumed run checks them
+    return section_train_config(ddpm, seed, own={"schedule": schedule, "extra": {
+        "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops}}, **overrides)
 
 
 def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Path:
@@ -71,16 +66,29 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Pa
     return path
 
 
-def _trained(trainer, resume: bool) -> bool:
-    """Train; on a diverged run print why (the error names the kept checkpoint) and return False."""
-    from .diffusion.training import TrainingDiverged
+def _guarded(train: Callable[[], Any], summary: Callable[[Any], str]) -> int:
+    """Run ``train``; if the loss diverged, print why (the error names the kept checkpoint) and return 1; if
+    ``--out`` holds a run of another config, say which fields differ and return 2; else print ``summary`` of
+    what ``train`` returned (on the main process) and return 0."""
+    from .diffusion.training import ResumeMismatch, TrainingDiverged
 
     try:
-        trainer.train(resume=resume)
+        result = train()
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
-        return False
-    return True
+        return 1
+    except ResumeMismatch as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    accelerator = getattr(result, "accelerator", None)
+    if accelerator is None or accelerator.is_main_process:
+        print(summary(result))
+    return 0
+
+
+def _trainer_summary(what: str, folder: Path) -> Callable[[Any], str]:
+    return lambda trainer: (f"{trainer.step} steps in {trainer.train_seconds:.1f} s{what}; final loss "
+                            f"{trainer.log[-1]['loss']:.4f}; saved to {folder}")
 
 
 def _train_ddpm(args) -> int:
@@ -90,15 +98,15 @@ def _train_ddpm(args) -> int:
     config = train_config(ddpm, args.schedule, args.seed, steps=args.steps, batch_size=args.batch_size,
                           prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr or None,
                           compile=False if args.no_compile else None)
-    crops = training_crops(config.image_size, ddpm.n_train_crops, seed=args.seed)
-    trainer = DiffusionTrainer(config, crops, args.out)
-    if not _trained(trainer, args.resume):
-        return 1
-    folder = trainer.save_pipeline()
-    if trainer.accelerator.is_main_process:
-        print(f"{trainer.step} steps in {trainer.seconds:.1f} s; final loss {trainer.log[-1]['loss']:.4f}; "
-              f"pipeline saved to {folder}")
-    return 0
+    crops = training_crops(config.image_size, ddpm.n_train_crops, seed=args.seed, downsample=ddpm.downsample)
+
+    def train():
+        trainer = DiffusionTrainer(config, crops, args.out)
+        trainer.train(resume=args.resume)
+        trainer.save_pipeline()
+        return trainer
+
+    return _guarded(train, _trainer_summary(f" on {len(crops)} crops", args.out / "pipeline"))
 
 
 def _train_vqgan(args) -> int:
@@ -112,23 +120,23 @@ def _train_vqgan(args) -> int:
     if args.steps and config.disc_start >= args.steps:  # keep the critic's share of a shortened run
         config = dataclasses.replace(config, disc_start=args.steps * section.disc_start // section.train_steps)
     crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed)
-    trainer = VQGANTrainer(config, crops, args.out)
-    if not _trained(trainer, args.resume):
-        return 1
-    folder = trainer.save_model(scaling_crops=crops[:512])
-    if trainer.accelerator.is_main_process:
-        print(f"{trainer.step} steps in {trainer.seconds:.1f} s; final L1 {trainer.log[-1]['l1']:.4f}; "
-              f"model saved to {folder}")
-        if args.eval:
+
+    def train():
+        trainer = VQGANTrainer(config, crops, args.out)
+        trainer.train(resume=args.resume)
+        trainer.save_model(scaling_crops=crops[:512])
+        if args.eval and trainer.accelerator.is_main_process:
             saved = _heldout_eval(trainer.vqmodel(), config.image_size, args.eval, args.seed,
                                   args.out / "heldout_reconstructions.npz")
             print(f"{args.eval} held-out reconstructions saved to {saved}")
-    return 0
+        return trainer
+
+    return _guarded(train, lambda t: f"{t.step} steps in {t.seconds:.1f} s; final L1 {t.log[-1]['l1']:.4f}; "
+                                     f"model saved to {args.out / 'vqmodel'}")
 
 
 def _train_masks(args) -> int:
     from .data.nuclei import mask_tiles
-    from .diffusion.training import TrainingDiverged
     from .models.mask_generator import mask_train_config, train_mask_generator
 
     section = load_config(args.profile).masks
@@ -136,20 +144,12 @@ def _train_masks(args) -> int:
                                compile=False if args.no_compile else None)
     tiles = mask_tiles("wsi", section.tile_size, "train", section.n_train_tiles, seed=args.seed,
                        downsample=section.downsample)
-    try:
-        trainer = train_mask_generator(config, tiles, args.out, resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if trainer.accelerator.is_main_process:
-        print(f"{trainer.step} steps in {trainer.seconds:.1f} s on {len(tiles)} tiles; final loss "
-              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
-    return 0
+    return _guarded(lambda: train_mask_generator(config, tiles, args.out, resume=args.resume),
+                    _trainer_summary(f" on {len(tiles)} tiles", args.out / "pipeline"))
 
 
 def _train_spade(args) -> int:
     from .data.pairs import image_mask_pairs
-    from .diffusion.training import TrainingDiverged
     from .models.mask_to_image import spade_train_config, train_mask_to_image
     from .models.vqgan import load_vqmodel
     from .paths import runs_dir
@@ -168,21 +168,13 @@ def _train_spade(args) -> int:
                                       compile=False if args.no_compile else None)
     pairs = image_mask_pairs(section.tile_size, "train", section.n_train_pairs, seed=args.seed,
                              downsample=section.downsample)
-    try:
-        trainer = train_mask_to_image(train_config, pairs, args.out, vqmodel=vqmodel,
-                                      latent_copies=section.latent_copies, resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if trainer.accelerator.is_main_process:
-        print(f"{args.space} space: {trainer.step} steps in {trainer.seconds:.1f} s on {len(pairs)} pairs; final loss "
-              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
-    return 0
+    return _guarded(lambda: train_mask_to_image(train_config, pairs, args.out, vqmodel=vqmodel,
+                                                latent_copies=section.latent_copies, resume=args.resume),
+                    _trainer_summary(f" in {args.space} space on {len(pairs)} pairs", args.out / "pipeline"))
 
 
 def _train_joint(args) -> int:
     from .data.pairs import image_mask_pairs
-    from .diffusion.training import TrainingDiverged
     from .models.joint_synthesis import joint_train_config, train_joint_model
 
     config = load_config(args.profile)
@@ -191,22 +183,16 @@ def _train_joint(args) -> int:
                                       batch_size=args.batch_size, compile=False if args.no_compile else None)
     pairs = image_mask_pairs(pairs_section.tile_size, "train", pairs_section.n_train_pairs, seed=args.seed,
                              downsample=pairs_section.downsample)
-    try:
-        trainer = train_joint_model(train_config, pairs, args.out, layout_sigma=section.layout_sigma,
-                                    resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if trainer.accelerator.is_main_process:
-        print(f"{trainer.step} steps in {trainer.seconds:.1f} s on {len(pairs)} pairs; final loss "
-              f"{trainer.log[-1]['loss']:.4f}; pipeline saved to {args.out / 'pipeline'}")
-    return 0
+    return _guarded(lambda: train_joint_model(train_config, pairs, args.out, layout_sigma=section.layout_sigma,
+                                              resume=args.resume),
+                    _trainer_summary(f" on {len(pairs)} pairs", args.out / "pipeline"))
 
 
 def _train_segmenter(args) -> int:
     import dataclasses as dc
 
-    from .diffusion.training import TrainingDiverged
+    from .data.nuclei import NUCLEUS_CLASSES
+    from .evaluation.segmentation import segmentation_scores
     from .paths import runs_dir
     from .segmentation.experiments import (arm_catalogue, arm_training_set, load_generators, needed_pool_pairs,
                                            real_pool, run_arm, segmenter_config, synthetic_bank, heldout_tiles)
@@ -232,19 +218,14 @@ def _train_segmenter(args) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "compile": False if args.no_compile else None}
     segmenter = dc.replace(segmenter, **{k: v for k, v in overrides.items() if v is not None})
     test = heldout_tiles(section.tile_size, section.n_test, section.downsample, config.seed)
-    try:
-        counts = run_arm(segmenter, training, test, args.out, progress=True, resume=args.resume)
-    except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    from .data.nuclei import NUCLEUS_CLASSES
-    from .evaluation.segmentation import segmentation_scores
 
-    scores = segmentation_scores(counts, NUCLEUS_CLASSES)
-    print(f"arm {arm.name}, seed {args.seed}: {len(training)} training tiles, {segmenter.steps} steps; on "
-          f"{len(test)} held-out tiles Dice {scores['dice']:.4f}, AJI+ {scores['aji_plus']:.4f}, "
-          f"mPQ+ {scores['mpq_plus']:.4f}; saved to {args.out}")
-    return 0
+    def summary(counts) -> str:
+        scores = segmentation_scores(counts, NUCLEUS_CLASSES)
+        return (f"arm {arm.name}, seed {args.seed}: {len(training)} training tiles, {segmenter.steps} steps; on "
+                f"{len(test)} held-out tiles Dice {scores['dice']:.4f}, AJI+ {scores['aji_plus']:.4f}, "
+                f"mPQ+ {scores['mpq_plus']:.4f}; saved to {args.out}")
+
+    return _guarded(lambda: run_arm(segmenter, training, test, args.out, progress=True, resume=args.resume), summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,13 +259,18 @@ def main(argv: list[str] | None = None) -> int:
     segmenter.add_argument("--arm", required=True, help="e.g. real_25, classic_100, add_joint_50, replace_spade_real_100")
     segmenter.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
     for sub in (ddpm, vqgan, masks, spade, joint, segmenter):
-        sub.add_argument("--profile", choices=PROFILES, default=None, help="sizes and steps (default: HISTO_PROFILE)")
+        sub.add_argument("--profile", default=None, metavar="NAME_OR_TOML",
+                         help=f"sizes and steps: one of {', '.join(PROFILES)} or a profile file (default: HISTO_PROFILE)")
         sub.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, loss.csv, saved model)")
         sub.add_argument("--steps", type=int, default=None, help="override the profile's training steps")
         sub.add_argument("--batch-size", type=int, default=None)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     args = parser.parse_args(argv)
+    try:
+        load_config(args.profile)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(f"--profile: {error}")
     if args.model == "ddpm" and args.zero_terminal_snr:
         prediction_type = args.prediction_type or load_config(args.profile).ddpm.prediction_type
         if prediction_type == "epsilon":

@@ -141,3 +141,31 @@ def test_haematoxylin_concentrates_in_nuclei(real_data):
     assert all(s.dtype == np.uint8 and s.shape == (64, 64, 3) for s in stains.values())
     with pytest.raises(ValueError, match="uint8"):
         stain_concentrations(nest.image.astype(float))
+
+
+def test_box_downsample_averages_blocks_and_names_a_bad_size():
+    from histolab_utils.data.crops import box_downsample
+
+    image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    small = box_downsample(image[None], 2)[0]
+    assert small.shape == (2, 2, 3)
+    assert small[0, 0, 0] == np.rint(image[:2, :2, 0].mean()) and small[1, 1, 2] == np.rint(image[2:, 2:, 2].mean())
+    assert box_downsample(image, 1) is image
+    with pytest.raises(ValueError, match="not a multiple of factor=3"):
+        box_downsample(image, 3)
+
+
+def test_downsampled_crops_cover_larger_fields_inside_their_region(real_data):
+    from histolab_utils.data.crops import box_downsample
+
+    images = load_images()
+    sampler = CropSampler(images, 16, "heldout", augment=False, seed=3, downsample=2)
+    crops = sampler.sample_with_masks(20)
+    assert crops.images.shape == (20, 16, 16, 3)
+    for crop, (i, x, y) in zip(crops.images, crops.origins):
+        source = sampler.images[i]
+        x0, y0, x1, y1 = source.region_box("heldout")
+        assert x0 <= x and x + 32 <= x1 and y0 <= y and y + 32 <= y1, "the 32 px field stays in its region"
+        np.testing.assert_array_equal(crop, box_downsample(source.image[y:y + 32, x:x + 32], 2))
+    with pytest.raises(ValueError, match="downsample must be a whole number"):
+        CropSampler(images, 16, "train", downsample=1.5)

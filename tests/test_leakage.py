@@ -41,7 +41,7 @@ class Canvas:
 
 def crop_boxes(sampler: CropSampler, n: int) -> dict[str, np.ndarray]:
     origins = sampler.sample_with_masks(n).origins
-    s = sampler.size
+    s = sampler.size * sampler.downsample  # the field a crop covers before box-averaging
     return {image.name: np.stack([origins[origins[:, 0] == i, 1], origins[origins[:, 0] == i, 2],
                                   origins[origins[:, 0] == i, 1] + s, origins[origins[:, 0] == i, 2] + s], 1)
             for i, image in enumerate(sampler.images)}
@@ -51,8 +51,12 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
     config = load_config("smoke")
     canvas = Canvas()
     # 02 (VQ-GAN) and 03 (DDPMs): training_crops = CropSampler(load_images(), size, "train", seed)
-    for size, n in ((config.vqgan.image_size, config.vqgan.n_train_crops), (config.ddpm.image_size, config.ddpm.n_train_crops)):
-        for image, boxes in crop_boxes(CropSampler(load_images(), size, "train", seed=config.seed), n).items():
+    cpu = load_config("cpu").ddpm  # 03 in the cpu profile: crops of 2x larger fields, box-averaged
+    for size, n, scale in ((config.vqgan.image_size, config.vqgan.n_train_crops, 1),
+                           (config.ddpm.image_size, config.ddpm.n_train_crops, config.ddpm.downsample),
+                           (cpu.image_size, cpu.n_train_crops, cpu.downsample)):
+        sampler = CropSampler(load_images(), size, "train", seed=config.seed, downsample=scale)
+        for image, boxes in crop_boxes(sampler, n).items():
             canvas.paint(image, boxes)
     # 04 / 05: the grid tiles notebook 05 trains its LDM on (region == "train")
     tiles = grid_tiles(size=config.vqgan.image_size, min_tissue=config.clusters.min_tissue,

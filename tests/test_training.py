@@ -169,3 +169,18 @@ def test_the_cli_trains_the_prediction_type_it_is_given(tmp_path, real_data):
                        "--profile", "smoke", "--steps", "2", "--out", str(out)]) == 0
     scheduler = json.loads((out / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "sample" and scheduler["rescale_betas_zero_snr"] is True
+
+
+def test_resuming_a_folder_of_another_config_is_refused_naming_the_fields(tmp_path, crops, capsys):
+    from histolab_utils.diffusion.training import ResumeMismatch
+
+    config = TrainConfig(schedule="cosine", steps=2, checkpoint_every=2, **TINY)
+    first = DiffusionTrainer(config, crops, tmp_path, progress=False)
+    first.train()
+    assert first.train_seconds > 0
+    longer = DiffusionTrainer(TrainConfig(**{**config.__dict__, "steps": 3}), crops, tmp_path, progress=False)
+    longer.train(resume=True)  # more steps of the same run: allowed
+    assert longer.step == 3 and longer.train_seconds > first.train_seconds, "wall time adds up across resumes"
+    other = TrainConfig(**{**config.__dict__, "schedule": "linear", "learning_rate": 5e-4})
+    with pytest.raises(ResumeMismatch, match=r"learning_rate: 0.001 there, 0.0005 now, schedule: 'cosine' there"):
+        DiffusionTrainer(other, crops, tmp_path, progress=False).train(resume=True)

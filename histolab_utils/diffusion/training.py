@@ -3,7 +3,9 @@ diffusion trainer (pixels or VQ-GAN latents, optionally class-conditional); ``vq
 
 * AdamW (fused on CUDA), linear warm-up then cosine learning rate, EMA of the weights,
   gradient clipping and gradient accumulation.
-* bf16 autocast on GPU, fp32 on CPU; channels_last and optional ``torch.compile`` on GPU.
+* ``mixed_precision="auto"``: bf16 autocast on a GPU, and on a CPU with native bf16 matrix instructions
+  (AVX-512 BF16 or AMX, asked of torch's cpuinfo, never assumed); fp32 elsewhere. Master weights stay
+  fp32 either way. channels_last and optional ``torch.compile`` on GPU.
 * The training crops live on the device as one uint8 tensor (latents as float); batches and
   flips/rotations come from a seeded CPU generator, timesteps and noise from a seeded device
   generator, and both states are checkpointed, so N steps + resume + N steps gives bitwise the
@@ -17,6 +19,7 @@ diffusion trainer (pixels or VQ-GAN latents, optionally class-conditional); ``vq
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -36,6 +39,10 @@ from .schedules import make_scheduler
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
+
+
+class ResumeMismatch(ValueError):
+    """A run folder's checkpoint was written under another config; the message names the fields."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,33 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False
-    mixed_precision: str = "auto"  # "auto": bf16 on CUDA, fp32 ("no") on CPU
+    mixed_precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16, else fp32 ("no")
     compile: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+
+# A profile section's fields that the trainer knows under another name.
+SECTION_FIELD_NAMES = {"train_steps": "steps"}
+
+
+def section_train_config(section, seed: int = 0, own: dict | None = None, **overrides) -> TrainConfig:
+    """The trainer's config from a profile section (any dataclass): every section field that
+    :class:`TrainConfig` has by name (``train_steps`` as ``steps``), then ``own`` (what the model
+    fixes: its channels, condition, image size), then ``overrides`` (the caller's: CLI flags, a
+    notebook's exercise), whose ``None`` values are ignored, as an unset flag should be."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {"seed": seed}
+    for f in dataclasses.fields(section):
+        name = SECTION_FIELD_NAMES.get(f.name, f.name)
+        if name in known:
+            values[name] = getattr(section, f.name)
+    values.update(own or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"TrainConfig has no field {unknown[0]!r}")
+    return TrainConfig(**values)
 
 
 def norm_groups(channels: tuple[int, ...], min_channels_per_group: int = 4) -> int:
@@ -298,6 +328,9 @@ class AcceleratedTrainer:
     step: int = 0
     log: list[dict]
     LOG_EVERY = 25
+    train_seconds: float = 0.0  # wall time of every session of this run, resumes included
+    seconds: float = 0.0  # wall time of the last call to train()
+    _started: float = 0.0
 
     # -- checkpoints -----------------------------------------------------------------------
     def local_state(self) -> dict:
@@ -321,8 +354,10 @@ class AcceleratedTrainer:
                    staging / f"batches_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            (staging / "trainer.json").write_text(json.dumps({"step": self.step, "log": self.log,
-                                                              "config": asdict(self.config)}, default=list))
+            (staging / "trainer.json").write_text(json.dumps({
+                "step": self.step, "log": self.log, "config": asdict(self.config),
+                "train_seconds": self.train_seconds + (time.perf_counter() - self._started if self._started else 0.0),
+            }, default=list))
             shutil.rmtree(target, ignore_errors=True)
             staging.rename(target)
             for old in _checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
@@ -336,17 +371,32 @@ class AcceleratedTrainer:
         if not checkpoints:
             return False
         latest = checkpoints[-1]
-        self.accelerator.load_state(str(latest))
         own = latest / f"batches_{self.accelerator.process_index}.pt"
         if not own.is_file():
             raise FileNotFoundError(f"{latest} has no generator state for process {self.accelerator.process_index} "
                                     "(resumed with more processes than it was saved with?)")
+        state = json.loads((latest / "trainer.json").read_text())
+        self._check_resumable(state["config"], latest)
+        self.accelerator.load_state(str(latest))
         local = torch.load(own)
         self.batches.load_state_dict(local)
         self.load_local_state(local)
-        state = json.loads((latest / "trainer.json").read_text())
         self.step, self.log = state["step"], state["log"]
+        self.train_seconds = state.get("train_seconds", 0.0)
         return True
+
+    # what a resumed run may change: how long it goes on (--steps), and settings that do not change what it computes
+    RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "compile"})
+
+    def _check_resumable(self, saved: dict, checkpoint: Path) -> None:
+        """Refuse to continue a checkpoint written under another config: the result would be neither run."""
+        current = json.loads(json.dumps(asdict(self.config), default=list))
+        changed = sorted(k for k in set(saved) | set(current)
+                         if saved.get(k) != current.get(k) and k not in self.RESUMABLE_CHANGES)
+        if changed:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in changed)
+            raise ResumeMismatch(f"cannot resume from {checkpoint}: it was trained with another config ({detail}); "
+                             f"use another output folder, or delete {checkpoint.parent} to start again")
 
     def _flush_log(self) -> None:
         """Read the pending entries on the host (one transfer), check the losses, extend the log."""
@@ -379,7 +429,7 @@ class AcceleratedTrainer:
         total = steps or self.config.steps
         bar = tqdm(total=total, initial=self.step, desc=self.name,
                    disable=not (self.progress and self.accelerator.is_main_process))
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         self._pending = []
         while self.step < total:
             entry = self.train_step()
@@ -394,6 +444,8 @@ class AcceleratedTrainer:
                 self.save_checkpoint()
         bar.close()
         self.seconds = time.perf_counter() - started
+        self.train_seconds += self.seconds
+        self._started = time.perf_counter()
         self.save_log()
         return self.loss_frame()
 
@@ -405,13 +457,39 @@ class AcceleratedTrainer:
             atomic_write_text(self.out_dir / "loss.csv", self.loss_frame().to_csv(index=False))
 
 
+MIXED_PRECISIONS = ("auto", "bf16", "fp16", "no")
+
+
+def cpu_has_native_bf16(capabilities: dict | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX-BF16), as torch's cpuinfo
+    reports it. Without them, bf16 autocast on a CPU is emulated and slower than fp32."""
+    if capabilities is None:
+        get = getattr(torch.cpu, "get_capabilities", None)
+        if get is None:  # older torch: the private probes
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        capabilities = get()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def resolve_mixed_precision(setting: str, cuda: bool | None = None, cpu_bf16: bool | None = None) -> str:
+    """The precision ``setting`` means here: ``"auto"`` is ``"bf16"`` on CUDA or on a CPU with native
+    bf16 (:func:`cpu_has_native_bf16`), ``"no"`` (fp32) otherwise; any other setting is kept as it is."""
+    if setting not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda:
+        return "bf16"
+    return "bf16" if (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16) else "no"
+
+
 def make_accelerator(mixed_precision: str, grad_accumulation: int = 1):
-    """An Accelerator: ``"auto"`` precision is bf16 on CUDA and fp32 on CPU."""
+    """An Accelerator with the precision :func:`resolve_mixed_precision` picks for ``mixed_precision``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if torch.cuda.is_available() else "no"
+    mixed_precision = resolve_mixed_precision(mixed_precision)
     # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision
     # (a notebook or benchmark that trains an fp32 and a bf16 model in turn); single-process, reset it.
     shared = AcceleratorState._shared_state

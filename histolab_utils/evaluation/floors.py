@@ -29,13 +29,14 @@ class RealReference:
     heldout_features: np.ndarray
 
 
-def real_reference(image_size: int, n: int, seed: int = 0) -> RealReference:
-    """Draw (and cache the features of) the real reference sets."""
+def real_reference(image_size: int, n: int, seed: int = 0, downsample: int = 1) -> RealReference:
+    """Draw (and cache the features of) the real reference sets, at the models' ``downsample``."""
     images = load_images(DEFAULT_SET)
     sets = {}
+    scale = f"|downsample={downsample}" if downsample != 1 else ""
     for name, region, offset in (("train", "train", 101), ("train_b", "train", 202), ("heldout", "heldout", 303)):
-        crops = CropSampler(images, image_size, region, seed=seed + offset).sample(n)
-        key = f"{','.join(DEFAULT_SET)}|{region}|{image_size}px|n={n}|seed={seed + offset}"
+        crops = CropSampler(images, image_size, region, seed=seed + offset, downsample=downsample).sample(n)
+        key = f"{','.join(DEFAULT_SET)}|{region}|{image_size}px{scale}|n={n}|seed={seed + offset}"
         sets[name] = (crops, metrics.cached_features(key, lambda c=crops: metrics.inception_features(c)))
     return RealReference(image_size, n, sets["train"][0], sets["train"][1], sets["train_b"][1],
                          sets["heldout"][0], sets["heldout"][1])
@@ -73,3 +74,33 @@ def score_samples(samples: np.ndarray, reference: RealReference, training_crops:
         "ms_ssim": metrics.ms_ssim_diversity(samples),
         "near_copy_fraction": copies["near_copy_fraction"],
     }
+
+
+def ddpm_goals(rows, floor: dict, best_model: tuple[str, str], real_colour: dict, *, fid_ratio: float = 1.25,
+               colour_levels: float = 8.0, solver_tolerance: float = 0.10, max_near_copies: float = 0.01,
+               reference_sampler: str = "ddim", fast_sampler: str = "dpm"):
+    """The goals notebook 03 sets its best model, measured: a pandas table of goal, target, measured, met.
+
+    ``rows`` is the score table (one row per schedule, prediction type and sampler, with ``colour_*``
+    means), ``best_model`` the (schedule, prediction) picked without the held-out strip, and
+    ``real_colour`` the held-out crops' :func:`~histolab_utils.evaluation.metrics.colour_stats`.
+    """
+    import pandas as pd
+
+    schedule, prediction = best_model
+    mine = rows[(rows["schedule"] == schedule) & (rows["prediction"] == prediction)].set_index("sampler")
+    reference = mine.loc[reference_sampler]
+    ratio = reference["fid_vs_heldout"] / floor["fid_train_vs_heldout"]
+    colour_gap = max(abs(reference[f"colour_{c}"] - real_colour[f"mean_{c}"]) for c in "rgb")
+    solver_gap = mine.loc[fast_sampler, "fid_vs_heldout"] / reference["fid_vs_heldout"] - 1
+    copies = rows["near_copy_fraction"].max()
+    goals = [
+        (f"best model's FID vs held-out ({reference_sampler}) over the train-vs-held-out floor", f"<= {fid_ratio}",
+         ratio, ratio <= fid_ratio),
+        ("largest gap of a mean colour channel to the held-out crops (levels of 255)", f"<= {colour_levels:g}",
+         colour_gap, colour_gap <= colour_levels),
+        (f"{fast_sampler} FID over {reference_sampler} FID, minus 1 (best model)", f"<= {solver_tolerance:g}",
+         solver_gap, solver_gap <= solver_tolerance),
+        ("largest near-copy fraction of any sample set", f"< {max_near_copies:g}", copies, copies < max_near_copies),
+    ]
+    return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])

@@ -45,7 +45,7 @@ from ..data.layouts import LAYOUT_SIGMA, Layouts, layout_maps, layouts_from_mask
 from ..data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS, context_index, renumber_instances
 from ..data.pairs import ImageMaskPairs
 from ..diffusion.sampling import guided_denoise, to_uint8
-from ..diffusion.training import TrainConfig, save_pretrained_atomic
+from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
 
 try:
     from diffusers import DiffusionPipeline
@@ -257,15 +257,10 @@ def trained_contexts(folder: str | Path) -> list[str]:
 # -- training ----------------------------------------------------------------------------------
 def joint_train_config(section, image_size: int, seed: int = 0, **overrides) -> TrainConfig:
     """The trainer's config from a profile's ``joint`` section; ``None`` overrides are ignored."""
-    config = TrainConfig(
-        schedule=section.schedule, prediction_type=section.prediction_type, image_size=image_size,
-        steps=section.train_steps, batch_size=section.batch_size, learning_rate=section.learning_rate,
-        warmup_steps=section.warmup_steps, ema_decay=section.ema_decay, checkpoint_every=section.checkpoint_every,
-        in_channels=JOINT_CHANNELS, concat_condition_channels=K, num_classes=len(TISSUE_CONTEXTS),
-        label_dropout=section.context_dropout, augment_float=True, block_out_channels=section.block_out_channels,
-        layers_per_block=section.layers_per_block, attention=section.attention, compile=section.compile, seed=seed,
-    )
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return section_train_config(section, seed, own={
+        "image_size": image_size, "in_channels": JOINT_CHANNELS, "concat_condition_channels": K,
+        "num_classes": len(TISSUE_CONTEXTS), "label_dropout": section.context_dropout, "augment_float": True},
+        **overrides)
 
 
 def joint_training_set(pairs: ImageMaskPairs, sigma: float = LAYOUT_SIGMA) -> np.ndarray:

@@ -41,7 +41,7 @@ from ..data.nuclei import (NUCLEUS_CLASSES, TISSUE_CONTEXTS, MaskTiles, as_multi
                            renumber_instances)
 from ..diffusion.conditioning import null_condition
 from ..diffusion.sampling import guided_denoise
-from ..diffusion.training import TrainConfig, save_pretrained_atomic
+from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
 
 try:
     from diffusers import DiffusionPipeline
@@ -247,15 +247,9 @@ def generate_masks(pipeline: NucleiMaskPipeline, conditions: np.ndarray, guidanc
 
 def mask_train_config(section, seed: int = 0, **overrides) -> TrainConfig:
     """The trainer's config from a profile's ``masks`` section; ``None`` overrides are ignored."""
-    config = TrainConfig(
-        schedule=section.schedule, prediction_type=section.prediction_type, image_size=section.tile_size,
-        steps=section.train_steps, batch_size=section.batch_size, learning_rate=section.learning_rate,
-        warmup_steps=section.warmup_steps, ema_decay=section.ema_decay, checkpoint_every=section.checkpoint_every,
-        in_channels=MASK_CHANNELS, condition_features=CONDITION_FEATURES, label_dropout=CONDITION_DROPOUT,
-        augment_float=True, block_out_channels=section.block_out_channels, layers_per_block=section.layers_per_block,
-        attention=section.attention, compile=section.compile, seed=seed,
-    )
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return section_train_config(section, seed, own={
+        "image_size": section.tile_size, "in_channels": MASK_CHANNELS, "condition_features": CONDITION_FEATURES,
+        "label_dropout": CONDITION_DROPOUT, "augment_float": True}, **overrides)
 
 
 def train_mask_generator(config: TrainConfig, tiles: MaskTiles, out_dir: str | Path, progress: bool = True,

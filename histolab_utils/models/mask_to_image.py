@@ -30,7 +30,7 @@ from ..data.pairs import ImageMaskPairs
 from ..diffusion.inpainting import REPAINT, RePaintSettings, check_region, repaint
 from ..diffusion.sampling import guided_denoise, guided_prediction, to_uint8
 from ..diffusion.spade import SPADEUNet  # noqa: F401  diffusers' loader finds the UNet's class by its module
-from ..diffusion.training import TrainConfig, save_pretrained_atomic
+from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
 from .mask_generator import MASK_CHANNELS, encode_masks
 
 try:
@@ -164,18 +164,12 @@ def spade_train_config(section, seed: int = 0, vqmodel=None, **overrides) -> Tra
     """The trainer's config from a profile's ``spade`` section: pixel space, or the latent space of
     ``vqmodel`` (its latent channels, the tile size over its latent factor); ``None`` overrides are ignored."""
     latent = vqmodel is not None
-    config = TrainConfig(
-        schedule=section.schedule, prediction_type=section.prediction_type,
-        image_size=section.tile_size // latent_factor(vqmodel) if latent else section.tile_size,
-        steps=section.latent_train_steps if latent else section.train_steps, batch_size=section.batch_size,
-        learning_rate=section.learning_rate, warmup_steps=section.warmup_steps, ema_decay=section.ema_decay,
-        checkpoint_every=section.checkpoint_every, in_channels=vqmodel.config.latent_channels if latent else 3,
-        spatial_condition_channels=SEG_CHANNELS, spade_hidden_channels=section.spade_hidden_channels,
-        label_dropout=CONDITION_DROPOUT, learned_variance=section.learned_variance,
-        block_out_channels=section.latent_block_out_channels if latent else section.block_out_channels,
-        layers_per_block=section.layers_per_block, attention=section.attention, compile=section.compile, seed=seed,
-    )
-    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    own = {"image_size": section.tile_size, "in_channels": 3, "spatial_condition_channels": SEG_CHANNELS,
+           "label_dropout": CONDITION_DROPOUT}
+    if latent:
+        own.update(image_size=section.tile_size // latent_factor(vqmodel), steps=section.latent_train_steps,
+                   in_channels=vqmodel.config.latent_channels, block_out_channels=section.latent_block_out_channels)
+    return section_train_config(section, seed, own=own, **overrides)
 
 
 def latent_training_set(vqmodel, pairs: ImageMaskPairs, copies: int = 1,
