@@ -2,13 +2,14 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 PROFILE ?= smoke
+ONLY    ?= 03
 # torch first and pinned: a bare `torch` requirement in a fresh venv pulls a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data run test unit nbval lab clean-reports
+.PHONY: setup data run results test unit nbval lab clean-reports
 
 setup: $(STAMP) data
 
@@ -29,6 +30,11 @@ data: $(STAMP)
 
 run: setup
 	$(PY) -m histolab_utils.runner --profile $(PROFILE)
+
+# Real results: train (resumable CLI), execute, publish into results/$(PROFILE)/, release (cpu) into data/pretrained/.
+# A cpu run takes hours: start it with nohup, niced; run it again to continue where it stopped.
+results: setup
+	$(PY) -m histolab_utils.results --profile $(PROFILE) --only $(ONLY)
 
 unit: setup
 	@echo ">> unit tests"

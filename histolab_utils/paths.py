@@ -49,6 +49,12 @@ def reports_dir() -> Path:
     return _resolve("HISTO_REPORTS_DIR", "reports")
 
 
+def results_dir(profile: str | None = None) -> Path:
+    """Committed results: ``results/`` in the project root, one folder per profile when given."""
+    root = project_root() / "results"
+    return root / profile if profile else root
+
+
 def runs_dir(profile: str | None = None) -> Path:
     """Trained models: ``HISTO_RUNS_DIR`` (default ``runs/``), one folder per profile when given."""
     root = _resolve("HISTO_RUNS_DIR", "runs")

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from .profiles import current_profile
-from .paths import atomic_write_text, project_root, reports_dir
+from .paths import atomic_path, atomic_write_text, project_root, reports_dir, results_dir
 
 STAMPED_PACKAGES = ("histolab_utils", "torch", "diffusers", "accelerate", "torchmetrics", "numpy", "openslide-python")
 
@@ -128,6 +128,28 @@ def save_metrics(
     path = metrics_dir(profile) / f"{notebook}.json"
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def figures_dir(profile: str | None = None) -> Path:
+    return reports_dir() / (profile or current_profile()) / "figures"
+
+
+def save_figure(notebook: str, name: str, image: np.ndarray, profile: str | None = None) -> Path:
+    """Save a uint8 image (a sample grid) as ``reports/<profile>/figures/<notebook>-<name>.png``;
+    ``make results`` publishes these beside the metrics."""
+    from PIL import Image
+
+    path = figures_dir(profile) / f"{notebook}-{name}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, optimize=True)
+    return path
+
+
+def published_metrics(notebook: str, profile: str) -> dict | None:
+    """The committed metrics record of ``notebook`` in ``profile`` (``results/<profile>/<notebook>.json``),
+    or None when that profile's results are not published."""
+    path = results_dir(profile) / f"{notebook}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _format_value(value: Any) -> str:

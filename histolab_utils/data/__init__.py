@@ -5,6 +5,9 @@ Command line::
     python -m histolab_utils.data fetch [--offline] [--refresh] [SOURCE ...]
     python -m histolab_utils.data verify
     python -m histolab_utils.data list
+
+Released models (``data/pretrained/``, pinned in its manifest): ``pretrained(name)`` gives a folder
+that plain diffusers loads.
 """
 
 from .crops import Crops, CropSampler, dihedral, heldout_eval_crops, training_crops
@@ -30,11 +33,12 @@ from .store import (
     verify,
 )
 from .registry import SOURCES, DataSource, get_source
+from .releases import pretrained, pretrained_table, verify_pretrained
 
 __all__ = [
     "ANNOTATED_SET", "DEFAULT_SET", "HELDOUT_FRACTION", "IMAGES", "SOURCES",
     "Crops", "CropSampler", "DataError", "DataIntegrityError", "DataNotFetchedError",
     "DataSource", "HEImage", "dihedral", "fetch", "get_source", "heldout_eval_crops", "load_image", "load_images",
-    "load_polygons", "polygon_class_counts", "provenance_table", "require_file",
-    "source_table", "training_crops", "verify",
+    "load_polygons", "polygon_class_counts", "pretrained", "pretrained_table", "provenance_table", "require_file",
+    "source_table", "training_crops", "verify", "verify_pretrained",
 ]

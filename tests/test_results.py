@@ -1,0 +1,98 @@
+"""`make results`: the CLI trains where the notebook reads back, and publishing copies whole, small files."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from histolab_utils import results
+from histolab_utils.paths import results_dir
+
+
+def noise_png(size: int) -> str:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.fixture
+def executed_run(isolated_dirs, monkeypatch):
+    """A finished cpu run of notebook 03 in reports/: metrics, a figure and an executed notebook with a big image."""
+    monkeypatch.setenv("HISTO_ROOT", str(isolated_dirs))
+    reports = isolated_dirs / "reports" / "cpu"
+    (reports / "metrics").mkdir(parents=True)
+    (reports / "metrics" / "03_ddpm_schedulers.json").write_text(json.dumps({"profile": "cpu", "metrics": {}}))
+    (reports / "figures").mkdir()
+    Image.new("RGB", (64, 64), (200, 100, 180)).save(reports / "figures" / "03_ddpm_schedulers-cosine-ddim.png")
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plt.imshow(grid)")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": noise_png(600), "text/plain": "x"})]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print(1)")]
+    (reports / "executed").mkdir()
+    nbformat.write(nb, reports / "executed" / "03_ddpm_schedulers.ipynb")
+    return isolated_dirs
+
+
+def test_the_cli_trains_every_model_into_the_folder_the_notebook_resumes_from():
+    from histolab_utils.config import load_config
+
+    commands = results.training_commands("03_ddpm_schedulers", "cpu")
+    models = load_config("cpu").ddpm.models
+    assert len(commands) == len(models)
+    for command, (schedule, prediction) in zip(commands, models):
+        assert command[2:4] == ["histolab_utils.train", "ddpm"] and "--resume" in command
+        out = command[command.index("--out") + 1]
+        assert out.endswith(f"cpu/03_ddpm_schedulers/{schedule}-{prediction}")
+        assert command[command.index("--profile") + 1] == "cpu"
+    assert results.training_commands("09_augmentation_experiments", "cpu") == []
+
+
+def test_publish_copies_metrics_figures_and_a_compacted_notebook(executed_run):
+    big = (executed_run / "reports" / "cpu" / "executed" / "03_ddpm_schedulers.ipynb").stat().st_size
+    written = results.publish("03_ddpm_schedulers", "cpu")
+    target = results_dir("cpu")
+    assert sorted(p.name for p in written) == sorted(
+        ["03_ddpm_schedulers.json", "03_ddpm_schedulers.ipynb", "03_ddpm_schedulers-cosine-ddim.png"])
+    published = nbformat.read(target / "03_ddpm_schedulers.ipynb", as_version=4)
+    data = published.cells[0].outputs[0]["data"]
+    assert "image/jpeg" in data and "image/png" not in data, "the noise grid is re-encoded"
+    assert (target / "03_ddpm_schedulers.ipynb").stat().st_size < big / 2
+    assert not list(target.glob(".*")), "no temporary file is left in results/"
+
+
+def test_publish_refuses_what_is_missing_or_too_big(executed_run, monkeypatch):
+    monkeypatch.setattr(results, "MAX_NOTEBOOK_BYTES", 1000)
+    with pytest.raises(ValueError, match="over the 0 MB limit"):
+        results.publish("03_ddpm_schedulers", "cpu")
+    assert not results_dir("cpu").exists(), "nothing is half-published"
+    with pytest.raises(FileNotFoundError, match="run the notebook in the cpu profile first"):
+        results.publish("05_conditional_ldm", "cpu")
+
+
+def test_smoke_is_never_published(capsys):
+    with pytest.raises(SystemExit):
+        results.main(["--profile", "smoke", "--only", "03"])
+    assert "smoke numbers are never results" in capsys.readouterr().err
+
+
+def test_the_model_card_states_data_split_scores_floors_licences_and_use():
+    record = {"profile": "cpu", "git_commit": "abc123", "metrics": {
+        "rows": [{"schedule": "cosine", "prediction": "v_prediction", "sampler": "ddim", "steps": 50,
+                  "fid_vs_heldout": 80.0, "kid_vs_heldout": 0.05, "fid_vs_train": 70.0, "precision": 0.6,
+                  "recall": 0.3, "near_copy_fraction": 0.0}],
+        "floor": {"fid_train_vs_heldout": 60.0, "fid_train_vs_train": 40.0}, "image_size": 32, "downsample": 2,
+        "released_model": "ddpm-cosine-v-cpu", "train_seconds": {"cosine · v": 1500.0}, "n_eval": 500,
+        "train_steps": 2500, "batch_size": 32, "n_train_crops": 8192, "hardware": "cpu (2 cores)",
+        "best_model_rule": "lowest DDIM FID against a train-region draw"}}
+    card = results.model_card(record, "cosine", "v_prediction", "ddpm-cosine-v-cpu")
+    for needed in ("not for diagnosis", "held-out", "n = 500", "**60.0**", "**40.0**", "| ddim | 50 | 80.0 |",
+                   "BSD-3-Clause", "MIT", "Apache-2.0", "25 min of training", "2500 optimiser steps",
+                   "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the four"):
+        assert needed in card, needed
