@@ -131,7 +131,8 @@ def model_card(record: dict, schedule: str, prediction: str, name: str) -> str:
         f"{r['fid_vs_train']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} | {100 * r['near_copy_fraction']:.1f} % |"
         for r in rows)
     floor = metrics["floor"]
-    best = " It is the best of the four by the rule below." if metrics["released_model"] == name else ""
+    best = (f" It is the best of the {len(metrics['models'])} models the run trained, by the rule below."
+            if metrics["released_model"] == name else "")
     seconds = metrics["train_seconds"].get(_model_label(schedule, prediction))
     wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
     return f"""---

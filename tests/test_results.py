@@ -90,9 +90,10 @@ def test_the_model_card_states_data_split_scores_floors_licences_and_use():
         "floor": {"fid_train_vs_heldout": 60.0, "fid_train_vs_train": 40.0}, "image_size": 32, "downsample": 2,
         "released_model": "ddpm-cosine-v-cpu", "train_seconds": {"cosine · v": 1500.0}, "n_eval": 500,
         "train_steps": 2500, "batch_size": 32, "n_train_crops": 8192, "hardware": "cpu (2 cores)",
-        "best_model_rule": "lowest DDIM FID against a train-region draw"}}
+        "best_model_rule": "lowest DDIM FID against a train-region draw",
+        "models": [["linear", "epsilon"], ["linear", "v_prediction"], ["cosine", "v_prediction"], ["sigmoid", "v_prediction"]]}}
     card = results.model_card(record, "cosine", "v_prediction", "ddpm-cosine-v-cpu")
     for needed in ("not for diagnosis", "held-out", "n = 500", "**60.0**", "**40.0**", "| ddim | 50 | 80.0 |",
                    "BSD-3-Clause", "MIT", "Apache-2.0", "25 min of training", "2500 optimiser steps",
-                   "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the four"):
+                   "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the 4 models"):
         assert needed in card, needed
