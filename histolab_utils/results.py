@@ -38,6 +38,11 @@ def ddpm_run_folder(profile: str, schedule: str, prediction: str) -> Path:
     return runs_dir(profile) / "03_ddpm_schedulers" / f"{schedule}-{prediction}"
 
 
+def released_ddpm_name(schedule: str, prediction: str, profile: str) -> str:
+    """The name a DDPM of notebook 03 is released under (``data/pretrained/<name>``), e.g. ``ddpm-cosine-v-cpu``."""
+    return f"ddpm-{schedule}-{'eps' if prediction == 'epsilon' else 'v'}-{profile}"
+
+
 def training_commands(notebook: str, spec: str) -> list[list[str]]:
     """The CLI commands that train what ``notebook`` needs in profile ``spec`` (none: it trains itself)."""
     config = load_config(spec)
@@ -212,7 +217,7 @@ def release_ddpms(profile: str) -> list[Path]:
     record = json.loads((results_dir(profile) / "03_ddpm_schedulers.json").read_text())
     released = []
     for schedule, prediction in record["metrics"]["models"]:
-        name = f"ddpm-{schedule}-{'eps' if prediction == 'epsilon' else 'v'}-{profile}"
+        name = released_ddpm_name(schedule, prediction, profile)
         source = ddpm_run_folder(profile, schedule, prediction) / "pipeline"
         released.append(release_pipeline(source, name, model_card(record, schedule, prediction, name)))
     return released
