@@ -38,11 +38,11 @@ results: setup
 
 unit: setup
 	@echo ">> unit tests"
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 nbval: setup
-	@echo ">> notebooks under nbval (smoke profile, one after another)"
-	HISTO_PROFILE=smoke HISTO_HEADLESS=1 $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
+	@echo ">> notebooks under nbval (smoke profile), two chains side by side (.ci/nbval)"
+	PY=$(PY) .ci/nbval
 
 test: unit nbval
 

@@ -123,3 +123,14 @@ def test_there_is_no_import_loop():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_every_notebook_is_in_exactly_one_nbval_chain():
+    """.ci/nbval runs the notebooks as two chains side by side: a notebook left out would never be tested."""
+    import re
+
+    script = (ROOT / ".ci" / "nbval").read_text()
+    chains = re.findall(r'^CHAIN_[AB]="([^"]+)"', script, flags=re.M)
+    listed = [name for chain in chains for name in chain.split()]
+    assert len(chains) == 2 and len(listed) == len(set(listed))
+    assert sorted(listed) == sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
