@@ -113,6 +113,9 @@ class VQGANSection:
     checkpoint_every: int
     n_train_crops: int
     n_eval: int  # held-out crops for PSNR, SSIM and rFID
+    # image px per tile px: 2 = 32 px tiles of 64 px fields, box-averaged (training crops, the held-out
+    # crops, and the tiles notebooks 04 and 05 cluster and generate)
+    downsample: int = 1
 
 
 @dataclass(frozen=True)

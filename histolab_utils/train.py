@@ -46,7 +46,7 @@ def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
         "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops}}, **overrides)
 
 
-def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Path:
+def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path, downsample: int = 1) -> Path:
     """Reconstruct ``n`` held-out crops and save the reconstructions and codes to ``path`` (the
     crops themselves are redrawn by the scorer and checked against the hash saved here), so a
     machine without the Inception weights can train and another can score."""
@@ -57,12 +57,12 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path) -> Pa
     from .paths import atomic_path
     from .models.vqgan import reconstruct
 
-    originals = heldout_eval_crops(image_size, n, seed)
+    originals = heldout_eval_crops(image_size, n, seed, downsample=downsample)
     reconstructions, codes = reconstruct(vqmodel, originals)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, reconstructions=reconstructions, codes=codes.astype(np.int32),
                             originals_sha256=hashlib.sha256(originals.tobytes()).hexdigest(),
-                            image_size=image_size, n=n, seed=seed)
+                            image_size=image_size, n=n, seed=seed, downsample=downsample)
     return path
 
 
@@ -119,7 +119,7 @@ def _train_vqgan(args) -> int:
     config = vqgan_config(section, args.latent_channels, args.seed, **overrides)
     if args.steps and config.disc_start >= args.steps:  # keep the critic's share of a shortened run
         config = dataclasses.replace(config, disc_start=args.steps * section.disc_start // section.train_steps)
-    crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed)
+    crops = training_crops(config.image_size, section.n_train_crops, seed=args.seed, downsample=section.downsample)
 
     def train():
         trainer = VQGANTrainer(config, crops, args.out)
@@ -127,7 +127,7 @@ def _train_vqgan(args) -> int:
         trainer.save_model(scaling_crops=crops[:512])
         if args.eval and trainer.accelerator.is_main_process:
             saved = _heldout_eval(trainer.vqmodel(), config.image_size, args.eval, args.seed,
-                                  args.out / "heldout_reconstructions.npz")
+                                  args.out / "heldout_reconstructions.npz", downsample=section.downsample)
             print(f"{args.eval} held-out reconstructions saved to {saved}")
         return trainer
 

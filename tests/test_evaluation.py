@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histolab_utils.evaluation.floors import floors, real_reference, score_samples
+import pandas as pd
+
+from histolab_utils.evaluation.floors import ddpm_goals, floors, real_reference, score_samples, vqgan_goals
 
 
 def test_scores_and_floors_on_real_crops(real_data):
@@ -21,3 +23,32 @@ def test_scores_and_floors_on_real_crops(real_data):
     assert score_samples(noise, reference, training_crops=trained_on)["near_copy_fraction"] == 3 / 8
     with pytest.raises(ValueError, match="same n"):
         score_samples(noise[:4], reference)
+
+
+def _ddpm_rows(fid_ddim: float, fid_dpm: float, colour: tuple[float, float, float], copies: float) -> pd.DataFrame:
+    rows = []
+    for schedule, prediction in (("cosine", "v_prediction"), ("linear", "epsilon")):
+        for sampler, fid in (("ddim", fid_ddim), ("dpm", fid_dpm)):
+            worse = 3.0 if prediction == "epsilon" else 1.0  # the other model is much worse: never the one judged
+            rows.append({"schedule": schedule, "prediction": prediction, "sampler": sampler, "fid_vs_heldout": fid * worse,
+                         "colour_r": colour[0], "colour_g": colour[1], "colour_b": colour[2],
+                         "near_copy_fraction": copies})
+    return pd.DataFrame(rows)
+
+
+def test_ddpm_goals_judge_the_best_model_against_each_target():
+    floor = {"fid_train_vs_heldout": 60.0}
+    real = {"mean_r": 180.0, "mean_g": 130.0, "mean_b": 190.0}
+    met = ddpm_goals(_ddpm_rows(70.0, 75.0, (175, 128, 185), 0.0), floor, ("cosine", "v_prediction"), real)
+    assert met["met"].all() and met["measured"].tolist() == pytest.approx([70 / 60, 5.0, 75 / 70 - 1, 0.0])
+    missed = ddpm_goals(_ddpm_rows(90.0, 110.0, (160, 128, 185), 0.02), floor, ("cosine", "v_prediction"), real)
+    assert not missed["met"].any()
+
+
+def test_vqgan_goals_compare_rfid_with_the_floor_codebook_use_and_the_baselines():
+    scores = pd.DataFrame({"rfid": [50.0, 120.0, 80.0], "codebook_usage": [0.95, np.nan, np.nan]},
+                          index=["VQ-GAN, 4 channels", "mean colour per tile", "bicubic down/up x4"])
+    goals = vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")
+    assert goals["met"].all() and goals["measured"].tolist() == pytest.approx([50 / 60, 0.95, 50.0])
+    scores.loc["VQ-GAN, 4 channels"] = [90.0, 0.5]
+    assert not vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")["met"].any()

@@ -31,6 +31,20 @@ def test_grid_tiles_stay_inside_one_region_and_keep_only_tissue():
         grid_tiles([_image()], size=20, min_tissue=1.01)
 
 
+def test_downsampled_grid_tiles_cover_larger_windows_box_averaged():
+    from histolab_utils.data.crops import box_downsample
+
+    tiles = grid_tiles([_image()], size=10, min_tissue=0.5, downsample=2)
+    table = tiles.table
+    assert tiles.tiles.shape[1:] == (10, 10, 3) and set(table["window"]) == {20}
+    assert sorted(set(table["x"])) == [0, 20, 40] and all(x + 20 <= 75 for x in table["x"])
+    assert table["tile_id"].iloc[0] == "synthetic/x00000_y00000_s10_d2" != tile_id("synthetic", 0, 0, 10)
+    first = table.iloc[0]
+    assert np.array_equal(tiles.tiles[0], box_downsample(_image().image[first.y:first.y + 20, first.x:first.x + 20], 2))
+    with pytest.raises(ValueError, match="downsample"):
+        grid_tiles([_image()], size=10, downsample=0)
+
+
 def test_pool_features_are_channel_means_and_stds():
     latents = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
     features = pool_features(latents)

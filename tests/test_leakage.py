@@ -51,20 +51,21 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
     config = load_config("smoke")
     canvas = Canvas()
     # 02 (VQ-GAN) and 03 (DDPMs): training_crops = CropSampler(load_images(), size, "train", seed)
-    cpu = load_config("cpu").ddpm  # 03 in the cpu profile: crops of 2x larger fields, box-averaged
-    for size, n, scale in ((config.vqgan.image_size, config.vqgan.n_train_crops, 1),
+    cpu = load_config("cpu")  # 02 and 03 in the cpu profile: crops of larger fields, box-averaged
+    for size, n, scale in ((config.vqgan.image_size, config.vqgan.n_train_crops, config.vqgan.downsample),
                            (config.ddpm.image_size, config.ddpm.n_train_crops, config.ddpm.downsample),
-                           (cpu.image_size, cpu.n_train_crops, cpu.downsample)):
+                           (cpu.vqgan.image_size, cpu.vqgan.n_train_crops, cpu.vqgan.downsample),
+                           (cpu.ddpm.image_size, cpu.ddpm.n_train_crops, cpu.ddpm.downsample)):
         sampler = CropSampler(load_images(), size, "train", seed=config.seed, downsample=scale)
         for image, boxes in crop_boxes(sampler, n).items():
             canvas.paint(image, boxes)
-    # 04 / 05: the grid tiles notebook 05 trains its LDM on (region == "train")
-    tiles = grid_tiles(size=config.vqgan.image_size, min_tissue=config.clusters.min_tissue,
-                       max_tiles=config.clusters.max_tiles, seed=config.seed)
-    train_rows = tiles.table[tiles.table["region"] == "train"]
-    for image, rows in train_rows.groupby("image"):
-        s = config.vqgan.image_size
-        canvas.paint(image, np.stack([rows.x, rows.y, rows.x + s, rows.y + s], 1))
+    # 04 / 05: the grid tiles notebook 05 trains its LDM on (region == "train"), in both profiles
+    for profile in (config, cpu):
+        tiles = grid_tiles(size=profile.vqgan.image_size, min_tissue=profile.clusters.min_tissue,
+                           max_tiles=profile.clusters.max_tiles, seed=profile.seed, downsample=profile.vqgan.downsample)
+        train_rows = tiles.table[tiles.table["region"] == "train"]
+        for image, rows in train_rows.groupby("image"):
+            canvas.paint(image, np.stack([rows.x, rows.y, rows.x + rows.window, rows.y + rows.window], 1))
     # 07 and 08: the generators' image-mask pairs
     spade = config.spade
     pairs = image_mask_pairs(spade.tile_size, "train", spade.n_train_pairs, seed=config.seed, downsample=spade.downsample)

@@ -116,3 +116,74 @@ def test_the_shipped_releases_verify_and_sample_with_plain_diffusers():
     assert result.returncode == 0, result.stderr[-2000:]
     size, dtype, _, spread = result.stdout.split()
     assert size == "32" and dtype == "torch.float32" and float(spread) > 0.05, "tissue, not a flat colour"
+
+
+# A released VQ-GAN, in a fresh interpreter with only diffusers: encode and decode random tiles.
+LOAD_VQMODEL = """
+import sys, torch
+from diffusers import VQModel
+vqmodel = VQModel.from_pretrained(sys.argv[1])
+size = vqmodel.config.sample_size
+x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+with torch.no_grad():
+    latents = vqmodel.encode(x).latents
+    out = vqmodel.decode(latents).sample
+assert out.shape == x.shape and torch.isfinite(out).all()
+print(size, vqmodel.dtype, latents.shape[1], vqmodel.config.scaling_factor)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_vqmodel(tmp_path_factory):
+    from histolab_utils.models.vqgan import VQGANConfig, VQGANTrainer
+
+    out = tmp_path_factory.mktemp("vq")
+    crops = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    config = VQGANConfig(image_size=16, block_out_channels=(8, 16), num_vq_embeddings=16, steps=1, batch_size=4,
+                         checkpoint_every=1, perceptual_weight=0.0, disc_start=10)
+    trainer = VQGANTrainer(config, crops, out, progress=False)
+    trainer.train()
+    return trainer.save_model(scaling_crops=crops)
+
+
+def test_a_released_vqmodel_is_fp16_and_loads_with_plain_diffusers_in_a_fresh_process(tmp_path, tiny_vqmodel):
+    folder = release_pipeline(tiny_vqmodel, "vqgan-tiny", "# card\n", root=tmp_path)
+    files = read_manifest(tmp_path)["vqgan-tiny"]["files"]
+    assert {"diffusion_pytorch_model.safetensors", "config.json", "histolab_vqgan_config.json", "README.md"} <= set(files)
+    from safetensors import safe_open
+
+    with safe_open(folder / "diffusion_pytorch_model.safetensors", "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float16"}
+    result = subprocess.run([sys.executable, "-c", LOAD_VQMODEL, str(folder)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    size, dtype, channels, scaling = result.stdout.split()
+    assert size == "16" and dtype == "torch.float32" and channels == "4" and float(scaling) != 1.0
+
+
+def test_a_folder_that_is_no_diffusers_model_is_refused_by_name(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(DataError, match="neither a diffusers pipeline"):
+        release_pipeline(tmp_path / "notes", "x", "# card\n", root=tmp_path)
+    (tmp_path / "notes" / "config.json").write_text('{"_class_name": "NoSuchModel"}')
+    with pytest.raises(DataError, match="NoSuchModel"):
+        release_pipeline(tmp_path / "notes", "x", "# card\n", root=tmp_path)
+
+
+def test_the_shipped_vqgans_verify_and_load_with_plain_diffusers():
+    """The VQ-GANs committed under data/pretrained/ (the cpu profile's notebook 02), once released."""
+    from histolab_utils.report import published_metrics
+
+    vqgans = sorted(name for name in read_manifest() if name.startswith("vqgan-"))
+    published = published_metrics("02_vqgan", "cpu")
+    if not vqgans:
+        assert published is None, "results/cpu/02_vqgan.json is published but no VQ-GAN is released"
+        pytest.skip("no VQ-GAN released yet: make results PROFILE=cpu ONLY=02")
+    assert published is not None and published["metrics"]["released_model"] in vqgans
+    assert verify_pretrained(vqgans) == []
+    for name in vqgans:
+        card = (pretrained(name) / "README.md").read_text()
+        assert "not for diagnosis" in card and "Licence" in card and "n = 500" in card, name
+        result = subprocess.run([sys.executable, "-c", LOAD_VQMODEL, str(pretrained(name))], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]

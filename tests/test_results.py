@@ -51,6 +51,13 @@ def test_the_cli_trains_every_model_into_the_folder_the_notebook_resumes_from():
         out = command[command.index("--out") + 1]
         assert out.endswith(f"cpu/03_ddpm_schedulers/{schedule}-{prediction}")
         assert command[command.index("--profile") + 1] == "cpu"
+    vqgan = load_config("cpu").vqgan
+    commands = results.training_commands("02_vqgan", "cpu")
+    assert len(commands) == len(vqgan.latent_channels)
+    for command, channels in zip(commands, vqgan.latent_channels):
+        assert command[2:4] == ["histolab_utils.train", "vqgan"] and "--resume" in command
+        assert command[command.index("--latent-channels") + 1] == str(channels)
+        assert command[command.index("--out") + 1] == str(results.vqgan_run_folder("cpu", channels))
     assert results.training_commands("09_augmentation_experiments", "cpu") == []
 
 

@@ -95,20 +95,36 @@ def pretrained_table(root: Path | None = None):
     return pd.DataFrame(rows, columns=["model", "files", "MB", "card"])
 
 
-def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
-    """Copy a saved diffusers pipeline into ``data/pretrained/<name>`` with fp16 safetensors and the
-    model ``card`` as README.md, and pin its files in the manifest. Written aside and renamed, so a
-    failure leaves the last release intact; refused when over the size limits."""
+def _load_fp16(source: Path):
+    """A saved diffusers pipeline (``model_index.json``) or single model (``config.json`` naming a diffusers
+    class, e.g. a ``VQModel``), loaded in fp16."""
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline
 
+    source = Path(source)
+    if (source / "model_index.json").is_file():
+        return diffusers.DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float16)
+    config = source / "config.json"
+    if not config.is_file():
+        raise DataError(f"{source} is neither a diffusers pipeline (model_index.json) nor a model (config.json)")
+    class_name = json.loads(config.read_text()).get("_class_name")
+    model_class = getattr(diffusers, class_name or "", None)
+    if model_class is None:
+        raise DataError(f"{config}: _class_name {class_name!r} is not a diffusers model class")
+    return model_class.from_pretrained(source, torch_dtype=torch.float16)
+
+
+def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
+    """Copy a saved diffusers pipeline, or a single diffusers model such as a ``VQModel``, into
+    ``data/pretrained/<name>`` with fp16 safetensors and the model ``card`` as README.md, and pin its files
+    in the manifest. Written aside and renamed, so a failure leaves the last release intact; refused when
+    over the size limits."""
     target = pretrained_dir(root) / name
     staging = target.with_name(f".{name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    pipeline = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float16)
-    pipeline.save_pretrained(staging, safe_serialization=True)
-    for extra in Path(source).glob("*.json"):  # our own records beside the pipeline (the training config)
-        if extra.name != "model_index.json" and not (staging / extra.name).exists():
+    _load_fp16(source).save_pretrained(staging, safe_serialization=True)
+    for extra in Path(source).glob("*.json"):  # our own records beside the weights (the training config)
+        if extra.name not in ("model_index.json", "config.json") and not (staging / extra.name).exists():
             shutil.copy2(extra, staging / extra.name)
     (staging / "README.md").write_text(card)
     files = _folder_files(staging)

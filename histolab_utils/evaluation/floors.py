@@ -104,3 +104,24 @@ def ddpm_goals(rows, floor: dict, best_model: tuple[str, str], real_colour: dict
         ("largest near-copy fraction of any sample set", f"< {max_near_copies:g}", copies, copies < max_near_copies),
     ]
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
+
+
+def vqgan_goals(scores, floor: dict, model: str, *, rfid_ratio: float = 1.0, min_codebook_usage: float = 0.9):
+    """The goals notebook 02 sets its kept VQ-GAN, measured: a pandas table of goal, target, measured, met.
+
+    ``scores`` is the reconstruction table indexed by model (with ``rfid``, ``psnr`` and ``codebook_usage``) and
+    the baselines' rows, ``model`` the kept VQ-GAN's row and ``floor`` the real-vs-real floors at the same n."""
+    import pandas as pd
+
+    kept = scores.loc[model]
+    ratio = kept["rfid"] / floor["fid_train_vs_heldout"]
+    baselines = scores.drop(index=[m for m in scores.index if m.startswith("VQ-GAN")])
+    best_baseline = baselines["rfid"].min()
+    goals = [
+        ("rFID over the train-vs-held-out FID floor", f"<= {rfid_ratio:g}", ratio, ratio <= rfid_ratio),
+        ("share of the codebook in use on held-out crops", f">= {min_codebook_usage:g}", kept["codebook_usage"],
+         kept["codebook_usage"] >= min_codebook_usage),
+        ("rFID below every baseline's (mean colour, bicubic)", f"< {best_baseline:.1f}", kept["rfid"],
+         kept["rfid"] < best_baseline),
+    ]
+    return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])

@@ -23,7 +23,7 @@ GLASS_SATURATION = 0.07  # HSV saturation that plain glass stays under (tiling.t
 
 @dataclass(frozen=True)
 class TileSet:
-    """uint8 tiles [N, S, S, 3] and one table row per tile (tile_id, image, x, y, region, tissue)."""
+    """uint8 tiles [N, S, S, 3] and one table row per tile (tile_id, image, x, y, window, region, tissue)."""
 
     tiles: np.ndarray
     table: pd.DataFrame
@@ -36,9 +36,9 @@ class TileSet:
         return TileSet(self.tiles[mask], self.table[mask].reset_index(drop=True))
 
 
-def tile_id(image: str, x: int, y: int, size: int) -> str:
-    """A tile's stable name: image, top-left corner and size (so other tilings never collide)."""
-    return f"{image}/x{x:05d}_y{y:05d}_s{size}"
+def tile_id(image: str, x: int, y: int, size: int, downsample: int = 1) -> str:
+    """A tile's stable name: image, top-left corner, size and scale (so other tilings never collide)."""
+    return f"{image}/x{x:05d}_y{y:05d}_s{size}" + (f"_d{downsample}" if downsample > 1 else "")
 
 
 def _tissue_fraction_table(image: np.ndarray) -> np.ndarray:
@@ -50,27 +50,36 @@ def _tissue_fraction_table(image: np.ndarray) -> np.ndarray:
 
 
 def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tissue: float = 0.5,
-               max_tiles: int | None = None, seed: int = 0) -> TileSet:
+               max_tiles: int | None = None, seed: int = 0, downsample: int = 1) -> TileSet:
     """Non-overlapping ``size`` px tiles of each image's train and held-out regions with at least
-    ``min_tissue`` tissue; a seeded random ``max_tiles`` of them (in grid order) when there are more."""
+    ``min_tissue`` tissue; a seeded random ``max_tiles`` of them (in grid order) when there are more.
+    With ``downsample`` = d each tile covers a ``size * d`` px window, box-averaged to ``size`` px; the
+    table's ``window`` column is that span in image pixels."""
+    from ..data.crops import box_downsample
+
     if size <= 0:
         raise ValueError(f"tile size must be positive, got {size}")
+    if int(downsample) != downsample or downsample < 1:
+        raise ValueError(f"downsample must be a whole number >= 1, got downsample={downsample}")
     images = load_images(DEFAULT_SET) if images is None else images
+    window = size * int(downsample)
     rows, tiles = [], []
     for image in images:
         table = _tissue_fraction_table(image.image)
         for region in ("train", "heldout"):
             x0, y0, x1, y1 = image.region_box(region)
-            for y in range(y0, y1 - size + 1, size):
-                for x in range(x0, x1 - size + 1, size):
-                    area = table[y + size, x + size] - table[y, x + size] - table[y + size, x] + table[y, x]
-                    fraction = area / size**2
+            for y in range(y0, y1 - window + 1, window):
+                for x in range(x0, x1 - window + 1, window):
+                    area = table[y + window, x + window] - table[y, x + window] - table[y + window, x] + table[y, x]
+                    fraction = area / window**2
                     if fraction >= min_tissue:
-                        rows.append((tile_id(image.name, x, y, size), image.name, x, y, region, fraction))
-                        tiles.append(image.image[y:y + size, x:x + size])
+                        rows.append((tile_id(image.name, x, y, size, downsample), image.name, x, y, window, region,
+                                     fraction))
+                        tiles.append(box_downsample(image.image[y:y + window, x:x + window], downsample))
     if not tiles:
-        raise ValueError(f"no {size} px tile of {[i.name for i in images]} has tissue fraction >= {min_tissue}")
-    table = pd.DataFrame(rows, columns=["tile_id", "image", "x", "y", "region", "tissue_fraction"])
+        raise ValueError(f"no {size} px tile (of {window} px windows) of {[i.name for i in images]} has tissue "
+                         f"fraction >= {min_tissue}")
+    table = pd.DataFrame(rows, columns=["tile_id", "image", "x", "y", "window", "region", "tissue_fraction"])
     tile_set = TileSet(np.stack(tiles), table)
     if max_tiles is not None and len(tile_set) > max_tiles:
         keep = np.zeros(len(tile_set), bool)
@@ -103,7 +112,7 @@ def umap_embedding(features: np.ndarray, n_neighbors: int = 15, seed: int = 0) -
     return reducer.fit_transform(features)
 
 
-def reference_labels(table: pd.DataFrame, size: int) -> pd.DataFrame:
+def reference_labels(table: pd.DataFrame) -> pd.DataFrame:
     """Labels that exist independently of the clustering, for the tiles of the HGSC images:
     ``tissue`` (tumour nest or stroma, from which image the tile comes) and, in the annotated
     nest, ``nucleus_type`` (the cell type covering most nucleus pixels of the tile, or "none")."""
@@ -111,7 +120,7 @@ def reference_labels(table: pd.DataFrame, size: int) -> pd.DataFrame:
     rows["tissue"] = rows["image"].map(HGSC_TISSUE)
     nest = load_image("hgsc_nest")
     types = []
-    for image, x, y in zip(rows["image"], rows["x"], rows["y"]):
+    for image, x, y, size in zip(rows["image"], rows["x"], rows["y"], rows["window"]):
         if image != "hgsc_nest" or nest.type_mask is None:
             types.append(None)
             continue

@@ -60,6 +60,7 @@ class VQGANConfig:
     keep_checkpoints: int = 2
     mixed_precision: str = "auto"
     seed: int = 0
+    data_downsample: int = 1  # image px per tile px of the crops it trains on (the encoder's own halving is ``downsampling``)
 
     @property
     def downsampling(self) -> int:
@@ -81,7 +82,7 @@ def vqgan_config(section, latent_channels: int | None = None, seed: int = 0, **o
         batch_size=section.batch_size, learning_rate=section.learning_rate, disc_learning_rate=section.learning_rate,
         warmup_steps=max(1, section.train_steps // 20), disc_start=section.disc_start,
         perceptual_weight=section.perceptual_weight, code_restart_every=section.code_restart_every,
-        checkpoint_every=section.checkpoint_every, seed=seed,
+        checkpoint_every=section.checkpoint_every, seed=seed, data_downsample=section.downsample,
     )
     return dataclasses.replace(config, **overrides)
 
@@ -445,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         with np.load(path) as saved:
             data = {key: saved[key] for key in saved.files}
-        crops = heldout_eval_crops(int(data["image_size"]), int(data["n"]), int(data["seed"]))
+        downsample = int(data["downsample"]) if "downsample" in data else 1  # runs saved before it existed: 1
+        crops = heldout_eval_crops(int(data["image_size"]), int(data["n"]), int(data["seed"]), downsample=downsample)
         if hashlib.sha256(crops.tobytes()).hexdigest() != str(data["originals_sha256"]):
             raise ValueError(f"{path}: the held-out crops redrawn here differ from those the run reconstructed "
                              "(other data files or another numpy random stream?)")
@@ -464,9 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, baseline in (("mean colour per tile", mean_colour_baseline(originals)),
                            (f"bicubic down/up x{factor}", bicubic_baseline(originals, factor))):
         result["baselines"][name] = score_reconstructions(originals, baseline, original_features=features)
-    reference = real_reference(originals.shape[1], len(originals))
+    reference = real_reference(originals.shape[1], len(originals), downsample=downsample)
     result["floor"] = floors(reference)
-    result["data"] = (f"{len(originals)} crops of {originals.shape[1]} px from the held-out region (right 25 %) of the "
+    scale = f" (box-averaged from {originals.shape[1] * downsample} px fields)" if downsample > 1 else ""
+    result["data"] = (f"{len(originals)} crops of {originals.shape[1]} px{scale} from the held-out region (right 25 %) of the "
                       "8 default images; models trained on the train region only")
     result["scored_on"] = hardware()
     result["note"] = args.note
