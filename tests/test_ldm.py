@@ -95,3 +95,46 @@ def test_per_class_scores_accept_precomputed_real_features(monkeypatch):
     from_images = per_class_scores({0: fake}, {0: real}, ["x"])
     from_features = per_class_scores({0: fake}, {0: metrics.inception_features(real)}, ["x"])
     assert from_images["fid"][0] == pytest.approx(from_features["fid"][0])
+
+
+# A released LDM, in a fresh interpreter with only diffusers: its parts load by subfolder, and one denoising step runs.
+LOAD_LDM_PARTS = """
+import json, sys, torch
+from pathlib import Path
+from diffusers import DDIMScheduler, UNet2DModel, VQModel
+folder = Path(sys.argv[1])
+unet = UNet2DModel.from_pretrained(folder, subfolder="unet")
+vqvae = VQModel.from_pretrained(folder, subfolder="vqvae")
+scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+classes = json.loads((folder / "class_names.json").read_text())["class_names"]
+size = unet.config.sample_size
+x = torch.randn(2, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    out = unet(x, torch.tensor([500, 500]), class_labels=torch.tensor([0, len(classes)])).sample  # a class, "no class"
+    images = vqvae.decode(x / vqvae.config.scaling_factor).sample
+assert out.shape == x.shape and torch.isfinite(out).all() and torch.isfinite(images).all()
+print(unet.dtype, len(classes), images.shape[-1])
+"""
+
+
+def test_a_released_ldm_is_fp16_and_its_parts_load_with_plain_diffusers(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    from histolab_utils.data.releases import read_manifest, release_pipeline
+
+    folder, _, _ = trained
+    released = release_pipeline(folder, "ldm-tiny", "# card\n", root=tmp_path)
+    files = read_manifest(tmp_path)["ldm-tiny"]["files"]
+    assert {"model_index.json", "class_names.json", "unet/diffusion_pytorch_model.safetensors",
+            "vqvae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"} <= set(files)
+    for part in ("unet", "vqvae"):
+        with safe_open(released / part / "diffusion_pytorch_model.safetensors", "pt") as weights:
+            assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float16"}, part
+    assert ClassConditionalLDMPipeline.from_pretrained(released) is not None  # and ours loads it whole
+    result = subprocess.run([sys.executable, "-c", LOAD_LDM_PARTS, str(released)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["torch.float32", "3", "16"]

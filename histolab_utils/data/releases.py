@@ -95,37 +95,49 @@ def pretrained_table(root: Path | None = None):
     return pd.DataFrame(rows, columns=["model", "files", "MB", "card"])
 
 
-def _load_fp16(source: Path):
-    """A saved diffusers pipeline (``model_index.json``) or single model (``config.json`` naming a diffusers
-    class, e.g. a ``VQModel``), loaded in fp16."""
+def _diffusers_model_class(config: Path):
+    """The diffusers model class a ``config.json`` names, or None (a scheduler, or not diffusers)."""
     import diffusers
+
+    class_name = json.loads(config.read_text()).get("_class_name") or ""
+    model_class = getattr(diffusers, class_name, None)
+    return model_class if isinstance(model_class, type) and issubclass(model_class, diffusers.ModelMixin) else None
+
+
+def _copy_fp16(source: Path, target: Path) -> None:
+    """Copy a saved diffusers pipeline (``model_index.json``, any pipeline class, ours included) or single model
+    (``config.json``) to ``target`` with every model's weights re-saved as fp16 safetensors; schedulers and our
+    JSON records are copied as they are."""
     import torch
 
     source = Path(source)
     if (source / "model_index.json").is_file():
-        return diffusers.DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float16)
-    config = source / "config.json"
-    if not config.is_file():
+        folders = [p for p in sorted(source.iterdir()) if (p / "config.json").is_file()]
+    elif (source / "config.json").is_file():
+        if _diffusers_model_class(source / "config.json") is None:
+            class_name = json.loads((source / "config.json").read_text()).get("_class_name")
+            raise DataError(f"{source / 'config.json'}: _class_name {class_name!r} is not a diffusers model class")
+        folders = [source]
+    else:
         raise DataError(f"{source} is neither a diffusers pipeline (model_index.json) nor a model (config.json)")
-    class_name = json.loads(config.read_text()).get("_class_name")
-    model_class = getattr(diffusers, class_name or "", None)
-    if model_class is None:
-        raise DataError(f"{config}: _class_name {class_name!r} is not a diffusers model class")
-    return model_class.from_pretrained(source, torch_dtype=torch.float16)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    for folder in folders:
+        model_class = _diffusers_model_class(folder / "config.json")
+        if model_class is not None:
+            model = model_class.from_pretrained(folder, torch_dtype=torch.float16)
+            model.save_pretrained(target / folder.relative_to(source), safe_serialization=True)
 
 
 def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
-    """Copy a saved diffusers pipeline, or a single diffusers model such as a ``VQModel``, into
+    """Copy a saved diffusers pipeline (ours too, such as the class-conditional LDM), or a single diffusers model
+    such as a ``VQModel``, into
     ``data/pretrained/<name>`` with fp16 safetensors and the model ``card`` as README.md, and pin its files
     in the manifest. Written aside and renamed, so a failure leaves the last release intact; refused when
     over the size limits."""
     target = pretrained_dir(root) / name
     staging = target.with_name(f".{name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    _load_fp16(source).save_pretrained(staging, safe_serialization=True)
-    for extra in Path(source).glob("*.json"):  # our own records beside the weights (the training config)
-        if extra.name not in ("model_index.json", "config.json") and not (staging / extra.name).exists():
-            shutil.copy2(extra, staging / extra.name)
+    _copy_fp16(source, staging)
     (staging / "README.md").write_text(card)
     files = _folder_files(staging)
     size = sum((staging / f).stat().st_size for f in files)
