@@ -309,6 +309,79 @@ def release_ddpms(profile: str) -> list[Path]:
     return released
 
 
+def ldm_card(record: dict, name: str) -> str:
+    """A model card for notebook 05's cluster-conditioned LDM, from its published metrics record."""
+    metrics = record["metrics"]
+    per_cluster = "\n".join(
+        f"| {cluster} | {row['n']} | {row['fid']:.1f} | {metrics['floor_per_cluster'].get(cluster, {}).get('fid', float('nan')):.1f} |"
+        for cluster, row in metrics["per_cluster"].items())
+    control = "\n".join(f"| {row['set']} | {row['n']} | {row['accuracy']:.2f} ({row['ci_low']:.2f}-{row['ci_high']:.2f}) |"
+                         for row in metrics["controllability"])
+    seconds = metrics.get("train_seconds")
+    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, H&E, latent-diffusion, classifier-free-guidance, teaching]
+---
+# {name}: a latent diffusion model of H&E tiles, conditioned on {len(metrics['classes'])} tissue clusters
+
+Notebook 05 (`notebooks/05_conditional_ldm.ipynb`) of histolab_utils in the `{record['profile']}` profile: a diffusers
+`UNet2DModel` with a class embedding, trained on the latents of the released VQ-GAN (`vqvae/`) of train-region tiles,
+conditioned on notebook 04's expert-relabelled clusters ({", ".join(metrics['classes'])}), with label dropout for
+classifier-free guidance; {wall} on {metrics.get('hardware', 'unrecorded hardware')}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from diffusers import DDIMScheduler, UNet2DModel, VQModel
+from histolab_utils.data import pretrained
+from histolab_utils.models.ldm import ClassConditionalLDMPipeline
+
+pipeline = ClassConditionalLDMPipeline.from_pretrained(pretrained("{name}"))  # guidance built in
+images = pipeline([0] * 8, guidance_scale={metrics['guidance']}, num_inference_steps={metrics['sampler_steps']}).images
+# without histolab_utils, the parts: UNet2DModel / VQModel / DDIMScheduler.from_pretrained(folder, subfolder=...)
+```
+
+Class ids follow `class_names.json`; id {len(metrics['classes'])} is "no class" (the unconditional model).
+
+## Scores
+
+At guidance {metrics['guidance']}, {metrics['sampler']} {metrics['sampler_steps']} steps: FID per cluster against that
+cluster's held-out tiles (n = held-out tiles of the cluster), beside the same measure for real train tiles.
+
+| cluster | n | FID | floor (real train tiles) |
+|---|---|---|---|
+{per_cluster}
+
+Controllability: each sample filed by the clusters' own rule, accuracy against the cluster asked for (95 %
+bootstrap interval); chance is {metrics['controllability_chance']:.2f}, the ceiling (real held-out tiles) is
+{metrics['controllability_ceiling']:.2f}.
+
+| set | n | accuracy |
+|---|---|---|
+{control}
+
+Full tables and the executed notebook: `results/{record['profile']}/05_conditional_ldm.json` and `.ipynb`.
+Commit: `{record.get('git_commit')}`.
+
+{_licence_section('Rumman et al. (2025), "Implementation of a Conditional Latent Diffusion-Based Generative Model to '
+                  'Synthetically Create Unlabeled Histopathological Images"; Rombach et al. (2022), "High-Resolution '
+                  'Image Synthesis with Latent Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion '
+                  'Guidance".')}"""
+
+
+def release_ldm(profile: str) -> list[Path]:
+    """Release notebook 05's LDM of ``profile`` with its card (``data/pretrained/ldm-<profile>``)."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "05_conditional_ldm.json").read_text())
+    name = f"ldm-{profile}"
+    return [release_pipeline(runs_dir(profile) / "ldm" / "pipeline", name, ldm_card(record, name))]
+
+
 def released_vqgan_name(channels: int, profile: str) -> str:
     """The name a VQ-GAN of notebook 02 is released under, e.g. ``vqgan-4ch-cpu``."""
     return f"vqgan-{channels}ch-{profile}"
@@ -338,7 +411,7 @@ def vqgan_folder(profile: str, channels: int) -> Path:
     return vqgan_run_folder(profile, channels) / "vqmodel"
 
 
-RELEASES = {"02": release_vqgans, "03": release_ddpms}  # what make results releases after publishing a notebook
+RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm}  # what make results releases after publishing a notebook
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,3 +104,27 @@ def test_the_model_card_states_data_split_scores_floors_licences_and_use():
                    "BSD-3-Clause", "MIT", "Apache-2.0", "25 min of training", "2500 optimiser steps",
                    "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the 4 models"):
         assert needed in card, needed
+
+
+def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
+    vq = {"profile": "cpu", "git_commit": "abc", "metrics": {
+        "image_size": 32, "downsample": 2, "n_train_crops": 8192, "hardware": "CPU (2 cores)", "n_eval": 500,
+        "train_seconds": {"4": 1620.0}, "train_steps": 2000, "rfid_floor_train_vs_heldout": 60.0,
+        "by_model": [{"model": "VQ-GAN, 4 channels", "psnr": 25.0, "ssim": 0.8, "rfid": 55.0, "codebook_usage": 0.93,
+                      "perplexity": 200.0},
+                     {"model": "mean colour per tile", "psnr": 15.0, "ssim": 0.1, "rfid": 300.0}]}}
+    card = results.vqgan_card(vq, 4, "vqgan-4ch-cpu")
+    for needed in ("not for diagnosis", "n = 500", "**60.0**", "| VQ-GAN, 4 channels | 25.00 | 0.800 | 55.0 | 0.93 |",
+                   "| mean colour per tile | 15.00", "27 min of training", "VQModel.from_pretrained", "Licence"):
+        assert needed in card, needed
+    ldm = {"profile": "cpu", "git_commit": "abc", "metrics": {
+        "classes": ["stroma", "tumour"], "hardware": "CPU (2 cores)", "train_seconds": 1800.0, "guidance": 2.0,
+        "sampler": "dpm", "sampler_steps": 20, "per_cluster": {"stroma": {"n": 40, "fid": 90.0}},
+        "floor_per_cluster": {"stroma": {"n": 40, "fid": 70.0}}, "controllability_chance": 0.5,
+        "controllability_ceiling": 0.9,
+        "controllability": [{"set": "real held-out tiles (ceiling)", "n": 80, "accuracy": 0.9, "ci_low": 0.82,
+                             "ci_high": 0.96}, {"set": "2.0", "n": 80, "accuracy": 0.75, "ci_low": 0.65, "ci_high": 0.84}]}}
+    card = results.ldm_card(ldm, "ldm-cpu")
+    for needed in ("not for diagnosis", "| stroma | 40 | 90.0 | 70.0 |", "| 2.0 | 80 | 0.75 (0.65-0.84) |",
+                   "chance is 0.50", "ceiling (real held-out tiles) is\n0.90", "subfolder", "30 min of training"):
+        assert needed in card, needed
