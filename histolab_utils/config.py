@@ -414,6 +414,15 @@ class NotebookContext:
     def profile(self) -> str:
         return self.config.name
 
+    @property
+    def hardware(self) -> str:
+        """What a result was made on, for its metrics and model card: the GPU's name, or the CPU's cores."""
+        if getattr(self.device, "type", str(self.device)) == "cuda":
+            import torch
+
+            return torch.cuda.get_device_name(0)
+        return f"CPU ({os.cpu_count()} cores)"
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -128,3 +129,10 @@ def test_overrides_replace_fields_keep_types_and_name_bad_input(monkeypatch):
                        ("masks.train_steps=five", "not a Python literal")]:
         with pytest.raises(ValueError, match=named):
             apply_overrides(base, bad)
+
+
+def test_the_notebook_context_names_its_hardware():
+    from histolab_utils.config import NotebookContext, load_config
+
+    ctx = NotebookContext("00_data_tour", load_config("smoke"), torch.device("cpu"), 0.0)
+    assert ctx.hardware == f"CPU ({os.cpu_count()} cores)"
