@@ -129,11 +129,10 @@ def _copy_fp16(source: Path, target: Path) -> None:
 
 
 def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
-    """Copy a saved diffusers pipeline (ours too, such as the class-conditional LDM), or a single diffusers model
-    such as a ``VQModel``, into
-    ``data/pretrained/<name>`` with fp16 safetensors and the model ``card`` as README.md, and pin its files
-    in the manifest. Written aside and renamed, so a failure leaves the last release intact; refused when
-    over the size limits."""
+    """Copy a saved diffusers pipeline (ours too, such as the class-conditional LDM) or a single diffusers model
+    (a ``VQModel``) into ``data/pretrained/<name>`` with fp16 safetensors and the model ``card`` as README.md, and
+    pin its files in the manifest. Written aside and renamed, so a failure leaves the last release intact; refused
+    when over the size limits."""
     target = pretrained_dir(root) / name
     staging = target.with_name(f".{name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
