@@ -47,9 +47,9 @@ def train_config(ddpm: DDPMConfig, schedule: str, seed: int = 0, **overrides):
 
 
 def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path, downsample: int = 1) -> Path:
-    """Reconstruct ``n`` held-out crops and save the reconstructions and codes to ``path`` (the
-    crops themselves are redrawn by the scorer and checked against the hash saved here), so a
-    machine without the Inception weights can train and another can score."""
+    """Reconstruct ``n`` held-out crops and save them with their reconstructions and codes to ``path``, so a
+    machine without the Inception weights can train and another can score (the scorer redraws the crops and checks
+    that they come from the same places)."""
     import hashlib
 
     import numpy as np
@@ -60,7 +60,7 @@ def _heldout_eval(vqmodel, image_size: int, n: int, seed: int, path: Path, downs
     originals = heldout_eval_crops(image_size, n, seed, downsample=downsample)
     reconstructions, codes = reconstruct(vqmodel, originals)
     with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, reconstructions=reconstructions, codes=codes.astype(np.int32),
+        np.savez_compressed(tmp, reconstructions=reconstructions, codes=codes.astype(np.int32), originals=originals,
                             originals_sha256=hashlib.sha256(originals.tobytes()).hexdigest(),
                             image_size=image_size, n=n, seed=seed, downsample=downsample)
     return path

@@ -175,8 +175,43 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     tampered = dict(np.load(out / "heldout_reconstructions.npz"))
     tampered["seed"] = np.array(5)
     np.savez(tmp_path / "vqgan-4ch" / "tampered.npz", **tampered)
-    with pytest.raises(ValueError, match="redrawn here differ"):
+    with pytest.raises(ValueError, match="do not pair"):
         vqgan.main(["score", str(out / "tampered.npz"), "--out", str(result_path)])
+
+
+def test_the_scorer_accepts_redrawn_crops_only_when_asked_and_only_if_they_pair(tmp_path, real_data, monkeypatch):
+    """A file from another machine whose crops hash differently (no originals saved, as before they were) is refused;
+    --accept-redrawn scores it against the redrawn crops if its reconstructions pair with them, and says so."""
+    import hashlib
+    import json
+
+    from histolab_utils import train
+    from histolab_utils.data import heldout_eval_crops
+    from histolab_utils.evaluation import metrics
+    from histolab_utils.models import vqgan
+
+    monkeypatch.setattr(metrics, "inception_features",
+                        lambda images: np.asarray(images).reshape(len(images), -1)[:, :32].astype(np.float64))
+    monkeypatch.setattr(metrics, "cached_features", lambda key, compute: compute())
+    train.main(["vqgan", "--profile", "smoke", "--out", str(tmp_path / "run"), "--steps", "1", "--eval", "2"])
+    crops = heldout_eval_crops(32, 8, 0)
+    noise = np.random.default_rng(0).integers(-6, 7, crops.shape)
+    good = np.clip(crops.astype(int) + noise, 0, 255).astype(np.uint8)  # a good model's reconstructions
+    fields = {"codes": np.zeros((8, 8, 8), np.int32), "image_size": 32, "n": 8, "seed": 0, "downsample": 1,
+              "originals_sha256": hashlib.sha256(b"decoded elsewhere").hexdigest()}
+    for name, reconstructions in (("drifted", good), ("unpaired", np.roll(good, 1, axis=0))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vqmodel").symlink_to(tmp_path / "run" / "vqmodel")
+        np.savez(tmp_path / name / "heldout_reconstructions.npz", reconstructions=reconstructions, **fields)
+    drifted = str(tmp_path / "drifted" / "heldout_reconstructions.npz")
+    with pytest.raises(ValueError, match="redrawn here differ.*--accept-redrawn"):
+        vqgan.main(["score", drifted, "--out", str(tmp_path / "r.json")])
+    assert vqgan.main(["score", drifted, "--out", str(tmp_path / "r.json"), "--accept-redrawn"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert "drifted" in result["originals_redrawn"] and result["runs"]["drifted"]["psnr"] > 30
+    with pytest.raises(ValueError, match="do not pair"):
+        vqgan.main(["score", str(tmp_path / "unpaired" / "heldout_reconstructions.npz"), "--out",
+                    str(tmp_path / "r.json"), "--accept-redrawn"])
 
 
 def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_path, crops):
