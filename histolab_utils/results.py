@@ -317,6 +317,9 @@ def ldm_card(record: dict, name: str) -> str:
         for cluster, row in metrics["per_cluster"].items())
     control = "\n".join(f"| {row['set']} | {row['n']} | {row['accuracy']:.2f} ({row['ci_low']:.2f}-{row['ci_high']:.2f}) |"
                          for row in metrics["controllability"])
+    goals = "\n".join(["| goal | target | measured | met |", "|---|---|---|---|"] + [
+        f"| {g['goal']} | {g['target']} | {g['measured']:.2f} | {'yes' if g['met'] else 'no'} |"
+        for g in metrics.get("goals", [])]) if metrics.get("goals") else "(not recorded by this run)"
     seconds = metrics.get("train_seconds")
     wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
     return f"""---
@@ -364,6 +367,10 @@ bootstrap interval); chance is {metrics['controllability_chance']:.2f}, the ceil
 |---|---|---|
 {control}
 
+Goals, set before training and reported whether met or not:
+
+{goals}
+
 Full tables and the executed notebook: `results/{record['profile']}/05_conditional_ldm.json` and `.ipynb`.
 Commit: `{record.get('git_commit')}`.
 
@@ -373,12 +380,17 @@ Commit: `{record.get('git_commit')}`.
                   'Guidance".')}"""
 
 
+def released_ldm_name(profile: str) -> str:
+    """The folder under data/pretrained/ of notebook 05's LDM of ``profile``."""
+    return f"ldm-{profile}"
+
+
 def release_ldm(profile: str) -> list[Path]:
     """Release notebook 05's LDM of ``profile`` with its card (``data/pretrained/ldm-<profile>``)."""
     from .data.releases import release_pipeline
 
     record = json.loads((results_dir(profile) / "05_conditional_ldm.json").read_text())
-    name = f"ldm-{profile}"
+    name = released_ldm_name(profile)
     return [release_pipeline(runs_dir(profile) / "ldm" / "pipeline", name, ldm_card(record, name))]
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import pandas as pd
 
-from histolab_utils.evaluation.floors import ddpm_goals, floors, real_reference, score_samples, vqgan_goals
+from histolab_utils.evaluation.floors import ddpm_goals, floors, ldm_goals, real_reference, score_samples, vqgan_goals
 
 
 def test_scores_and_floors_on_real_crops(real_data):
@@ -43,6 +43,18 @@ def test_ddpm_goals_judge_the_best_model_against_each_target():
     assert met["met"].all() and met["measured"].tolist() == pytest.approx([70 / 60, 5.0, 75 / 70 - 1, 0.0])
     missed = ddpm_goals(_ddpm_rows(90.0, 110.0, (160, 128, 185), 0.02), floor, ("cosine", "v_prediction"), real)
     assert not missed["met"].any()
+
+
+def test_ldm_goals_judge_controllability_against_its_ceiling_and_each_clusters_fid_against_its_floor():
+    floor = pd.DataFrame({"class": [0, 1, -1], "name": ["a", "b", "all"], "fid": [40.0, 50.0, 30.0]})
+    scores = pd.DataFrame({"class": [0, 1, 2, -1], "name": ["a", "b", "c", "all"], "fid": [55.0, 90.0, np.nan, 60.0]})
+    goals = ldm_goals(scores, floor, accuracy=0.75, ceiling=0.9).set_index("goal")
+    assert len(goals) == 3  # controllability + the two scored clusters; the unscored and pooled rows are left out
+    assert goals.loc["controllability over its real-tile ceiling", "measured"] == pytest.approx(0.75 / 0.9)
+    assert goals.loc["controllability over its real-tile ceiling", "met"]
+    assert goals.loc["FID of cluster 'a' over its real floor", "met"]  # 55 / 40 = 1.375
+    assert not goals.loc["FID of cluster 'b' over its real floor", "met"]  # 90 / 50 = 1.8
+    assert not ldm_goals(scores, floor, accuracy=0.5, ceiling=0.9)["met"].iloc[0]
 
 
 def test_vqgan_goals_compare_rfid_with_the_floor_codebook_use_and_the_baselines():

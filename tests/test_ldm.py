@@ -138,3 +138,31 @@ def test_a_released_ldm_is_fp16_and_its_parts_load_with_plain_diffusers(trained,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["torch.float32", "3", "16"]
+
+
+def test_the_shipped_ldm_verifies_and_its_parts_load_with_plain_diffusers():
+    """The LDM committed under data/pretrained/ (the cpu profile's notebook 05), once released: intact, carded, its
+    classes those of the committed cpu labels file, and loadable part by part in a fresh process."""
+    import subprocess
+    import sys
+
+    from histolab_utils.data.releases import pretrained, read_manifest, verify_pretrained
+    from histolab_utils.latent.clustering import ExpertLabels, expert_labels_path
+    from histolab_utils.report import published_metrics
+
+    ldms = sorted(name for name in read_manifest() if name.startswith("ldm-"))
+    published = published_metrics("05_conditional_ldm", "cpu")
+    if not ldms:
+        assert published is None, "results/cpu/05_conditional_ldm.json is published but no LDM is released"
+        pytest.skip("no LDM released yet: make results PROFILE=cpu ONLY=05")
+    assert published is not None and published["metrics"]["released_model"] in ldms
+    assert verify_pretrained(ldms) == []
+    for name in ldms:
+        card = (pretrained(name) / "README.md").read_text()
+        assert all(text in card for text in ("not for diagnosis", "Licence", "Controllability", "floor")), name
+        result = subprocess.run([sys.executable, "-c", LOAD_LDM_PARTS, str(pretrained(name))], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    classes = load_class_names(pretrained(published["metrics"]["released_model"]))
+    assert classes == published["metrics"]["classes"]
+    assert len(ExpertLabels.load(expert_labels_path("cpu")).clusters) == len(classes)

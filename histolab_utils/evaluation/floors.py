@@ -125,3 +125,24 @@ def vqgan_goals(scores, floor: dict, model: str, *, rfid_ratio: float = 1.0, min
          kept["rfid"] < best_baseline),
     ]
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
+
+
+def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, fid_ratio: float = 1.5,
+              control_ratio: float = 0.8):
+    """The goals notebook 05 sets its conditional LDM at the chosen guidance, measured: a pandas table of goal,
+    target, measured, met.
+
+    ``scores`` and ``floor`` are :func:`~histolab_utils.models.ldm.per_class_scores` tables (columns ``class``,
+    ``name``, ``fid``) of the samples and of real train tiles, each against the cluster's held-out tiles at equal n;
+    ``accuracy`` is the controllability at that guidance and ``ceiling`` the same rule's accuracy on real held-out
+    tiles. One FID row per scored cluster (class ``-1``, the pooled row, is left out)."""
+    import pandas as pd
+
+    floor_fid = floor.set_index("class")["fid"]
+    goals = [("controllability over its real-tile ceiling", f">= {control_ratio:g}", accuracy / ceiling,
+              accuracy / ceiling >= control_ratio)]
+    for _, row in scores[(scores["class"] >= 0) & scores["fid"].notna()].iterrows():
+        ratio = row["fid"] / floor_fid.get(row["class"], float("nan"))
+        goals.append((f"FID of cluster '{row['name']}' over its real floor", f"<= {fid_ratio:g}", ratio,
+                      bool(ratio <= fid_ratio)))
+    return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
