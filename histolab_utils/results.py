@@ -237,8 +237,11 @@ def vqgan_card(record: dict, channels: int, name: str) -> str:
     """A model card for one VQ-GAN of notebook 02, from its published metrics record."""
     metrics = record["metrics"]
     size, downsample = metrics["image_size"], metrics["downsample"]
+    def cell(value, spec: str) -> str:  # baselines have no codebook: blank, not "None"
+        return "" if value is None or value != value else format(value, spec)
+
     rows = "\n".join(f"| {r['model']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['rfid']:.1f} | "
-                      f"{r.get('codebook_usage', float('nan')):.2f} | {r.get('perplexity', float('nan')):.1f} |"
+                      f"{cell(r.get('codebook_usage'), '.2f')} | {cell(r.get('perplexity'), '.1f')} |"
                       for r in metrics["by_model"])
     seconds = metrics["train_seconds"].get(str(channels), metrics["train_seconds"].get(channels))
     wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"

@@ -112,10 +112,11 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
         "train_seconds": {"4": 1620.0}, "train_steps": 2000, "rfid_floor_train_vs_heldout": 60.0,
         "by_model": [{"model": "VQ-GAN, 4 channels", "psnr": 25.0, "ssim": 0.8, "rfid": 55.0, "codebook_usage": 0.93,
                       "perplexity": 200.0},
-                     {"model": "mean colour per tile", "psnr": 15.0, "ssim": 0.1, "rfid": 300.0}]}}
+                     {"model": "mean colour per tile", "psnr": 15.0, "ssim": 0.1, "rfid": 300.0, "codebook_usage": None,
+                      "perplexity": None}]}}
     card = results.vqgan_card(vq, 4, "vqgan-4ch-cpu")
     for needed in ("not for diagnosis", "n = 500", "**60.0**", "| VQ-GAN, 4 channels | 25.00 | 0.800 | 55.0 | 0.93 |",
-                   "| mean colour per tile | 15.00", "27 min of training", "VQModel.from_pretrained", "Licence"):
+                   "| mean colour per tile | 15.00 | 0.100 | 300.0 |  |  |", "27 min of training", "VQModel.from_pretrained", "Licence"):
         assert needed in card, needed
     ldm = {"profile": "cpu", "git_commit": "abc", "metrics": {
         "classes": ["stroma", "tumour"], "hardware": "CPU (2 cores)", "train_seconds": 1800.0, "guidance": 2.0,
@@ -123,8 +124,11 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
         "floor_per_cluster": {"stroma": {"n": 40, "fid": 70.0}}, "controllability_chance": 0.5,
         "controllability_ceiling": 0.9,
         "controllability": [{"set": "real held-out tiles (ceiling)", "n": 80, "accuracy": 0.9, "ci_low": 0.82,
-                             "ci_high": 0.96}, {"set": "2.0", "n": 80, "accuracy": 0.75, "ci_low": 0.65, "ci_high": 0.84}]}}
+                             "ci_high": 0.96}, {"set": "2.0", "n": 80, "accuracy": 0.75, "ci_low": 0.65, "ci_high": 0.84}],
+        "goals": [{"goal": "controllability over its real-tile ceiling", "target": ">= 0.8", "measured": 0.75 / 0.9,
+                   "met": True}]}}
     card = results.ldm_card(ldm, "ldm-cpu")
     for needed in ("not for diagnosis", "| stroma | 40 | 90.0 | 70.0 |", "| 2.0 | 80 | 0.75 (0.65-0.84) |",
-                   "chance is 0.50", "ceiling (real held-out tiles) is\n0.90", "subfolder", "30 min of training"):
+                   "chance is 0.50", "ceiling (real held-out tiles) is\n0.90", "subfolder", "30 min of training",
+                   "| controllability over its real-tile ceiling | >= 0.8 | 0.83 | yes |"):
         assert needed in card, needed
