@@ -334,7 +334,7 @@ tags: [histopathology, H&E, latent-diffusion, classifier-free-guidance, teaching
 
 Notebook 05 (`notebooks/05_conditional_ldm.ipynb`) of histolab_utils in the `{record['profile']}` profile: a diffusers
 `UNet2DModel` with a class embedding, trained on the latents of the released VQ-GAN (`vqvae/`) of train-region tiles,
-conditioned on notebook 04's expert-relabelled clusters ({", ".join(metrics['classes'])}), with label dropout for
+conditioned on notebook 04's clusters as its labels file holds them ({", ".join(metrics['classes'])}), with label dropout for
 classifier-free guidance; {wall} on {metrics.get('hardware', 'unrecorded hardware')}.
 
 {NOT_FOR_DIAGNOSIS}
