@@ -44,7 +44,14 @@ nbval: setup
 	@echo ">> notebooks under nbval (smoke profile), two chains side by side (.ci/nbval)"
 	PY=$(PY) .ci/nbval
 
-test: unit nbval
+# make test: the notebooks and the unit tests in the same two chains (unit tests after each chain's notebooks, split
+# so that both chains end about together; every tests/test_*.py is in one of the two lists)
+UNIT_A := $(wildcard tests/test_[m-z]*.py)
+UNIT_B := $(filter-out $(UNIT_A),$(wildcard tests/test_*.py))
+
+test: setup
+	@echo ">> notebooks under nbval (smoke profile) and the unit tests, two chains side by side (.ci/nbval)"
+	PY=$(PY) UNIT_A="$(UNIT_A)" UNIT_B="$(UNIT_B)" .ci/nbval
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks

@@ -68,3 +68,24 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HISTO_PROFILE", "smoke")
     return tmp_path
 
+
+
+@pytest.fixture
+def shipped():
+    """``shipped(prefix, notebook)``: the released models under data/pretrained/ whose names start with ``prefix``,
+    verified against the manifest, and ``notebook``'s published cpu record, which must name one of them. Skips, with
+    the command that makes them, while neither exists; fails if only one of the two does."""
+    def released(prefix: str, notebook: str):
+        from histolab_utils.data.releases import read_manifest, verify_pretrained
+        from histolab_utils.report import published_metrics
+
+        names = sorted(name for name in read_manifest() if name.startswith(prefix))
+        published = published_metrics(notebook, "cpu")
+        if not names:  # results and releases are made together: neither may exist without the other
+            assert published is None, f"results/cpu/{notebook}.json is published but no {prefix}* model is released"
+            pytest.skip(f"nothing released yet: make results PROFILE=cpu ONLY={notebook[:2]}")
+        assert published is not None and published["metrics"]["released_model"] in names
+        assert verify_pretrained(names) == []
+        return names, published
+
+    return released

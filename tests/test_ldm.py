@@ -140,23 +140,16 @@ def test_a_released_ldm_is_fp16_and_its_parts_load_with_plain_diffusers(trained,
     assert result.stdout.split() == ["torch.float32", "3", "16"]
 
 
-def test_the_shipped_ldm_verifies_and_its_parts_load_with_plain_diffusers():
+def test_the_shipped_ldm_verifies_and_its_parts_load_with_plain_diffusers(shipped):
     """The LDM committed under data/pretrained/ (the cpu profile's notebook 05), once released: intact, carded, its
     classes those of the committed cpu labels file, and loadable part by part in a fresh process."""
     import subprocess
     import sys
 
-    from histolab_utils.data.releases import pretrained, read_manifest, verify_pretrained
+    from histolab_utils.data.releases import pretrained
     from histolab_utils.latent.clustering import ExpertLabels, expert_labels_path
-    from histolab_utils.report import published_metrics
 
-    ldms = sorted(name for name in read_manifest() if name.startswith("ldm-"))
-    published = published_metrics("05_conditional_ldm", "cpu")
-    if not ldms:
-        assert published is None, "results/cpu/05_conditional_ldm.json is published but no LDM is released"
-        pytest.skip("no LDM released yet: make results PROFILE=cpu ONLY=05")
-    assert published is not None and published["metrics"]["released_model"] in ldms
-    assert verify_pretrained(ldms) == []
+    ldms, published = shipped("ldm-", "05_conditional_ldm")
     for name in ldms:
         card = (pretrained(name) / "README.md").read_text()
         assert all(text in card for text in ("not for diagnosis", "Licence", "Controllability", "floor")), name

@@ -170,17 +170,9 @@ def test_a_folder_that_is_no_diffusers_model_is_refused_by_name(tmp_path):
         release_pipeline(tmp_path / "notes", "x", "# card\n", root=tmp_path)
 
 
-def test_the_shipped_vqgans_verify_and_load_with_plain_diffusers():
+def test_the_shipped_vqgans_verify_and_load_with_plain_diffusers(shipped):
     """The VQ-GANs committed under data/pretrained/ (the cpu profile's notebook 02), once released."""
-    from histolab_utils.report import published_metrics
-
-    vqgans = sorted(name for name in read_manifest() if name.startswith("vqgan-"))
-    published = published_metrics("02_vqgan", "cpu")
-    if not vqgans:
-        assert published is None, "results/cpu/02_vqgan.json is published but no VQ-GAN is released"
-        pytest.skip("no VQ-GAN released yet: make results PROFILE=cpu ONLY=02")
-    assert published is not None and published["metrics"]["released_model"] in vqgans
-    assert verify_pretrained(vqgans) == []
+    vqgans, _ = shipped("vqgan-", "02_vqgan")
     for name in vqgans:
         card = (pretrained(name) / "README.md").read_text()
         assert "not for diagnosis" in card and "Licence" in card and "n = 500" in card, name
