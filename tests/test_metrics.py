@@ -61,7 +61,9 @@ def test_fid_on_images_uses_the_inception_features(heldout_features):
     # The done-when check on real 2048-d Inception features, against scipy's sqrtm.
     assert metrics.fid(first, second) == pytest.approx(scipy_frechet(first, second), rel=1e-3)
     from_images = metrics.fid(crops[:8], crops[24:32])
-    assert from_images == pytest.approx(metrics.fid(first[:8], second[:8]), rel=1e-9)
+    # Batches of 8 and of 72 may take different float32 conv paths (oneDNN picks by shape), so the
+    # features agree to ~1e-7, not bit for bit; another resize or scaling would move FID by percents.
+    assert from_images == pytest.approx(metrics.fid(first[:8], second[:8]), rel=1e-6)
 
 
 def test_disjoint_real_sets_are_far_closer_than_real_and_noise(heldout_features):
