@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import tomllib
 from pathlib import Path
 
@@ -51,9 +53,41 @@ def test_notebooks_have_goals_setup_asserts_and_exercises(path):
     assert "Learning goals" in nb.cells[0].source
     assert f'setup_notebook("{path.stem}")' in text
     assert "save_metrics(" in text and "assert " in text
-    closing = [c.source for c in nb.cells[-2:]]  # the exercises end the notebook, or come before its references
-    assert any("## Exercises" in c for c in closing)
-    assert "## References" in closing[-1] or "## Exercises" in closing[-1]
+    closing = [c.source for c in nb.cells[-2:]]  # the exercises, then the references
+    assert closing[0].startswith("## Exercises") and closing[1].startswith("## References"), path.name
+
+
+CITATION = re.compile(r"\b([A-Z][\w'\-]+)(?: et al\.| (?:&|and) [A-Z][\w'\-]+)?,? \(?((?:19|20)\d\d)\b")
+
+
+def cited_authors(text: str) -> set[tuple[str, str]]:
+    """(first author's surname, year) of every "Surname (et al.|& Other), year" citation in ``text``."""
+    return {(name, year) for name, year in CITATION.findall(text) if name not in NOT_SURNAMES}
+
+
+NOT_SURNAMES = {"CVPR", "ICLR", "ICML", "ISBI", "MICCAI", "NeurIPS", "WACV", "Security", "Sec", "Table", "In"}
+
+
+def test_the_citation_pattern_finds_what_a_reader_would_call_a_citation():
+    text = "as Ho et al. (2020) and Nichol & Dhariwal, 2021 showed, Otsu, 1979; in *CVPR 2022* Table 2019"
+    assert cited_authors(text) == {("Ho", "2020"), ("Nichol", "2021"), ("Otsu", "1979")}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_work_a_notebook_cites_is_in_its_references(path):
+    nb = nbformat.read(path, as_version=4)
+    references = nb.cells[-1].source
+    prose = "\n".join(c.source for c in nb.cells[:-1] if c.cell_type == "markdown")
+    missing = {(name, year) for name, year in cited_authors(prose)
+               if not re.search(rf"^- .*{re.escape(name)}.*\({year}\)", references, re.MULTILINE)}
+    assert not missing, f"{path.name} cites {sorted(missing)} without a reference entry"
+
+
+def test_nasdm_is_cited_by_its_authors():
+    """NASDM is Shrivastava & Fletcher (MICCAI 2023); "Oh" belongs to CoSyn (Min, Oh & Jeong 2024)."""
+    sources = [*NOTEBOOKS, ROOT / "README.md", *PACKAGE.rglob("*.py")]
+    wrong = [p.name for p in sources if re.search(r"\bOh (et al|& Jeong)\b.{0,20}2023", p.read_text(encoding="utf-8"))]
+    assert not wrong
 
 
 PACKAGE = ROOT / "histolab_utils"

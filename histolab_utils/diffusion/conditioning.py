@@ -1,6 +1,6 @@
 """A diffusers UNet conditioned on a vector: a learned linear map of the condition vector is added
-to the time embedding (NASDM, Sec. 3.1: "a linear transformation of the multi-hot vector is added
-to the time embedding").
+to the time embedding (NASDM, Shrivastava & Fletcher 2023; Sec. 3.1 of its extended version: "we add a
+linear transformation of the multi-hot vector to the time-embedding of the U-Net backbone").
 
 The condition vector ends in a "null" flag: classifier-free guidance trains with the whole vector
 replaced by ``null_condition`` (zeros, flag 1), so a real all-zero condition (say, "no nuclei")

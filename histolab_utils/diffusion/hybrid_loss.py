@@ -1,5 +1,5 @@
 """The hybrid loss with a learned variance (Nichol & Dhariwal 2021, "Improved DDPM", Sec. 3.1),
-used by NASDM's image model (Oh & Jeong 2023, Sec. 3.2).
+used by NASDM (Shrivastava & Fletcher 2023; eq. 6 and Sec. 4.1, λ = 0.001, of its extended version).
 
 The network outputs twice the data's channels: the usual prediction (ε, v or x0) and a vector v
 that interpolates, in log space, between the two natural reverse variances:

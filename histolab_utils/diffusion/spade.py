@@ -8,7 +8,7 @@ small convolutions compute from the segmentation map m, resized (nearest) to h's
 
 SDM (Wang et al. 2022, "Semantic image synthesis via diffusion models") puts SPADE into the
 decoder of a diffusion UNet, so the noisy image enters through the encoder and the layout through
-every decoder normalisation; NASDM (Oh & Jeong 2023, Sec. 3.2) uses it with a nuclei type map plus
+every decoder normalisation; NASDM (Shrivastava & Fletcher 2023; Sec. 3.2 of its extended version) uses it with a nuclei type map plus
 an instance-edge map. MONAI ships that network (``SPADEDiffusionModelUNet``); this module only wraps
 it in diffusers' ``ModelMixin`` / ``ConfigMixin`` so it saves and loads like any diffusers model:
 

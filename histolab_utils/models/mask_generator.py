@@ -1,5 +1,5 @@
 """NASDM stage 1: a diffusion model that generates nuclei masks for a requested set of nucleus
-types (Oh et al. 2023, Sec. 3.1) and, beyond NASDM, a tissue context.
+types (Shrivastava & Fletcher 2023; Sec. 3.1 of its extended version) and, beyond NASDM, a tissue context.
 
 Representation
 --------------
