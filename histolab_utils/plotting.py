@@ -66,12 +66,13 @@ def grey_image(values: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_heldout: str = "tab:red") -> None:
-    """Show an ``HEImage`` with its train and held-out regions outlined and labelled."""
+def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_validation: str = "tab:green",
+               colour_heldout: str = "tab:red") -> None:
+    """Show an ``HEImage`` with its train, validation and held-out regions outlined and labelled."""
     from matplotlib.patches import Rectangle
 
     ax.imshow(image.image)
-    for region, colour in (("train", colour_train), ("heldout", colour_heldout)):
+    for region, colour in (("train", colour_train), ("validation", colour_validation), ("heldout", colour_heldout)):
         x0, y0, x1, y1 = image.region_box(region)
         ax.add_patch(Rectangle((x0, y0), x1 - x0 - 1, y1 - y0 - 1, fill=False, lw=2, ec=colour))
         ax.text(x0 + 5, y0 + 5, region, color="white", va="top", fontsize=8,

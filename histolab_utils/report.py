@@ -112,6 +112,8 @@ def save_metrics(
     missing = [k for k in headline if k not in metrics]
     if missing:
         raise KeyError(f"headline metrics {missing} are not in the metrics of {notebook}")
+    from .data.datasets import SPLIT_VERSION
+
     profile = profile or current_profile()
     record = {
         "notebook": notebook,
@@ -120,6 +122,7 @@ def save_metrics(
         "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 2),
         "git_commit": git_commit(),
         "hardware": hardware(),
+        "split_version": SPLIT_VERSION,
         "config_overrides": os.environ.get("HISTO_OVERRIDES") or None,
         "packages": package_versions(),
         "headline": headline,
@@ -150,6 +153,18 @@ def published_metrics(notebook: str, profile: str) -> dict | None:
     or None when that profile's results are not published."""
     path = results_dir(profile) / f"{notebook}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
+    """A setting ``notebook`` chose on the validation strip in ``profile`` (say, notebook 06's ``guidance``), as its
+    latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published one
+    (``results/<profile>/``), else ``default`` (the profile's value)."""
+    for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
+        if path.is_file():
+            value = json.loads(path.read_text())["metrics"].get(key)
+            if value is not None:
+                return value
+    return default
 
 
 def _format_value(value: Any) -> str:

@@ -57,6 +57,18 @@ def training_commands(notebook: str, spec: str) -> list[list[str]]:
                  prediction, "--profile", spec, "--seed", str(config.seed), "--resume",
                  "--out", str(ddpm_run_folder(config.name, schedule, prediction))]
                 for schedule, prediction in config.ddpm.models]
+    common = ["--profile", spec, "--seed", str(config.seed), "--resume"]
+    if notebook.startswith("06"):
+        return [[sys.executable, "-m", "histolab_utils.train", "masks", *common,
+                 "--out", str(runs_dir(config.name) / "masks")]]
+    if notebook.startswith("07"):
+        return [[sys.executable, "-m", "histolab_utils.train", "spade", "--space", space, *common,
+                 "--out", str(runs_dir(config.name) / f"spade-{space}")]
+                + (["--vqgan", str(vqgan_folder(config.name, config.spade.vqgan_latent_channels))] if space == "latent" else [])
+                for space in ("pixel", "latent")]
+    if notebook.startswith("08"):
+        return [[sys.executable, "-m", "histolab_utils.train", "joint", *common,
+                 "--out", str(runs_dir(config.name) / "joint")]]
     if notebook.startswith("02"):
         return [[sys.executable, "-m", "histolab_utils.train", "vqgan", "--latent-channels", str(channels),
                  "--profile", spec, "--seed", str(config.seed), "--resume",
@@ -131,23 +143,31 @@ def publish(notebook: str, profile: str) -> list[Path]:
     return written
 
 
-def _split_section(n_train: int, downsample: int, size: int) -> str:
-    """The card's data paragraph: which images, the region split, and the crops."""
-    from .data.datasets import DEFAULT_SET, HELDOUT_FRACTION
+def _split_section(n_train: int, downsample: int, size: int, split_version: int = 1) -> str:
+    """The card's data paragraph: which images, the region split the model trained with, and the crops."""
+    from .data.datasets import DEFAULT_SET, HELDOUT_FRACTION, VALIDATION_FRACTION
 
+    if split_version >= 2:
+        split = (f"  region: the right {100 * HELDOUT_FRACTION:.0f} % of every image is the **held-out** region, the bottom\n"
+                 f"  {100 * VALIDATION_FRACTION:.0f} % of the rest the **validation** strip, the remainder the **train** region; no\n"
+                 f"  training crop touches a validation or held-out pixel (tested in `tests/test_leakage.py`).")
+    else:  # trained before the validation strip existed: its train region included what is now the strip
+        split = (f"  region: the left {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right\n"
+                 f"  {100 * HELDOUT_FRACTION:.0f} % the **held-out** region; no training crop touches a held-out pixel (tested in\n"
+                 f"  `tests/test_leakage.py`). Trained before the validation strip existed: its crops may cover what is\n"
+                 f"  now the validation strip (the bottom {100 * VALIDATION_FRACTION:.0f} % of the train region).")
     return (f"- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({', '.join(DEFAULT_SET)}), each split by\n"
-            f"  region: the left {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right\n"
-            f"  {100 * HELDOUT_FRACTION:.0f} % the **held-out** region; no training crop touches a held-out pixel (tested in\n"
-            f"  `tests/test_leakage.py`). {n_train} random train-region crops of {size} px "
+            f"{split} {n_train} random train-region crops of {size} px "
             f"({size * downsample} px fields box-averaged by {downsample}), with random flips and quarter turns.")
 
 
-def _licence_section(methods: str) -> str:
-    """The card's licence paragraph: ours, the data wheels', and what to cite."""
+def _licence_section(methods: str, sources: tuple[str, ...] | None = None) -> str:
+    """The card's licence paragraph: ours, the data wheels' (``sources``; default: the default set's), and what
+    to cite."""
     from .data.datasets import DEFAULT_SET, IMAGES
     from .data.registry import get_source
 
-    sources = sorted({IMAGES[image].source for image in DEFAULT_SET})
+    sources = sorted(sources or {IMAGES[image].source for image in DEFAULT_SET})
     licences = "\n".join(f"- `{s}`: {get_source(s).requirement} on PyPI, {get_source(s).licence}" for s in sources)
     return f"""## Licence
 
@@ -207,7 +227,7 @@ The scheduler carries the model's own betas (`trained_betas`) and prediction typ
 
 ## Training
 
-{_split_section(metrics['n_train_crops'], downsample, size)}
+{_split_section(metrics['n_train_crops'], downsample, size, record.get('split_version', 1))}
 - Model: diffusers `UNet2DModel`, 1,000 training timesteps, {schedule} schedule, {prediction}.
 - Steps: {metrics['train_steps']} optimiser steps of {metrics['batch_size']} crops (AdamW, warm-up then cosine
   learning rate, EMA of the weights, which are what is released).
@@ -274,7 +294,7 @@ safetensors (load them in fp32 on a CPU: the default).
 
 ## Training
 
-{_split_section(metrics['n_train_crops'], downsample, size)}
+{_split_section(metrics['n_train_crops'], downsample, size, record.get('split_version', 1))}
 - Loss: L1 + EfficientNet-Lite0 perceptual + VQ commitment + a hinge PatchGAN term with the adaptive weight;
   dead codes restarted onto encoder outputs. {metrics['train_steps']} optimiser steps.
 - Configuration: `histolab_vqgan_config.json` beside the weights, and the `{record['profile']}` profile
@@ -426,7 +446,90 @@ def vqgan_folder(profile: str, channels: int) -> Path:
     return vqgan_run_folder(profile, channels) / "vqmodel"
 
 
-RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm}  # what make results releases after publishing a notebook
+def released_mask_generator_name(profile: str) -> str:
+    """The folder under data/pretrained/ of notebook 06's nuclei-mask generator of ``profile``."""
+    return f"masks-{profile}"
+
+
+def mask_generator_card(record: dict, name: str) -> str:
+    """A model card for notebook 06's nuclei-mask generator, from its published metrics record."""
+    metrics = record["metrics"]
+    columns = ("recall", "precision", "morphology_fd", "single_type", "coverage")
+    rows = "\n".join(f"| {set_name} | " + " | ".join("" if row.get(c) is None else f"{row[c]:.3f}" for c in columns) + " |"
+                     for set_name, row in metrics["heldout_scores"].items())
+    checks = "\n".join(f"| {c['check']} | {c['measured']:.3f} | {c['bar']} | {'yes' if c['passes'] else 'no'} |"
+                       for c in metrics["checks"])
+    goals = "\n".join(f"| {g['goal']} | {g['target']} | {g['measured']:.2f} | "
+                      f"{'' if g['met'] is None else 'yes' if g['met'] else 'no'} |" for g in metrics["goals"])
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, nuclei, segmentation-masks, classifier-free-guidance, teaching]
+---
+# {name}: nuclei masks for requested nucleus types and a tissue context (NASDM stage 1)
+
+Notebook 06 (`notebooks/06_nuclei_masks.ipynb`) of histolab_utils in the `{record['profile']}` profile: a diffusers
+`UNet2DModel` whose class embedding is a linear map of the condition [types present (neoplastic, inflammatory,
+connective) | tissue context | null flag], added to the time embedding as in NASDM; it draws {metrics['tile_size']} px
+masks (one-hot background and types plus an instance-boundary channel) at {metrics['downsample']:g} slide px per mask px.
+{metrics['train_steps']} steps, {metrics['train_seconds'] / 60:.0f} min of training on {record.get('hardware', 'unrecorded hardware')}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.models.mask_generator import NucleiMaskPipeline
+
+pipeline = NucleiMaskPipeline.from_pretrained(pretrained("{name}"))
+out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={metrics['guidance']:g})
+out.types, out.instances  # decoded type and instance maps
+# without histolab_utils: diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet") loads the network
+```
+
+## Data
+
+The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region: the right 25 % is held out, the bottom
+25 % of the rest is the validation strip, and only train-region tiles ({metrics['tile_size']} px, with at least one
+nucleus, flipped and rotated) were trained on. The guidance ({metrics['guidance']:g}) was chosen on
+{metrics['n_validation']} validation tiles; the scores below are on n = {metrics['n']} held-out tiles.
+
+## Scores (held-out strip, equal n)
+
+| set | recall | precision | morphology FD | single-type instances | coverage |
+|---|---|---|---|---|---|
+{rows}
+
+Checks a broken generator fails (an untrained one fails them, in `tests/test_nuclei_masks.py`):
+
+| check | measured | bar | passes |
+|---|---|---|---|
+{checks}
+
+Goals, set before training and reported whether met or not:
+
+| goal | target | measured | met |
+|---|---|---|---|
+{goals}
+
+Full tables and the executed notebook: `results/{record['profile']}/06_nuclei_masks.json` and `.ipynb`.
+Commit: `{record.get('git_commit')}`.
+
+{_licence_section('Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".', sources=("hgsc",))}"""
+
+
+def release_mask_generator(profile: str) -> list[Path]:
+    """Release notebook 06's mask generator of ``profile`` with its card (``data/pretrained/masks-<profile>``)."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "06_nuclei_masks.json").read_text())
+    name = released_mask_generator_name(profile)
+    return [release_pipeline(runs_dir(profile) / "masks" / "pipeline", name, mask_generator_card(record, name))]
+
+
+RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm, "06": release_mask_generator}  # what make results releases after publishing a notebook
 
 
 def main(argv: Sequence[str] | None = None) -> int:

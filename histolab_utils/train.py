@@ -152,13 +152,13 @@ def _train_spade(args) -> int:
     from .data.pairs import image_mask_pairs
     from .models.mask_to_image import spade_train_config, train_mask_to_image
     from .models.vqgan import load_vqmodel
-    from .paths import runs_dir
+    from .results import vqgan_folder
 
     config = load_config(args.profile)
     section = config.spade
     vqmodel = None
     if args.space == "latent":
-        vq_folder = args.vqgan or runs_dir(config.name) / f"vqgan-{section.vqgan_latent_channels}ch" / "vqmodel"
+        vq_folder = args.vqgan or vqgan_folder(config.name, section.vqgan_latent_channels)
         try:
             vqmodel = load_vqmodel(vq_folder, pick_device())
         except FileNotFoundError as error:
@@ -209,7 +209,10 @@ def _train_segmenter(args) -> int:
     banks = {}
     if arm.source is not None:
         folder = runs_dir(config.name)
-        generators = load_generators(folder, config.masks, config.spade, config.joint, pick_device())
+        from .report import chosen_setting
+
+        generators = load_generators(folder, config.masks, config.spade, config.joint, pick_device(),
+                                     mask_guidance=chosen_setting("06_nuclei_masks", "guidance", config.name, None))
         banks = {source: synthetic_bank(source, pool, generators, index, folder / "segmentation" / "synthetic",
                                         seed=config.seed)
                  for source, index in needed_pool_pairs([arm], pool).items()}
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     spade.add_argument("--space", choices=("pixel", "latent"), required=True,
                        help="pixels, or the latent space of notebook 02's VQ-GAN")
     spade.add_argument("--vqgan", type=Path, default=None,
-                       help="a saved VQModel folder (default: runs/PROFILE/vqgan-<c>ch/vqmodel)")
+                       help="a saved VQModel folder (default: the released one of a released profile, else "
+                            "runs/PROFILE/vqgan-<c>ch/vqmodel)")
     spade.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")
     joint = models.add_parser("joint", help="joint image-label synthesis from a nucleus layout (notebook 08)")
     joint.add_argument("--no-compile", action="store_true", help="skip torch.compile even if the profile asks")

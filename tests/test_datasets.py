@@ -29,20 +29,22 @@ def striped_image(height: int = 40, width: int = 100) -> HEImage:
 
 def test_region_boxes_partition_the_image():
     image = striped_image()
-    train, held = image.region_box("train"), image.region_box("heldout")
-    assert train == (0, 0, 75, 40) and held == (75, 0, 100, 40)
+    boxes = [image.region_box(region) for region in ("train", "validation", "heldout")]
+    assert boxes == [(0, 0, 75, 30), (0, 30, 75, 40), (75, 0, 100, 40)]
     with pytest.raises(ValueError, match="region"):
         image.region_box("test")
 
 
-@pytest.mark.parametrize("region", ["train", "heldout"])
+@pytest.mark.parametrize("region", ["train", "validation", "heldout"])
 def test_crops_stay_inside_their_region_and_masks_follow_augmentation(region):
-    image = striped_image()
+    image = striped_image(height=80)
     sampler = CropSampler([image], size=16, region=region, seed=1)
     crops = sampler.sample_with_masks(200)
-    xs = crops.images[..., 0].astype(int)
+    xs, ys = crops.images[..., 0].astype(int), crops.images[..., 1].astype(int)
     if region == "train":
-        assert xs.max() < image.split_x
+        assert xs.max() < image.split_x and ys.max() < image.validation_y
+    elif region == "validation":
+        assert xs.max() < image.split_x and ys.min() >= image.validation_y
     else:
         assert xs.min() >= image.split_x
     # The same rotation/flip was applied to image and masks.

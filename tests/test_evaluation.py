@@ -64,3 +64,17 @@ def test_vqgan_goals_compare_rfid_with_the_floor_codebook_use_and_the_baselines(
     assert goals["met"].all() and goals["measured"].tolist() == pytest.approx([50 / 60, 0.95, 50.0])
     scores.loc["VQ-GAN, 4 channels"] = [90.0, 0.5]
     assert not vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")["met"].any()
+
+
+def test_condition_matched_floor_rows_have_the_wanted_conditions():
+    from histolab_utils.evaluation.floors import condition_matched
+
+    pool = np.array([[1, 0], [1, 0], [0, 1], [1, 1]])
+    wanted = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 0]])
+    index, how = condition_matched(pool, wanted, seed=0)
+    assert (pool[index[:4]] == wanted[:4]).all()
+    assert set(index[:3]) == {0, 1}, "unused matches are taken before one is reused"
+    assert index[4] in (0, 1, 2), "a missing condition takes the nearest one"
+    assert how.to_dict() == {"exact": 3, "exact, reused": 1, "nearest": 1}
+    with pytest.raises(ValueError, match="pool and wanted"):
+        condition_matched(pool, wanted[:, :1])

@@ -1,8 +1,9 @@
-"""No pixel of the test region is in any training set of any notebook.
+"""No pixel of the test region or of the validation strip is in any training set of any notebook.
 
 Every training set the notebooks build (smoke profile's sizes, every seed they use) is drawn
 here with the same calls, its tiles' boxes are painted onto a canvas per image, and the held-out
-region of each canvas must stay blank. A positive control shows that the check can fail.
+region and the validation strip of each canvas must stay blank. Positive controls show that the
+check can fail. The validation sets lie wholly inside the validation strip.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 from histolab_utils.config import load_config
 from histolab_utils.data import load_image, load_images
 from histolab_utils.data.crops import CropSampler
-from histolab_utils.data.nuclei import mask_tiles, wsi_split_x
+from histolab_utils.data.nuclei import mask_tiles, wsi_region_box, wsi_split_x, wsi_validation_y
 from histolab_utils.data.pairs import image_mask_pairs
 from histolab_utils.latent.latents import grid_tiles
 from histolab_utils.segmentation.experiments import (Synthetic, arm_catalogue, arm_training_set, needed_pool_pairs,
@@ -31,10 +32,10 @@ class Canvas:
         for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.int64):
             canvas[y0:y1, x0:x1] = True
 
-    def leaked(self) -> dict[str, int]:
+    def leaked(self, region: str = "heldout") -> dict[str, int]:
         out = {}
         for image, canvas in self.covered.items():
-            x0, y0, x1, y1 = load_image(image).region_box("heldout")
+            x0, y0, x1, y1 = load_image(image).region_box(region)
             out[image] = int(canvas[y0:y1, x0:x1].sum())
         return {k: v for k, v in out.items() if v}
 
@@ -87,11 +88,14 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
         for image in set(pool.pairs.sources[used]):
             canvas.paint(image, pool.pairs.boxes[used][pool.pairs.sources[used] == image])
     assert canvas.leaked() == {}, f"training sets cover held-out pixels: {canvas.leaked()}"
+    assert canvas.leaked("validation") == {}, f"training sets cover validation pixels: {canvas.leaked('validation')}"
 
-    # 06: the mask generator's slide tiles lie left of the slide's split (and the images' tiles left of theirs)
-    masks = config.masks
-    wsi = mask_tiles("wsi", masks.tile_size, "train", masks.n_train_tiles, seed=config.seed, downsample=masks.downsample)
-    assert wsi.boxes[:, 2].max() <= wsi_split_x()
+    # 06: the mask generator's slide tiles lie left of the slide's split and above its validation strip
+    for profile in (config, cpu):
+        masks = profile.masks
+        wsi = mask_tiles("wsi", masks.tile_size, "train", masks.n_train_tiles, seed=profile.seed,
+                         downsample=masks.downsample)
+        assert wsi.boxes[:, 2].max() <= wsi_split_x() and wsi.boxes[:, 3].max() <= wsi_validation_y()
 
     # the test tiles of 07-09 lie wholly in the held-out region, and the check above would catch them
     test = heldout_tiles(seg.tile_size, seg.n_test, seg.downsample, config.seed)
@@ -106,6 +110,58 @@ def test_a_tile_in_the_test_region_is_caught():
     x0, y0, _, _ = load_image("hgsc_nest").region_box("heldout")
     canvas.paint("hgsc_nest", np.array([[x0 - 4, y0, x0 + 1, y0 + 4]]))
     assert canvas.leaked() == {"hgsc_nest": 4}
+
+
+def test_a_tile_in_the_validation_strip_is_caught():
+    canvas = Canvas()
+    x0, y0, _, _ = load_image("hgsc_nest").region_box("validation")
+    canvas.paint("hgsc_nest", np.array([[x0, y0 - 3, x0 + 2, y0 + 1]]))
+    assert canvas.leaked("validation") == {"hgsc_nest": 2} and canvas.leaked() == {}
+
+
+def _overlap(a: tuple, b: tuple) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+@pytest.mark.parametrize("name", ["hgsc_nest", "cellseg_patch1", "tiatoolbox_target"])
+def test_the_three_regions_of_an_image_tile_it_without_overlap(real_data, name):
+    image = load_image(name)
+    boxes = {region: image.region_box(region) for region in ("train", "validation", "heldout")}
+    height, width = image.shape
+    assert sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes.values()) == height * width
+    assert all(_overlap(boxes[a], boxes[b]) == 0 for a, b in (("train", "validation"), ("train", "heldout"),
+                                                               ("validation", "heldout")))
+    assert boxes["validation"][0] == 0 and boxes["validation"][2] == image.split_x == boxes["heldout"][0]
+
+
+def test_the_slide_regions_do_not_overlap(real_data):
+    boxes = {region: wsi_region_box(region) for region in ("train", "validation", "heldout")}
+    assert all(_overlap(boxes[a], boxes[b]) == 0 for a, b in (("train", "validation"), ("train", "heldout"),
+                                                               ("validation", "heldout")))
+    assert boxes["train"][3] == boxes["validation"][1] == wsi_validation_y()
+
+
+def test_validation_sets_lie_wholly_in_the_validation_strip(real_data):
+    config = load_config("smoke")
+    spade, masks = config.spade, config.masks
+    pairs = image_mask_pairs(spade.tile_size, "validation", 16, seed=1, downsample=spade.downsample)
+    canvas = Canvas()
+    for image in set(pairs.sources):
+        x0, y0, x1, y1 = load_image(image).region_box("validation")
+        boxes = pairs.boxes[pairs.sources == image]
+        assert (boxes[:, 0] >= x0).all() and (boxes[:, 1] >= y0).all() and (boxes[:, 2] <= x1).all() \
+            and (boxes[:, 3] <= y1).all(), image
+        canvas.paint(image, boxes)
+    assert canvas.leaked() == {} and set(canvas.leaked("validation")) == set(pairs.sources)
+    wsi = mask_tiles("wsi", masks.tile_size, "validation", 16, seed=1, downsample=masks.downsample)
+    x0, y0, x1, y1 = wsi_region_box("validation")
+    assert (wsi.boxes[:, 0] >= x0).all() and (wsi.boxes[:, 1] >= y0).all() and (wsi.boxes[:, 2] <= x1).all() \
+        and (wsi.boxes[:, 3] <= y1).all()
+    crops = CropSampler(load_images(), 32, "validation", seed=0, downsample=2)
+    for image, boxes in crop_boxes(crops, 64).items():
+        if len(boxes):
+            vx0, vy0, vx1, vy1 = load_image(image).region_box("validation")
+            assert (boxes[:, 1] >= vy0).all() and (boxes[:, 2] <= vx1).all() and (boxes[:, 3] <= vy1).all(), image
 
 
 @pytest.mark.parametrize("region", ["train", "heldout"])

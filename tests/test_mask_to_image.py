@@ -304,3 +304,41 @@ def test_synthesis_scores_put_the_floors_beside_every_set_at_equal_n():
     with pytest.raises(ValueError, match="held-out n = 6"):
         synthesis_scores(detector, heldout.images, heldout.types, floor.images,
                          {"short": (heldout.images[:3], heldout.types[:3])})
+
+
+def test_edit_success_rewards_following_the_edited_mask_and_not_the_original():
+    from histolab_utils.evaluation.mask_fidelity import edit_success
+
+    region = np.zeros((1, 16, 16), bool)
+    region[0, 4:12, 4:12] = True
+    original = np.zeros((1, 16, 16), np.uint8)
+    original[0, 5:8, 5:8] = 1  # a nucleus the edit removes
+    original[0, 0:3, 0:3] = 1  # outside the region: ignored
+    edited = np.zeros((1, 16, 16), np.uint8)
+    edited[0, 8:11, 8:11] = 2  # a nucleus the edit adds
+    images = np.zeros((1, 16, 16, 3), np.uint8)
+    followed = edit_success(lambda _: edited > 0, images, region, edited, original)
+    ignored = edit_success(lambda _: original > 0, images, region, edited, original)
+    assert followed.loc[0, "dice_edited"] == 1.0 and followed.loc[0, "dice_original"] == 0.0
+    assert followed.loc[0, "margin"] == 1.0 and ignored.loc[0, "margin"] == -1.0
+
+
+def test_the_checks_pass_real_pairs_and_fail_an_untrained_model():
+    """Notebook 07's asserts (mask_to_image_checks) on a deliberately broken model, an untrained SPADE UNet in the
+    real pipeline; as a positive control, the real held-out images themselves pass every check."""
+    from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, fidelity_table, mask_to_image_checks
+    from histolab_utils.models.mask_to_image import synthesise
+
+    heldout = image_mask_pairs(16, "heldout", 12, seed=1)
+    detector = HaematoxylinDetector.fit(image_mask_pairs(16, "train", 24, seed=0).images)
+
+    def checks(chosen, unguided):
+        table = fidelity_table(detector, {"chosen": (chosen, heldout.types), "unguided": (unguided, heldout.types),
+                                          FLOOR_MISMATCHED: (heldout.images, mismatched(heldout.types))})
+        return mask_to_image_checks(table, "chosen", "unguided", chosen, heldout.images)
+
+    good = checks(heldout.images, np.roll(heldout.images, 1, axis=0))
+    assert good["passes"].all(), good
+    pipeline = tiny_pipeline()
+    broken = checks(*(synthesise(pipeline, heldout.types, heldout.instances, s, 5, seed=0) for s in (1.5, 0.0)))
+    assert (~broken["passes"]).sum() >= 2, broken

@@ -213,23 +213,75 @@ def test_morphology_features_and_distances():
     fa, fb = morphology.morphology_features(*a), morphology.morphology_features(*b)
     same = morphology.morphology_distances(fa, fa)
     assert same["morphology_fd"] == pytest.approx(0, abs=1e-6) and same["w_mean"] == pytest.approx(0)
-    # doubling every nucleus' size moves the area distance and the FD
+    # scaling the tiles by 2 doubles every nucleus' size and spacing: the area and nearest-neighbour distances move,
+    # while counts and coverage (the FD's features) stay exactly as they were
     big_types, big_inst = (np.kron(x, np.ones((1, 2, 2), x.dtype)) for x in b)
     moved = morphology.morphology_distances(fa, morphology.morphology_features(big_types, big_inst))
-    assert moved["w_area"] > 1.0 and moved["morphology_fd"] > morphology.morphology_distances(fa, fb)["morphology_fd"]
+    unmoved = morphology.morphology_distances(fa, fb)
+    assert moved["w_area"] > 1.0 and moved["w_nn_distance"] > unmoved["w_nn_distance"] + 0.5
+    assert moved["morphology_fd"] == pytest.approx(unmoved["morphology_fd"])
+    # covering more of each tile moves the FD
+    fat = morphology.morphology_features(*(np.kron(x, np.ones((1, 2, 2), x.dtype))[:, :32, :32] for x in b))
+    assert morphology.morphology_distances(fa, fat)["morphology_fd"] > unmoved["morphology_fd"]
 
 
-def test_ellipses_respect_the_requested_types_and_validity_counts_components():
+def test_tiles_under_two_nuclei_have_no_neighbour_distance_and_are_counted():
+    types = np.zeros((3, 16, 16), np.uint8)
+    inst = np.zeros((3, 16, 16), np.int32)
+    inst[0, 2:5, 2:5] = 1  # one nucleus
+    inst[1, 2:5, 2:5], inst[1, 9:12, 9:12] = 1, 2  # two, 7 px apart
+    types[inst > 0] = 1
+    tiles = morphology.tile_features(types, inst)
+    assert np.isnan(tiles.loc[0, "nn_distance"]) and np.isnan(tiles.loc[2, "nn_distance"])
+    assert tiles.loc[1, "nn_distance"] == pytest.approx(7 * np.sqrt(2))
+    features = morphology.morphology_features(types, inst)
+    distances = morphology.morphology_distances(features, features)
+    assert distances["sparse_tiles"] == pytest.approx(2 / 3) and distances["sparse_gap"] == 0.0
+
+
+def test_ellipses_respect_the_requested_types():
     types, inst = _two_touching_nuclei()
     nuclei_table, tiles = morphology.morphology_features(types, inst)
     made_types, made_inst = morphology.ellipse_masks(nuclei_table, tiles, np.array([[1, 0, 0], [0, 0, 1]], bool), 16)
     assert set(np.unique(made_types[0])) <= {0, 1} and set(np.unique(made_types[1])) <= {0, 3}
-    split = np.zeros((1, 8, 8), int)
-    split[0, 1:3, 1:3] = 1
-    split[0, 5:7, 5:7] = 1  # one id, two components
-    split[0, 1:3, 5:7] = 2
-    validity = morphology.instance_validity(split, np.where(split > 0, 1, 0))
-    assert validity == {"instances": 2, "connected": 0.5, "single_type": 1.0}
+
+
+def test_mask_validity_by_hand():
+    inst = np.zeros((1, 8, 8), np.int32)
+    inst[0, 1:3, 1:3] = 1
+    inst[0, 5:7, 5:7] = 2
+    types = np.where(inst > 0, 1, 0).astype(np.uint8)
+    types[0, 6, 6] = 2  # instance 2 is painted with two types
+    types[0, 0, 7] = 3  # a foreground pixel in no instance
+    validity = morphology.mask_validity(types, inst, boundary=edge_map(inst))
+    assert validity["instances"] == 2 and validity["single_type"] == 0.5
+    assert validity["unclaimed"] == pytest.approx(1 / 9) and validity["edge_dice"] == 1.0
+    assert morphology.mask_validity(types, inst, boundary=~edge_map(inst))["edge_dice"] == 0.0
+
+
+def test_mask_validity_fails_a_broken_generator_and_not_the_round_trip():
+    """The round trip of real masks is the ceiling; a "model" that outputs noise in model space
+    (a broken generator) must fall far below it on the boundary agreement and leave speckle unclaimed."""
+    types, inst = _two_touching_nuclei()
+    encoded = mg.encode_masks(types, inst)
+    decoded = mg.decode_masks(encoded)
+    ceiling = morphology.mask_validity(decoded.types, decoded.instances, boundary=encoded[:, -1] > 0)
+    assert ceiling["single_type"] == 1.0 and ceiling["unclaimed"] == 0.0 and ceiling["edge_dice"] > 0.95
+    noise = np.random.default_rng(0).uniform(-1, 1, (16, mg.MASK_CHANNELS, 32, 32))
+    broken_masks = mg.decode_masks(noise)
+    broken = morphology.mask_validity(broken_masks.types, broken_masks.instances, boundary=noise[:, -1] > 0)
+    assert broken["edge_dice"] < 0.75 * ceiling["edge_dice"] and broken["unclaimed"] > 0.01
+
+
+def test_present_types_ignore_slivers_under_the_minimum_for_real_and_decoded_masks_alike():
+    types = np.zeros((1, 8, 8), np.uint8)
+    inst = np.zeros((1, 8, 8), np.int32)
+    inst[0, 2:5, 2:5], types[0, 2:5, 2:5] = 1, 1  # a 9-px neoplastic nucleus
+    inst[0, 0, 6:8], types[0, 0, 6:8] = 2, 3  # a 2-px connective sliver at the border
+    assert nuclei.present_types(types, inst).tolist() == [[True, False, False]]
+    assert nuclei.present_types(types, inst, min_px=2).tolist() == [[True, False, True]]
+    decoded = mg.DecodedMasks(types, inst)
+    assert decoded.multi_hot.tolist() == nuclei.present_types(types, inst).tolist()
 
 
 def test_conditioning_accuracy_by_hand():
@@ -331,3 +383,87 @@ def test_cli_trains_masks(real_data, tmp_path):
 
     assert main(["masks", "--profile", "smoke", "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "pipeline" / "model_index.json").is_file()
+
+
+def _scored_sets(chosen, unguided, heldout, train):
+    from histolab_utils.evaluation.mask_generation import score_mask_sets
+
+    encoded = mg.encode_masks(heldout.types, heldout.instances)
+    ceiling = mg.decode_masks(encoded)
+    ellipses = morphology.ellipse_masks(*morphology.morphology_features(train.types, train.instances),
+                                        heldout.multi_hot, heldout.types.shape[-1], seed=0)
+    return score_mask_sets(heldout.multi_hot, (heldout.types, heldout.instances), {
+        "chosen": chosen, "unguided": unguided, "ceiling": (ceiling.types, ceiling.instances, encoded[:, -1] > 0),
+        "ellipses": ellipses})
+
+
+def test_the_checks_pass_real_masks_and_fail_an_untrained_generator(real_data):
+    """Notebook 06's asserts (mask_generator_checks) on a deliberately broken model: an untrained UNet
+    in the real pipeline. As a positive control, real held-out masks themselves pass every check."""
+    from histolab_utils.diffusion.schedules import make_scheduler
+    from histolab_utils.diffusion.training import build_unet
+    from histolab_utils.evaluation.mask_generation import mask_generator_checks
+
+    heldout = mask_tiles("hgsc_nest", 16, "heldout", 24, seed=1, cache=False)
+    train = mask_tiles("hgsc_nest", 16, "train", 64, seed=0, cache=False)
+    coverage = float((heldout.instances > 0).mean())
+    encoded = mg.encode_masks(heldout.types, heldout.instances)
+    real = (heldout.types, heldout.instances, encoded[:, -1] > 0)
+    shuffled = (np.roll(heldout.types, 1, axis=0), np.roll(heldout.instances, 1, axis=0))  # real, other conditions
+    good = mask_generator_checks(_scored_sets(real, shuffled, heldout, train), "chosen", "unguided", "ceiling",
+                                 "ellipses", coverage)
+    assert good["passes"].all(), good
+
+    torch.manual_seed(0)
+    config = _tiny_config()
+    pipeline = mg.NucleiMaskPipeline(build_unet(config), make_scheduler("ddim", config.schedule,
+                                                                        prediction_type=config.prediction_type,
+                                                                        clip_sample=True))
+    pipeline.set_progress_bar_config(disable=True)
+    conditions = mg.tile_conditions(heldout)
+    guided, unguided = (mg.generate_masks(pipeline, conditions, s, 5, seed=0) for s in (2.0, 0.0))
+    broken = mask_generator_checks(_scored_sets((guided.types, guided.instances, guided.masks[:, -1] > 0),
+                                                (unguided.types, unguided.instances), heldout, train),
+                                   "chosen", "unguided", "ceiling", "ellipses", coverage)
+    assert (~broken["passes"]).sum() >= 4, broken  # recall may beat s = 0 by chance; the rest may not
+
+
+def test_guidance_is_chosen_by_the_best_validation_score_and_the_smallest_on_a_tie():
+    from histolab_utils.evaluation.choices import choose_guidance
+
+    sweep = pd.DataFrame({"f1": [0.4, 0.7, 0.7, 0.6], "fid": [9.0, 5.0, 4.0, 6.0]}, index=[0.0, 1.0, 2.0, 3.0])
+    assert choose_guidance(sweep) == 1.0
+    assert choose_guidance(sweep, "fid", higher_is_better=False) == 2.0
+    assert choose_guidance(sweep, "f1", within=("fid", 1.1)) == 2.0  # only s = 2 has an FID within 10 % of the best
+    with pytest.raises(ValueError, match="no finite"):
+        choose_guidance(pd.DataFrame({"f1": [np.nan]}, index=[0.0]))
+
+
+LOAD_MASK_GENERATOR = """
+import sys, torch
+from histolab_utils.models.mask_generator import NucleiMaskPipeline
+pipeline = NucleiMaskPipeline.from_pretrained(sys.argv[1])
+pipeline.set_progress_bar_config(disable=True)
+out = pipeline([["neoplastic"], ["connective", "inflammatory"]], ["tumor", "stroma"], guidance_scale=2.0,
+               num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+assert out.types.shape[0] == 2 and out.types.max() <= 3 and out.instances.max() > 0
+print(pipeline.unet.dtype, out.types.shape)
+"""
+
+
+def test_the_shipped_mask_generator_verifies_and_loads_in_a_fresh_process(shipped):
+    """The mask generator committed under data/pretrained/ (the cpu profile's notebook 06), once released: intact,
+    carded, and loadable by the package's pipeline class in a fresh process, which draws masks with nuclei."""
+    import subprocess
+    import sys
+
+    from histolab_utils.data.releases import pretrained
+
+    names, published = shipped("masks-", "06_nuclei_masks")
+    for name in names:
+        card = (pretrained(name) / "README.md").read_text()
+        assert all(text in card for text in ("not for diagnosis", "Licence", "ceiling", "floor", "validation")), name
+        result = subprocess.run([sys.executable, "-c", LOAD_MASK_GENERATOR, str(pretrained(name))], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert all(check["passes"] for check in published["metrics"]["checks"])

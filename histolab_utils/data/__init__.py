@@ -15,6 +15,7 @@ from .datasets import (
     ANNOTATED_SET,
     DEFAULT_SET,
     HELDOUT_FRACTION,
+    VALIDATION_FRACTION,
     IMAGES,
     HEImage,
     load_image,
@@ -36,7 +37,7 @@ from .registry import SOURCES, DataSource, get_source
 from .releases import pretrained, pretrained_table, verify_pretrained
 
 __all__ = [
-    "ANNOTATED_SET", "DEFAULT_SET", "HELDOUT_FRACTION", "IMAGES", "SOURCES",
+    "ANNOTATED_SET", "DEFAULT_SET", "HELDOUT_FRACTION", "IMAGES", "SOURCES", "VALIDATION_FRACTION",
     "Crops", "CropSampler", "DataError", "DataIntegrityError", "DataNotFetchedError",
     "DataSource", "HEImage", "dihedral", "fetch", "get_source", "heldout_eval_crops", "load_image", "load_images",
     "load_polygons", "polygon_class_counts", "pretrained", "pretrained_table", "provenance_table", "require_file",

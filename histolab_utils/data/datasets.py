@@ -1,10 +1,21 @@
 """The embedded default data set: real H&E images, nuclei masks and polygons.
 
-Train / held-out split
-----------------------
+Train / validation / held-out split
+-----------------------------------
 The split is fixed by *region*, never by random crops: the right-hand strip of every image
-(``HELDOUT_FRACTION`` of its width) is held out. Crops are drawn wholly inside one region, so
-FID or segmentation numbers computed on held-out crops never see a training pixel.
+(``HELDOUT_FRACTION`` of its width) is held out, and the bottom ``VALIDATION_FRACTION`` of the rest
+(a band under the train region, left of the held-out strip) is the validation strip::
+
+    +-----------------+--------+
+    |      train      |        |
+    |                 |  held  |
+    +-----------------+  out   |
+    |   validation    |        |
+    +-----------------+--------+
+
+Crops are drawn wholly inside one region, so FID or segmentation numbers computed on held-out crops
+never see a training pixel, and every choice (guidance, thresholds, settings) is made on the
+validation strip, which no model trains on either.
 """
 
 from __future__ import annotations
@@ -22,7 +33,12 @@ from .store import DataNotFetchedError, raw_dir, require_file
 from .registry import get_source
 
 HELDOUT_FRACTION = 0.25
-Region = Literal["train", "heldout", "all"]
+# a quarter of the height: the 256 px annotated patches keep a 32 px band at half resolution
+VALIDATION_FRACTION = 0.25
+Region = Literal["train", "validation", "heldout", "all"]
+# which split a result was made with (saved in every metrics record): 1 = train / held-out only, the train
+# region reaching down to the bottom of the image (results before 2026-11-26); 2 = with the validation strip
+SPLIT_VERSION = 2
 
 HGSC_TYPE_NAMES = {1: "connective", 2: "inflammatory", 3: "neoplastic"}
 # The cellseg fixtures carry type ids without published class names.
@@ -94,6 +110,7 @@ class HEImage:
     type_names: dict[int, str] = field(default_factory=dict)
     source: str = ""
     heldout_fraction: float = HELDOUT_FRACTION
+    validation_fraction: float = VALIDATION_FRACTION
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,16 +121,23 @@ class HEImage:
         """First column of the held-out strip."""
         return int(round(self.image.shape[1] * (1.0 - self.heldout_fraction)))
 
+    @property
+    def validation_y(self) -> int:
+        """First row of the validation strip (left of the held-out strip)."""
+        return int(round(self.image.shape[0] * (1.0 - self.validation_fraction)))
+
     def region_box(self, region: Region) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of a region, end-exclusive."""
         h, w = self.shape
         if region == "train":
-            return 0, 0, self.split_x, h
+            return 0, 0, self.split_x, self.validation_y
+        if region == "validation":
+            return 0, self.validation_y, self.split_x, h
         if region == "heldout":
             return self.split_x, 0, w, h
         if region == "all":
             return 0, 0, w, h
-        raise ValueError(f"region must be 'train', 'heldout' or 'all', not {region!r}")
+        raise ValueError(f"region must be 'train', 'validation', 'heldout' or 'all', not {region!r}")
 
 
 def read_rgb(path: Path) -> np.ndarray:

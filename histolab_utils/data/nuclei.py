@@ -21,7 +21,8 @@ Mask tiles
 592,349 polygons (``source="wsi"``) or out of the nest and stroma images' polygons. Every tile
 carries a type map, an instance map, centroids with types and a tissue context. The split is
 spatial and fixed: the right ``HELDOUT_FRACTION`` (25 %) of the slide's extent, or of each image
-(the region split of every other notebook), is held out, and a tile lies wholly on one side.
+(the region split of every other notebook), is held out; the bottom ``VALIDATION_FRACTION`` of the
+rest is the validation strip; a tile lies wholly inside one of the three regions.
 The held-out nest and stroma masks are the segmentation test set: no model trains on them.
 """
 
@@ -39,7 +40,7 @@ import pandas as pd
 
 from ..paths import atomic_path, data_dir
 from .annotations import AnnotationError, Annotations, rasterize, read_annotations
-from .datasets import IMAGES, HELDOUT_FRACTION, load_image
+from .datasets import IMAGES, HELDOUT_FRACTION, VALIDATION_FRACTION, load_image
 from .store import require_file
 
 NUCLEUS_CLASSES: tuple[str, ...] = ("neoplastic", "inflammatory", "connective")
@@ -65,10 +66,14 @@ WSI_TISSUE = "hgsc_tissue_wsi.parquet"
 # The nest and stroma images have no tissue polygons; each is one kind of tissue as a whole.
 IMAGE_CONTEXTS = {"hgsc_nest": "tumor", "hgsc_stroma": "stroma"}
 MASK_SOURCES: tuple[str, ...] = ("wsi", *IMAGE_CONTEXTS)
-Region = Literal["train", "heldout"]
+Region = Literal["train", "validation", "heldout"]
+REGIONS: tuple[str, ...] = ("train", "validation", "heldout")
 
+# a nucleus is in a tile when at least this many of its pixels are (a 2 x 2 block): what a condition requests
+# and what a generated mask is scored as holding use this one rule (present_types)
+MIN_NUCLEUS_PX = 4
 _TISSUE_CELL = 16  # level-0 px per cell of the coarse tissue raster that gives tile contexts
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the validation strip left the train region
 
 
 def vocabulary_name(name: str, source: str = "") -> str | None:
@@ -146,8 +151,8 @@ class MaskTiles:
 
     @property
     def multi_hot(self) -> np.ndarray:
-        """bool [N, K]: which nucleus types each tile holds (its NASDM condition)."""
-        return multi_hot_of(self.types)
+        """bool [N, K]: which nucleus types each tile holds (its NASDM condition; :func:`present_types`)."""
+        return present_types(self.types, self.instances)
 
     @property
     def context_names(self) -> list[str]:
@@ -164,10 +169,19 @@ class MaskTiles:
         return table[["tile", "instance", "y", "x", "type", "class_name"]]
 
 
-def multi_hot_of(types: np.ndarray) -> np.ndarray:
-    """bool [N, K]: whether each type map [N, H, W] holds each of the K nucleus types."""
-    types = np.asarray(types)
-    return np.stack([(types == k + 1).any(axis=(-2, -1)) for k in range(len(NUCLEUS_CLASSES))], axis=-1)
+def present_types(types: np.ndarray, instances: np.ndarray, min_px: int = MIN_NUCLEUS_PX) -> np.ndarray:
+    """bool [N, K]: which nucleus types each tile [N, H, W] holds, the one definition of "present" for
+    real and generated masks alike: type k is present when some instance of at least ``min_px`` pixels
+    inside the tile has k as its type (the most frequent type among its pixels). A sliver of a nucleus
+    cut by the tile's border, smaller than that, is not a nucleus the tile holds."""
+    types, instances = np.asarray(types), np.asarray(instances)
+    if types.shape != instances.shape or types.ndim != 3:
+        raise ValueError(f"need type and instance maps of one shape [N, H, W]; got {types.shape} and {instances.shape}")
+    out = np.zeros((len(types), len(NUCLEUS_CLASSES)), dtype=bool)
+    for i, (typ, inst) in enumerate(zip(types, instances)):
+        table = instance_table(typ, inst)
+        out[i, table.loc[table["area"] >= min_px, "type"].to_numpy() - 1] = True
+    return out
 
 
 def instance_table(types: np.ndarray, instances: np.ndarray) -> pd.DataFrame:
@@ -225,15 +239,25 @@ def wsi_split_x(root: Path | None = None) -> float:
     return x0 + (1.0 - HELDOUT_FRACTION) * (x1 - x0)
 
 
+def wsi_validation_y(root: Path | None = None) -> float:
+    """The level-0 y where the slide's validation strip (the bottom ``VALIDATION_FRACTION`` left of the
+    held-out strip) begins."""
+    _, y0, _, y1 = wsi_extent(root)
+    return y0 + (1.0 - VALIDATION_FRACTION) * (y1 - y0)
+
+
 def wsi_region_box(region: Region, root: Path | None = None) -> tuple[float, float, float, float]:
-    """Level-0 box of the slide's train (left 75 %) or held-out (right 25 %) region."""
+    """Level-0 box of the slide's train (left 75 %, top 75 %), validation (left 75 %, bottom 25 %) or
+    held-out (right 25 %) region."""
     x0, y0, x1, y1 = wsi_extent(root)
-    split = wsi_split_x(root)
+    split, band = wsi_split_x(root), wsi_validation_y(root)
     if region == "train":
-        return x0, y0, split, y1
+        return x0, y0, split, band
+    if region == "validation":
+        return x0, band, split, y1
     if region == "heldout":
         return split, y0, x1, y1
-    raise ValueError(f"region must be 'train' or 'heldout', not {region!r}")
+    raise ValueError(f"region must be one of {REGIONS}, not {region!r}")
 
 
 def wsi_nuclei(root: Path | None = None):
@@ -360,8 +384,8 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
     """
     if source not in MASK_SOURCES:
         raise ValueError(f"unknown mask-tile source {source!r}; use one of {list(MASK_SOURCES)}")
-    if region not in ("train", "heldout"):
-        raise ValueError(f"region must be 'train' or 'heldout', not {region!r}")
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, not {region!r}")
     if size <= 0 or n < 0 or downsample <= 0:
         raise ValueError(f"need size > 0, n >= 0 and downsample > 0; got size={size}, n={n}, downsample={downsample}")
 
@@ -390,13 +414,13 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
 def split_table(root: Path | None = None) -> pd.DataFrame:
     """The fixed spatial split of every mask source, in level-0 px."""
     rows = []
-    box = wsi_region_box("train", root), wsi_region_box("heldout", root)
-    rows.append({"source": "wsi", "train": box[0], "heldout": box[1]})
+    rows.append({"source": "wsi", **{region: wsi_region_box(region, root) for region in REGIONS}})
     for name in IMAGE_CONTEXTS:
         image = load_image(name, root)
-        rows.append({"source": name, "train": image.region_box("train"), "heldout": image.region_box("heldout")})
+        rows.append({"source": name, **{region: image.region_box(region) for region in REGIONS}})
     frame = pd.DataFrame(rows)
     frame["held out"] = f"right {HELDOUT_FRACTION:.0%} of the extent"
+    frame["validation strip"] = f"bottom {VALIDATION_FRACTION:.0%} of the rest"
     return frame
 
 

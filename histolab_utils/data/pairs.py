@@ -97,9 +97,9 @@ def pair_rasters(name: str, downsample: int = 1, root: Path | None = None) -> tu
 def image_mask_pairs(size: int, region: Region, n: int, seed: int = 0, *, sources=PAIR_SOURCES,
                      downsample: int = 1, root: Path | None = None) -> ImageMaskPairs:
     """``n`` seeded random crops of ``size`` px with their masks, shared out evenly over ``sources``,
-    each wholly inside ``region`` ("train" or "heldout")."""
-    if region not in ("train", "heldout"):
-        raise ValueError(f"region must be 'train' or 'heldout', not {region!r}")
+    each wholly inside ``region`` ("train", "validation" or "heldout")."""
+    if region not in ("train", "validation", "heldout"):
+        raise ValueError(f"region must be 'train', 'validation' or 'heldout', not {region!r}")
     if size <= 0 or n < 0:
         raise ValueError(f"need size > 0 and n >= 0; got size={size}, n={n}")
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from . import metrics
 from ..data import DEFAULT_SET, CropSampler, load_images
@@ -146,3 +147,36 @@ def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, fid_ratio: floa
         goals.append((f"FID of cluster '{row['name']}' over its real floor", f"<= {fid_ratio:g}", ratio,
                       bool(ratio <= fid_ratio)))
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
+
+
+def condition_matched(pool: np.ndarray, wanted: np.ndarray, seed: int = 0) -> tuple[np.ndarray, pd.Series]:
+    """For each row of ``wanted`` [n, F] (a condition: nucleus types and tissue context, say), the index
+    of a ``pool`` row [m, F] with the same condition: the floor of a conditional generator is real data
+    drawn with the conditions the generator was asked for, so that a model cannot beat it by matching
+    the conditions better than an unmatched real set does.
+
+    Matches are drawn at random without replacement while the pool has unused ones, then with
+    replacement; a condition the pool lacks takes a row of the nearest condition (Hamming distance).
+    Returns the indices and how many rows were matched exactly, exactly reusing a row, or by the
+    nearest condition."""
+    pool, wanted = np.asarray(pool), np.asarray(wanted)
+    if pool.ndim != 2 or wanted.ndim != 2 or pool.shape[1] != wanted.shape[1]:
+        raise ValueError(f"pool and wanted must be [m, F] and [n, F] with one F; got {pool.shape} and {wanted.shape}")
+    if not len(pool):
+        raise ValueError("the pool is empty")
+    rng = np.random.default_rng(seed)
+    index = np.empty(len(wanted), dtype=np.int64)
+    used = np.zeros(len(pool), dtype=bool)
+    how = {"exact": 0, "exact, reused": 0, "nearest": 0}
+    for i in rng.permutation(len(wanted)):
+        distance = (pool != wanted[i]).sum(axis=1)
+        same = np.flatnonzero(distance == 0)
+        if len(same):
+            fresh = same[~used[same]]
+            pick = rng.choice(fresh) if len(fresh) else rng.choice(same)
+            how["exact" if len(fresh) else "exact, reused"] += 1
+        else:
+            pick = rng.choice(np.flatnonzero(distance == distance.min()))
+            how["nearest"] += 1
+        index[i], used[pick] = pick, True
+    return index, pd.Series(how, name="rows")

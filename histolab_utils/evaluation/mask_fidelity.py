@@ -82,6 +82,21 @@ def mismatched(types: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.asarray(types)[order]
 
 
+def edit_success(detector: HaematoxylinDetector, images: np.ndarray, regions: np.ndarray, edited_types: np.ndarray,
+                 original_types: np.ndarray) -> "pd.DataFrame":
+    """Did an inpainting edit follow its edited mask? Per image, inside the repainted ``regions`` [N, H, W] only:
+    the haematoxylin Dice of ``images`` against the **edited** mask and against the **original** one. A working
+    edit scores higher on the first (the nuclei it added are there, the ones it removed are gone); an image left
+    as it was, or repainted at random, does not. ``margin`` = edited - original."""
+    import pandas as pd
+
+    regions = np.asarray(regions, bool)
+    found = detector(images) & regions
+    edited = dice(found, (np.asarray(edited_types) > 0) & regions)
+    original = dice(found, (np.asarray(original_types) > 0) & regions)
+    return pd.DataFrame({"dice_edited": edited, "dice_original": original, "margin": edited - original})
+
+
 def fidelity_table(detector: HaematoxylinDetector, sets: dict[str, tuple[np.ndarray, np.ndarray]]):
     """One row per named (images, type maps) set: mean, std and n of the per-image Dice."""
     import pandas as pd
@@ -126,3 +141,39 @@ def synthesis_scores(detector: HaematoxylinDetector, heldout_images: np.ndarray,
                                          FLOOR_MISMATCHED: (heldout_images, mismatched(heldout_types, seed)),
                                          **synthetic})
     return pd.DataFrame(rows).T.join(fidelity, how="outer").assign(n=n)
+
+
+def mask_to_image_checks(scores, chosen: str, unguided: str, images: np.ndarray, real_images: np.ndarray,
+                         colour_tolerance: float = 20.0):
+    """What notebook 07 asserts of a trained mask-to-image model, as a table of check, measured, bar, passes;
+    each a claim a broken model fails (an untrained one fails them: ``tests/test_mask_to_image.py``).
+    ``scores`` is a :func:`synthesis_scores` table; ``images`` are the ``chosen`` set's images and
+    ``real_images`` the held-out ones they are compared with.
+
+    * colour: each channel's mean within ``colour_tolerance`` grey levels of the real images';
+    * fidelity above the mismatched-pair floor (nuclei where the mask says, more than chance layout);
+    * fidelity at the chosen guidance above fidelity at s = 0 (the mask is followed, not ignored).
+    """
+    import pandas as pd
+
+    gap = float(np.abs(np.asarray(images, float).mean(axis=(0, 1, 2)) - np.asarray(real_images, float).mean(axis=(0, 1, 2))).max())
+    dice_chosen = float(scores.loc[chosen, "dice"])
+    rows = [("mean colour within tolerance of the real images' (grey levels, worst channel)", gap, colour_tolerance,
+             gap <= colour_tolerance),
+            ("fidelity Dice above the mismatched-pair floor", dice_chosen, float(scores.loc[FLOOR_MISMATCHED, "dice"]),
+             dice_chosen > float(scores.loc[FLOOR_MISMATCHED, "dice"])),
+            ("fidelity Dice at the chosen guidance above s = 0", dice_chosen, float(scores.loc[unguided, "dice"]),
+             dice_chosen > float(scores.loc[unguided, "dice"]))]
+    return pd.DataFrame(rows, columns=["check", "measured", "bar", "passes"]).astype({"passes": bool})
+
+
+def mask_to_image_goals(scores, chosen: str, fid_ratio: float = 1.5):
+    """The goals set for notebook 07's cpu results, measured (reported whether met or not): FID at most
+    ``fid_ratio`` x the real-vs-real floor, and fidelity Dice at least the real-pair reference's."""
+    import pandas as pd
+
+    ratio = float(scores.loc[chosen, "fid"]) / float(scores.loc[FLOOR_REAL, "fid"])
+    dice_ratio = float(scores.loc[chosen, "dice"]) / float(scores.loc[REFERENCE_PAIRS, "dice"])
+    rows = [(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio, ratio <= fid_ratio),
+            (f"fidelity Dice over the real-pair reference ({chosen})", ">= 1", dice_ratio, dice_ratio >= 1.0)]
+    return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])

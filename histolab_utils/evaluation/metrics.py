@@ -241,12 +241,15 @@ def cached_features(key: str, compute: Callable[[], np.ndarray], cache_dir: Path
     """Inception features of a real set, cached on disk under ``<data>/cache/features/``.
 
     ``key`` must name everything the set depends on (images, region, crop size, n, seed); the
-    Inception weights' identity is added here.
+    Inception weights' identity and the region split's version (a region's pixels change with it)
+    are added here.
     """
     from ..data import get_source
+    from ..data.datasets import SPLIT_VERSION
 
     folder = cache_dir or (data_dir() / "cache" / "features")
-    digest = hashlib.sha256(f"{key}|{get_source('fid_inception').sha256}".encode()).hexdigest()[:16]
+    identity = f"{key}|{get_source('fid_inception').sha256}|split={SPLIT_VERSION}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = folder / f"{digest}.npy"
     if path.is_file():
         return np.load(path)

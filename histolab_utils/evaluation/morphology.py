@@ -3,11 +3,14 @@ masks, validity of decoded instances, and a naive baseline (random ellipses).
 
 * Per nucleus (``skimage.measure.regionprops_table``): area, eccentricity, solidity, type.
 * Per tile: nuclei of each type, the fraction of the tile covered, and the mean distance from
-  each centroid to its nearest neighbour (the tile's side when it holds fewer than two nuclei).
+  each centroid to its nearest neighbour. A tile with fewer than two nuclei has no such distance:
+  it is NaN there, such tiles are left out of that feature's distance, and their share is
+  reported beside it (``sparse_tiles``), so a model that draws too many near-empty tiles shows.
 * Distances: per feature, the 1-D Wasserstein distance (``scipy.stats.wasserstein_distance``)
   divided by the reference set's standard deviation; and the Fréchet distance between Gaussians
-  fitted to the per-tile feature vectors standardised by the reference set: the "morphology FD".
-  It is computed like FID but on six hand-made features, not Inception features: never call it FID.
+  fitted to the per-tile features defined for every tile (counts per type and coverage),
+  standardised by the reference set: the "morphology FD". It is computed like FID but on four
+  hand-made features, not Inception features: never call it FID.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ..data.nuclei import NUCLEUS_CLASSES
 
 NUCLEUS_FEATURES = ("area", "eccentricity", "solidity")
 TILE_FEATURES = (*(f"n_{name}" for name in NUCLEUS_CLASSES), "coverage", "nn_distance")
+FD_FEATURES = TILE_FEATURES[:-1]  # defined for every tile (nn_distance is not, for tiles under two nuclei)
 
 
 def nucleus_features(types: np.ndarray, instances: np.ndarray) -> pd.DataFrame:
@@ -50,7 +54,8 @@ def _majority(region_mask: np.ndarray, intensity: np.ndarray) -> int:
 
 
 def tile_features(types: np.ndarray, instances: np.ndarray, nuclei: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per tile: nuclei per type, covered fraction, mean nearest-neighbour distance."""
+    """One row per tile: nuclei per type, covered fraction, mean nearest-neighbour distance (NaN for
+    a tile with fewer than two nuclei)."""
     from scipy.spatial import cKDTree
 
     types = np.asarray(types)
@@ -65,7 +70,7 @@ def tile_features(types: np.ndarray, instances: np.ndarray, nuclei: pd.DataFrame
             distances, _ = cKDTree(mine[["y", "x"]].to_numpy()).query(mine[["y", "x"]].to_numpy(), k=2)
             row["nn_distance"] = float(distances[:, 1].mean())
         else:
-            row["nn_distance"] = float(size)
+            row["nn_distance"] = float("nan")
         rows.append(row)
     return pd.DataFrame(rows, columns=list(TILE_FEATURES))
 
@@ -79,8 +84,10 @@ def morphology_features(types: np.ndarray, instances: np.ndarray) -> tuple[pd.Da
 def morphology_distances(reference: tuple[pd.DataFrame, pd.DataFrame],
                          other: tuple[pd.DataFrame, pd.DataFrame]) -> dict[str, float]:
     """Distances of ``other`` masks from ``reference`` masks, each given as (nucleus table, tile
-    table): per-feature Wasserstein / reference std (``w_<feature>``), their mean (``w_mean``), and
-    the morphology FD on standardised tile features (``morphology_fd``)."""
+    table): per-feature Wasserstein / reference std (``w_<feature>``; ``w_nn_distance`` over the tiles
+    with two nuclei or more), their mean (``w_mean``), the morphology FD on the standardised tile
+    features every tile has (``morphology_fd``), and the share of ``other``'s tiles under two nuclei
+    (``sparse_tiles``) with its gap from the reference's (``sparse_gap``)."""
     from scipy.stats import wasserstein_distance
 
     from .metrics import fid
@@ -93,11 +100,14 @@ def morphology_distances(reference: tuple[pd.DataFrame, pd.DataFrame],
     for feature in TILE_FEATURES:
         out[f"w_{feature}"] = _scaled_wasserstein(ref_tiles[feature], tiles[feature], wasserstein_distance)
     out["w_mean"] = float(np.nanmean([out[f"w_{f}"] for f in (*NUCLEUS_FEATURES, *TILE_FEATURES)]))
-    mean = ref_tiles[list(TILE_FEATURES)].mean().to_numpy(dtype=np.float64)
-    std = ref_tiles[list(TILE_FEATURES)].std().replace(0, 1).fillna(1).to_numpy(dtype=np.float64)
-    a = (ref_tiles[list(TILE_FEATURES)].to_numpy(dtype=np.float64) - mean) / std
-    b = (tiles[list(TILE_FEATURES)].to_numpy(dtype=np.float64) - mean) / std
+    columns = list(FD_FEATURES)
+    mean = ref_tiles[columns].mean().to_numpy(dtype=np.float64)
+    std = ref_tiles[columns].std().replace(0, 1).fillna(1).to_numpy(dtype=np.float64)
+    a = (ref_tiles[columns].to_numpy(dtype=np.float64) - mean) / std
+    b = (tiles[columns].to_numpy(dtype=np.float64) - mean) / std
     out["morphology_fd"] = fid(a, b) if len(a) >= 2 and len(b) >= 2 else float("nan")
+    out["sparse_tiles"] = float(tiles["nn_distance"].isna().mean()) if len(tiles) else float("nan")
+    out["sparse_gap"] = abs(out["sparse_tiles"] - float(ref_tiles["nn_distance"].isna().mean()))
     return out
 
 
@@ -109,25 +119,35 @@ def _scaled_wasserstein(reference: pd.Series, other: pd.Series, distance) -> flo
     return float(distance(reference, other) / scale)
 
 
-def instance_validity(instances: np.ndarray, types: np.ndarray | None = None) -> dict[str, float]:
-    """``connected``: the fraction of instances that are one (8-)connected component; with
-    ``types``, also ``single_type``: the fraction whose pixels all carry one type."""
-    from scipy import ndimage
+def mask_validity(types: np.ndarray, instances: np.ndarray, boundary: np.ndarray | None = None) -> dict[str, float]:
+    """Properties of decoded masks that a broken generator fails (the decoder guarantees none of them):
 
-    connected = pure = total = 0
-    for tile, inst in enumerate(np.asarray(instances)):
-        objects = ndimage.find_objects(inst.astype(np.int64))
-        for label, box in enumerate(objects, start=1):
-            if box is None:
-                continue
-            mask = inst[box] == label
-            total += 1
-            connected += ndimage.label(mask, structure=np.ones((3, 3)))[1] == 1
-            if types is not None:
-                pure += len(np.unique(np.asarray(types)[tile][box][mask])) == 1
-    out = {"instances": total, "connected": connected / total if total else float("nan")}
-    if types is not None:
-        out["single_type"] = pure / total if total else float("nan")
+    * ``single_type``: the share of instances whose pixels all carry one type (a blob painted half
+      one type, half another, fails it);
+    * ``unclaimed``: the share of foreground pixels (type > 0) in no instance, i.e. in fragments too
+      small to keep (speckle fails it);
+    * with ``boundary`` (the model's own boundary channel > 0, [N, H, W]): ``edge_dice``, the Dice
+      between that channel and the edge map of the decoded instances; a model whose boundary channel
+      disagrees with its type channels fails it. Real masks through the encode / decode round trip
+      score about 1 on each (their ceiling)."""
+    from ..data.nuclei import edge_map
+
+    types, instances = np.asarray(types), np.asarray(instances)
+    total = pure = 0
+    for typ, inst in zip(types, instances):
+        ids = inst.ravel().astype(np.int64)
+        kinds = np.zeros((int(ids.max(initial=0)) + 1, int(typ.max(initial=0)) + 1), dtype=bool)
+        kinds[ids, typ.ravel().astype(np.int64)] = True
+        counts = kinds[1:].sum(axis=1)
+        total += int((counts > 0).sum())
+        pure += int((counts == 1).sum())
+    foreground = types > 0
+    out = {"instances": total, "single_type": pure / total if total else float("nan"),
+           "unclaimed": float((foreground & (instances == 0)).sum() / max(int(foreground.sum()), 1))}
+    if boundary is not None:
+        drawn, decoded = np.asarray(boundary, dtype=bool), edge_map(instances)
+        both = int(drawn.sum()) + int(decoded.sum())
+        out["edge_dice"] = 2.0 * float((drawn & decoded).sum()) / both if both else 1.0
     return out
 
 

@@ -51,10 +51,14 @@ def _tissue_fraction_table(image: np.ndarray) -> np.ndarray:
 
 def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tissue: float = 0.5,
                max_tiles: int | None = None, seed: int = 0, downsample: int = 1) -> TileSet:
-    """Non-overlapping ``size`` px tiles of each image's train and held-out regions with at least
-    ``min_tissue`` tissue; a seeded random ``max_tiles`` of them (in grid order) when there are more.
+    """Non-overlapping ``size`` px tiles of each image's train, validation and held-out regions with at
+    least ``min_tissue`` tissue; a seeded random ``max_tiles`` of them (in grid order) when there are more.
     With ``downsample`` = d each tile covers a ``size * d`` px window, box-averaged to ``size`` px; the
-    table's ``window`` column is that span in image pixels."""
+    table's ``window`` column is that span in image pixels.
+
+    One grid covers the train and validation regions together (the grid that existed before the
+    validation strip, so tile ids and the published clusters stay the same); a tile that reaches into
+    the validation strip is a validation tile, so no training tile touches a validation pixel."""
     from ..data.crops import box_downsample
 
     if size <= 0:
@@ -66,10 +70,11 @@ def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tiss
     rows, tiles = [], []
     for image in images:
         table = _tissue_fraction_table(image.image)
-        for region in ("train", "heldout"):
-            x0, y0, x1, y1 = image.region_box(region)
+        left, _, _, bottom = image.region_box("validation")
+        for side, (x0, y0, x1, y1) in (("left", (left, 0, image.split_x, bottom)), ("heldout", image.region_box("heldout"))):
             for y in range(y0, y1 - window + 1, window):
                 for x in range(x0, x1 - window + 1, window):
+                    region = side if side == "heldout" else "train" if y + window <= image.validation_y else "validation"
                     area = table[y + window, x + window] - table[y, x + window] - table[y + window, x] + table[y, x]
                     fraction = area / window**2
                     if fraction >= min_tissue:

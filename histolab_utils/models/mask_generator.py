@@ -79,14 +79,10 @@ class DecodedMasks:
 
     @property
     def multi_hot(self) -> np.ndarray:
-        """bool [N, K]: types present as at least one kept instance."""
-        from ..data.nuclei import instance_table
+        """bool [N, K]: the types present, by the rule real tiles' conditions use (``present_types``)."""
+        from ..data.nuclei import present_types
 
-        out = np.zeros((len(self.types), K), dtype=bool)
-        for i, (typ, inst) in enumerate(zip(self.types, self.instances)):
-            present = instance_table(typ, inst)["type"].to_numpy()
-            out[i, present - 1] = True
-        return out
+        return present_types(self.types, self.instances)
 
     def __len__(self) -> int:
         return len(self.types)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.layouts import layouts_from_masks
-from ..data.nuclei import NUCLEUS_CLASSES, multi_hot_of
+from ..data.nuclei import NUCLEUS_CLASSES, present_types
 from ..data.pairs import ImageMaskPairs, image_mask_pairs
 from ..evaluation.segmentation import PRIMARY_SCORES, paired_difference, seed_summary, tile_counts
 from ..paths import atomic_path, atomic_write_text
@@ -178,10 +178,12 @@ class Generators:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu") -> Generators:
+def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu",
+                    mask_guidance: float | None = None) -> Generators:
     """Notebooks 06, 07 and 08's saved pipelines from ``runs_folder`` (``masks``, ``spade-pixel``,
     ``joint``), each with its profile section's sampler, steps and guidance (``masks``, ``spade``,
-    ``joint``: a profile's sections). A missing folder says which notebook makes it."""
+    ``joint``: a profile's sections); ``mask_guidance``, when given, is the mask generator's guidance
+    as notebook 06 chose it on the validation strip. A missing folder says which notebook makes it."""
     from ..diffusion.schedules import make_scheduler
     from ..models.joint_synthesis import JointSynthesisPipeline
     from ..models.mask_generator import NucleiMaskPipeline
@@ -201,7 +203,7 @@ def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu") 
         pipeline.set_progress_bar_config(disable=True)
         loaded[key] = pipeline
     return Generators(**loaded, spade_settings=(spade.guidance, spade.sampler_steps),
-                      mask_settings=(masks.guidance, masks.sampler_steps),
+                      mask_settings=(masks.guidance if mask_guidance is None else mask_guidance, masks.sampler_steps),
                       joint_settings=(joint.guidance, joint.sampler_steps))
 
 
@@ -225,7 +227,7 @@ def synthesise_from_pool(source: str, pairs: ImageMaskPairs, generators: Generat
         images = synthesise(_need(generators.spade, "07"), pairs.types, pairs.instances, guidance, steps, seed=seed)
         return Synthetic(images, pairs.types, pairs.instances.astype(np.int32), made_from)
     if source == "spade_generated":
-        conditions = condition_vectors(multi_hot_of(pairs.types), pairs.contexts)
+        conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
         return _paint_generated(conditions, pairs.size, generators, seed, made_from)
     if source == "joint":
         guidance, steps = generators.joint_settings
@@ -257,7 +259,7 @@ def rare_class_tiles(pool: Pool, n: int, generators: Generators, seed: int = 0, 
     rare = rarest_type(pairs.types, pairs.instances)
     rng = np.random.default_rng(seed)
     donors = rng.choice(len(pairs), oversample * n, replace=True)
-    wanted = multi_hot_of(pairs.types[donors])
+    wanted = present_types(pairs.types[donors], pairs.instances[donors])
     wanted[:, rare - 1] = 1
     conditions = condition_vectors(wanted, pairs.contexts[donors])
     made = _paint_generated(conditions, pairs.size, generators, seed, np.full(len(donors), -1))
