@@ -228,3 +228,116 @@ def test_cli_trains_a_joint_model(tmp_path):
 
     assert main(["joint", "--profile", "smoke", "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("size, downsample", [(32, 2), (64, 1)])
+def test_the_layout_free_decoder_recovers_real_heldout_instances(size, downsample):
+    """Notebook 08's head-to-head decodes every route without the layout: on a real held-out tile's own types and
+    distance map it must still give back its nuclei, and adhere to the real layout about as well as the seeded one."""
+    from histolab_utils.models.joint_synthesis import mask_label_without_layout
+
+    pairs = image_mask_pairs(size, "heldout", 150, seed=5, downsample=downsample)
+    layouts = layouts_from_masks(pairs.types, pairs.instances)
+    types, instances = mask_label_without_layout(pairs.types, pairs.instances)
+    scores = [max((iou(real == label, instances[k] == other) for other in np.unique(instances[k][real == label])
+                   if other), default=0.0)
+              for k, real in enumerate(pairs.instances) for label in np.unique(real) if label]
+    assert len(scores) > 100 and np.mean(np.array(scores) > 0.5) >= 0.9
+    summary = layout_adherence(types, instances, layouts)
+    assert summary["typed_fraction"] >= 0.9 and summary["spurious_fraction"] <= 0.1
+
+
+def test_the_layout_free_decoder_counts_an_unrequested_nucleus_as_spurious_for_every_route():
+    """The seeded watershed floods an unrequested nucleus that touches a requested one into it; decoded without the
+    layout, the extra nucleus stays its own instance, and is spurious whichever route drew it."""
+    from histolab_utils.models.joint_synthesis import mask_label_without_layout
+
+    types = np.zeros((1, 16, 16), np.uint8)
+    inst = np.zeros((1, 16, 16), np.int32)
+    inst[0, 4:10, 2:8], inst[0, 4:10, 8:14] = 1, 2  # two touching nuclei
+    types[inst > 0] = 1
+    layout = Layouts((np.array([[6, 4, 1]]),), 16)  # only the left one was asked for
+    samples = encode_joint(np.zeros((1, 16, 16, 3), np.uint8), types, inst).astype(np.float32)
+    seeded = decode_joint(samples, layout)
+    assert layout_adherence(seeded.types, seeded.instances, layout)["spurious_per_tile"] == 0  # absorbed
+    free = mask_label_without_layout(types, inst)
+    assert len(np.unique(free[1])) == 3
+    assert layout_adherence(*free, layout)["spurious_per_tile"] == 1
+
+
+def test_area_scale_reads_a_resolution_difference_from_whole_nuclei_only():
+    from histolab_utils.data.layouts import area_scale, interior_nucleus_areas
+    from skimage.draw import disk
+
+    def disks(radius, n=30, size=32):
+        inst = np.zeros((n, size, size), np.int32)
+        for k in range(n):
+            inst[k][disk((16, 16), radius, shape=(size, size))] = 1
+            inst[k, 0:2, 0:5] = 2  # a border-cut sliver: ignored
+        return inst
+
+    assert set(interior_nucleus_areas(disks(4)).tolist()) == {int((disks(4)[0] == 1).sum())}
+    assert area_scale(disks(4), disks(6)) == pytest.approx(1.5, rel=0.05)
+    assert area_scale(disks(5), disks(5)) == 1.0
+    with pytest.raises(ValueError, match="too few"):
+        area_scale(disks(4, n=3), disks(4))
+
+
+def test_the_checks_pass_real_pairs_and_fail_an_untrained_joint_model():
+    """Notebook 08's asserts (joint_synthesis_checks) on a deliberately broken model, an untrained UNet in the real
+    pipeline; as a positive control, the real held-out pairs pass every check against a layout-blind route of real
+    masks from other tiles. Every label is decoded without its layout, as in the notebook."""
+    from histolab_utils.evaluation.layout_adherence import joint_synthesis_checks
+    from histolab_utils.evaluation.mask_fidelity import HaematoxylinDetector, dice, mismatched
+    from histolab_utils.models.joint_synthesis import joint_label_without_layout, mask_label_without_layout
+
+    heldout = image_mask_pairs(16, "heldout", 16, seed=1, downsample=2)
+    layouts = layouts_from_masks(heldout.types, heldout.instances)
+    detector = HaematoxylinDetector.fit(image_mask_pairs(16, "train", 24, seed=0, downsample=2).images)
+    found = detector(heldout.images)
+
+    def row(images, types, instances):
+        return {"dice": float(dice(detector(images), types > 0).mean()),
+                "located_fraction": layout_adherence(types, instances, layouts)["located_fraction"]}
+
+    blind = mask_label_without_layout(np.roll(heldout.types, 1, 0), np.roll(heldout.instances, 1, 0))
+    table = {"real": row(heldout.images, *mask_label_without_layout(heldout.types, heldout.instances)),
+             "blind": row(heldout.images, *blind),
+             "mismatched": {"dice": float(dice(found, mismatched(heldout.types) > 0).mean()), "located_fraction": 0.0}}
+    import pandas as pd
+
+    good = joint_synthesis_checks(pd.DataFrame(table).T, "real", "blind", "mismatched", heldout.images, heldout.images)
+    assert good["passes"].all(), good
+    torch.manual_seed(0)
+    pipeline = JointSynthesisPipeline(build_unet(tiny_config()).eval(),
+                                      make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
+    pipeline.set_progress_bar_config(disable=True)
+    out = pipeline(layouts, ["tumor"] * len(layouts), 2.0, 5, torch.Generator().manual_seed(0))
+    table["broken"] = row(out.images, *joint_label_without_layout(out.samples))
+    broken = joint_synthesis_checks(pd.DataFrame(table).T, "broken", "blind", "mismatched", out.images, heldout.images)
+    assert (~broken["passes"]).sum() >= 2, broken
+
+
+def test_head_to_head_decodes_every_route_without_its_layout():
+    from types import SimpleNamespace
+
+    from histolab_utils.models.joint_synthesis import head_to_head, mask_label_without_layout
+
+    pairs = image_mask_pairs(16, "heldout", 4, seed=2, downsample=2)
+    layouts = layouts_from_masks(pairs.types, pairs.instances)
+    torch.manual_seed(0)
+    joint = JointSynthesisPipeline(build_unet(tiny_config()).eval(),
+                                   make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
+    joint.set_progress_bar_config(disable=True)
+
+    def painter(types, instances, guidance, steps, generator):  # a stand-in for notebook 07's SPADE pipeline
+        return SimpleNamespace(images=np.zeros((len(types), 16, 16, 3), np.uint8))
+
+    runs = head_to_head(joint, {"held-out, s = 2": (layouts, pairs.contexts, 2.0)}, painter,
+                        {"oracle": (pairs.types, pairs.instances)}, layouts, 1.5, 2, 2)
+    assert set(runs) == {"joint, held-out, s = 2", "two-stage, oracle"}
+    oracle = runs["two-stage, oracle"]
+    free_types, free_instances = mask_label_without_layout(pairs.types, pairs.instances)
+    np.testing.assert_array_equal(oracle.instances, free_instances)
+    purity = runs["joint, held-out, s = 2"].purity
+    assert np.isnan(oracle.purity) and (np.isnan(purity) or 0 <= purity <= 1)

@@ -342,3 +342,24 @@ def test_the_checks_pass_real_pairs_and_fail_an_untrained_model():
     pipeline = tiny_pipeline()
     broken = checks(*(synthesise(pipeline, heldout.types, heldout.instances, s, 5, seed=0) for s in (1.5, 0.0)))
     assert (~broken["passes"]).sum() >= 2, broken
+
+
+def test_named_samplers_and_the_learned_variance_reaches_the_ancestral_sampler():
+    """Notebook 07 compares DDIM with ancestral DDPM using the learned variance and the fixed one: the learned one
+    must read the variance channels (its samples differ from the fixed one's with the same noise)."""
+    from histolab_utils.config import load_config
+    from histolab_utils.models.mask_to_image import SAMPLERS, named_sampler, synthesise
+
+    section = load_config("smoke").spade
+    assert named_sampler("DDPM, learned variance", section).config.variance_type == "learned_range"
+    assert named_sampler("DDPM, fixed variance", section).config.variance_type == "fixed_small"
+    assert type(named_sampler("DDIM", section)).__name__ == "DDIMScheduler"
+    with pytest.raises(ValueError, match="unknown sampler"):
+        named_sampler("Euler", section)
+    pipeline = tiny_pipeline()  # 6 output channels: 3 of prediction, 3 of variance
+    pairs = image_mask_pairs(16, "heldout", 2, seed=0)
+    images = {}
+    for name in SAMPLERS[1:]:
+        pipeline.scheduler = named_sampler(name, section)
+        images[name] = synthesise(pipeline, pairs.types, pairs.instances, 1.5, 4, seed=0)
+    assert (images[SAMPLERS[1]] != images[SAMPLERS[2]]).any()

@@ -202,3 +202,25 @@ def thinned(layouts: Layouts, keep: float, proportions: Sequence[float] | None =
                              return_index=True)
         out.append(points[np.sort(first)])
     return Layouts(tuple(out), layouts.size)
+
+
+def interior_nucleus_areas(instances: np.ndarray) -> np.ndarray:
+    """Pixel areas of the nuclei [N, S, S] that do not touch their tile's border (a border-cut nucleus shows only
+    part of its size)."""
+    instances = np.asarray(instances)
+    areas = []
+    for inst in instances:
+        border = np.unique(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]))
+        counts = np.bincount(inst.ravel().astype(np.int64))
+        areas += [int(counts[i]) for i in np.flatnonzero(counts) if i and i not in border]
+    return np.asarray(areas, dtype=np.int64)
+
+
+def area_scale(reference_instances: np.ndarray, other_instances: np.ndarray, min_nuclei: int = 20) -> float:
+    """How much larger (linearly) ``other``'s nuclei are than ``reference``'s: sqrt of the ratio of their median
+    interior areas. A layout source drawn at another resolution than the images shows it (1.0 = the same scale);
+    drawing that source's tiles at ``downsample * area_scale`` brings it to the reference's scale."""
+    ref, other = interior_nucleus_areas(reference_instances), interior_nucleus_areas(other_instances)
+    if len(ref) < min_nuclei or len(other) < min_nuclei:
+        raise ValueError(f"too few whole nuclei to compare scales: {len(ref)} and {len(other)} (need {min_nuclei})")
+    return float(np.sqrt(np.median(other) / np.median(ref)))

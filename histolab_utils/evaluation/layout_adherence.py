@@ -53,3 +53,27 @@ def adherence_summary(table: pd.DataFrame) -> dict:
 def layout_adherence(types: np.ndarray, instances: np.ndarray, layouts: Layouts) -> dict:
     """:func:`adherence_summary` of :func:`adherence_table`."""
     return adherence_summary(adherence_table(types, instances, layouts))
+
+
+def joint_synthesis_checks(table: pd.DataFrame, chosen: str, layout_blind: str, floor_mismatched: str,
+                           images: np.ndarray, real_images: np.ndarray, colour_tolerance: float = 20.0) -> pd.DataFrame:
+    """What notebook 08 asserts of a trained joint model, as a table of check, measured, bar, passes; each a claim a
+    broken model fails (an untrained one fails them: ``tests/test_joint_synthesis.py``). ``table`` holds, per set,
+    ``dice`` (label consistency) and ``located_fraction`` (every route's label decoded without its layout);
+    ``images`` are the ``chosen`` set's and ``real_images`` the held-out ones.
+
+    * colour: each channel's mean within ``colour_tolerance`` grey levels of the real images';
+    * label consistency above the mismatched-pair floor (the image shows nuclei where its own label does);
+    * adherence above the layout-blind route's (notebook 06's mask for the layout's types, painted by SPADE): the
+      model puts nuclei where the layout asks, which a route that never saw the positions cannot.
+    """
+    gap = float(np.abs(np.asarray(images, float).mean(axis=(0, 1, 2))
+                       - np.asarray(real_images, float).mean(axis=(0, 1, 2))).max())
+    rows = [("mean colour within tolerance of the real images' (grey levels, worst channel)", gap, colour_tolerance,
+             gap <= colour_tolerance),
+            ("label consistency Dice above the mismatched-pair floor", float(table.loc[chosen, "dice"]),
+             float(table.loc[floor_mismatched, "dice"]), float(table.loc[chosen, "dice"]) > float(table.loc[floor_mismatched, "dice"])),
+            ("located fraction above the layout-blind route's", float(table.loc[chosen, "located_fraction"]),
+             float(table.loc[layout_blind, "located_fraction"]),
+             float(table.loc[chosen, "located_fraction"]) > float(table.loc[layout_blind, "located_fraction"]))]
+    return pd.DataFrame(rows, columns=["check", "measured", "bar", "passes"]).astype({"passes": bool})

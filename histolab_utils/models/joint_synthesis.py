@@ -133,6 +133,59 @@ def seeded_watershed(foreground: np.ndarray, distance: np.ndarray, points: np.nd
     return instances
 
 
+def peak_watershed(foreground: np.ndarray, distance: np.ndarray, min_peak: float = 0.5,
+                   min_fragment_px: int = MIN_FRAGMENT_PX) -> np.ndarray:
+    """One tile's instance map [S, S] (int32) **without a layout**: a watershed on ``-distance`` inside
+    ``foreground``, seeded at the distance map's local maxima of at least ``min_peak`` (each nucleus peaks at 1
+    in its middle; a plateau of equal maxima is one seed); foreground no seed reaches forms 4-connected instances
+    of its own (pieces of at least ``min_fragment_px`` pixels). Every route of notebook 08's head-to-head is
+    decoded by it, so no route's decoder knows where the layout asked for nuclei."""
+    from scipy.ndimage import maximum_filter
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    distance = np.where(foreground, distance, 0.0)
+    peaks = foreground & (distance >= min_peak) & (distance == maximum_filter(distance, size=3))
+    markers = label(peaks, connectivity=2).astype(np.int32)
+    instances = watershed(-distance, markers, mask=foreground).astype(np.int32) if markers.any() \
+        else np.zeros(foreground.shape, np.int32)
+    pieces = label(foreground & (instances == 0), connectivity=1)
+    sizes = np.bincount(pieces.ravel())
+    next_id = int(instances.max()) + 1
+    for piece in range(1, len(sizes)):
+        if sizes[piece] >= min_fragment_px:
+            instances[pieces == piece] = next_id
+            next_id += 1
+    return renumber_instances(instances)
+
+
+def label_without_layout(pixel_types: np.ndarray, distance: np.ndarray,
+                         min_fragment_px: int = MIN_FRAGMENT_PX) -> tuple[np.ndarray, np.ndarray]:
+    """(types, instances) [N, S, S] of labels given as a per-pixel type map (0 = background) and a distance map in
+    [0, 1]: instances by :func:`peak_watershed`, each taking its majority type."""
+    pixel_types, distance = np.asarray(pixel_types), np.asarray(distance, dtype=np.float32)
+    instances = np.stack([peak_watershed(t > 0, d, min_fragment_px=min_fragment_px)
+                          for t, d in zip(pixel_types, distance)]) if len(pixel_types) else np.zeros(pixel_types.shape, np.int32)
+    types = np.stack([majority_types(t, i) for t, i in zip(pixel_types, instances)]) if len(pixel_types) \
+        else np.zeros(pixel_types.shape, np.uint8)
+    return types.astype(np.uint8), instances.astype(np.int32)
+
+
+def joint_label_without_layout(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A joint sample's label [N, 3 + K + 1, S, S] decoded without its layout: per-pixel types (argmax where a type
+    channel is above 0) and the distance channel through :func:`label_without_layout`."""
+    x = np.clip(np.asarray(samples, dtype=np.float32), -1, 1)
+    type_channels = x[:, 3:3 + K]
+    pixel_types = np.where(type_channels.max(axis=1) > 0, type_channels.argmax(axis=1) + 1, 0).astype(np.uint8)
+    return label_without_layout(pixel_types, (x[:, 3 + K] + 1) / 2)
+
+
+def mask_label_without_layout(types: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A two-stage route's mask decoded like a joint sample's label: its type map and its distance map
+    (:func:`distance_maps`) through :func:`label_without_layout`, so both routes meet one decoder."""
+    return label_without_layout(np.asarray(types), distance_maps(instances))
+
+
 def majority_types(types: np.ndarray, instances: np.ndarray) -> np.ndarray:
     """A type map [S, S] in which every instance takes the most frequent type among its pixels
     (pixels outside every instance are background)."""
@@ -332,3 +385,37 @@ def median_radius(types: np.ndarray, instances: np.ndarray) -> float:
     if not len(areas):
         raise ValueError("no nuclei in these masks to measure")
     return float(np.sqrt(np.median(areas) / np.pi))
+
+
+@dataclasses.dataclass
+class RouteRun:
+    """One route of the head-to-head: its images, its label decoded without the layout, the layouts it was asked
+    for and (joint routes) the type purity of its nuclei."""
+
+    images: np.ndarray
+    types: np.ndarray
+    instances: np.ndarray
+    layouts: Layouts
+    purity: float = float("nan")
+
+
+def head_to_head(joint: JointSynthesisPipeline, joint_requests: dict[str, tuple[Layouts, np.ndarray, float]],
+                 spade, first_stages: dict[str, tuple[np.ndarray, np.ndarray]], layouts: Layouts,
+                 spade_guidance: float, steps: int, spade_steps: int, seed: int = 100) -> dict[str, RouteRun]:
+    """Notebook 08's head-to-head, every label decoded without its layout (so "located" and "spurious" count alike):
+
+    * ``joint_requests``: name -> (layouts, contexts, guidance) for the joint model;
+    * ``first_stages``: name -> (types, instances), masks for ``layouts`` that notebook 07's ``spade`` pipeline
+      paints at ``spade_guidance`` (the two-stage route; the mask is that image's label).
+    """
+    from .mask_to_image import synthesise
+
+    runs = {}
+    for k, (name, (requested, contexts, guidance)) in enumerate(joint_requests.items()):
+        out = synthesise_joint(joint, requested, contexts, guidance, steps, seed=seed + k)
+        types, instances = joint_label_without_layout(out.samples)
+        runs[f"joint, {name}"] = RouteRun(out.images, types, instances, requested, type_purity(out.samples, instances))
+    for name, (types, instances) in first_stages.items():
+        images = synthesise(spade, types, instances, spade_guidance, spade_steps, seed=seed + len(joint_requests))
+        runs[f"two-stage, {name}"] = RouteRun(images, *mask_label_without_layout(types, instances), layouts)
+    return runs

@@ -328,3 +328,25 @@ def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], images: np.n
                              "seconds per image": seconds, "seam ratio": seam_score(out[k], regions[k])["ratio"],
                              **success.iloc[k].to_dict()})
     return painted, pd.DataFrame(rows).set_index(["space", "method", "edit"])
+
+
+SAMPLERS = ("DDIM", "DDPM, learned variance", "DDPM, fixed variance")
+
+
+def named_sampler(name: str, section, clip_sample: bool = True):
+    """The scheduler notebook 07 names ``name`` (one of :data:`SAMPLERS`) for a model of profile ``section`` (its
+    schedule, prediction type and ``sampler``: DDIM means the section's own sampler). "DDPM, learned variance" is
+    ancestral sampling with the model's learned variance (diffusers' ``variance_type="learned_range"``), "DDPM, fixed
+    variance" the same with the posterior variance of the schedule."""
+    from diffusers import DDPMScheduler
+
+    from ..diffusion.schedules import make_scheduler
+
+    if name == "DDIM":
+        return make_scheduler(section.sampler, section.schedule, prediction_type=section.prediction_type,
+                              clip_sample=clip_sample)
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; samplers are {SAMPLERS}")
+    ancestral = make_scheduler("ddpm", section.schedule, prediction_type=section.prediction_type, clip_sample=clip_sample)
+    variance = "learned_range" if name == "DDPM, learned variance" else "fixed_small"
+    return DDPMScheduler.from_config(ancestral.config, variance_type=variance)
