@@ -468,3 +468,34 @@ def test_the_shipped_mask_generator_verifies_and_loads_in_a_fresh_process(shippe
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
     assert all(check["passes"] for check in published["metrics"]["checks"])
+
+
+def test_a_released_mask_generator_keeps_its_weights_in_fp16_and_loads(tmp_path):
+    """Our UNet class is not in diffusers' namespace: the release finds it through model_index.json (it once dropped
+    the weights silently), and a folder whose weights belong to no known class is refused, not released empty."""
+    import json
+
+    from safetensors import safe_open
+
+    from histolab_utils.data import DataError
+    from histolab_utils.data.releases import release_pipeline
+    from histolab_utils.diffusion.schedules import make_scheduler
+    from histolab_utils.diffusion.training import build_unet
+
+    torch.manual_seed(0)
+    source = tmp_path / "pipeline"
+    mg.save_mask_pipeline(build_unet(_tiny_config()), make_scheduler("ddpm", "cosine"), source)
+    released = release_pipeline(source, "masks-test", "card", root=tmp_path / "data")
+    weights = released / "unet" / "diffusion_pytorch_model.safetensors"
+    with safe_open(str(weights), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
+    pipeline = mg.NucleiMaskPipeline.from_pretrained(released)
+    assert type(pipeline.unet).__name__ == "VectorConditionedUNet2DModel"
+    index = json.loads((source / "model_index.json").read_text())
+    index["unet"] = ["histolab_utils.no_such_module_here", "Nothing"]
+    (source / "model_index.json").write_text(json.dumps(index))
+    config = json.loads((source / "unet" / "config.json").read_text())
+    (source / "unet" / "config.json").write_text(json.dumps({**config, "_class_name": "Nothing"}))
+    with pytest.raises(DataError, match="holds weights"):
+        release_pipeline(source, "masks-broken", "card", root=tmp_path / "data")
+    assert not (tmp_path / "data" / "pretrained" / "masks-broken").exists()

@@ -96,11 +96,23 @@ def pretrained_table(root: Path | None = None):
 
 
 def _diffusers_model_class(config: Path):
-    """The diffusers model class a ``config.json`` names, or None (a scheduler, or not diffusers)."""
+    """The diffusers model class a ``config.json`` names, or None (a scheduler, or not diffusers). A class of ours
+    (``VectorConditionedUNet2DModel``, ``SPADEUNet``) is found through the pipeline's ``model_index.json``, which
+    names the module of each component."""
+    import importlib
+
     import diffusers
 
     class_name = json.loads(config.read_text()).get("_class_name") or ""
     model_class = getattr(diffusers, class_name, None)
+    index = config.parent.parent / "model_index.json"
+    if model_class is None and index.is_file():
+        library, name = (json.loads(index.read_text()).get(config.parent.name) or [None, None])[:2]
+        if name == class_name and library:
+            try:
+                model_class = getattr(importlib.import_module(library), name, None)
+            except ImportError:
+                model_class = None
     return model_class if isinstance(model_class, type) and issubclass(model_class, diffusers.ModelMixin) else None
 
 
@@ -123,6 +135,10 @@ def _copy_fp16(source: Path, target: Path) -> None:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     for folder in folders:
         model_class = _diffusers_model_class(folder / "config.json")
+        if model_class is None and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            shutil.rmtree(target)  # never release a model without its weights
+            raise DataError(f"{folder}: holds weights, but its _class_name names no diffusers model class, nor one "
+                            f"that model_index.json's module provides")
         if model_class is not None:
             model = model_class.from_pretrained(folder, torch_dtype=torch.float16)
             model.save_pretrained(target / folder.relative_to(source), safe_serialization=True)
