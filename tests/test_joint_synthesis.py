@@ -233,7 +233,8 @@ def test_cli_trains_a_joint_model(tmp_path):
 @pytest.mark.parametrize("size, downsample", [(32, 2), (64, 1)])
 def test_the_layout_free_decoder_recovers_real_heldout_instances(size, downsample):
     """Notebook 08's head-to-head decodes every route without the layout: on a real held-out tile's own types and
-    distance map it must still give back its nuclei, and adhere to the real layout about as well as the seeded one."""
+    distance map it must still give back its nuclei (>= 95 % at IoU > 0.5, as the seeded decoder), and adhere to the
+    real layout as well. (Seeding at every local maximum instead of h-maxima split elongated nuclei: 79 % at 64 px.)"""
     from histolab_utils.models.joint_synthesis import mask_label_without_layout
 
     pairs = image_mask_pairs(size, "heldout", 150, seed=5, downsample=downsample)
@@ -242,9 +243,9 @@ def test_the_layout_free_decoder_recovers_real_heldout_instances(size, downsampl
     scores = [max((iou(real == label, instances[k] == other) for other in np.unique(instances[k][real == label])
                    if other), default=0.0)
               for k, real in enumerate(pairs.instances) for label in np.unique(real) if label]
-    assert len(scores) > 100 and np.mean(np.array(scores) > 0.5) >= 0.9
+    assert len(scores) > 100 and np.mean(np.array(scores) > 0.5) >= 0.95
     summary = layout_adherence(types, instances, layouts)
-    assert summary["typed_fraction"] >= 0.9 and summary["spurious_fraction"] <= 0.1
+    assert summary["typed_fraction"] >= 0.95 and summary["spurious_fraction"] <= 0.1  # a centroid can miss a bent nucleus
 
 
 def test_the_layout_free_decoder_counts_an_unrequested_nucleus_as_spurious_for_every_route():
@@ -291,30 +292,35 @@ def test_the_checks_pass_real_pairs_and_fail_an_untrained_joint_model():
     from histolab_utils.evaluation.mask_fidelity import HaematoxylinDetector, dice, mismatched
     from histolab_utils.models.joint_synthesis import joint_label_without_layout, mask_label_without_layout
 
-    heldout = image_mask_pairs(16, "heldout", 16, seed=1, downsample=2)
+    heldout = image_mask_pairs(32, "heldout", 16, seed=1, downsample=2)
     layouts = layouts_from_masks(heldout.types, heldout.instances)
-    detector = HaematoxylinDetector.fit(image_mask_pairs(16, "train", 24, seed=0, downsample=2).images)
+    detector = HaematoxylinDetector.fit(image_mask_pairs(32, "train", 24, seed=0, downsample=2).images)
     found = detector(heldout.images)
 
     def row(images, types, instances):
+        adherence = layout_adherence(types, instances, layouts)
         return {"dice": float(dice(detector(images), types > 0).mean()),
-                "located_fraction": layout_adherence(types, instances, layouts)["located_fraction"]}
+                "located_fraction": adherence["located_fraction"], "spurious_fraction": adherence["spurious_fraction"]}
 
     blind = mask_label_without_layout(np.roll(heldout.types, 1, 0), np.roll(heldout.instances, 1, 0))
     table = {"real": row(heldout.images, *mask_label_without_layout(heldout.types, heldout.instances)),
              "blind": row(heldout.images, *blind),
-             "mismatched": {"dice": float(dice(found, mismatched(heldout.types) > 0).mean()), "located_fraction": 0.0}}
+             "mismatched": {"dice": float(dice(found, mismatched(heldout.types) > 0).mean()), "located_fraction": 0.0,
+                            "spurious_fraction": 1.0}}
     import pandas as pd
 
-    good = joint_synthesis_checks(pd.DataFrame(table).T, "real", "blind", "mismatched", heldout.images, heldout.images)
+    good = joint_synthesis_checks(pd.DataFrame(table).T, "real", "blind", "mismatched", heldout.images, heldout.images,
+                                  heldout.types, heldout.types)
     assert good["passes"].all(), good
     torch.manual_seed(0)
     pipeline = JointSynthesisPipeline(build_unet(tiny_config()).eval(),
                                       make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
     pipeline.set_progress_bar_config(disable=True)
     out = pipeline(layouts, ["tumor"] * len(layouts), 2.0, 5, torch.Generator().manual_seed(0))
-    table["broken"] = row(out.images, *joint_label_without_layout(out.samples))
-    broken = joint_synthesis_checks(pd.DataFrame(table).T, "broken", "blind", "mismatched", out.images, heldout.images)
+    label = joint_label_without_layout(out.samples)
+    table["broken"] = row(out.images, *label)
+    broken = joint_synthesis_checks(pd.DataFrame(table).T, "broken", "blind", "mismatched", out.images, heldout.images,
+                                    label[0], heldout.types)
     assert (~broken["passes"]).sum() >= 2, broken
 
 

@@ -20,8 +20,10 @@ def _image(width=100, height=40, name="synthetic"):
 def test_grid_tiles_stay_inside_one_region_and_keep_only_tissue():
     tiles = grid_tiles([_image()], size=20, min_tissue=0.5)
     table = tiles.table
-    # split at x = 75: train x in [0, 75) -> tiles at 0, 20, 40 (60 is glass); held-out [75, 100) -> 75 (glass)
-    assert sorted(set(table["x"])) == [0, 20, 40] and set(table["region"]) == {"train"}
+    # split at x = 75: train x in [0, 75) -> tiles at 0, 20, 40 (60 is glass); held-out [75, 100) -> 75 (glass).
+    # The validation strip starts at y = 30: the row at y = 0 is train, the row at y = 20 reaches into it
+    assert sorted(set(table["x"])) == [0, 20, 40] and set(table["region"]) == {"train", "validation"}
+    assert set(table.loc[table["region"] == "train", "y"]) == {0} and set(table.loc[table["region"] == "validation", "y"]) == {20}
     assert all((x + 20 <= 75) for x in table["x"])
     assert table["tile_id"].iloc[0] == tile_id("synthetic", 0, 0, 20) == "synthetic/x00000_y00000_s20"
     first = table.iloc[0]

@@ -31,7 +31,12 @@ def test_cpu_extends_smoke_and_changes_what_it_makes_real():
     assert cpu.ddpm.ancestral_steps >= 250, "the issue asks for ancestral DDPM with at least 250 steps"
     assert cpu.vqgan.downsample == cpu.ddpm.downsample and cpu.vqgan.n_eval == 500  # notebook 02 at 03's scale
     assert cpu.ldm.max_eval_per_class >= 500 and 0.0 in cpu.ldm.guidance_scales  # 05: largest n, chance included
-    real = ("ddpm", "vqgan", "clusters", "ldm")  # notebooks 02-05; the sections of 06-09 are smoke's until their issue
+    # 06-08 at the smoke geometry (the scale of 09's segmenter), with real models and n = 500
+    assert (cpu.masks.tile_size, cpu.masks.downsample) == (smoke.masks.tile_size, smoke.masks.downsample)
+    assert (cpu.spade.tile_size, cpu.spade.downsample) == (smoke.spade.tile_size, smoke.spade.downsample)
+    assert cpu.masks.n_eval == cpu.spade.n_eval == 500 and 0.0 in cpu.masks.guidance_scales
+    assert cpu.masks.train_steps > smoke.masks.train_steps and cpu.joint.train_steps > smoke.joint.train_steps
+    real = ("ddpm", "vqgan", "clusters", "ldm", "masks", "spade", "joint")  # 02-08; 09's section is smoke's until its issue
     for field in dataclasses.fields(smoke):
         if field.name not in ("name", *real):
             assert getattr(cpu, field.name) == getattr(smoke, field.name), field.name
