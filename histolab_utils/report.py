@@ -158,11 +158,13 @@ def published_metrics(notebook: str, profile: str) -> dict | None:
 def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
     """A setting ``notebook`` chose on the validation strip in ``profile`` (say, notebook 06's ``guidance``), as its
     latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published one
-    (``results/<profile>/``), else ``default`` (the profile's value)."""
+    (``results/<profile>/``), else ``default`` (the profile's value). A record made before the validation strip
+    existed (``split_version`` 1) chose nothing on it, and is passed over."""
     for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
         if path.is_file():
-            value = json.loads(path.read_text())["metrics"].get(key)
-            if value is not None:
+            record = json.loads(path.read_text())
+            value = record["metrics"].get(key)
+            if value is not None and record.get("split_version", 1) >= 2:
                 return value
     return default
 

@@ -136,3 +136,18 @@ def test_the_notebook_context_names_its_hardware():
 
     ctx = NotebookContext("00_data_tour", load_config("smoke"), torch.device("cpu"), 0.0)
     assert ctx.hardware == f"CPU ({os.cpu_count()} cores)"
+
+
+def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips_pre_validation_records(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "metrics_dir", lambda profile=None: tmp_path / "reports")
+    monkeypatch.setattr(report, "results_dir", lambda profile=None: tmp_path / "results")
+    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 2.0  # nothing recorded: the profile's value
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 1.0}}))
+    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"metrics": {"guidance": 3.0}}))  # before the strip
+    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
+    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 4.0}}))
+    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 4.0
