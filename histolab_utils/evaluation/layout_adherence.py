@@ -79,8 +79,9 @@ def joint_synthesis_checks(table: pd.DataFrame, chosen: str, layout_blind: str, 
       F1 of the located fraction (centroids inside a nucleus) and the share of generated nuclei that hold a centroid,
       so a label that is nuclei everywhere (an untrained model's) locates every centroid and still fails.
     """
-    gap = float(np.abs(np.asarray(images, float).mean(axis=(0, 1, 2))
-                       - np.asarray(real_images, float).mean(axis=(0, 1, 2))).max())
+    from .metrics import colour_gap
+
+    gap = colour_gap(images, real_images)
     share = float((np.asarray(label_types) > 0).mean()) / max(float((np.asarray(real_types) > 0).mean()), 1e-12)
     rows = [("mean colour within tolerance of the real images' (grey levels, worst channel)", gap, colour_tolerance,
              gap <= colour_tolerance),

@@ -156,7 +156,9 @@ def mask_to_image_checks(scores, chosen: str, unguided: str, images: np.ndarray,
     """
     import pandas as pd
 
-    gap = float(np.abs(np.asarray(images, float).mean(axis=(0, 1, 2)) - np.asarray(real_images, float).mean(axis=(0, 1, 2))).max())
+    from .metrics import colour_gap
+
+    gap = colour_gap(images, real_images)
     dice_chosen = float(scores.loc[chosen, "dice"])
     rows = [("mean colour within tolerance of the real images' (grey levels, worst channel)", gap, colour_tolerance,
              gap <= colour_tolerance),

@@ -215,6 +215,13 @@ def colour_stats(images) -> dict:
             "clipped_fraction": float(clipped.float().mean())}
 
 
+def colour_gap(images, real_images) -> float:
+    """The largest gap, over R, G and B, between the mean colour (0-255) of two sets of uint8 NHWC images
+    (:func:`colour_stats`): how far a generator's average tint is from the real one's."""
+    ours, theirs = colour_stats(images), colour_stats(real_images)
+    return float(max(abs(ours[f"mean_{c}"] - theirs[f"mean_{c}"]) for c in "rgb"))
+
+
 def memorisation(samples, train, k: int = 50, threshold: float = 1 / 3) -> dict:
     """Nearest training crop of each sample in pixel space, and the near-copy fraction.
 

@@ -116,19 +116,26 @@ def seeded_watershed(foreground: np.ndarray, distance: np.ndarray, points: np.nd
     seeded at the layout ``points`` [M, 3] that lie on foreground (point j grows instance j + 1).
     Foreground no seed reaches becomes instances M + 1, M + 2, ... (4-connected pieces of at least
     ``min_fragment_px`` pixels; smaller pieces are left out)."""
-    from skimage.measure import label
-    from skimage.segmentation import watershed
-
     markers = np.zeros(foreground.shape, dtype=np.int32)
     for j, (y, x, _) in enumerate(np.asarray(points).reshape(-1, 3)):
         if foreground[y, x]:
             markers[y, x] = j + 1
+    return _flood(foreground, distance, markers, len(points) + 1, min_fragment_px)
+
+
+def _flood(foreground: np.ndarray, distance: np.ndarray, markers: np.ndarray, next_id: int,
+           min_fragment_px: int) -> np.ndarray:
+    """A watershed on ``-distance`` inside ``foreground`` from ``markers``; the foreground no marker reaches becomes
+    instances ``next_id``, ``next_id + 1``, ... (4-connected pieces of at least ``min_fragment_px`` pixels)."""
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
     instances = watershed(-distance, markers, mask=foreground).astype(np.int32) if markers.any() \
         else np.zeros(foreground.shape, np.int32)
     pieces = label(foreground & (instances == 0), connectivity=1)
     sizes = np.bincount(pieces.ravel())
     kept = [p for p in range(1, len(sizes)) if sizes[p] >= min_fragment_px]
-    for offset, piece in enumerate(kept, start=len(points) + 1):
+    for offset, piece in enumerate(kept, start=next_id):
         instances[pieces == piece] = offset
     return instances
 
@@ -144,21 +151,11 @@ def peak_watershed(foreground: np.ndarray, distance: np.ndarray, min_peak: float
     layout asked for nuclei."""
     from skimage.measure import label
     from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     distance = np.where(foreground, distance, 0.0).astype(np.float64)
     peaks = foreground & (distance >= min_peak) & h_maxima(distance, dynamic).astype(bool)
     markers = label(peaks, connectivity=2).astype(np.int32)
-    instances = watershed(-distance, markers, mask=foreground).astype(np.int32) if markers.any() \
-        else np.zeros(foreground.shape, np.int32)
-    pieces = label(foreground & (instances == 0), connectivity=1)
-    sizes = np.bincount(pieces.ravel())
-    next_id = int(instances.max()) + 1
-    for piece in range(1, len(sizes)):
-        if sizes[piece] >= min_fragment_px:
-            instances[pieces == piece] = next_id
-            next_id += 1
-    return renumber_instances(instances)
+    return renumber_instances(_flood(foreground, distance, markers, int(markers.max()) + 1, min_fragment_px))
 
 
 def label_without_layout(pixel_types: np.ndarray, distance: np.ndarray,
@@ -177,9 +174,14 @@ def joint_label_without_layout(samples: np.ndarray) -> tuple[np.ndarray, np.ndar
     """A joint sample's label [N, 3 + K + 1, S, S] decoded without its layout: per-pixel types (argmax where a type
     channel is above 0) and the distance channel through :func:`label_without_layout`."""
     x = np.clip(np.asarray(samples, dtype=np.float32), -1, 1)
+    return label_without_layout(_pixel_types(x), (x[:, 3 + K] + 1) / 2)
+
+
+def _pixel_types(x: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S]: each pixel's type in samples [N, 3 + K + 1, S, S], the argmax of the type channels where
+    one is above 0 (nuclear foreground), else 0 (background)."""
     type_channels = x[:, 3:3 + K]
-    pixel_types = np.where(type_channels.max(axis=1) > 0, type_channels.argmax(axis=1) + 1, 0).astype(np.uint8)
-    return label_without_layout(pixel_types, (x[:, 3 + K] + 1) / 2)
+    return np.where(type_channels.max(axis=1) > 0, type_channels.argmax(axis=1) + 1, 0).astype(np.uint8)
 
 
 def mask_label_without_layout(types: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,9 +225,8 @@ def decode_joint(samples: np.ndarray | torch.Tensor, layouts: Layouts,
                          f"for {len(x)} samples")
     x = np.clip(x, -1, 1)
     images = to_uint8(torch.from_numpy(x[:, :3]))
-    type_channels = x[:, 3:3 + K]
-    foreground = type_channels.max(axis=1) > 0
-    pixel_types = np.where(foreground, type_channels.argmax(axis=1) + 1, 0).astype(np.uint8)
+    pixel_types = _pixel_types(x)
+    foreground = pixel_types > 0
     distance = (x[:, 3 + K] + 1) / 2
     instances = np.zeros(foreground.shape, np.int32)
     types = np.zeros(foreground.shape, np.uint8)
