@@ -457,10 +457,6 @@ def mask_generator_card(record: dict, name: str) -> str:
     columns = ("recall", "precision", "morphology_fd", "single_type", "coverage")
     rows = "\n".join(f"| {set_name} | " + " | ".join("" if row.get(c) is None else f"{row[c]:.3f}" for c in columns) + " |"
                      for set_name, row in metrics["heldout_scores"].items())
-    checks = "\n".join(f"| {c['check']} | {c['measured']:.3f} | {c['bar']} | {'yes' if c['passes'] else 'no'} |"
-                       for c in metrics["checks"])
-    goals = "\n".join(f"| {g['goal']} | {g['target']} | {g['measured']:.2f} | "
-                      f"{'' if g['met'] is None else 'yes' if g['met'] else 'no'} |" for g in metrics["goals"])
     return f"""---
 license: mit
 library_name: diffusers
@@ -501,17 +497,7 @@ nucleus, flipped and rotated) were trained on. The guidance ({metrics['guidance'
 |---|---|---|---|---|---|
 {rows}
 
-Checks a broken generator fails (an untrained one fails them, in `tests/test_nuclei_masks.py`):
-
-| check | measured | bar | passes |
-|---|---|---|---|
-{checks}
-
-Goals, set before training and reported whether met or not:
-
-| goal | target | measured | met |
-|---|---|---|---|
-{goals}
+{_checks_and_goals(metrics, "tests/test_nuclei_masks.py")}
 
 Full tables and the executed notebook: `results/{record['profile']}/06_nuclei_masks.json` and `.ipynb`.
 Commit: `{record.get('git_commit')}`.
@@ -529,7 +515,195 @@ def release_mask_generator(profile: str) -> list[Path]:
     return [release_pipeline(runs_dir(profile) / "masks" / "pipeline", name, mask_generator_card(record, name))]
 
 
-RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm, "06": release_mask_generator}  # what make results releases after publishing a notebook
+def _checks_and_goals(metrics: dict, tests: str) -> str:
+    """The card's two tables: the checks a broken model fails (``tests`` shows an untrained one failing them), and
+    the goals set before training (met or not)."""
+    checks = "\n".join(f"| {c['check']} | {c['measured']:.3f} | {c['bar']} | {'yes' if c['passes'] else 'no'} |"
+                       for c in metrics["checks"])
+    goals = "\n".join(f"| {g['goal']} | {g['target']} | {g['measured']:.2f} | "
+                      f"{'' if g['met'] is None else 'yes' if g['met'] else 'no'} |" for g in metrics.get("goals", []))
+    return f"""Checks a broken model fails (an untrained one fails them, in `{tests}`):
+
+| check | measured | bar | passes |
+|---|---|---|---|
+{checks}
+
+Goals, set before training and reported whether met or not:
+
+| goal | target | measured | met |
+|---|---|---|---|
+{goals}"""
+
+
+def _score_rows(sets: dict[str, dict], columns: Sequence[str]) -> str:
+    """Markdown rows of named score sets (blank where a set has no such score)."""
+    return "\n".join(f"| {name} | " + " | ".join("" if row.get(c) is None else f"{row[c]:.4g}" for c in columns) + " |"
+                      for name, row in sets.items())
+
+
+def released_spade_name(space: str, profile: str) -> str:
+    """The folder under data/pretrained/ of notebook 07's SPADE mask-to-image model in ``space`` (pixel or latent)."""
+    return f"spade-{space}-{profile}"
+
+
+def spade_card(record: dict, space: str, name: str) -> str:
+    """A model card for one of notebook 07's mask-to-image models, from its published metrics record."""
+    metrics = record["metrics"]
+    guidance, sampler = metrics["guidance"], metrics["sampler"] if space == "pixel" else "DDIM"
+    keys = ({"model, real held-out masks": "nasdm_pixel_real_masks", "model, s = 0": "pixel_unguided",
+             "model, notebook 06's generated masks": "nasdm_pp_pixel_generated_masks"} if space == "pixel" else
+            {"model, real held-out masks": "latent_real_masks",
+             "model, notebook 06's generated masks": "latent_generated_masks"})
+    sets = {"real-vs-real floor (train crops)": metrics["floor_real_vs_real"],
+            **{label: metrics[key] for label, key in keys.items()},
+            "real pairs (fidelity reference)": metrics["fidelity_reference_real_pairs"],
+            "mismatched real pairs (fidelity floor)": metrics["fidelity_floor_mismatched_pairs"]}
+    vq = (" on the 8 x 8 latents of the released 4-channel VQ-GAN (`vqgan-4ch-cpu`, packed inside as `vqvae`)"
+          if space == "latent" else " on pixels")
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, semantic-image-synthesis, spade, nuclei, classifier-free-guidance, teaching]
+---
+# {name}: H&E for a nuclei mask (NASDM stage 2, SPADE diffusion{', latent' if space == 'latent' else ''})
+
+Notebook 07 (`notebooks/07_mask_to_image.ipynb`) of histolab_utils in the `{record['profile']}` profile: MONAI's
+SPADE diffusion UNet (as a diffusers model) that paints {metrics['tile_size']} px H&E{vq}, conditioned on the mask's
+one-hot background and nucleus types plus its instance edges, trained with NASDM's hybrid loss (learned variance) and
+classifier-free guidance. {metrics['train_steps'][space]} steps, {metrics['train_seconds'][space] / 60:.0f} min of
+training on {record.get('hardware', 'unrecorded hardware')}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.models.mask_to_image import MaskToImagePipeline
+
+pipeline = MaskToImagePipeline.from_pretrained(pretrained("{name}"))
+images = pipeline(types, instances, guidance_scale={guidance:g}, num_inference_steps={metrics['sampler_steps']}).images
+# types, instances: int [N, {metrics['tile_size']}, {metrics['tile_size']}] nucleus-type and instance maps; images: uint8 NHWC
+```
+
+## Data
+
+The nest and stroma images with nucleus labels (`hgsc` wheel), {metrics['tile_size']} px pairs at
+{metrics['downsample']:g} image px per px, split by region: the right 25 % of each image is held out, the bottom 25 %
+of the rest is the validation strip, and only train-region pairs were trained on. The guidance ({guidance:g}) and the
+sampler ({sampler}, {metrics['sampler_steps']} network calls) were chosen on {metrics['n_validation']} validation pairs;
+the scores below are on n = {metrics['n']} held-out pairs.
+
+## Scores (held-out strip, equal n)
+
+FID / KID against the held-out images (Inception features); Dice of a haematoxylin detector (colour deconvolution,
+Otsu threshold fitted on train-region images) against the mask each image was drawn for.
+
+| set | FID | KID | Dice | n |
+|---|---|---|---|---|
+{_score_rows(sets, ("fid", "kid", "dice", "n"))}
+
+{_checks_and_goals(metrics, "tests/test_mask_to_image.py") if space == "pixel" else "The checks and goals of notebook 07 are the pixel model's: see `spade-pixel-" + record['profile'] + "`."}
+
+Full tables and the executed notebook: `results/{record['profile']}/07_mask_to_image.json` and `.ipynb`.
+Commit: `{record.get('git_commit')}`.
+
+{_licence_section('Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                  'Diffusion Models"; Wang et al. (2022), "Semantic Image Synthesis via Diffusion Models"; Park et al. '
+                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".', sources=("hgsc",))}"""
+
+
+def release_spades(profile: str) -> list[Path]:
+    """Release notebook 07's pixel and latent SPADE models of ``profile`` with their cards."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "07_mask_to_image.json").read_text())
+    return [release_pipeline(runs_dir(profile) / f"spade-{space}" / "pipeline", released_spade_name(space, profile),
+                             spade_card(record, space, released_spade_name(space, profile)))
+            for space in ("pixel", "latent")]
+
+
+def released_joint_name(profile: str) -> str:
+    """The folder under data/pretrained/ of notebook 08's joint image-label model of ``profile``."""
+    return f"joint-{profile}"
+
+
+def joint_card(record: dict, name: str) -> str:
+    """A model card for notebook 08's joint image-label model, from its published metrics record."""
+    metrics = record["metrics"]
+    columns = ("fid", "kid", "dice", "located_fraction", "typed_fraction", "spurious_per_tile")
+    sets = {"real-vs-real floor (train crops)": metrics["floor_real_vs_real"],
+            **{f"{key}": row for key, row in metrics["joint"].items()},
+            **{f"{key}": row for key, row in metrics["head_to_head"].items()},
+            "real pairs (label reference)": metrics["label_consistency_reference_real_pairs"],
+            "mismatched real pairs (label floor)": metrics["label_consistency_floor_mismatched_pairs"]}
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, joint-image-label-synthesis, nuclei, layout, classifier-free-guidance, teaching]
+---
+# {name}: an H&E tile and its nuclei labels together, from a nucleus layout (CoSyn-style)
+
+Notebook 08 (`notebooks/08_joint_synthesis.ipynb`) of histolab_utils in the `{record['profile']}` profile: one diffusers
+`UNet2DModel` that generates RGB, one-hot nucleus types and a per-instance distance map ({metrics['tile_size']} px at
+{metrics['downsample']:g} image px per px) together, with per-type point maps of the layout concatenated to its input
+and the tissue context (tumour, stroma) as its class, under classifier-free guidance. {metrics['train_steps']} steps,
+{metrics['train_seconds'] / 60:.0f} min of training on {record.get('hardware', 'unrecorded hardware')}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.data.layouts import random_layouts
+from histolab_utils.models.joint_synthesis import JointSynthesisPipeline
+
+pipeline = JointSynthesisPipeline.from_pretrained(pretrained("{name}"))
+out = pipeline(random_layouts(4, {metrics['tile_size']}, 8), ["tumor"] * 4, guidance_scale={metrics['guidance']:g},
+               num_inference_steps={metrics['sampler_steps']})
+out.images, out.types, out.instances  # uint8 NHWC images and their decoded labels
+```
+
+## Data
+
+The nest and stroma images with nucleus labels (`hgsc` wheel), split by region: the right 25 % of each image is held
+out, the bottom 25 % of the rest is the validation strip, and only train-region pairs were trained on. The guidance
+({metrics['guidance']:g}) was chosen on {metrics['n_validation']} validation pairs; the scores below are on
+n = {metrics['n']} held-out pairs.
+
+## Scores (held-out strip, equal n)
+
+FID / KID of the images against the held-out images; Dice of a haematoxylin detector against the image's own label
+(label consistency); layout adherence (centroids inside a generated nucleus, of the right type; generated nuclei
+holding none), every label decoded without its layout. The two-stage rows paint notebook 06's or other masks with
+notebook 07's pixel SPADE model.
+
+| set | FID | KID | label Dice | located | typed | spurious per tile |
+|---|---|---|---|---|---|---|
+{_score_rows(sets, columns)}
+
+{_checks_and_goals(metrics, "tests/test_joint_synthesis.py")}
+
+Full tables and the executed notebook: `results/{record['profile']}/08_joint_synthesis.json` and `.ipynb`.
+Commit: `{record.get('git_commit')}`.
+
+{_licence_section('Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
+                  'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
+                  'Diffusion Guidance".', sources=("hgsc",))}"""
+
+
+def release_joint(profile: str) -> list[Path]:
+    """Release notebook 08's joint model of ``profile`` with its card (``data/pretrained/joint-<profile>``)."""
+    from .data.releases import release_pipeline
+
+    record = json.loads((results_dir(profile) / "08_joint_synthesis.json").read_text())
+    name = released_joint_name(profile)
+    return [release_pipeline(runs_dir(profile) / "joint" / "pipeline", name, joint_card(record, name))]
+
+
+RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm, "06": release_mask_generator,
+            "07": release_spades, "08": release_joint}  # what make results releases after publishing a notebook
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -324,6 +324,22 @@ def test_the_checks_pass_real_pairs_and_fail_an_untrained_joint_model():
     assert (~broken["passes"]).sum() >= 2, broken
 
 
+def test_the_goals_need_both_the_label_dice_and_the_fid_against_each_two_stage_route():
+    import pandas as pd
+
+    from histolab_utils.evaluation.layout_adherence import joint_synthesis_goals
+
+    table = pd.DataFrame({"joint": {"dice": 0.55, "fid": 30.0}, "oracle": {"dice": 0.60, "fid": 35.0},
+                          "blind": {"dice": 0.70, "fid": 28.0}}).T
+    goals = joint_synthesis_goals(table, "joint", ["oracle", "blind"]).set_index("goal")
+    assert goals.loc["label Dice over oracle's", "measured"] == pytest.approx(0.55 / 0.60)
+    assert goals.loc["label Dice over oracle's", "met"] and goals.loc["FID over oracle's (goal met: both rows)", "met"]
+    assert not goals.loc["label Dice over blind's", "met"]  # 0.79 of its Dice
+    assert not goals.loc["FID over blind's (goal met: both rows)", "met"]  # worse FID, and the Dice half missed
+    table.loc["joint", "fid"] = 36.0  # Dice close enough to the oracle's, FID now worse: the goal is missed
+    assert not joint_synthesis_goals(table, "joint", ["oracle"])["met"].iloc[1]
+
+
 def test_head_to_head_decodes_every_route_without_its_layout():
     from types import SimpleNamespace
 
@@ -347,3 +363,32 @@ def test_head_to_head_decodes_every_route_without_its_layout():
     np.testing.assert_array_equal(oracle.instances, free_instances)
     purity = runs["joint, held-out, s = 2"].purity
     assert np.isnan(oracle.purity) and (np.isnan(purity) or 0 <= purity <= 1)
+
+
+LOAD_JOINT = """
+import sys, numpy as np, torch
+from diffusers import UNet2DModel
+from histolab_utils.data.layouts import random_layouts
+from histolab_utils.models.joint_synthesis import JointSynthesisPipeline
+pipeline = JointSynthesisPipeline.from_pretrained(sys.argv[1])
+pipeline.set_progress_bar_config(disable=True)
+out = pipeline(random_layouts(2, 32, 6, seed=0), ["tumor", "stroma"], guidance_scale=2.0, num_inference_steps=4,
+               generator=torch.Generator().manual_seed(0))
+assert out.images.shape == (2, 32, 32, 3) and out.types.max() <= 3 and out.instances.max() > 0
+UNet2DModel.from_pretrained(sys.argv[1], subfolder="unet")  # the network alone, with plain diffusers
+"""
+
+
+def test_the_shipped_joint_model_verifies_and_loads_in_a_fresh_process(shipped):
+    """Notebook 08's joint model committed under data/pretrained/ (its cpu run), once released: intact, carded, and
+    loadable by the package's pipeline class (its UNet by plain diffusers) in a fresh process, which makes labels."""
+    from histolab_utils.data.releases import pretrained
+
+    names, published = shipped("joint-", "08_joint_synthesis")
+    for name in names:
+        card = (pretrained(name) / "README.md").read_text()
+        assert all(text in card for text in ("not for diagnosis", "Licence", "floor", "validation", "n = 500")), name
+        result = subprocess.run([sys.executable, "-c", LOAD_JOINT, str(pretrained(name))], capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert all(check["passes"] for check in published["metrics"]["checks"])

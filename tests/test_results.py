@@ -106,6 +106,43 @@ def test_the_model_card_states_data_split_scores_floors_licences_and_use():
         assert needed in card, needed
 
 
+def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_use():
+    def scores(fid, dice):  # the notebooks leave a score out where a set has none
+        row = {"fid": fid, "kid": None if fid is None else fid / 1000, "dice": dice, "n": 500.0}
+        return {k: v for k, v in row.items() if v is not None}
+
+    checks = [{"check": "recall above s = 0", "measured": 0.8, "bar": 0.5, "passes": True}]
+    goals = [{"goal": "FID over the real-vs-real floor", "target": "<= 1.5", "measured": 1.8, "met": False}]
+    spade = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
+        "tile_size": 32, "downsample": 2, "guidance": 1.5, "sampler": "DDPM, learned variance", "sampler_steps": 25,
+        "n": 500, "n_validation": 250, "train_steps": {"pixel": 1100, "latent": 3000},
+        "train_seconds": {"pixel": 1740.0, "latent": 1080.0}, "floor_real_vs_real": scores(20.0, None),
+        "nasdm_pixel_real_masks": scores(36.0, 0.61), "pixel_unguided": scores(40.0, 0.5),
+        "nasdm_pp_pixel_generated_masks": scores(45.0, 0.6), "latent_real_masks": scores(50.0, 0.55),
+        "latent_generated_masks": scores(55.0, 0.5), "fidelity_reference_real_pairs": scores(None, 0.6),
+        "fidelity_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals}}
+    pixel = results.spade_card(spade, "pixel", "spade-pixel-cpu")
+    for needed in ("not for diagnosis", "n = 500 held-out", "250 validation pairs", "| real-vs-real floor (train crops) | 20 |",
+                   "| model, real held-out masks | 36 | 0.036 | 0.61 | 500 |", "DDPM, learned variance",
+                   "29 min of\ntraining", "MaskToImagePipeline.from_pretrained", "| recall above s = 0 | 0.800 | 0.5 | yes |",
+                   "| FID over the real-vs-real floor | <= 1.5 | 1.80 | no |", "Licence", "Shrivastava & Fletcher"):
+        assert needed in pixel, needed
+    latent = results.spade_card(spade, "latent", "spade-latent-cpu")
+    assert "| model, notebook 06's generated masks | 55 |" in latent and "vqvae" in latent and "spade-pixel-cpu" in latent
+    joint = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
+        "tile_size": 32, "downsample": 2, "guidance": 2.0, "sampler_steps": 25, "n": 500, "n_validation": 250,
+        "train_steps": 3000, "train_seconds": 1920.0, "floor_real_vs_real": scores(20.0, None),
+        "joint": {"joint, held-out layouts, s = 2": {**scores(30.0, 0.5), "located_fraction": 0.9}},
+        "head_to_head": {"two-stage, real mask (oracle)": {**scores(36.0, 0.6), "located_fraction": 0.95}},
+        "label_consistency_reference_real_pairs": scores(None, 0.6),
+        "label_consistency_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals}}
+    card = results.joint_card(joint, "joint-cpu")
+    for needed in ("not for diagnosis", "| joint, held-out layouts, s = 2 | 30 | 0.03 | 0.5 | 0.9 |  |  |",
+                   "| two-stage, real mask (oracle) | 36 |", "32 min of training", "JointSynthesisPipeline.from_pretrained",
+                   "CoSyn", "| recall above s = 0 | 0.800 | 0.5 | yes |", "250 validation pairs"):
+        assert needed in card, needed
+
+
 def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
     vq = {"profile": "cpu", "git_commit": "abc", "metrics": {
         "image_size": 32, "downsample": 2, "n_train_crops": 8192, "hardware": "CPU (2 cores)", "n_eval": 500,

@@ -14,6 +14,8 @@ Centroids of an empty layout count nothing; every nucleus of its label is spurio
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -91,3 +93,16 @@ def joint_synthesis_checks(table: pd.DataFrame, chosen: str, layout_blind: str, 
             ("layout adherence F1 above the layout-blind route's", adherence_f1(table.loc[chosen]),
              adherence_f1(table.loc[layout_blind]), adherence_f1(table.loc[chosen]) > adherence_f1(table.loc[layout_blind]))]
     return pd.DataFrame(rows, columns=["check", "measured", "bar", "passes"]).astype({"passes": bool})
+
+
+def joint_synthesis_goals(table: pd.DataFrame, chosen: str, two_stage: Sequence[str], dice_ratio: float = 0.9) -> pd.DataFrame:
+    """The goal set for notebook 08's cpu results, measured against each ``two_stage`` route (reported whether met or
+    not): the ``chosen`` joint set's label Dice at least ``dice_ratio`` x the route's, at an FID no worse than the
+    route's. Two rows per route, so a miss says which half missed; ``met`` of the FID row is the whole goal's."""
+    rows = []
+    for route in two_stage:
+        dice = float(table.loc[chosen, "dice"]) / float(table.loc[route, "dice"])
+        fid = float(table.loc[chosen, "fid"]) / float(table.loc[route, "fid"])
+        rows += [(f"label Dice over {route}'s", f">= {dice_ratio:g}", dice, dice >= dice_ratio),
+                 (f"FID over {route}'s (goal met: both rows)", "<= 1", fid, fid <= 1.0 and dice >= dice_ratio)]
+    return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"]).astype({"met": bool})
