@@ -195,8 +195,8 @@ class SegmentationSection:
     tile_size: int  # px of a training and test tile
     downsample: int  # image px per tile px (the generators' scale: notebook 07's pairs)
     features: tuple[int, ...]  # BasicUNet's six widths (unused by HoVerNet)
-    n_real: int  # the real pool of train-region pairs (R25 = a seeded quarter of it)
-    n_test: int  # held-out tiles every arm is scored on
+    n_real: int  # the real pool: tiles of a non-overlapping grid over the train region (R25 = a seeded quarter)
+    n_test: int  # test tiles every arm is scored on: of a non-overlapping grid over the held-out strips
     train_steps: int
     batch_size: int
     learning_rate: float

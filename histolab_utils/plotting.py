@@ -138,8 +138,9 @@ def detection_overlay(image: np.ndarray, true_inst: np.ndarray, pred_inst: np.nd
 
 
 def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | None = None):
-    """Each arm's difference from its real-only reference in ``score`` with its bootstrap interval
-    (``results``: segmentation.experiments.arm_results); a dashed line at no difference."""
+    """Each arm's difference from its real-only reference in ``score`` with its interval at the test's Holm level
+    (``results``: segmentation.experiments.arm_results), coloured by the Holm-adjusted verdict; a dashed line at no
+    difference."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.gca()
@@ -147,12 +148,12 @@ def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | No
     rows = rows.loc[[a for a in (order or rows.index) if a in rows.index]]
     y = np.arange(len(rows))
     diff = rows[f"{score}_diff"].to_numpy(float)
-    err = np.stack([diff - rows[f"{score}_ci_low"].to_numpy(float), rows[f"{score}_ci_high"].to_numpy(float) - diff])
+    err = np.stack([diff - rows[f"{score}_ci_holm_low"].to_numpy(float), rows[f"{score}_ci_holm_high"].to_numpy(float) - diff])
     colours = ["tab:green" if v == "gain" else "tab:red" if v == "loss" else "tab:grey" for v in rows[f"{score}_verdict"]]
     for yi, d, e0, e1, c in zip(y, diff, err[0], err[1], colours):
         ax.errorbar(d, yi, xerr=[[e0], [e1]], fmt="o", color=c, capsize=3)
     ax.axvline(0, ls="--", color="black", lw=1)
     ax.set_yticks(y, [f"{a} (vs {r})" for a, r in zip(rows.index, rows["reference"])])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{score}: arm - reference (95 % paired bootstrap CI)")
+    ax.set_xlabel(f"{score}: arm - reference (seeds-and-tiles bootstrap, interval at its Holm level)")
     return ax

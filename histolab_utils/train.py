@@ -204,8 +204,7 @@ def _train_segmenter(args) -> int:
         print(f"error: unknown --arm {args.arm!r}; arms are: {', '.join(catalogue)}", file=sys.stderr)
         return 2
     arm = catalogue[args.arm]
-    pool = real_pool(section.tile_size, section.n_real, section.downsample, config.seed,
-                     generator_pairs=(config.spade.tile_size, config.spade.n_train_pairs))
+    pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
     banks = {}
     if arm.source is not None:
         folder = runs_dir(config.name)
@@ -220,7 +219,7 @@ def _train_segmenter(args) -> int:
     segmenter = segmenter_config(section, arm, args.seed)
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "compile": False if args.no_compile else None}
     segmenter = dc.replace(segmenter, **{k: v for k, v in overrides.items() if v is not None})
-    test = heldout_tiles(section.tile_size, section.n_test, section.downsample, config.seed)
+    test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
 
     def summary(counts) -> str:
         scores = segmentation_scores(counts, NUCLEUS_CLASSES)

@@ -74,7 +74,7 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
         canvas.paint(image, pairs.boxes[pairs.sources == image])
     # 09: every arm's tiles, real or synthetic, through the pool pair whose pixels or masks they carry
     seg = config.segmentation
-    pool = real_pool(seg.tile_size, seg.n_real, seg.downsample, config.seed, (spade.tile_size, spade.n_train_pairs))
+    pool = real_pool(seg.tile_size, seg.downsample, config.seed, seg.n_real)
     catalogue = arm_catalogue(seg.addition, seg.replacement)
     needed = needed_pool_pairs(list(catalogue.values()), pool)
     banks = {s: Synthetic(pool.pairs.images[i], pool.pairs.types[i], pool.pairs.instances[i], i)
@@ -98,7 +98,7 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
         assert wsi.boxes[:, 2].max() <= wsi_split_x() and wsi.boxes[:, 3].max() <= wsi_validation_y()
 
     # the test tiles of 07-09 lie wholly in the held-out region, and the check above would catch them
-    test = heldout_tiles(seg.tile_size, seg.n_test, seg.downsample, config.seed)
+    test = heldout_tiles(seg.tile_size, seg.downsample, config.seed, seg.n_test)
     control = Canvas()
     for image in set(test.sources):
         control.paint(image, test.boxes[test.sources == image])
@@ -168,9 +168,44 @@ def test_validation_sets_lie_wholly_in_the_validation_strip(real_data):
 def test_pools_and_test_tiles_stay_in_their_region(real_data, region):
     config = load_config("smoke")
     seg = config.segmentation
-    pairs = (real_pool(seg.tile_size, seg.n_real, seg.downsample, config.seed).pairs if region == "train"
-             else heldout_tiles(seg.tile_size, seg.n_test, seg.downsample, config.seed))
+    pairs = (real_pool(seg.tile_size, seg.downsample, config.seed, seg.n_real).pairs if region == "train"
+             else heldout_tiles(seg.tile_size, seg.downsample, config.seed, seg.n_test))
     for image in set(pairs.sources):
         x0, y0, x1, y1 = load_image(image).region_box(region)
         boxes = pairs.boxes[pairs.sources == image]
         assert (boxes[:, 0] >= x0).all() and (boxes[:, 2] <= x1).all() and (boxes[:, 3] <= y1).all()
+
+
+def _overlapping_pairs(boxes: np.ndarray, sources: np.ndarray) -> int:
+    """How many pairs of tiles of one source image share at least one pixel."""
+    count = 0
+    for image in set(sources):
+        b = boxes[sources == image]
+        x_overlap = np.minimum(b[:, None, 2], b[None, :, 2]) > np.maximum(b[:, None, 0], b[None, :, 0])
+        y_overlap = np.minimum(b[:, None, 3], b[None, :, 3]) > np.maximum(b[:, None, 1], b[None, :, 1])
+        count += int(np.triu(x_overlap & y_overlap, 1).sum())
+    return count
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+def test_test_tiles_and_pools_do_not_overlap_and_r25_and_r75_share_no_pixel(real_data, profile):
+    """Notebook 09's units are independent: no two test tiles share a pixel, nor two pool tiles, so R25 and R75 are
+    disjoint in pixels (painted, per image). Random crops of the same count overlap: the check would see it."""
+    config = load_config(profile)
+    seg = config.segmentation
+    pool = real_pool(seg.tile_size, seg.downsample, config.seed, seg.n_real)
+    test = heldout_tiles(seg.tile_size, seg.downsample, config.seed, seg.n_test)
+    assert _overlapping_pairs(pool.pairs.boxes, pool.pairs.sources) == 0
+    assert _overlapping_pairs(test.boxes, test.sources) == 0
+    assert len(set(pool.quarter) & set(pool.rest)) == 0 and len(pool.quarter) + len(pool.rest) == len(pool.pairs)
+    for image in set(pool.pairs.sources):
+        h, w = load_image(image).shape
+        painted = {}
+        for name, index in (("R25", pool.quarter), ("R75", pool.rest)):
+            canvas = np.zeros((h, w), bool)
+            for x0, y0, x1, y1 in pool.pairs.boxes[index][pool.pairs.sources[index] == image].astype(int):
+                canvas[y0:y1, x0:x1] = True
+            painted[name] = canvas
+        assert painted["R25"].any() and painted["R75"].any() and not (painted["R25"] & painted["R75"]).any(), image
+    crops = image_mask_pairs(seg.tile_size, "heldout", len(test), seed=config.seed, downsample=seg.downsample)
+    assert _overlapping_pairs(crops.boxes, crops.sources) > 0  # positive control: random crops overlap

@@ -12,8 +12,10 @@ import torch
 
 from histolab_utils.config import load_config
 from histolab_utils.diffusion.training import BatchSource
+from histolab_utils.data.nuclei import NUCLEUS_CLASSES
 from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_training_set,
-                                                     needed_pool_pairs, pick_arms, run_arm, segmenter_config)
+                                                     needed_pool_pairs, pick_arms, run_arm, segmenter_config,
+                                                     synthetic_bank)
 from histolab_utils.segmentation.hovernet import (SegmenterConfig, SegmenterTrainer, load_segmenter, segment,
                                                   segmentation_targets)
 from histolab_utils.stain.jitter import stain_jitter
@@ -161,6 +163,71 @@ def test_every_arm_gets_the_same_optimiser_steps(tmp_path):
     run_arm(config.__class__(**{**config.__dict__, "extra": {"arm": "real_25"}}),
             arm_training_set(arm_catalogue()["real_25"], pool, banks), test, tmp_path / "real_25")
     assert (tmp_path / "real_25" / "test_counts.csv").stat().st_mtime_ns == before  # finished: read back
+
+
+def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carry_it(tmp_path):
+    from histolab_utils.evaluation.segmentation import tile_counts
+    from histolab_utils.segmentation.experiments import arm_record, arm_results, formatted_results, saved_predictions
+
+    rng = np.random.default_rng(0)
+    _, types, instances = blobs(24, 32)
+
+    def run(quality, seed):  # a segmenter that finds a `quality` share of the nuclei
+        r = np.random.default_rng(seed)
+        keep = np.where(r.random((24, 1, 1)) < quality, instances, 0)
+        return tile_counts(types, instances, np.where(keep > 0, types, 0), keep, NUCLEUS_CLASSES)
+
+    catalogue = arm_catalogue()
+    arms = pick_arms(["duplicated_25", "add_joint_75"], catalogue)
+    quality = {"real_25": 0.5, "duplicated_25": 0.5, "add_joint_75": 0.95}
+    counts = {(a.name, s): run(quality[a.name], 100 * s + k) for k, a in enumerate(arms) for s in range(4)}
+    results = arm_results(counts, arms, range(4), n_resamples=200)
+    scores = ("dice", "iou", "aji_plus", "mpq_plus")
+    raw = [results.loc[a, f"{s}_p"] for a in ("duplicated_25", "add_joint_75") for s in scores]
+    from histolab_utils.evaluation.hierarchical_bootstrap import holm
+    np.testing.assert_allclose([results.loc[a, f"{s}_p_holm"] for a in ("duplicated_25", "add_joint_75") for s in scores],
+                               holm(raw))  # one family: every (arm, score) tested
+    assert results.loc["add_joint_75", "dice_verdict"] == "gain" and results.loc["duplicated_25", "dice_verdict"] == "no gain"
+    row = results.loc["add_joint_75"]
+    assert row["dice_ci_holm_low"] <= row["dice_ci_low"] <= row["dice_diff"] <= row["dice_ci_high"] <= row["dice_ci_holm_high"]
+    assert pd.isna(results.loc["real_25", "dice_diff"])
+    record = arm_record(results, "add_joint_75", 16)
+    assert record["training_tiles"] == 16 and record["dice"]["difference_from_reference"]["verdict"] == "gain"
+    assert record["dice"]["difference_from_reference"]["p_holm"] >= record["dice"]["difference_from_reference"]["p_value"]
+    assert "difference_from_reference" not in arm_record(results, "real_25", 4)["dice"]
+    table = formatted_results(results)
+    assert table.loc["real_25", "dice diff [95 % CI] p(Holm)"] == "reference"
+    assert table.loc["add_joint_75", "dice diff [95 % CI] p(Holm)"].endswith("gain")
+    np.savez(tmp_path / "saved.npz", types=types, instances=instances)
+    (tmp_path / "real_25" / "seed-0").mkdir(parents=True)
+    (tmp_path / "saved.npz").rename(tmp_path / "real_25" / "seed-0" / "test_predictions.npz")
+    assert saved_predictions(tmp_path, "real_25", 0)[0].shape == types.shape
+    with pytest.raises(FileNotFoundError, match="run arm 'real_25' with seed 1"):
+        saved_predictions(tmp_path, "real_25", 1)
+
+
+def test_generators_refuse_a_scale_they_did_not_train_at():
+    from histolab_utils.segmentation.experiments import Generators
+
+    generators = Generators(trained_at={"spade": (32, 2), "joint": (32, 2)})
+    generators.check_scale(32, 2)
+    with pytest.raises(ValueError, match="spade generator trained on 32 px tiles at downsample 2.*64 px"):
+        generators.check_scale(64, 2)
+    with pytest.raises(ValueError, match="downsample 1"):
+        generators.check_scale(32, 1)
+    pool = toy_pool()
+    with pytest.raises(ValueError, match="set segmentation.tile_size"):
+        synthetic_bank("joint", pool, Generators(trained_at={"joint": (64, 1)}), pool.rest)
+
+
+def test_the_pool_description_counts_distinct_nuclei_once(real_data):
+    from histolab_utils.segmentation.experiments import describe_pool, heldout_tiles, real_pool
+
+    pool, test = real_pool(32, 2, 0, 96), heldout_tiles(32, 2, 0, 48)
+    table = describe_pool(pool, test)
+    assert list(table.index) == ["R25", "R75", "test"] and table.loc["R25", "tiles"] == 24 and table.loc["test", "tiles"] == 48
+    summed = table[[f"{c} nuclei" for c in NUCLEUS_CLASSES]].sum(axis=1)
+    assert (table["distinct nuclei"] <= summed).all() and (table["distinct nuclei"] > 0).all()
 
 
 def test_cli_trains_one_arm(tmp_path, real_data, isolated_dirs):

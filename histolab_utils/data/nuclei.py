@@ -350,7 +350,9 @@ def _draw_image_tiles(name: str, size: int, downsample: float, region: Region, n
                       root: Path | None) -> MaskTiles:
     root = Path(root) if root else data_dir()
     label, instance = _image_raster(name, downsample, root)
-    x0, y0, x1, y1 = (int(round(v / downsample)) for v in load_image(name, root).region_box(region))
+    x0, y0, x1, y1 = load_image(name, root).region_box(region)
+    # a tile pixel covers downsample x downsample image pixels: inside the region only when all of them are
+    x0, y0, x1, y1 = int(np.ceil(x0 / downsample)), int(np.ceil(y0 / downsample)), int(x1 // downsample), int(y1 // downsample)
     if x1 - x0 < size or y1 - y0 < size:
         raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
                          f"too small for {size} px tiles")

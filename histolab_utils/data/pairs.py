@@ -94,35 +94,86 @@ def pair_rasters(name: str, downsample: int = 1, root: Path | None = None) -> tu
     return arrays
 
 
+def _region_window(name: str, region: Region, size: int, downsample: int, root: Path | None):
+    """The region's box of ``name`` at ``downsample`` (x0, y0, x1, y1), checked to hold one ``size`` px crop."""
+    if region not in ("train", "validation", "heldout"):
+        raise ValueError(f"region must be 'train', 'validation' or 'heldout', not {region!r}")
+    pixels = pair_rasters(name, downsample, root)[0]
+    x0, y0, x1, y1 = load_image(name, root).region_box(region)
+    # a downsampled pixel covers d x d image pixels: it belongs to the region only when all of them do
+    x0, y0, x1, y1 = -(-x0 // downsample), -(-y0 // downsample), x1 // downsample, y1 // downsample
+    x1, y1 = min(x1, pixels.shape[1]), min(y1, pixels.shape[0])
+    if x1 - x0 < size or y1 - y0 < size:
+        raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
+                         f"too small for {size} px crops")
+    return x0, y0, x1, y1
+
+
+def _crops(name: str, xs: np.ndarray, ys: np.ndarray, size: int, downsample: int, root: Path | None) -> dict:
+    """The crops of ``name`` at top-left corners (xs, ys), in downsampled pixels, as ImageMaskPairs fields."""
+    pixels, types, instances = pair_rasters(name, downsample, root)
+    count = len(xs)
+    window = lambda a, x, y: a[y:y + size, x:x + size]  # noqa: E731
+    return dict(
+        images=np.stack([window(pixels, x, y) for x, y in zip(xs, ys)]) if count else np.zeros((0, size, size, 3), np.uint8),
+        types=np.stack([window(types, x, y) for x, y in zip(xs, ys)]) if count else np.zeros((0, size, size), np.uint8),
+        instances=(np.stack([renumber_instances(window(instances, x, y)) for x, y in zip(xs, ys)]).astype(np.uint16)
+                   if count else np.zeros((0, size, size), np.uint16)),
+        contexts=np.full(count, TISSUE_CONTEXTS.index(IMAGE_CONTEXTS[name]), dtype=np.int64),
+        sources=np.full(count, name, dtype=object),
+        boxes=np.stack([xs, ys, np.asarray(xs) + size, np.asarray(ys) + size], axis=1).astype(np.float64) * downsample,
+    )
+
+
+def _joined(parts: list[dict], region: str, downsample: int) -> ImageMaskPairs:
+    return ImageMaskPairs(**{key: np.concatenate([p[key] for p in parts]) for key in parts[0]}, region=region,
+                          downsample=int(downsample))
+
+
 def image_mask_pairs(size: int, region: Region, n: int, seed: int = 0, *, sources=PAIR_SOURCES,
                      downsample: int = 1, root: Path | None = None) -> ImageMaskPairs:
     """``n`` seeded random crops of ``size`` px with their masks, shared out evenly over ``sources``,
-    each wholly inside ``region`` ("train", "validation" or "heldout")."""
-    if region not in ("train", "validation", "heldout"):
-        raise ValueError(f"region must be 'train', 'validation' or 'heldout', not {region!r}")
+    each wholly inside ``region`` ("train", "validation" or "heldout"). Random crops may overlap: for
+    units that must be independent (test tiles, disjoint pools) use :func:`grid_pairs`."""
     if size <= 0 or n < 0:
         raise ValueError(f"need size > 0 and n >= 0; got size={size}, n={n}")
     rng = np.random.default_rng(seed)
     parts = []
     for k, name in enumerate(sources):
         count = n // len(sources) + (k < n % len(sources))
-        pixels, types, instances = pair_rasters(name, downsample, root)
-        x0, y0, x1, y1 = (v // downsample for v in load_image(name, root).region_box(region))
-        x1, y1 = min(x1, pixels.shape[1]), min(y1, pixels.shape[0])
-        if x1 - x0 < size or y1 - y0 < size:
-            raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
-                             f"too small for {size} px crops")
+        x0, y0, x1, y1 = _region_window(name, region, size, downsample, root)
         xs = rng.integers(x0, x1 - size + 1, count)
         ys = rng.integers(y0, y1 - size + 1, count)
-        window = lambda a, x, y: a[y:y + size, x:x + size]  # noqa: E731
-        parts.append(dict(
-            images=np.stack([window(pixels, x, y) for x, y in zip(xs, ys)]) if count else np.zeros((0, size, size, 3), np.uint8),
-            types=np.stack([window(types, x, y) for x, y in zip(xs, ys)]) if count else np.zeros((0, size, size), np.uint8),
-            instances=(np.stack([renumber_instances(window(instances, x, y)) for x, y in zip(xs, ys)]).astype(np.uint16)
-                       if count else np.zeros((0, size, size), np.uint16)),
-            contexts=np.full(count, TISSUE_CONTEXTS.index(IMAGE_CONTEXTS[name]), dtype=np.int64),
-            sources=np.full(count, name, dtype=object),
-            boxes=np.stack([xs, ys, xs + size, ys + size], axis=1).astype(np.float64) * downsample,
-        ))
-    joined = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    return ImageMaskPairs(**joined, region=region, downsample=int(downsample))
+        parts.append(_crops(name, xs, ys, size, downsample, root))
+    return _joined(parts, region, downsample)
+
+
+def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: int = 1,
+               root: Path | None = None) -> ImageMaskPairs:
+    """Every tile of a non-overlapping ``size`` px grid laid from the top-left corner of ``region`` in each of
+    ``sources`` (row by row, source after source): no pixel lies in two tiles, so tiles are separate units for a
+    bootstrap, and any split of them is disjoint in pixels. The border the grid does not fill is left out."""
+    if size <= 0:
+        raise ValueError(f"need size > 0; got size={size}")
+    parts = []
+    for name in sources:
+        x0, y0, x1, y1 = _region_window(name, region, size, downsample, root)
+        ys, xs = np.meshgrid(np.arange(y0, y1 - size + 1, size), np.arange(x0, x1 - size + 1, size), indexing="ij")
+        parts.append(_crops(name, xs.ravel(), ys.ravel(), size, downsample, root))
+    return _joined(parts, region, downsample)
+
+
+def distinct_nuclei(pairs: ImageMaskPairs, root: Path | None = None) -> dict[str, int]:
+    """How many different nuclei of their source images the tiles of ``pairs`` show, per source and in all: a
+    nucleus seen by two overlapping tiles, or cut by a tile border, counts once. (Overlapping random crops show far
+    fewer distinct nuclei than their count of nuclei per tile suggests.)"""
+    counts = {}
+    for name in dict.fromkeys(pairs.sources.tolist()):
+        instances = pair_rasters(name, pairs.downsample, root)[2]
+        seen: set[int] = set()
+        for x0, y0, x1, y1 in (pairs.boxes[pairs.sources == name] / pairs.downsample).astype(int):
+            seen.update(np.unique(instances[y0:y1, x0:x1]).tolist())
+        seen.discard(0)
+        counts[name] = len(seen)
+    counts["all"] = sum(counts.values())
+    return counts

@@ -12,15 +12,13 @@ hurts it, where averaging per tile would divide by zero or reward an empty tile)
   when IoU > 0.5, DQ = TP / (TP + FP/2 + FN/2), SQ = mean IoU of the matches, PQ = DQ x SQ;
   **mPQ+** is the mean over the types of PQ from counts summed over the whole set.
 
-Comparing arms: :func:`paired_difference` resamples (seed, test tile) units, the same units for
-both arms, and recomputes the pooled score of each (``scipy.stats.bootstrap``), and tests the
-difference with a paired permutation test that swaps the two arms' counts within a unit
-(``scipy.stats.permutation_test``).
+Comparing arms: :func:`arm_contrast` takes each arm's mean over seeds of its pooled score, and
+resamples seeds and test tiles for the interval and the p-value (``evaluation.hierarchical_bootstrap``;
+notebook 09 adjusts the p-values of all its contrasts by Holm's method).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -191,53 +189,23 @@ def seed_summary(counts_per_seed: Sequence[pd.DataFrame], classes: Sequence[str]
     return out
 
 
-def _stacked(counts_per_seed: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(list(counts_per_seed), ignore_index=True)
-
-
-def paired_difference(arm: Sequence[pd.DataFrame], reference: Sequence[pd.DataFrame], classes: Sequence[str],
-                      score: str, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """The arm's pooled ``score`` minus the reference's, with a paired bootstrap interval and a paired
-    permutation p-value. ``arm`` and ``reference`` hold one :func:`tile_counts` frame per seed, the
-    same test tiles in the same order (seed i of one is paired with seed i of the other)."""
-    from scipy.stats import bootstrap, permutation_test
+def arm_contrast(arm: Sequence[pd.DataFrame], reference: Sequence[pd.DataFrame], classes: Sequence[str],
+                 score: str, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The arm's ``score`` minus the reference's (mean over seeds of each seed's pooled score), with the interval and
+    p-value of :func:`~histolab_utils.evaluation.hierarchical_bootstrap.hierarchical_contrast`, which resamples seeds
+    and test tiles. ``arm`` and ``reference`` hold one :func:`tile_counts` frame per seed, the same test tiles in the
+    same order (seed i of one is paired with seed i of the other)."""
+    from .hierarchical_bootstrap import hierarchical_contrast
 
     if len(arm) != len(reference) or any(len(a) != len(r) for a, r in zip(arm, reference)):
         raise ValueError("paired arms need the same seeds and the same test tiles: got "
                          f"{[len(a) for a in arm]} tiles per seed against {[len(r) for r in reference]}")
-    a, r = _stacked(arm), _stacked(reference)
-    columns = list(a.columns)
-    both = np.concatenate([a[columns].to_numpy(float), r[columns].to_numpy(float)])
-    n = len(a)
+    columns = count_columns(classes)
 
-    def pooled(index: np.ndarray) -> np.ndarray:
-        summed = both[index].sum(axis=-2)
-        return scores_from_sums({c: summed[..., j] for j, c in enumerate(columns)}, classes)[score]
+    def stacked(frames: Sequence[pd.DataFrame]) -> np.ndarray:
+        return np.stack([frame[columns].to_numpy(float) for frame in frames])
 
-    def difference(units, axis=-1):
-        units = np.moveaxis(np.asarray(units), axis, -1)
-        return pooled(units) - pooled(units + n)
+    def scored(sums: np.ndarray) -> np.ndarray:
+        return scores_from_sums({c: sums[..., j] for j, c in enumerate(columns)}, classes)[score]
 
-    def swapped(x, y, axis=-1):
-        x, y = np.moveaxis(np.asarray(x), axis, -1), np.moveaxis(np.asarray(y), axis, -1)
-        return pooled(x) - pooled(y)
-
-    units = np.arange(n)
-    estimate = float(difference(units))
-    rng = np.random.default_rng(seed)
-    low = high = float("nan")
-    if n > 1 and np.isfinite(estimate):
-        for method in ("BCa", "percentile"):  # BCa is undefined when every resample agrees
-            with warnings.catch_warnings():  # that case is handled: the percentile interval follows
-                warnings.simplefilter("ignore", RuntimeWarning)
-                interval = bootstrap((units,), difference, n_resamples=n_resamples, confidence_level=confidence,
-                                     method=method, vectorized=True, batch=100, random_state=rng).confidence_interval
-            low, high = float(interval.low), float(interval.high)
-            if np.isfinite(low) and np.isfinite(high):
-                break
-    p_value = float("nan")
-    if n > 1 and np.isfinite(estimate):
-        p_value = float(permutation_test((units, units + n), swapped, permutation_type="samples", vectorized=True,
-                                         n_resamples=n_resamples, batch=100, random_state=rng).pvalue)
-    return {"difference": estimate, "ci_low": low, "ci_high": high, "confidence": confidence, "p_value": p_value,
-            "units": n, "gain": bool(low > 0), "loss": bool(high < 0)}
+    return hierarchical_contrast(stacked(arm), stacked(reference), scored, n_resamples, confidence, seed)

@@ -38,8 +38,9 @@ import pandas as pd
 
 from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, present_types
-from ..data.pairs import ImageMaskPairs, image_mask_pairs
-from ..evaluation.segmentation import PRIMARY_SCORES, paired_difference, seed_summary, tile_counts
+from ..data.pairs import ImageMaskPairs, distinct_nuclei, grid_pairs
+from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
+from ..evaluation.segmentation import PRIMARY_SCORES, arm_contrast, seed_summary, tile_counts
 from ..paths import atomic_path, atomic_write_text
 from .hovernet import SegmenterConfig, SegmenterTrainer, segment
 
@@ -105,22 +106,44 @@ class Pool:
         return self.order[len(self.order) // 4:]
 
 
-def real_pool(tile_size: int, n: int, downsample: int, seed: int, generator_pairs: tuple[int, int] | None = None) -> Pool:
-    """``n`` train-region pairs. With ``generator_pairs`` = (tile size, count) of the generators'
-    training pairs (drawn with ``seed``), the pool is a seeded subset of them when the tile size
-    matches; otherwise fresh train-region crops (every pixel of which the generators trained on)."""
+def real_pool(tile_size: int, downsample: int, seed: int, n: int | None = None) -> Pool:
+    """The real pool: the tiles of a non-overlapping grid over the train region of both labelled images (every one,
+    or a seeded ``n`` of them), and its seeded 25 / 75 split. No two tiles share a pixel, so R25 and R75 are disjoint
+    in pixels, and every pool tile lies where the generators of notebooks 06-08 trained."""
     rng = np.random.default_rng(seed + 10)
-    if generator_pairs and generator_pairs[0] == tile_size and generator_pairs[1] >= n:
-        everything = image_mask_pairs(tile_size, "train", generator_pairs[1], seed=seed, downsample=downsample)
-        pairs = everything.subset(np.sort(rng.choice(len(everything), n, replace=False)))
-    else:
-        pairs = image_mask_pairs(tile_size, "train", n, seed=seed, downsample=downsample)
-    return Pool(pairs, rng.permutation(n))
+    pairs = grid_pairs(tile_size, "train", downsample=downsample)
+    if n is not None:
+        if n > len(pairs):
+            raise ValueError(f"a pool of {n} tiles asked for, but the train region's {tile_size} px grid at downsample "
+                             f"{downsample} holds {len(pairs)}: lower segmentation.n_real")
+        pairs = pairs.subset(np.sort(rng.choice(len(pairs), n, replace=False)))
+    return Pool(pairs, rng.permutation(len(pairs)))
 
 
-def heldout_tiles(tile_size: int, n: int, downsample: int, seed: int) -> ImageMaskPairs:
-    """The held-out region's tiles every arm is scored on (no model ever trains on them)."""
-    return image_mask_pairs(tile_size, "heldout", n, seed=seed + 1, downsample=downsample)
+def heldout_tiles(tile_size: int, downsample: int, seed: int, n: int | None = None) -> ImageMaskPairs:
+    """The test tiles every arm is scored on: a non-overlapping grid over the held-out strips (every tile, or a seeded
+    ``n`` of them), so each is a separate unit for the bootstrap. No model ever trains on them."""
+    tiles = grid_pairs(tile_size, "heldout", downsample=downsample)
+    if n is not None:
+        if n > len(tiles):
+            raise ValueError(f"{n} test tiles asked for, but the held-out strips' {tile_size} px grid at downsample "
+                             f"{downsample} holds {len(tiles)}: lower segmentation.n_test")
+        tiles = tiles.subset(np.sort(np.random.default_rng(seed + 1).choice(len(tiles), n, replace=False)))
+    return tiles
+
+
+def describe_pool(pool: Pool, test: ImageMaskPairs) -> pd.DataFrame:
+    """R25, R75 and the test tiles: tiles, nuclei per type summed over tiles (a nucleus cut by a tile border counts in
+    both), and the distinct nuclei of the source images they show (counted once)."""
+    from ..data.nuclei import describe_tiles
+
+    rows = {}
+    for name, pairs in (("R25", pool.pairs.subset(pool.quarter)), ("R75", pool.pairs.subset(pool.rest)), ("test", test)):
+        table = describe_tiles(pairs)
+        rows[name] = {"tiles": len(pairs), "region": pairs.region,
+                      **{f"{c} nuclei": int(table[f"n_{c}"].sum()) for c in NUCLEUS_CLASSES},
+                      "distinct nuclei": distinct_nuclei(pairs)["all"]}
+    return pd.DataFrame(rows).T
 
 
 def rarest_type(types: np.ndarray, instances: np.ndarray) -> int:
@@ -166,6 +189,17 @@ class Generators:
     spade_settings: tuple[float, int] = (1.5, 10)
     mask_settings: tuple[float, int] = (2.0, 25)
     joint_settings: tuple[float, int] = (2.0, 10)
+    trained_at: dict[str, tuple[int, int]] | None = None  # each model's (tile px, downsample) in training
+
+    def check_scale(self, size: int, downsample: int) -> None:
+        """Refuse to make tiles at a scale a generator did not train at (a convolutional UNet samples any size, but
+        nobody has tested what the change of scale does to its tiles)."""
+        for name, (trained_size, trained_downsample) in (self.trained_at or {}).items():
+            if (trained_size, trained_downsample) != (size, downsample):
+                raise ValueError(f"the {name} generator trained on {trained_size} px tiles at downsample "
+                                 f"{trained_downsample}, but the segmenter's tiles are {size} px at downsample "
+                                 f"{downsample}: set segmentation.tile_size and downsample to the generators' (or "
+                                 f"train them at the segmenter's)")
 
     def fingerprint(self) -> str:
         """Which models and settings made a bank (their saved configs and weights' sizes and times)."""
@@ -189,7 +223,7 @@ def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu",
     from ..models.mask_generator import NucleiMaskPipeline
     from ..models.mask_to_image import MaskToImagePipeline
 
-    loaded = {}
+    loaded, trained_at = {}, {}
     for key, folder, kind, section, notebook in (("masks", "masks", NucleiMaskPipeline, masks, "06"),
                                                  ("spade", "spade-pixel", MaskToImagePipeline, spade, "07"),
                                                  ("joint", "joint", JointSynthesisPipeline, joint, "08")):
@@ -202,7 +236,8 @@ def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu",
                                             clip_sample=True)
         pipeline.set_progress_bar_config(disable=True)
         loaded[key] = pipeline
-    return Generators(**loaded, spade_settings=(spade.guidance, spade.sampler_steps),
+        trained_at[key] = (int(pipeline.unet.config.sample_size), int(getattr(section, "downsample", spade.downsample)))
+    return Generators(**loaded, trained_at=trained_at, spade_settings=(spade.guidance, spade.sampler_steps),
                       mask_settings=(masks.guidance if mask_guidance is None else mask_guidance, masks.sampler_steps),
                       joint_settings=(joint.guidance, joint.sampler_steps))
 
@@ -288,6 +323,7 @@ def synthetic_bank(source: str, pool: Pool, generators: Generators, needed: np.n
     """:func:`synthesise_from_pool` over the ``needed`` pool pairs (``source`` = "rare":
     :func:`rare_class_tiles`, ``needed[0]`` of them), cached in ``folder`` and reused while the
     pool, pairs, models and settings match."""
+    generators.check_scale(pool.pairs.size, pool.pairs.downsample)
     needed = np.asarray(needed, dtype=np.int64)
     key = hashlib.sha256(pool.pairs.types.tobytes() + pool.pairs.instances.tobytes() + pool.order.tobytes()
                          + needed.tobytes() + f"{source}|{seed}|{generators.fingerprint()}".encode()).hexdigest()[:16]
@@ -385,7 +421,12 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
     out_dir = Path(out_dir)
     done, saved = out_dir / "test_counts.csv", out_dir / "model" / "segmenter_config.json"
     wanted = json.loads(json.dumps(asdict(config), default=list))
-    if done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted:
+    # the same config on other tiles (a changed pool or test grid) is another run: key the counts by the data too
+    data_key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (
+        training.images, training.types, training.instances, test.images, test.types, test.instances))).hexdigest()
+    key_file = out_dir / "data_key.txt"
+    if (done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted and key_file.is_file()
+            and key_file.read_text().strip() == data_key):
         return pd.read_csv(done)
     trainer = SegmenterTrainer(config, training.images, training.types, training.instances, out_dir, progress)
     trainer.train(resume=resume)
@@ -395,15 +436,22 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
                                config.min_object_size, config.marker_radius)
     counts = tile_counts(test.types, test.instances, types, instances, NUCLEUS_CLASSES)
     if trainer.accelerator.is_main_process:
+        atomic_write_text(key_file, data_key + "\n")
         atomic_write_text(done, counts.to_csv(index=False))
         np.savez_compressed(out_dir / "test_predictions.npz", types=types, instances=instances)
     return counts
 
 
 def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
-                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
-    """One row per arm: mean and std over seeds of each score, and for every arm that is not its own
-    reference, the paired bootstrap interval and permutation p-value of its difference from it."""
+                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = PRIMARY_SCORES,
+                confidence: float = 0.95) -> pd.DataFrame:
+    """One row per arm: mean and std over seeds of each score, and for every arm that is not its own reference the
+    contrast with it (:func:`~histolab_utils.evaluation.segmentation.arm_contrast`: seeds and test tiles resampled):
+    difference, 95 % interval, p-value, the p-value adjusted by Holm's method over every (arm, score) tested here,
+    the interval at the test's Holm level, and a verdict that reads the adjusted p-value: *gain* or *loss* only when
+    it is below 1 - ``confidence``."""
+    from scipy import stats
+
     rows = []
     for arm in arms:
         per_seed = [counts[(arm.name, s)] for s in seeds]
@@ -413,12 +461,68 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
         if arm.reference != arm.name:
             reference = [counts[(arm.reference, s)] for s in seeds]
             for score in scores:
-                diff = paired_difference(per_seed, reference, NUCLEUS_CLASSES, score, n_resamples, seed=seed)
-                row.update({f"{score}_diff": diff["difference"], f"{score}_ci_low": diff["ci_low"],
-                            f"{score}_ci_high": diff["ci_high"], f"{score}_p": diff["p_value"],
-                            f"{score}_verdict": "gain" if diff["gain"] else "loss" if diff["loss"] else "no gain"})
+                contrast = arm_contrast(per_seed, reference, NUCLEUS_CLASSES, score, n_resamples, confidence, seed=seed)
+                row.update({f"{score}_diff": contrast["difference"], f"{score}_ci_low": contrast["ci_low"],
+                            f"{score}_ci_high": contrast["ci_high"], f"{score}_se": contrast["se"],
+                            f"{score}_df": contrast["df"], f"{score}_p": contrast["p_value"]})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("arm")
+    table = pd.DataFrame(rows).set_index("arm")
+    tested = [(arm, score) for score in scores if f"{score}_p" in table for arm in table.index
+              if pd.notna(table.loc[arm, f"{score}_p"])]
+    p_values = [table.loc[arm, f"{score}_p"] for arm, score in tested]
+    for (arm, score), adjusted, level in zip(tested, holm(p_values), holm_interval_levels(p_values, confidence)):
+        row = table.loc[arm]
+        half = stats.t.ppf(0.5 + level / 2, row[f"{score}_df"]) * row[f"{score}_se"]
+        table.loc[arm, [f"{score}_p_holm", f"{score}_ci_holm_low", f"{score}_ci_holm_high"]] = (
+            adjusted, row[f"{score}_diff"] - half, row[f"{score}_diff"] + half)
+        significant = adjusted < 1 - confidence
+        table.loc[arm, f"{score}_verdict"] = ("gain" if significant and row[f"{score}_diff"] > 0 else
+                                              "loss" if significant and row[f"{score}_diff"] < 0 else "no gain")
+    return table
+
+
+def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCORES,
+                      contrasts: Sequence[str] = ("dice", "aji_plus", "mpq_plus")) -> pd.DataFrame:
+    """:func:`arm_results` for reading: each score as mean +- std over seeds, and each contrast as difference [95 %
+    interval], Holm-adjusted p and verdict."""
+    out = pd.DataFrame(index=results.index)
+    out["reference"] = results["reference"]
+    for score in scores:
+        out[score] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(results[f"{score}_mean"], results[f"{score}_std"])]
+    for score in contrasts:
+        if f"{score}_diff" not in results:
+            continue
+        out[f"{score} diff [95 % CI] p(Holm)"] = [
+            "reference" if pd.isna(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] p={p:.3f} {v}"
+            for d, lo, hi, p, v in zip(results[f"{score}_diff"], results[f"{score}_ci_low"], results[f"{score}_ci_high"],
+                                       results[f"{score}_p_holm"], results[f"{score}_verdict"])]
+    return out
+
+
+def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = PRIMARY_SCORES) -> dict:
+    """One arm of :func:`arm_results` as a JSON-ready record (notebook 09's metrics file)."""
+    row = results.loc[name]
+    record = {"experiment": row["experiment"], "source": row["source"], "fraction": float(row["fraction"]),
+              "reference": row["reference"], "n_seeds": int(row["n_seeds"]), "training_tiles": int(training_tiles)}
+    for score in scores:
+        record[score] = {"mean": float(row[f"{score}_mean"]), "std": float(row[f"{score}_std"])}
+        if name != row["reference"] and f"{score}_diff" in row and pd.notna(row[f"{score}_diff"]):
+            record[score]["difference_from_reference"] = {
+                "difference": float(row[f"{score}_diff"]),
+                "ci95": [float(row[f"{score}_ci_low"]), float(row[f"{score}_ci_high"])],
+                "p_value": float(row[f"{score}_p"]), "p_holm": float(row[f"{score}_p_holm"]),
+                "ci_holm": [float(row[f"{score}_ci_holm_low"]), float(row[f"{score}_ci_holm_high"])],
+                "verdict": row[f"{score}_verdict"]}
+    return record
+
+
+def saved_predictions(folder: str | Path, arm: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The type and instance maps one run (``folder/ARM/seed-N``, :func:`run_arm`) predicted for the test tiles."""
+    path = Path(folder) / arm / f"seed-{seed}" / "test_predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run arm {arm!r} with seed {seed} first")
+    with np.load(path) as saved:
+        return saved["types"], saved["instances"]
 
 
 def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame], scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
