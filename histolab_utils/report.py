@@ -169,6 +169,15 @@ def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
     return default
 
 
+def chosen_generator_settings(profile: str) -> dict[str, Any]:
+    """What notebooks 06-08 chose on their validation strips in ``profile``, as keyword arguments of
+    ``segmentation.experiments.load_generators`` (None where a notebook has not chosen yet: the profile's value)."""
+    return {"mask_guidance": chosen_setting("06_nuclei_masks", "guidance", profile, None),
+            "spade_guidance": chosen_setting("07_mask_to_image", "guidance", profile, None),
+            "spade_sampler": chosen_setting("07_mask_to_image", "sampler", profile, None),
+            "joint_guidance": chosen_setting("08_joint_synthesis", "guidance", profile, None)}
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -702,6 +702,20 @@ def release_joint(profile: str) -> list[Path]:
     return [release_pipeline(runs_dir(profile) / "joint" / "pipeline", name, joint_card(record, name))]
 
 
+def generator_folders(profile: str) -> dict[str, Path]:
+    """The generators notebook 09 uses (keys ``masks``, ``spade``, ``joint``): in a released profile (cpu), the
+    released ones once they exist, so that notebook 09 runs on the models notebooks 06-08 published; otherwise the
+    runs of notebooks 06-08 in ``runs/<profile>/``."""
+    from .data.releases import pretrained, read_manifest
+
+    released = {"masks": released_mask_generator_name(profile), "spade": released_spade_name("pixel", profile),
+                "joint": released_joint_name(profile)}
+    runs = {"masks": "masks", "spade": "spade-pixel", "joint": "joint"}
+    manifest = read_manifest() if profile in RELEASED_PROFILES else {}
+    return {key: pretrained(released[key]) if released[key] in manifest else runs_dir(profile) / runs[key] / "pipeline"
+            for key in runs}
+
+
 RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm, "06": release_mask_generator,
             "07": release_spades, "08": release_joint}  # what make results releases after publishing a notebook
 

@@ -208,10 +208,11 @@ def _train_segmenter(args) -> int:
     banks = {}
     if arm.source is not None:
         folder = runs_dir(config.name)
-        from .report import chosen_setting
+        from .report import chosen_generator_settings
+        from .results import generator_folders
 
-        generators = load_generators(folder, config.masks, config.spade, config.joint, pick_device(),
-                                     mask_guidance=chosen_setting("06_nuclei_masks", "guidance", config.name, None))
+        generators = load_generators(generator_folders(config.name), config.masks, config.spade, config.joint,
+                                     pick_device(), **chosen_generator_settings(config.name))
         banks = {source: synthetic_bank(source, pool, generators, index, folder / "segmentation" / "synthetic",
                                         seed=config.seed)
                  for source, index in needed_pool_pairs([arm], pool).items()}

@@ -169,3 +169,15 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                    "chance is 0.50", "ceiling (real held-out tiles) is\n0.90", "subfolder", "30 min of training",
                    "| controllability over its real-tile ceiling | >= 0.8 | 0.83 | yes |"):
         assert needed in card, needed
+
+
+def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated_dirs):
+    from histolab_utils.data.releases import pretrained, read_manifest
+    from histolab_utils.paths import runs_dir
+
+    folders = results.generator_folders("cpu")
+    assert set(folders) == {"masks", "spade", "joint"}
+    for key, name in (("masks", "masks-cpu"), ("spade", "spade-pixel-cpu"), ("joint", "joint-cpu")):
+        expected = pretrained(name) if name in read_manifest() else runs_dir("cpu") / {"spade": "spade-pixel"}.get(key, key) / "pipeline"
+        assert folders[key] == expected, key
+    assert results.generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released

@@ -212,34 +212,46 @@ class Generators:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def load_generators(runs_folder: str | Path, masks, spade, joint, device="cpu",
-                    mask_guidance: float | None = None) -> Generators:
-    """Notebooks 06, 07 and 08's saved pipelines from ``runs_folder`` (``masks``, ``spade-pixel``,
-    ``joint``), each with its profile section's sampler, steps and guidance (``masks``, ``spade``,
-    ``joint``: a profile's sections); ``mask_guidance``, when given, is the mask generator's guidance
-    as notebook 06 chose it on the validation strip. A missing folder says which notebook makes it."""
+GENERATOR_NOTEBOOKS = {"masks": "06", "spade": "07", "joint": "08"}
+
+
+def load_generators(folders: dict[str, str | Path], masks, spade, joint, device="cpu", *,
+                    mask_guidance: float | None = None, spade_guidance: float | None = None,
+                    spade_sampler: str | None = None, joint_guidance: float | None = None) -> Generators:
+    """Notebooks 06, 07 and 08's pipelines from ``folders`` (keys ``masks``, ``spade``, ``joint``: a saved run's
+    ``pipeline`` folder or a released one), each with its profile section's sampler, steps and guidance (``masks``,
+    ``spade``, ``joint``: a profile's sections), unless the settings each notebook chose on its validation strip are
+    given: the mask guidance (06), the SPADE guidance and sampler (07, a name of ``models.mask_to_image.SAMPLERS``)
+    and the joint model's guidance (08). A missing folder says which notebook makes it."""
     from ..diffusion.schedules import make_scheduler
     from ..models.joint_synthesis import JointSynthesisPipeline
     from ..models.mask_generator import NucleiMaskPipeline
-    from ..models.mask_to_image import MaskToImagePipeline
+    from ..models.mask_to_image import MaskToImagePipeline, named_sampler
 
     loaded, trained_at = {}, {}
-    for key, folder, kind, section, notebook in (("masks", "masks", NucleiMaskPipeline, masks, "06"),
-                                                 ("spade", "spade-pixel", MaskToImagePipeline, spade, "07"),
-                                                 ("joint", "joint", JointSynthesisPipeline, joint, "08")):
-        path = Path(runs_folder) / folder / "pipeline"
+    for key, kind, section in (("masks", NucleiMaskPipeline, masks), ("spade", MaskToImagePipeline, spade),
+                               ("joint", JointSynthesisPipeline, joint)):
+        path = Path(folders[key])
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} does not exist: run notebook {notebook} (or the CLI's "
-                                    f"`train {folder.split('-')[0]}`) first")
+            raise FileNotFoundError(f"{path} does not exist: run notebook {GENERATOR_NOTEBOOKS[key]} (or the CLI's "
+                                    f"`train {key}`) first")
         pipeline = kind.from_pretrained(path).to(device)
-        pipeline.scheduler = make_scheduler(section.sampler, section.schedule, prediction_type=section.prediction_type,
-                                            clip_sample=True)
+        if key == "spade" and spade_sampler is not None:
+            pipeline.scheduler = named_sampler(spade_sampler, section)
+        else:
+            pipeline.scheduler = make_scheduler(section.sampler, section.schedule,
+                                                prediction_type=section.prediction_type, clip_sample=True)
         pipeline.set_progress_bar_config(disable=True)
         loaded[key] = pipeline
         trained_at[key] = (int(pipeline.unet.config.sample_size), int(getattr(section, "downsample", spade.downsample)))
-    return Generators(**loaded, trained_at=trained_at, spade_settings=(spade.guidance, spade.sampler_steps),
-                      mask_settings=(masks.guidance if mask_guidance is None else mask_guidance, masks.sampler_steps),
-                      joint_settings=(joint.guidance, joint.sampler_steps))
+
+    def chosen(value, default):
+        return default if value is None else value
+
+    return Generators(**loaded, trained_at=trained_at,
+                      spade_settings=(chosen(spade_guidance, spade.guidance), spade.sampler_steps),
+                      mask_settings=(chosen(mask_guidance, masks.guidance), masks.sampler_steps),
+                      joint_settings=(chosen(joint_guidance, joint.guidance), joint.sampler_steps))
 
 
 def _need(model, name: str):
