@@ -394,13 +394,10 @@ Goals, set before training and reported whether met or not:
 
 {goals}
 
-Full tables and the executed notebook: `results/{record['profile']}/05_conditional_ldm.json` and `.ipynb`.
-Commit: `{record.get('git_commit')}`.
-
-{_licence_section('Rumman et al. (2025), "Implementation of a Conditional Latent Diffusion-Based Generative Model to '
-                  'Synthetically Create Unlabeled Histopathological Images"; Rombach et al. (2022), "High-Resolution '
-                  'Image Synthesis with Latent Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion '
-                  'Guidance".')}"""
+{_card_footer(record, "05_conditional_ldm", 'Rumman et al. (2025), "Implementation of a Conditional Latent Diffusion-Based Generative Model to '
+                                  'Synthetically Create Unlabeled Histopathological Images"; Rombach et al. (2022), "High-Resolution '
+                                  'Image Synthesis with Latent Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion '
+                                  'Guidance".', sources=None)}"""
 
 
 def released_ldm_name(profile: str) -> str:
@@ -499,11 +496,8 @@ nucleus, flipped and rotated) were trained on. The guidance ({metrics['guidance'
 
 {_checks_and_goals(metrics, "tests/test_nuclei_masks.py")}
 
-Full tables and the executed notebook: `results/{record['profile']}/06_nuclei_masks.json` and `.ipynb`.
-Commit: `{record.get('git_commit')}`.
-
-{_licence_section('Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
-                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".', sources=("hgsc",))}"""
+{_card_footer(record, "06_nuclei_masks", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".')}"""
 
 
 def release_mask_generator(profile: str) -> list[Path]:
@@ -513,6 +507,15 @@ def release_mask_generator(profile: str) -> list[Path]:
     record = json.loads((results_dir(profile) / "06_nuclei_masks.json").read_text())
     name = released_mask_generator_name(profile)
     return [release_pipeline(runs_dir(profile) / "masks" / "pipeline", name, mask_generator_card(record, name))]
+
+
+def _card_footer(record: dict, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",)) -> str:
+    """The end of a card: where the full tables are, the commit, and the licences (``sources``: the data wheels the
+    model trained on; None: the default set's)."""
+    return f"""Full tables and the executed notebook: `results/{record['profile']}/{notebook}.json` and `.ipynb`.
+Commit: `{record.get('git_commit')}`.
+
+{_licence_section(methods, sources=sources)}"""
 
 
 def _checks_and_goals(metrics: dict, tests: str) -> str:
@@ -605,12 +608,9 @@ Otsu threshold fitted on train-region images) against the mask each image was dr
 
 {_checks_and_goals(metrics, "tests/test_mask_to_image.py") if space == "pixel" else "The checks and goals of notebook 07 are the pixel model's: see `spade-pixel-" + record['profile'] + "`."}
 
-Full tables and the executed notebook: `results/{record['profile']}/07_mask_to_image.json` and `.ipynb`.
-Commit: `{record.get('git_commit')}`.
-
-{_licence_section('Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
-                  'Diffusion Models"; Wang et al. (2022), "Semantic Image Synthesis via Diffusion Models"; Park et al. '
-                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".', sources=("hgsc",))}"""
+{_card_footer(record, "07_mask_to_image", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                                  'Diffusion Models"; Wang et al. (2022), "Semantic Image Synthesis via Diffusion Models"; Park et al. '
+                                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".')}"""
 
 
 def release_spades(profile: str) -> list[Path]:
@@ -685,12 +685,9 @@ notebook 07's pixel SPADE model.
 
 {_checks_and_goals(metrics, "tests/test_joint_synthesis.py")}
 
-Full tables and the executed notebook: `results/{record['profile']}/08_joint_synthesis.json` and `.ipynb`.
-Commit: `{record.get('git_commit')}`.
-
-{_licence_section('Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
-                  'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
-                  'Diffusion Guidance".', sources=("hgsc",))}"""
+{_card_footer(record, "08_joint_synthesis", 'Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
+                                  'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
+                                  'Diffusion Guidance".')}"""
 
 
 def release_joint(profile: str) -> list[Path]:

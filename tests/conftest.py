@@ -92,3 +92,27 @@ def shipped():
         return names, published
 
     return released
+
+
+@pytest.fixture
+def released_and_loading():
+    """``released_and_loading(names, script, card_needs)``: each released model's card holds every text of
+    ``card_needs``, and ``script`` (Python, given the model's folder as ``sys.argv[1]``) runs without error in a fresh
+    process; returns each model's stdout."""
+    def check(names, script: str, card_needs) -> dict[str, str]:
+        import subprocess
+        import sys
+
+        from histolab_utils.data.releases import pretrained
+
+        outputs = {}
+        for name in names:
+            card = (pretrained(name) / "README.md").read_text()
+            assert all(text in card for text in card_needs), (name, [t for t in card_needs if t not in card])
+            result = subprocess.run([sys.executable, "-c", script, str(pretrained(name))], capture_output=True,
+                                    text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-2000:]
+            outputs[name] = result.stdout
+        return outputs
+
+    return check

@@ -379,16 +379,9 @@ UNet2DModel.from_pretrained(sys.argv[1], subfolder="unet")  # the network alone,
 """
 
 
-def test_the_shipped_joint_model_verifies_and_loads_in_a_fresh_process(shipped):
+def test_the_shipped_joint_model_verifies_and_loads_in_a_fresh_process(shipped, released_and_loading):
     """Notebook 08's joint model committed under data/pretrained/ (its cpu run), once released: intact, carded, and
     loadable by the package's pipeline class (its UNet by plain diffusers) in a fresh process, which makes labels."""
-    from histolab_utils.data.releases import pretrained
-
     names, published = shipped("joint-", "08_joint_synthesis")
-    for name in names:
-        card = (pretrained(name) / "README.md").read_text()
-        assert all(text in card for text in ("not for diagnosis", "Licence", "floor", "validation", "n = 500")), name
-        result = subprocess.run([sys.executable, "-c", LOAD_JOINT, str(pretrained(name))], capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
+    released_and_loading(names, LOAD_JOINT, ("not for diagnosis", "Licence", "floor", "validation", "n = 500"))
     assert all(check["passes"] for check in published["metrics"]["checks"])
