@@ -1,9 +1,10 @@
 """Augmentation experiments: does synthetic data help a nuclei segmenter? (notebook 09)
 
-A **real pool** of image-mask pairs is drawn from the train region (where the pixel size matches,
-it is a subset of the very pairs the generators of notebooks 07 and 08 trained on). A seeded
-permutation splits it into a quarter (R25) and the other three quarters (R75). Every synthetic
-tile is made from one pool tile's masks by one **source**:
+A **real pool** of image-mask pairs is a seeded set of tiles of a non-overlapping grid over the
+train region (where the generators of notebooks 06-08 trained, at their scale), and the test tiles
+are the grid over the held-out strips: no two tiles share a pixel, so each is a separate unit. A
+seeded permutation splits the pool into a quarter (R25) and the other three quarters (R75),
+disjoint in pixels. Every synthetic tile is made from one pool tile's masks by one **source**:
 
 * ``spade_real``: notebook 07's SPADE model paints the tile's real masks (label = the real masks);
 * ``spade_generated``: notebook 06 generates new masks asked for the tile's nucleus types and
