@@ -465,7 +465,7 @@ Notebook 06 (`notebooks/06_nuclei_masks.ipynb`) of histolab_utils in the `{recor
 `UNet2DModel` whose class embedding is a linear map of the condition [types present (neoplastic, inflammatory,
 connective) | tissue context | null flag], added to the time embedding as in NASDM; it draws {metrics['tile_size']} px
 masks (one-hot background and types plus an instance-boundary channel) at {metrics['downsample']:g} slide px per mask px.
-{metrics['train_steps']} steps, {metrics['train_seconds'] / 60:.0f} min of training on {record.get('hardware', 'unrecorded hardware')}.
+{metrics['train_steps']} steps, {metrics['train_seconds'] / 60:.0f} min of training on {_hardware(record)}.
 
 {NOT_FOR_DIAGNOSIS}
 
@@ -507,6 +507,15 @@ def release_mask_generator(profile: str) -> list[Path]:
     record = json.loads((results_dir(profile) / "06_nuclei_masks.json").read_text())
     name = released_mask_generator_name(profile)
     return [release_pipeline(runs_dir(profile) / "masks" / "pipeline", name, mask_generator_card(record, name))]
+
+
+def _hardware(record: dict) -> str:
+    """A record's hardware in words (the runner stores a dict: machine, CPU cores, GPU)."""
+    hardware = record.get("hardware")
+    if not isinstance(hardware, dict):
+        return str(hardware or "unrecorded hardware")
+    device = hardware.get("gpu") or "no GPU"
+    return f"{hardware.get('cpu_count')} CPU cores ({hardware.get('machine')}, {hardware.get('torch_threads')} torch threads), {device}"
 
 
 def _card_footer(record: dict, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",)) -> str:
@@ -574,7 +583,7 @@ Notebook 07 (`notebooks/07_mask_to_image.ipynb`) of histolab_utils in the `{reco
 SPADE diffusion UNet (as a diffusers model) that paints {metrics['tile_size']} px H&E{vq}, conditioned on the mask's
 one-hot background and nucleus types plus its instance edges, trained with NASDM's hybrid loss (learned variance) and
 classifier-free guidance. {metrics['train_steps'][space]} steps, {metrics['train_seconds'][space] / 60:.0f} min of
-training on {record.get('hardware', 'unrecorded hardware')}.
+training on {_hardware(record)}.
 
 {NOT_FOR_DIAGNOSIS}
 
@@ -648,7 +657,7 @@ Notebook 08 (`notebooks/08_joint_synthesis.ipynb`) of histolab_utils in the `{re
 `UNet2DModel` that generates RGB, one-hot nucleus types and a per-instance distance map ({metrics['tile_size']} px at
 {metrics['downsample']:g} image px per px) together, with per-type point maps of the layout concatenated to its input
 and the tissue context (tumour, stroma) as its class, under classifier-free guidance. {metrics['train_steps']} steps,
-{metrics['train_seconds'] / 60:.0f} min of training on {record.get('hardware', 'unrecorded hardware')}.
+{metrics['train_seconds'] / 60:.0f} min of training on {_hardware(record)}.
 
 {NOT_FOR_DIAGNOSIS}
 
