@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.layouts import layouts_from_masks
-from ..data.nuclei import NUCLEUS_CLASSES, present_types
+from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import ImageMaskPairs, distinct_nuclei, grid_pairs
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
 from ..evaluation.segmentation import PRIMARY_SCORES, arm_contrast, seed_summary, tile_counts
@@ -107,37 +107,37 @@ class Pool:
         return self.order[len(self.order) // 4:]
 
 
+def _grid_tiles(tile_size: int, region: str, downsample: int, n: int | None, rng: np.random.Generator,
+                key: str) -> ImageMaskPairs:
+    """Every tile of the non-overlapping grid over ``region``, or a seeded ``n`` of them (``key``: the profile key
+    that asked for ``n``, named when the grid holds fewer)."""
+    tiles = grid_pairs(tile_size, region, downsample=downsample)
+    if n is None:
+        return tiles
+    if n > len(tiles):
+        raise ValueError(f"{n} tiles asked for by segmentation.{key}, but the {region} region's {tile_size} px grid at "
+                         f"downsample {downsample} holds {len(tiles)}: lower segmentation.{key}")
+    return tiles.subset(np.sort(rng.choice(len(tiles), n, replace=False)))
+
+
 def real_pool(tile_size: int, downsample: int, seed: int, n: int | None = None) -> Pool:
     """The real pool: the tiles of a non-overlapping grid over the train region of both labelled images (every one,
     or a seeded ``n`` of them), and its seeded 25 / 75 split. No two tiles share a pixel, so R25 and R75 are disjoint
     in pixels, and every pool tile lies where the generators of notebooks 06-08 trained."""
     rng = np.random.default_rng(seed + 10)
-    pairs = grid_pairs(tile_size, "train", downsample=downsample)
-    if n is not None:
-        if n > len(pairs):
-            raise ValueError(f"a pool of {n} tiles asked for, but the train region's {tile_size} px grid at downsample "
-                             f"{downsample} holds {len(pairs)}: lower segmentation.n_real")
-        pairs = pairs.subset(np.sort(rng.choice(len(pairs), n, replace=False)))
+    pairs = _grid_tiles(tile_size, "train", downsample, n, rng, "n_real")
     return Pool(pairs, rng.permutation(len(pairs)))
 
 
 def heldout_tiles(tile_size: int, downsample: int, seed: int, n: int | None = None) -> ImageMaskPairs:
     """The test tiles every arm is scored on: a non-overlapping grid over the held-out strips (every tile, or a seeded
     ``n`` of them), so each is a separate unit for the bootstrap. No model ever trains on them."""
-    tiles = grid_pairs(tile_size, "heldout", downsample=downsample)
-    if n is not None:
-        if n > len(tiles):
-            raise ValueError(f"{n} test tiles asked for, but the held-out strips' {tile_size} px grid at downsample "
-                             f"{downsample} holds {len(tiles)}: lower segmentation.n_test")
-        tiles = tiles.subset(np.sort(np.random.default_rng(seed + 1).choice(len(tiles), n, replace=False)))
-    return tiles
+    return _grid_tiles(tile_size, "heldout", downsample, n, np.random.default_rng(seed + 1), "n_test")
 
 
 def describe_pool(pool: Pool, test: ImageMaskPairs) -> pd.DataFrame:
     """R25, R75 and the test tiles: tiles, nuclei per type summed over tiles (a nucleus cut by a tile border counts in
     both), and the distinct nuclei of the source images they show (counted once)."""
-    from ..data.nuclei import describe_tiles
-
     rows = {}
     for name, pairs in (("R25", pool.pairs.subset(pool.quarter)), ("R75", pool.pairs.subset(pool.rest)), ("test", test)):
         table = describe_tiles(pairs)
