@@ -204,6 +204,65 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert saved_predictions(tmp_path, "real_25", 0)[0].shape == types.shape
     with pytest.raises(FileNotFoundError, match="run arm 'real_25' with seed 1"):
         saved_predictions(tmp_path, "real_25", 1)
+    from histolab_utils.segmentation.experiments import HEADLINE, experiment_record
+
+    data_table = pd.DataFrame({"tiles": [4, 12, 24], "distinct nuclei": [9, 30, 50]}, index=["R25", "R75", "test"])
+    section = load_config("smoke").segmentation
+    record = experiment_record(results, arms, {"real_25": 4, "duplicated_25": 16, "add_joint_75": 16}, data_table,
+                               section, device="cpu")
+    assert set(HEADLINE) <= set(record) and record["real_100_dice"] is None  # real_100 was not run
+    assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 8
+    assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
+    assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
+
+
+def _fake_run(folder, section, arm, seed, counts):
+    run = folder / arm.name / f"seed-{seed}"
+    (run / "model").mkdir(parents=True)
+    config = segmenter_config(section, arm, seed)
+    (run / "model" / "segmenter_config.json").write_text(json.dumps(config.__dict__, default=list))
+    counts.to_csv(run / "test_counts.csv", index=False)
+    return run
+
+
+def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_its_test_tiles(
+        tmp_path, real_data, isolated_dirs, capsys):
+    from histolab_utils.evaluation.segmentation import tile_counts
+    from histolab_utils.segmentation.experiments import finished_counts, heldout_tiles, main
+
+    config = load_config("smoke")
+    section = config.segmentation
+    test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
+    arms = pick_arms(["duplicated_25"], arm_catalogue(section.addition, section.replacement))
+    perfect = tile_counts(test.types, test.instances, test.types, test.instances, NUCLEUS_CLASSES)
+    for arm in arms:
+        for seed in section.seeds:
+            _fake_run(tmp_path / "runs", section, arm, seed, perfect)
+    counts = finished_counts(tmp_path / "runs", section, arms, test)
+    assert sorted(counts) == sorted((a.name, s) for a in arms for s in section.seeds)
+    out = tmp_path / "09_real_arms.json"
+    assert main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "duplicated_25", "--out", str(out),
+                 "--trained-on", "a test"]) == 0
+    record = json.loads(out.read_text())
+    assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["trained_on"] == "a test"
+    assert record["n_test_tiles"] == len(test) and record["arms"]["duplicated_25"]["training_tiles"] == section.n_real
+    with pytest.raises(SystemExit):
+        main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
+              "--trained-on", "a test"])
+    assert "need a generator's tiles" in capsys.readouterr().err
+
+    other_tiles = perfect.copy()
+    other_tiles.loc[0, "px_true_all"] += 1
+    other_tiles.to_csv(tmp_path / "runs" / "real_25" / f"seed-{section.seeds[0]}" / "test_counts.csv", index=False)
+    with pytest.raises(ValueError, match="counted on other test tiles"):
+        finished_counts(tmp_path / "runs", section, arms, test)
+    fewer_steps = dict(json.loads((tmp_path / "runs" / "real_25" / "seed-1" / "model" / "segmenter_config.json").read_text()), steps=3)
+    (tmp_path / "runs" / "real_25" / "seed-1" / "model" / "segmenter_config.json").write_text(json.dumps(fewer_steps))
+    perfect.to_csv(tmp_path / "runs" / "real_25" / f"seed-{section.seeds[0]}" / "test_counts.csv", index=False)
+    with pytest.raises(ValueError, match=r"seed-1.*differs from the profile's in \['steps'\]"):
+        finished_counts(tmp_path / "runs", section, arms, test)
+    with pytest.raises(FileNotFoundError, match="--arm duplicated_25 --seed 0"):
+        finished_counts(tmp_path / "elsewhere", section, pick_arms(["duplicated_25"], arm_catalogue())[1:], test)
 
 
 def test_generators_refuse_a_scale_they_did_not_train_at():

@@ -427,13 +427,18 @@ def segmenter_config(section, arm: Arm, seed: int) -> SegmenterConfig:
         marker_radius=section.marker_radius, compile=section.compile, seed=seed, extra={"arm": arm.name})
 
 
+def _as_saved(config: SegmenterConfig) -> dict:
+    """``config`` as its run saves it (``model/segmenter_config.json``): tuples become lists."""
+    return json.loads(json.dumps(asdict(config), default=list))
+
+
 def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs, out_dir: str | Path,
             progress: bool = False, resume: bool = False) -> pd.DataFrame:
     """Train one arm with one seed, segment the test tiles and return (and save) their counts.
     A finished run with the same config is read back instead of retrained."""
     out_dir = Path(out_dir)
     done, saved = out_dir / "test_counts.csv", out_dir / "model" / "segmenter_config.json"
-    wanted = json.loads(json.dumps(asdict(config), default=list))
+    wanted = _as_saved(config)
     # the same config on other tiles (a changed pool or test grid) is another run: key the counts by the data too
     data_key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (
         training.images, training.types, training.instances, test.images, test.types, test.instances))).hexdigest()
@@ -561,3 +566,117 @@ def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPai
         counts[(arm.name, seed)] = run_arm(segmenter_config(section, arm, seed), training[arm.name], test,
                                            Path(folder) / arm.name / f"seed-{seed}")
     return counts
+
+
+def finished_counts(folder: str | Path, section, arms: Sequence[Arm],
+                    test: ImageMaskPairs) -> dict[tuple[str, int], pd.DataFrame]:
+    """The test counts of runs made elsewhere (``python -m histolab_utils.train segmenter`` on another machine) in
+    ``folder/ARM/seed-N``, one per arm and seed of ``section`` (a profile's ``segmentation``). Each must be the run the
+    profile asks for (the same saved segmenter config), counted on ``test``'s tiles in order (each tile's true pixels
+    per type must match: the masks are exact where another machine's JPEG decoder may differ in the images' last
+    bit): a missing or different run is an error naming its folder."""
+    truth = {f"px_true_{name}": (test.types == i).sum(axis=(1, 2)) for i, name in enumerate(NUCLEUS_CLASSES, 1)}
+    truth["px_true_all"] = (test.types > 0).sum(axis=(1, 2))
+    counts = {}
+    for arm in arms:
+        for seed in section.seeds:
+            run = Path(folder) / arm.name / f"seed-{seed}"
+            done, saved = run / "test_counts.csv", run / "model" / "segmenter_config.json"
+            if not (done.is_file() and saved.is_file()):
+                raise FileNotFoundError(f"{run}: no finished run (test_counts.csv and model/segmenter_config.json); "
+                                        f"make it with: python -m histolab_utils.train segmenter --arm {arm.name} "
+                                        f"--seed {seed} --profile PROFILE --out {run}")
+            wanted, found = _as_saved(segmenter_config(section, arm, seed)), json.loads(saved.read_text())
+            differs = sorted(key for key in wanted.keys() | found.keys() if wanted.get(key) != found.get(key))
+            if differs:
+                raise ValueError(f"{saved}: this run differs from the profile's in {differs}")
+            frame = pd.read_csv(done)
+            if len(frame) != len(test) or any(not np.array_equal(frame[k], v) for k, v in truth.items()):
+                raise ValueError(f"{done}: counted on other test tiles than the profile's {len(test)} ({len(frame)} "
+                                 "rows, or other true nuclei per tile)")
+            counts[(arm.name, seed)] = frame
+    return counts
+
+
+HEADLINE = ("real_100_mpq_plus", "real_100_dice", "arms_with_mpq_gain_after_holm", "arms_with_any_gain_after_holm")
+
+
+def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles: dict[str, int],
+                      data_table: pd.DataFrame, section, **context) -> dict:
+    """Notebook 09's metrics: the data (tiles and distinct nuclei of R25, R75 and the test set), the protocol, every
+    arm's :func:`arm_record`, the null arm's contrasts, and the headline (:data:`HEADLINE`: real_100's scores, or
+    ``None`` where it was not run, and the arms whose gain survives Holm). ``context``: what the caller adds
+    (device, timings, figures)."""
+    verdicts = results.filter(like="_verdict")
+    reference = results.loc["real_100"] if "real_100" in results.index else None
+    record = {
+        "n_test_tiles": int(data_table.loc["test", "tiles"]), "seeds": list(section.seeds),
+        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "units": "test tiles and pool tiles from non-overlapping grids; R25 and R75 disjoint in pixels",
+        "distinct_nuclei": {name: int(v) for name, v in data_table["distinct nuclei"].items()},
+        "tiles": {name: int(v) for name, v in data_table["tiles"].items()},
+        "architecture": section.architecture, "pretrained": False, "tile_size": section.tile_size,
+        "downsample": section.downsample, "train_steps_per_arm": section.train_steps, "batch_size": section.batch_size,
+        "bootstrap": (f"seeds and test tiles resampled (tiles shared by every seed), {section.n_resamples} resamples "
+                      "each, seed-by-tile noise counted once, Satterthwaite t interval, 95 %; Holm over every "
+                      "(arm, score)"),
+        "contrasts_tested": int(results.filter(like="_p_holm").notna().to_numpy().sum()),
+        "arms_run": [a.name for a in arms],
+        "arms": {a.name: arm_record(results, a.name, training_tiles[a.name]) for a in arms},
+        **context,
+        "real_100_mpq_plus": None if reference is None else float(reference["mpq_plus_mean"]),
+        "real_100_dice": None if reference is None else float(reference["dice_mean"]),
+        "arms_with_mpq_gain_after_holm": int((results.get("mpq_plus_verdict") == "gain").sum()),
+        "arms_with_any_gain_after_holm": int((verdicts == "gain").any(axis=1).sum()),
+    }
+    if "duplicated_25" in results.index:
+        null = record["arms"]["duplicated_25"]
+        record["null_arm"] = {score: null[score]["difference_from_reference"] for score in PRIMARY_SCORES
+                              if "difference_from_reference" in null[score]}
+        record["null_arm_shows_a_gain"] = bool((verdicts.loc["duplicated_25"] == "gain").any())
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m histolab_utils.segmentation.experiments score RUNS --profile full --out results/full/09_X.json``:
+    score arms trained elsewhere (``RUNS/ARM/seed-N``, from ``python -m histolab_utils.train segmenter``) as notebook
+    09 does: hierarchical-bootstrap contrasts with each arm's reference, Holm over every (arm, score), the null arm.
+    Only arms that need no generator (their training-set size is computed here from the real pool)."""
+    import argparse
+
+    from ..config import load_config
+    from ..report import hardware, to_jsonable
+
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.segmentation.experiments", description=main.__doc__)
+    parser.add_argument("command", choices=["score"])
+    parser.add_argument("runs", type=Path, help="folder holding ARM/seed-N run folders")
+    parser.add_argument("--profile", required=True, help="the profile the runs were trained with")
+    parser.add_argument("--arms", required=True, help="comma-separated arm names, e.g. real_25,duplicated_25,real_100")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    parser.add_argument("--trained-on", required=True, help="the hardware the runs were trained on, in words")
+    parser.add_argument("--note", default="", help="how the runs were made (command, timings)")
+    args = parser.parse_args(argv)
+    config = load_config(args.profile)
+    section = config.segmentation
+    arms = pick_arms(args.arms.split(","), arm_catalogue(section.addition, section.replacement))
+    needs_generator = [a.name for a in arms if a.source is not None]
+    if needs_generator:
+        parser.error(f"--arms: {needs_generator} need a generator's tiles; score those in notebook 09")
+    pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
+    test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
+    counts = finished_counts(args.runs, section, arms, test)
+    results = arm_results(counts, arms, section.seeds, section.n_resamples, seed=config.seed)
+    sizes = {arm.name: len(arm_training_set(arm, pool, {})) for arm in arms}
+    record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, profile=config.name,
+                               trained_on=args.trained_on, scored_on=hardware(), note=args.note)
+    atomic_write_text(args.out, json.dumps(to_jsonable(record), indent=2) + "\n")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(formatted_results(results))
+    print(f"wrote {args.out}: {len(counts)} runs, {record['contrasts_tested']} contrasts Holm-adjusted together")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
