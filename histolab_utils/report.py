@@ -102,10 +102,20 @@ def save_metrics(
     wall_time_s: float | None = None,
     headline: Iterable[str] = (),
 ) -> Path:
-    """Write ``reports/<profile>/metrics/<notebook>.json`` atomically and return its path.
+    """Write ``reports/<profile>/metrics/<notebook>.json`` (:func:`metrics_record`) atomically and return its path.
 
     ``headline`` names the metrics shown in the run summary; each must be a key of ``metrics``.
     """
+    record = metrics_record(notebook, metrics, profile=profile, wall_time_s=wall_time_s, headline=headline)
+    path = metrics_dir(record["profile"]) / f"{notebook}.json"
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def metrics_record(notebook: str, metrics: Mapping[str, Any], *, profile: str | None = None,
+                   wall_time_s: float | None = None, headline: Iterable[str] = ()) -> dict[str, Any]:
+    """A metrics file's record: ``metrics`` stamped with the notebook, profile, time, commit, this machine's hardware,
+    the data split's version, any config overrides and the package versions."""
     if not notebook or "/" in notebook or notebook.endswith(".ipynb"):
         raise ValueError(f"notebook must be a bare name like '00_data_tour', got {notebook!r}")
     headline = list(headline)
@@ -128,9 +138,7 @@ def save_metrics(
         "headline": headline,
         "metrics": to_jsonable(dict(metrics)),
     }
-    path = metrics_dir(profile) / f"{notebook}.json"
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
-    return path
+    return record
 
 
 def figures_dir(profile: str | None = None) -> Path:

@@ -165,6 +165,25 @@ def test_every_arm_gets_the_same_optimiser_steps(tmp_path):
     assert (tmp_path / "real_25" / "test_counts.csv").stat().st_mtime_ns == before  # finished: read back
 
 
+def test_an_unfinished_run_continues_from_its_checkpoint_only_on_its_own_data(tmp_path, monkeypatch):
+    pool = toy_pool()
+    arm = arm_catalogue()["real_25"]
+    training, test = arm_training_set(arm, pool, {}), pool.pairs.subset(np.arange(4))
+    config = SegmenterConfig(**{**segmenter_config(load_config("smoke").segmentation, arm, 0).__dict__,
+                                "tile_size": 32, "features": (4, 4, 8, 8, 8, 4), "steps": 2, "batch_size": 2,
+                                "checkpoint_every": 2})
+    run_arm(config, training, test, tmp_path / "run")  # stands for a run stopped at its step-2 checkpoint
+    loaded = []
+    original = SegmenterTrainer.resume
+    monkeypatch.setattr(SegmenterTrainer, "resume", lambda self: loaded.append(original(self)) or loaded[-1])
+    longer = SegmenterConfig(**{**config.__dict__, "steps": 4})
+    assert len(run_arm(longer, training, test, tmp_path / "run", resume=True)) == 4
+    assert loaded == [True] and len(pd.read_csv(tmp_path / "run" / "loss.csv")) == 4
+    other_test = pool.pairs.subset(np.arange(4, 8))
+    run_arm(SegmenterConfig(**{**config.__dict__, "steps": 6}), training, other_test, tmp_path / "run", resume=True)
+    assert loaded == [True]  # other data: trained afresh, not from the step-4 checkpoint
+
+
 def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carry_it(tmp_path):
     from histolab_utils.evaluation.segmentation import tile_counts
     from histolab_utils.segmentation.experiments import arm_record, arm_results, formatted_results, saved_predictions
@@ -196,8 +215,9 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert record["dice"]["difference_from_reference"]["p_holm"] >= record["dice"]["difference_from_reference"]["p_value"]
     assert "difference_from_reference" not in arm_record(results, "real_25", 4)["dice"]
     table = formatted_results(results)
-    assert table.loc["real_25", "dice diff [95 % CI] p(Holm)"] == "reference"
-    assert table.loc["add_joint_75", "dice diff [95 % CI] p(Holm)"].endswith("gain")
+    column = "dice diff [Holm-level CI] p(Holm)"
+    assert table.loc["real_25", column] == "reference" and table.loc["add_joint_75", column].endswith("gain")
+    assert f"{row['dice_ci_holm_low']:+.3f}" in table.loc["add_joint_75", column]
     np.savez(tmp_path / "saved.npz", types=types, instances=instances)
     (tmp_path / "real_25" / "seed-0").mkdir(parents=True)
     (tmp_path / "saved.npz").rename(tmp_path / "real_25" / "seed-0" / "test_predictions.npz")
@@ -214,6 +234,11 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 8
     assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
     assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
+    from histolab_utils.segmentation.experiments import record_table
+
+    published = record_table(json.loads(json.dumps(record)))  # as read back from a results file
+    assert published.loc["real_25", column] == "reference" and published.loc["add_joint_75", "training tiles"] == 16
+    assert published.loc["add_joint_75", column] == table.loc["add_joint_75", column]
 
 
 def _fake_run(folder, section, arm, seed, counts):
@@ -243,8 +268,10 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
     out = tmp_path / "09_real_arms.json"
     assert main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "duplicated_25", "--out", str(out),
                  "--trained-on", "a test"]) == 0
-    record = json.loads(out.read_text())
-    assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["trained_on"] == "a test"
+    stamped = json.loads(out.read_text())
+    record = stamped["metrics"]
+    assert stamped["notebook"] == "09_real_arms" and stamped["profile"] == "smoke"
+    assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["device"] == "a test"
     assert record["n_test_tiles"] == len(test) and record["arms"]["duplicated_25"]["training_tiles"] == section.n_real
     with pytest.raises(SystemExit):
         main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),

@@ -446,7 +446,12 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
     if (done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted and key_file.is_file()
             and key_file.read_text().strip() == data_key):
         return pd.read_csv(done)
+    # a checkpoint is resumed only on the data it was trained on: the key is written before training starts
+    resume = resume and key_file.is_file() and key_file.read_text().strip() == data_key
     trainer = SegmenterTrainer(config, training.images, training.types, training.instances, out_dir, progress)
+    if trainer.accelerator.is_main_process:
+        done.unlink(missing_ok=True)  # another run's counts must not be read back as this one's if it stops
+        atomic_write_text(key_file, data_key + "\n")
     trainer.train(resume=resume)
     trainer.save_model()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -454,7 +459,6 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
                                config.min_object_size, config.marker_radius)
     counts = tile_counts(test.types, test.instances, types, instances, NUCLEUS_CLASSES)
     if trainer.accelerator.is_main_process:
-        atomic_write_text(key_file, data_key + "\n")
         atomic_write_text(done, counts.to_csv(index=False))
         np.savez_compressed(out_dir / "test_predictions.npz", types=types, instances=instances)
     return counts
@@ -499,10 +503,23 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
     return table
 
 
+CONTRASTS_SHOWN = ("dice", "aji_plus", "mpq_plus")
+
+
+def _contrast_column(score: str) -> str:
+    return f"{score} diff [Holm-level CI] p(Holm)"
+
+
+def _contrast_text(difference, low=None, high=None, p_holm=None, verdict=None) -> str:
+    if difference is None or pd.isna(difference):
+        return "reference"
+    return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}] p={p_holm:.3f} {verdict}"
+
+
 def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCORES,
-                      contrasts: Sequence[str] = ("dice", "aji_plus", "mpq_plus")) -> pd.DataFrame:
-    """:func:`arm_results` for reading: each score as mean +- std over seeds, and each contrast as difference [95 %
-    interval], Holm-adjusted p and verdict."""
+                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+    """:func:`arm_results` for reading: each score as mean +- std over seeds, and each contrast as difference [interval
+    at its Holm level, the one its verdict reads], Holm-adjusted p and verdict."""
     out = pd.DataFrame(index=results.index)
     out["reference"] = results["reference"]
     for score in scores:
@@ -510,11 +527,27 @@ def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCO
     for score in contrasts:
         if f"{score}_diff" not in results:
             continue
-        out[f"{score} diff [95 % CI] p(Holm)"] = [
-            "reference" if pd.isna(d) else f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] p={p:.3f} {v}"
-            for d, lo, hi, p, v in zip(results[f"{score}_diff"], results[f"{score}_ci_low"], results[f"{score}_ci_high"],
-                                       results[f"{score}_p_holm"], results[f"{score}_verdict"])]
+        out[_contrast_column(score)] = [_contrast_text(*row) for row in zip(
+            results[f"{score}_diff"], results.get(f"{score}_ci_holm_low", np.nan),
+            results.get(f"{score}_ci_holm_high", np.nan), results.get(f"{score}_p_holm", np.nan),
+            results.get(f"{score}_verdict", ""))]
     return out
+
+
+def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
+                 contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+    """A published metrics record's arms (:func:`experiment_record`) as :func:`formatted_results` shows live ones,
+    with each arm's training tiles."""
+    rows = {}
+    for name, arm in record["arms"].items():
+        row = {"reference": arm["reference"], "training tiles": arm["training_tiles"]}
+        row.update({score: f"{arm[score]['mean']:.3f} ± {arm[score]['std']:.3f}" for score in scores})
+        for score in contrasts:
+            contrast = arm[score].get("difference_from_reference")
+            row[_contrast_column(score)] = _contrast_text(None) if contrast is None else _contrast_text(
+                contrast["difference"], *contrast["ci_holm"], contrast["p_holm"], contrast["verdict"])
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm")
 
 
 def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = PRIMARY_SCORES) -> dict:
@@ -554,9 +587,10 @@ def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame], scores: Sequenc
 
 
 def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPairs, banks: dict[str, Synthetic],
-                    folder: str | Path, progress: bool = True) -> dict[tuple[str, int], pd.DataFrame]:
+                    folder: str | Path, progress: bool = True, resume: bool = True) -> dict[tuple[str, int], pd.DataFrame]:
     """Every arm with every seed of ``section`` (a profile's ``segmentation``), one after another;
-    each run lives in ``folder/ARM/seed-N`` and a finished one is read back."""
+    each run lives in ``folder/ARM/seed-N``: a finished one is read back, an unfinished one continues from its
+    latest checkpoint (``resume``), so a stopped notebook loses at most ``checkpoint_every`` steps."""
     from tqdm.auto import tqdm
 
     counts = {}
@@ -564,7 +598,7 @@ def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPai
     training = {arm.name: arm_training_set(arm, pool, banks) for arm in arms}
     for arm, seed in tqdm(runs, desc="arms x seeds", disable=not progress):
         counts[(arm.name, seed)] = run_arm(segmenter_config(section, arm, seed), training[arm.name], test,
-                                           Path(folder) / arm.name / f"seed-{seed}")
+                                           Path(folder) / arm.name / f"seed-{seed}", resume=resume)
     return counts
 
 
@@ -645,14 +679,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     from ..config import load_config
-    from ..report import hardware, to_jsonable
+    from ..report import metrics_record, to_jsonable
 
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.segmentation.experiments", description=main.__doc__)
     parser.add_argument("command", choices=["score"])
     parser.add_argument("runs", type=Path, help="folder holding ARM/seed-N run folders")
     parser.add_argument("--profile", required=True, help="the profile the runs were trained with")
     parser.add_argument("--arms", required=True, help="comma-separated arm names, e.g. real_25,duplicated_25,real_100")
-    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
+    parser.add_argument("--out", type=Path, required=True, help="JSON to write (its stem names the record)")
     parser.add_argument("--trained-on", required=True, help="the hardware the runs were trained on, in words")
     parser.add_argument("--note", default="", help="how the runs were made (command, timings)")
     args = parser.parse_args(argv)
@@ -667,9 +701,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = finished_counts(args.runs, section, arms, test)
     results = arm_results(counts, arms, section.seeds, section.n_resamples, seed=config.seed)
     sizes = {arm.name: len(arm_training_set(arm, pool, {})) for arm in arms}
-    record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, profile=config.name,
-                               trained_on=args.trained_on, scored_on=hardware(), note=args.note)
-    atomic_write_text(args.out, json.dumps(to_jsonable(record), indent=2) + "\n")
+    record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, device=args.trained_on,
+                               note=args.note)
+    # stamped like a notebook's metrics file (its hardware: the scoring machine's), so published_metrics reads it
+    stamped = metrics_record(args.out.stem, record, profile=config.name, headline=[*HEADLINE, "n_test_tiles"])
+    atomic_write_text(args.out, json.dumps(to_jsonable(stamped), indent=2) + "\n")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(formatted_results(results))
     print(f"wrote {args.out}: {len(counts)} runs, {record['contrasts_tested']} contrasts Holm-adjusted together")
