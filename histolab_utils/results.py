@@ -432,15 +432,19 @@ def release_vqgans(profile: str) -> list[Path]:
     return released
 
 
-def vqgan_folder(profile: str, channels: int) -> Path:
-    """The VQ-GAN notebooks 04, 05 (and 07) use: in a released profile (cpu), the released one once it exists, so
-    that they run without notebook 02; otherwise notebook 02's run in ``runs/<profile>/``."""
+def released_or_run(profile: str, released_name: str, run_folder: Path) -> Path:
+    """``data/pretrained/<released_name>`` when ``profile`` is a released one (cpu) and that model is released, so
+    that later notebooks run without retraining it; otherwise ``run_folder`` (this machine's run)."""
     from .data.releases import pretrained, read_manifest
 
-    name = released_vqgan_name(channels, profile)
-    if profile in RELEASED_PROFILES and name in read_manifest():
-        return pretrained(name)
-    return vqgan_run_folder(profile, channels) / "vqmodel"
+    if profile in RELEASED_PROFILES and released_name in read_manifest():
+        return pretrained(released_name)
+    return run_folder
+
+
+def vqgan_folder(profile: str, channels: int) -> Path:
+    """The VQ-GAN notebooks 04, 05 (and 07) use: the released one, else notebook 02's run (:func:`released_or_run`)."""
+    return released_or_run(profile, released_vqgan_name(channels, profile), vqgan_run_folder(profile, channels) / "vqmodel")
 
 
 def released_mask_generator_name(profile: str) -> str:
@@ -712,14 +716,10 @@ def generator_folders(profile: str) -> dict[str, Path]:
     """The generators notebook 09 uses (keys ``masks``, ``spade``, ``joint``): in a released profile (cpu), the
     released ones once they exist, so that notebook 09 runs on the models notebooks 06-08 published; otherwise the
     runs of notebooks 06-08 in ``runs/<profile>/``."""
-    from .data.releases import pretrained, read_manifest
-
     released = {"masks": released_mask_generator_name(profile), "spade": released_spade_name("pixel", profile),
                 "joint": released_joint_name(profile)}
     runs = {"masks": "masks", "spade": "spade-pixel", "joint": "joint"}
-    manifest = read_manifest() if profile in RELEASED_PROFILES else {}
-    return {key: pretrained(released[key]) if released[key] in manifest else runs_dir(profile) / runs[key] / "pipeline"
-            for key in runs}
+    return {key: released_or_run(profile, released[key], runs_dir(profile) / runs[key] / "pipeline") for key in runs}
 
 
 RELEASES = {"02": release_vqgans, "03": release_ddpms, "05": release_ldm, "06": release_mask_generator,

@@ -292,8 +292,13 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
         finished_counts(tmp_path / "elsewhere", section, pick_arms(["duplicated_25"], arm_catalogue())[1:], test)
 
 
-def test_generators_refuse_a_scale_they_did_not_train_at():
-    from histolab_utils.segmentation.experiments import Generators
+def test_generators_refuse_a_scale_they_did_not_train_at(tmp_path):
+    from histolab_utils.segmentation.experiments import Generators, load_generators
+
+    config = load_config("smoke")
+    with pytest.raises(FileNotFoundError, match="nope does not exist: run notebook 06 .*train masks"):
+        load_generators({key: tmp_path / "nope" for key in ("masks", "spade", "joint")}, config.masks, config.spade,
+                        config.joint)
 
     generators = Generators(trained_at={"spade": (32, 2), "joint": (32, 2)})
     generators.check_scale(32, 2)

@@ -214,6 +214,8 @@ class Generators:
 
 
 GENERATOR_NOTEBOOKS = {"masks": "06", "spade": "07", "joint": "08"}
+TRAIN_COMMANDS = {"masks": "python -m histolab_utils.train masks", "spade": "python -m histolab_utils.train spade "
+                  "--space pixel", "joint": "python -m histolab_utils.train joint"}
 
 
 def load_generators(folders: dict[str, str | Path], masks, spade, joint, device="cpu", *,
@@ -235,7 +237,7 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
         path = Path(folders[key])
         if not path.is_dir():
             raise FileNotFoundError(f"{path} does not exist: run notebook {GENERATOR_NOTEBOOKS[key]} (or the CLI's "
-                                    f"`train {key}`) first")
+                                    f"`{TRAIN_COMMANDS[key]}`) first")
         pipeline = kind.from_pretrained(path).to(device)
         if key == "spade" and spade_sampler is not None:
             pipeline.scheduler = named_sampler(spade_sampler, section)
