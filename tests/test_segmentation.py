@@ -253,7 +253,8 @@ def _fake_run(folder, section, arm, seed, counts):
 def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_its_test_tiles(
         tmp_path, real_data, isolated_dirs, capsys):
     from histolab_utils.evaluation.segmentation import tile_counts
-    from histolab_utils.segmentation.experiments import finished_counts, heldout_tiles, main
+    from histolab_utils.score import main
+    from histolab_utils.segmentation.experiments import finished_counts, heldout_tiles
 
     config = load_config("smoke")
     section = config.segmentation
@@ -266,7 +267,7 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
     counts = finished_counts(tmp_path / "runs", section, arms, test)
     assert sorted(counts) == sorted((a.name, s) for a in arms for s in section.seeds)
     out = tmp_path / "09_real_arms.json"
-    assert main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "duplicated_25", "--out", str(out),
+    assert main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "duplicated_25", "--out", str(out),
                  "--trained-on", "a test"]) == 0
     stamped = json.loads(out.read_text())
     record = stamped["metrics"]
@@ -274,7 +275,7 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
     assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["device"] == "a test"
     assert record["n_test_tiles"] == len(test) and record["arms"]["duplicated_25"]["training_tiles"] == section.n_real
     with pytest.raises(SystemExit):
-        main(["score", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
+        main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
               "--trained-on", "a test"])
     assert "need a generator's tiles" in capsys.readouterr().err
 
