@@ -39,13 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.profile)
     section = config.segmentation
-    arms = pick_arms(args.arms.split(","), arm_catalogue(section.addition, section.replacement))
+    try:
+        arms = pick_arms(args.arms.split(","), arm_catalogue(section.addition, section.replacement))
+    except ValueError as error:
+        parser.error(f"--arms: {error}")
     needs_generator = [a.name for a in arms if a.source is not None]
     if needs_generator:
         parser.error(f"--arms: {needs_generator} need a generator's tiles; score those in notebook 09")
     pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
     test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
-    counts = finished_counts(args.runs, section, arms, test)
+    try:
+        counts = finished_counts(args.runs, section, arms, test)
+    except (FileNotFoundError, ValueError) as error:  # a missing or different run, named with its folder
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     results = arm_results(counts, arms, section.seeds, section.n_resamples, seed=config.seed)
     sizes = {arm.name: len(arm_training_set(arm, pool, {})) for arm in arms}
     record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, device=args.trained_on,

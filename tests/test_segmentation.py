@@ -278,6 +278,9 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
         main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
               "--trained-on", "a test"])
     assert "need a generator's tiles" in capsys.readouterr().err
+    assert main(["segmenters", str(tmp_path / "nowhere"), "--profile", "smoke", "--arms", "duplicated_25", "--out",
+                 str(out), "--trained-on", "a test"]) == 2
+    assert "nowhere/real_25/seed-0: no finished run" in capsys.readouterr().err
 
     other_tiles = perfect.copy()
     other_tiles.loc[0, "px_true_all"] += 1
