@@ -46,7 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     needs_generator = [a.name for a in arms if a.source is not None]
     if needs_generator:
         parser.error(f"--arms: {needs_generator} need a generator's tiles; score those in notebook 09")
-    pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
     test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
     try:
         counts = finished_counts(args.runs, section, arms, test)
@@ -54,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = arm_results(counts, arms, section.seeds, section.n_resamples, seed=config.seed)
+    pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
     sizes = {arm.name: len(arm_training_set(arm, pool, {})) for arm in arms}
     record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, device=args.trained_on,
                                note=args.note)

@@ -445,11 +445,11 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
     data_key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (
         training.images, training.types, training.instances, test.images, test.types, test.instances))).hexdigest()
     key_file = out_dir / "data_key.txt"
-    if (done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted and key_file.is_file()
-            and key_file.read_text().strip() == data_key):
+    same_data = key_file.is_file() and key_file.read_text().strip() == data_key
+    if same_data and done.is_file() and saved.is_file() and json.loads(saved.read_text()) == wanted:
         return pd.read_csv(done)
     # a checkpoint is resumed only on the data it was trained on: the key is written before training starts
-    resume = resume and key_file.is_file() and key_file.read_text().strip() == data_key
+    resume = resume and same_data
     trainer = SegmenterTrainer(config, training.images, training.types, training.instances, out_dir, progress)
     if trainer.accelerator.is_main_process:
         done.unlink(missing_ok=True)  # another run's counts must not be read back as this one's if it stops
@@ -512,7 +512,7 @@ def _contrast_column(score: str) -> str:
     return f"{score} diff [Holm-level CI] p(Holm)"
 
 
-def _contrast_text(difference, low=None, high=None, p_holm=None, verdict=None) -> str:
+def _contrast_text(difference, low, high, p_holm, verdict) -> str:
     if difference is None or pd.isna(difference):
         return "reference"
     return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}] p={p_holm:.3f} {verdict}"
@@ -530,9 +530,8 @@ def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCO
         if f"{score}_diff" not in results:
             continue
         out[_contrast_column(score)] = [_contrast_text(*row) for row in zip(
-            results[f"{score}_diff"], results.get(f"{score}_ci_holm_low", np.nan),
-            results.get(f"{score}_ci_holm_high", np.nan), results.get(f"{score}_p_holm", np.nan),
-            results.get(f"{score}_verdict", ""))]
+            results[f"{score}_diff"], results[f"{score}_ci_holm_low"], results[f"{score}_ci_holm_high"],
+            results[f"{score}_p_holm"], results[f"{score}_verdict"])]
     return out
 
 
@@ -546,7 +545,7 @@ def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
         row.update({score: f"{arm[score]['mean']:.3f} ± {arm[score]['std']:.3f}" for score in scores})
         for score in contrasts:
             contrast = arm[score].get("difference_from_reference")
-            row[_contrast_column(score)] = _contrast_text(None) if contrast is None else _contrast_text(
+            row[_contrast_column(score)] = "reference" if contrast is None else _contrast_text(
                 contrast["difference"], *contrast["ci_holm"], contrast["p_holm"], contrast["verdict"])
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm")
