@@ -18,7 +18,7 @@ import pandas as pd
 from .config import load_config
 from .paths import atomic_write_text
 from .report import metrics_record, to_jsonable
-from .segmentation.experiments import (HEADLINE, arm_catalogue, arm_results, arm_training_set, describe_pool,
+from .segmentation.experiments import (HEADLINE, arm_catalogue, arm_results, arm_size, describe_pool,
                                        experiment_record, finished_counts, formatted_results, heldout_tiles,
                                        pick_arms, real_pool)
 
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m histolab_utils.score segmenters RUNS --profile full --arms ... --out results/full/09_X.json``:
     score arms trained elsewhere (``RUNS/ARM/seed-N``, from ``python -m histolab_utils.train segmenter``) as notebook
     09 does: hierarchical-bootstrap contrasts with each arm's reference, Holm over every (arm, score), the null arm.
-    Only arms that need no generator (their training-set size is computed here from the real pool)."""
+    Synthetic arms too: their training-set sizes follow from the real pool; which generator made their tiles is
+    for ``--note`` to say (the runs' folders do not record it)."""
     parser = argparse.ArgumentParser(prog="python -m histolab_utils.score", description=main.__doc__)
     parser.add_argument("what", choices=["segmenters"], help="what the runs trained")
     parser.add_argument("runs", type=Path, help="folder holding ARM/seed-N run folders")
@@ -43,9 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         arms = pick_arms(args.arms.split(","), arm_catalogue(section.addition, section.replacement))
     except ValueError as error:
         parser.error(f"--arms: {error}")
-    needs_generator = [a.name for a in arms if a.source is not None]
-    if needs_generator:
-        parser.error(f"--arms: {needs_generator} need a generator's tiles; score those in notebook 09")
     test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
     try:
         counts = finished_counts(args.runs, section, arms, test)
@@ -54,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results = arm_results(counts, arms, section.seeds, section.n_resamples, seed=config.seed)
     pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
-    sizes = {arm.name: len(arm_training_set(arm, pool, {})) for arm in arms}
+    sizes = {arm.name: arm_size(arm, pool) for arm in arms}
     record = experiment_record(results, arms, sizes, describe_pool(pool, test), section, device=args.trained_on,
                                note=args.note)
     # stamped like a notebook's metrics file (its hardware: the scoring machine's), so published_metrics reads it

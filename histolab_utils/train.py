@@ -194,8 +194,9 @@ def _train_segmenter(args) -> int:
     from .data.nuclei import NUCLEUS_CLASSES
     from .evaluation.segmentation import segmentation_scores
     from .paths import runs_dir
-    from .segmentation.experiments import (arm_catalogue, arm_training_set, load_generators, needed_pool_pairs,
-                                           real_pool, run_arm, segmenter_config, synthetic_bank, heldout_tiles)
+    from .segmentation.experiments import (arm_catalogue, arm_training_set, generators_for, heldout_tiles,
+                                           load_generators, needed_pool_pairs, real_pool, run_arm, segmenter_config,
+                                           synthetic_bank)
 
     config = load_config(args.profile)
     section = config.segmentation
@@ -211,11 +212,13 @@ def _train_segmenter(args) -> int:
         from .report import chosen_generator_settings
         from .results import generator_folders
 
+        needed = needed_pool_pairs([arm], pool)
         generators = load_generators(generator_folders(config.name), config.masks, config.spade, config.joint,
-                                     pick_device(), **chosen_generator_settings(config.name))
+                                     pick_device(), **chosen_generator_settings(config.name),
+                                     only=generators_for(needed))
         banks = {source: synthetic_bank(source, pool, generators, index, folder / "segmentation" / "synthetic",
                                         seed=config.seed)
-                 for source, index in needed_pool_pairs([arm], pool).items()}
+                 for source, index in needed.items()}
     training = arm_training_set(arm, pool, banks)
     segmenter = segmenter_config(section, arm, args.seed)
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "compile": False if args.no_compile else None}

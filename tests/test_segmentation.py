@@ -13,7 +13,7 @@ import torch
 from histolab_utils.config import load_config
 from histolab_utils.diffusion.training import BatchSource
 from histolab_utils.data.nuclei import NUCLEUS_CLASSES
-from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_training_set,
+from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_size, arm_training_set,
                                                      needed_pool_pairs, pick_arms, run_arm, segmenter_config,
                                                      synthetic_bank)
 from histolab_utils.segmentation.hovernet import (SegmenterConfig, SegmenterTrainer, load_segmenter, segment,
@@ -129,6 +129,7 @@ def test_arms_build_the_sets_they_promise():
     np.testing.assert_array_equal(replaced.images[synthetic], 255 - pool.pairs.images[replaced.pool_index[synthetic]])
     assert len(sets["replace_joint_100"]) == 16 and (sets["replace_joint_100"].origin == "synthetic").all()
     assert len(sets["rare_spade_generated"]) == 16 + 8
+    assert {name: arm_size(catalogue[name], pool) for name in sets} == {name: len(t) for name, t in sets.items()}
     with pytest.raises(ValueError, match="needs the 'joint' synthetic bank"):
         arm_training_set(catalogue["add_joint_50"], pool, {})
     with pytest.raises(ValueError, match="no synthetic tile was made from pool pairs"):
@@ -275,9 +276,13 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
     assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["device"] == "a test"
     assert record["n_test_tiles"] == len(test) and record["arms"]["duplicated_25"]["training_tiles"] == section.n_real
     with pytest.raises(SystemExit):
-        main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
+        main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_99", "--out", str(out),
               "--trained-on", "a test"])
-    assert "need a generator's tiles" in capsys.readouterr().err
+    assert "unknown arm(s) ['add_joint_99']" in capsys.readouterr().err
+    # a synthetic arm is scored like the others (its size follows from the pool); here its runs are missing
+    assert main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "add_joint_75", "--out", str(out),
+                 "--trained-on", "a test"]) == 2
+    assert "add_joint_75/seed-0: no finished run" in capsys.readouterr().err
     assert main(["segmenters", str(tmp_path / "nowhere"), "--profile", "smoke", "--arms", "duplicated_25", "--out",
                  str(out), "--trained-on", "a test"]) == 2
     assert "nowhere/real_25/seed-0: no finished run" in capsys.readouterr().err
@@ -297,12 +302,22 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
 
 
 def test_generators_refuse_a_scale_they_did_not_train_at(tmp_path):
-    from histolab_utils.segmentation.experiments import Generators, load_generators
+    from histolab_utils.segmentation.experiments import Generators, generators_for, load_generators
 
     config = load_config("smoke")
     with pytest.raises(FileNotFoundError, match="nope does not exist: run notebook 06 .*train masks"):
         load_generators({key: tmp_path / "nope" for key in ("masks", "spade", "joint")}, config.masks, config.spade,
                         config.joint)
+
+    # an arm loads only the generators its sources draw on: the others need no folder
+    assert generators_for(["spade_real"]) == {"spade"} and generators_for(["joint"]) == {"joint"}
+    assert generators_for(["rare", "spade_real"]) == {"masks", "spade"}
+    with pytest.raises(ValueError, match="unknown synthetic source 'spade'"):
+        generators_for(["spade"])
+    with pytest.raises(FileNotFoundError, match="nope does not exist: run notebook 07 "):
+        load_generators({key: tmp_path / "nope" for key in ("masks", "spade", "joint")}, config.masks, config.spade,
+                        config.joint, only={"spade"})
+    assert load_generators({}, config.masks, config.spade, config.joint, only=set()).spade is None
 
     generators = Generators(trained_at={"spade": (32, 2), "joint": (32, 2)})
     generators.check_scale(32, 2)

@@ -32,7 +32,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -218,14 +218,27 @@ TRAIN_COMMANDS = {"masks": "python -m histolab_utils.train masks", "spade": "pyt
                   "--space pixel", "joint": "python -m histolab_utils.train joint"}
 
 
+def generators_for(sources: Iterable[str]) -> set[str]:
+    """The generators (keys of :func:`load_generators`' ``folders``) that these synthetic sources ("rare"
+    included) draw on."""
+    needs = {"spade_real": {"spade"}, "spade_generated": {"masks", "spade"}, "joint": {"joint"},
+             "rare": {"masks", "spade"}}
+    unknown = [s for s in sources if s not in needs]
+    if unknown:
+        raise ValueError(f"unknown synthetic source {unknown[0]!r}; sources are {', '.join(needs)}")
+    return set().union(*(needs[s] for s in sources))
+
+
 def load_generators(folders: dict[str, str | Path], masks, spade, joint, device="cpu", *,
                     mask_guidance: float | None = None, spade_guidance: float | None = None,
-                    spade_sampler: str | None = None, joint_guidance: float | None = None) -> Generators:
+                    spade_sampler: str | None = None, joint_guidance: float | None = None,
+                    only: Iterable[str] | None = None) -> Generators:
     """Notebooks 06, 07 and 08's pipelines from ``folders`` (keys ``masks``, ``spade``, ``joint``: a saved run's
     ``pipeline`` folder or a released one), each with its profile section's sampler, steps and guidance (``masks``,
     ``spade``, ``joint``: a profile's sections), unless the settings each notebook chose on its validation strip are
     given: the mask guidance (06), the SPADE guidance and sampler (07, a name of ``models.mask_to_image.SAMPLERS``)
-    and the joint model's guidance (08). A missing folder says which notebook makes it."""
+    and the joint model's guidance (08). A missing folder says which notebook makes it. ``only``: load just these
+    keys (see :func:`generators_for`); the others stay None and need no folder."""
     from ..diffusion.schedules import make_scheduler
     from ..models.joint_synthesis import JointSynthesisPipeline
     from ..models.mask_generator import NucleiMaskPipeline
@@ -234,6 +247,8 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
     loaded, trained_at = {}, {}
     for key, kind, section in (("masks", NucleiMaskPipeline, masks), ("spade", MaskToImagePipeline, spade),
                                ("joint", JointSynthesisPipeline, joint)):
+        if only is not None and key not in set(only):
+            continue
         path = Path(folders[key])
         if not path.is_dir():
             raise FileNotFoundError(f"{path} does not exist: run notebook {GENERATOR_NOTEBOOKS[key]} (or the CLI's "
@@ -415,6 +430,21 @@ def arm_training_set(arm: Arm, pool: Pool, banks: dict[str, Synthetic]) -> Train
     if arm.experiment == "rare":
         bank = banks["rare"]
         return _joined([real(pool.order), synthetic(bank, np.arange(min(len(bank), round(arm.fraction * n))))])
+    raise ValueError(f"unknown experiment {arm.experiment!r} of arm {arm.name}")
+
+
+def arm_size(arm: Arm, pool: Pool) -> int:
+    """How many tiles :func:`arm_training_set` gives ``arm``, without its synthetic bank (for scoring runs
+    trained elsewhere)."""
+    n = len(pool.pairs)
+    if arm.experiment == "baseline":
+        return n if arm.duplicate else len(pool.quarter if arm.real_share < 1 else pool.order)
+    if arm.experiment == "addition":
+        return len(pool.quarter) + round(arm.fraction * n)
+    if arm.experiment == "replacement":
+        return n
+    if arm.experiment == "rare":
+        return n + round(arm.fraction * n)
     raise ValueError(f"unknown experiment {arm.experiment!r} of arm {arm.name}")
 
 
