@@ -1,7 +1,7 @@
 """Score runs trained elsewhere (another machine, ``python -m histolab_utils.train``) the way their notebook does.
 
     python -m histolab_utils.score segmenters runs/full/segmentation-h100 --profile full \\
-        --arms real_25,classic_25,duplicated_25,real_100,classic_100 --out results/full/09_real_arms.json \\
+        --arms real_25,classic_25,duplicated_25,real_100,classic_100,add_spade_real_75 --out results/full/09_arms.json \\
         --trained-on "one NVIDIA H100"
 """
 

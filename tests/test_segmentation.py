@@ -267,12 +267,12 @@ def test_runs_made_elsewhere_are_scored_only_when_they_are_the_profiles_runs_on_
             _fake_run(tmp_path / "runs", section, arm, seed, perfect)
     counts = finished_counts(tmp_path / "runs", section, arms, test)
     assert sorted(counts) == sorted((a.name, s) for a in arms for s in section.seeds)
-    out = tmp_path / "09_real_arms.json"
+    out = tmp_path / "09_arms.json"
     assert main(["segmenters", str(tmp_path / "runs"), "--profile", "smoke", "--arms", "duplicated_25", "--out", str(out),
                  "--trained-on", "a test"]) == 0
     stamped = json.loads(out.read_text())
     record = stamped["metrics"]
-    assert stamped["notebook"] == "09_real_arms" and stamped["profile"] == "smoke"
+    assert stamped["notebook"] == "09_arms" and stamped["profile"] == "smoke"
     assert record["arms"]["real_25"]["dice"]["mean"] == 1.0 and record["device"] == "a test"
     assert record["n_test_tiles"] == len(test) and record["arms"]["duplicated_25"]["training_tiles"] == section.n_real
     with pytest.raises(SystemExit):
