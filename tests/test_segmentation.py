@@ -219,6 +219,17 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     column = "dice diff [Holm-level CI] p(Holm)"
     assert table.loc["real_25", column] == "reference" and table.loc["add_joint_75", column].endswith("gain")
     assert f"{row['dice_ci_holm_low']:+.3f}" in table.loc["add_joint_75", column]
+    from histolab_utils.segmentation.experiments import EXPERIMENTS, contrasts_tested, experiment_tables, steps_taken
+
+    assert contrasts_tested(results) == 8  # two arms x four scores
+    tables = experiment_tables(results, arms)
+    assert list(tables) == [EXPERIMENTS["baseline"], EXPERIMENTS["addition"]]  # no replacement or rare arm ran
+    assert list(tables[EXPERIMENTS["baseline"]].index) == ["real_25", "duplicated_25"]
+    assert list(tables[EXPERIMENTS["addition"]].index) == ["real_25", "add_joint_75"]  # with the reference it reads
+    assert tables[EXPERIMENTS["addition"]].loc["add_joint_75", column] == table.loc["add_joint_75", column]
+    (tmp_path / "add_joint_75" / "seed-2").mkdir(parents=True)
+    pd.DataFrame({"loss": [1.0, 0.5, 0.4]}).to_csv(tmp_path / "add_joint_75" / "seed-2" / "loss.csv", index=False)
+    assert steps_taken(tmp_path, [("add_joint_75", 2)]) == {("add_joint_75", 2): 3}
     np.savez(tmp_path / "saved.npz", types=types, instances=instances)
     (tmp_path / "real_25" / "seed-0").mkdir(parents=True)
     (tmp_path / "saved.npz").rename(tmp_path / "real_25" / "seed-0" / "test_predictions.npz")

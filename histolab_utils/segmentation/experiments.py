@@ -565,6 +565,31 @@ def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCO
     return out
 
 
+def contrasts_tested(results: pd.DataFrame) -> int:
+    """How many (arm, score) contrasts :func:`arm_results` Holm-adjusted together."""
+    return int(results.filter(like="_p_holm").notna().to_numpy().sum())
+
+
+def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequence[str] = PRIMARY_SCORES,
+                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> dict[str, pd.DataFrame]:
+    """:func:`formatted_results` per experiment of :data:`EXPERIMENTS` that ``arms`` run, keyed by its title: its arms
+    and the references they are compared with, in the arms' order."""
+    tables = {}
+    for experiment, title in EXPERIMENTS.items():
+        members = [a for a in arms if a.experiment == experiment]
+        if not members:
+            continue
+        references = {a.reference for a in members} if experiment != "baseline" else set()
+        names = [a.name for a in arms if a.experiment == experiment or a.name in references]
+        tables[title] = formatted_results(results.loc[names], scores, contrasts)
+    return tables
+
+
+def steps_taken(folder: str | Path, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The optimiser steps each (arm, seed) run in ``folder`` logged (its loss log has a row per step)."""
+    return {(arm, seed): len(pd.read_csv(Path(folder) / arm / f"seed-{seed}" / "loss.csv")) for arm, seed in runs}
+
+
 def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
                  contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
     """A published metrics record's arms (:func:`experiment_record`) as :func:`formatted_results` shows live ones,
@@ -685,7 +710,7 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
         "bootstrap": (f"seeds and test tiles resampled (tiles shared by every seed), {section.n_resamples} resamples "
                       "each, seed-by-tile noise counted once, Satterthwaite t interval, 95 %; Holm over every "
                       "(arm, score)"),
-        "contrasts_tested": int(results.filter(like="_p_holm").notna().to_numpy().sum()),
+        "contrasts_tested": contrasts_tested(results),
         "arms_run": [a.name for a in arms],
         "arms": {a.name: arm_record(results, a.name, training_tiles[a.name]) for a in arms},
         **context,
