@@ -246,6 +246,7 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 8
     assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
     assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
+    assert record["split"].startswith("hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 %")
     from histolab_utils.segmentation.experiments import record_table
 
     published = record_table(json.loads(json.dumps(record)))  # as read back from a results file

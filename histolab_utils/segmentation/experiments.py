@@ -37,9 +37,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..data.datasets import HELDOUT_FRACTION, VALIDATION_FRACTION
 from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
-from ..data.pairs import ImageMaskPairs, distinct_nuclei, grid_pairs
+from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
 from ..evaluation.segmentation import PRIMARY_SCORES, arm_contrast, seed_summary, tile_counts
 from ..paths import atomic_path, atomic_write_text
@@ -701,7 +702,8 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
     reference = results.loc["real_100"] if "real_100" in results.index else None
     record = {
         "n_test_tiles": int(data_table.loc["test", "tiles"]), "seeds": list(section.seeds),
-        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "split": (f"{' + '.join(PAIR_SOURCES)}, right {100 * HELDOUT_FRACTION:g} % of each held out, bottom "
+                  f"{100 * VALIDATION_FRACTION:g} % of the rest validation"),
         "units": "test tiles and pool tiles from non-overlapping grids; R25 and R75 disjoint in pixels",
         "distinct_nuclei": {name: int(v) for name, v in data_table["distinct nuclei"].items()},
         "tiles": {name: int(v) for name, v in data_table["tiles"].items()},
