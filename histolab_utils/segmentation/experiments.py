@@ -246,9 +246,10 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
     from ..models.mask_to_image import MaskToImagePipeline, named_sampler
 
     loaded, trained_at = {}, {}
+    wanted = {"masks", "spade", "joint"} if only is None else set(only)  # once: ``only`` may be a one-pass iterator
     for key, kind, section in (("masks", NucleiMaskPipeline, masks), ("spade", MaskToImagePipeline, spade),
                                ("joint", JointSynthesisPipeline, joint)):
-        if only is not None and key not in set(only):
+        if key not in wanted:
             continue
         path = Path(folders[key])
         if not path.is_dir():
