@@ -60,6 +60,19 @@ def real_data() -> None:
         pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts and ends with no Accelerate state: "auto" is bf16 on a bf16-native CPU and fp32 elsewhere,
+    so a state left by one test would make the next depend on the machine and on test order."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 @pytest.fixture
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point reports (and a scratch data dir) at tmp so tests never touch the checkout."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.diffusion.training import (DiffusionTrainer, TrainConfig, cpu_has_native_bf16,
+from histolab_utils.diffusion.training import (DiffusionTrainer, TrainConfig, cpu_has_native_bf16, cpu_in_words,
                                                make_accelerator, resolve_mixed_precision, section_train_config)
 
 
@@ -21,9 +21,30 @@ def test_native_bf16_is_read_from_the_cpu_capabilities(capabilities, native):
     assert cpu_has_native_bf16(capabilities) is native
 
 
-def test_this_cpu_is_probed_not_assumed():
+def test_this_cpu_is_probed_not_assumed(monkeypatch):
+    monkeypatch.delenv("HISTO_CPU_BF16", raising=False)
     capabilities = torch.cpu.get_capabilities()
     assert cpu_has_native_bf16() is bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+@pytest.mark.parametrize("value, native", [("1", True), ("0", False), ("true", True), ("no", False)])
+def test_the_environment_can_simulate_either_kind_of_cpu(monkeypatch, value, native):
+    """How the suite is run as the other kind of CPU would run it (README, "Tests and CI")."""
+    monkeypatch.setenv("HISTO_CPU_BF16", value)
+    assert cpu_has_native_bf16() is native
+    assert resolve_mixed_precision("auto", cuda=False) == ("bf16" if native else "no")
+    assert cpu_has_native_bf16({"avx512_bf16": not native}) is (not native), "given capabilities are read as given"
+
+
+def test_a_bad_simulation_setting_is_named(monkeypatch):
+    monkeypatch.setenv("HISTO_CPU_BF16", "maybe")
+    with pytest.raises(ValueError, match="HISTO_CPU_BF16.*'maybe'"):
+        cpu_has_native_bf16()
+
+
+def test_the_cpu_is_stated_in_words_with_its_bf16_kind():
+    words = cpu_in_words()
+    assert "cores" in words and ("native bf16" in words or "bf16 emulated" in words), words
 
 
 @pytest.mark.parametrize("cuda, cpu_bf16, expected", [

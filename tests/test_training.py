@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from histolab_utils.diffusion.sampling import sample, unet_denoiser
 from histolab_utils.diffusion.schedules import make_scheduler
-from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, TrainingDiverged
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, TrainingDiverged, resolve_mixed_precision
 
 TINY = dict(image_size=16, batch_size=4, block_out_channels=(8, 16), layers_per_block=1, warmup_steps=2,
             learning_rate=1e-3, ema_decay=0.9)
@@ -116,13 +119,35 @@ def test_two_processes_train_as_one_group_and_resume(tmp_path, real_data):
     assert (out / "pipeline" / "model_index.json").is_file()
 
 
-def test_trainers_of_different_precision_can_follow_each_other_in_one_process(tmp_path, crops):
+@pytest.mark.parametrize("first, then", [("no", "bf16"), ("bf16", "no"), ("auto", "no"), ("auto", "bf16")])
+def test_trainers_of_different_precision_can_follow_each_other_in_one_process(tmp_path, crops, first, then):
+    config = TrainConfig(steps=1, checkpoint_every=1, mixed_precision=first, **TINY)
+    earlier = DiffusionTrainer(config, crops, tmp_path / "first", progress=False)
+    later = DiffusionTrainer(dataclasses.replace(config, mixed_precision=then), crops, tmp_path / "then", progress=False)
+    assert later.accelerator.mixed_precision == then
+    later.train()
+    earlier.train()  # the earlier trainer keeps its own precision after the process-wide state moved on
+    assert earlier.accelerator.histolab_precision == resolve_mixed_precision(first)
+
+
+@pytest.mark.parametrize("ours, theirs", [("bf16", "no"), ("no", "bf16"), ("auto", "no"), ("auto", "bf16")])
+def test_a_plain_accelerator_after_our_trainer_gets_a_working_loop(tmp_path, crops, ours, theirs):
+    """A notebook cell that builds its own Accelerator after one of our trainers ran (in bf16 on a bf16-native CPU,
+    where "auto" means bf16) must train, not meet Accelerate's "cannot be changed" error."""
     from accelerate import Accelerator
 
-    Accelerator(mixed_precision="no")  # what a plain loop (or an earlier cell) leaves behind
-    config = TrainConfig(steps=1, checkpoint_every=1, mixed_precision="bf16", **TINY)
-    trainer = DiffusionTrainer(config, crops, tmp_path, progress=False)
-    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer = DiffusionTrainer(TrainConfig(steps=1, checkpoint_every=1, mixed_precision=ours, **TINY), crops,
+                               tmp_path, progress=False)
+    trainer.train()
+    changes = resolve_mixed_precision(ours) != theirs
+    with pytest.warns(UserWarning, match="reset to") if changes else contextlib.nullcontext():
+        accelerator = Accelerator(mixed_precision=theirs)
+    assert accelerator.mixed_precision == theirs
+    model, optimizer = accelerator.prepare(torch.nn.Linear(3, 1), torch.optim.SGD([torch.nn.Parameter(
+        torch.zeros(1))], lr=0.1))
+    loss = model(torch.ones(2, 3)).float().pow(2).mean()
+    accelerator.backward(loss)
+    assert Accelerator().mixed_precision == theirs  # a bare Accelerator() joins whatever is in force
 
 
 @pytest.mark.parametrize("prediction_type,zero_terminal_snr", [("epsilon", False), ("sample", False),

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -332,6 +334,12 @@ class AcceleratedTrainer:
     seconds: float = 0.0  # wall time of the last call to train()
     _started: float = 0.0
 
+    def autocast(self):
+        """Autocast at this trainer's own precision, fixed when it was built: Accelerate's process-wide state may
+        have been reset since by an Accelerator of another precision (:func:`allow_precision_change`)."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.accelerator.histolab_precision)
+        return torch.autocast(self.accelerator.device.type, dtype=dtype, enabled=dtype is not None)
+
     # -- checkpoints -----------------------------------------------------------------------
     def local_state(self) -> dict:
         """This process's own state beyond the models, optimisers and generators (saved per rank)."""
@@ -459,16 +467,62 @@ class AcceleratedTrainer:
 
 MIXED_PRECISIONS = ("auto", "bf16", "fp16", "no")
 
+# "1": "auto" treats this CPU as one with native bf16 (AVX-512 BF16 or AMX), "0": as one without; unset: ask torch.
+# The suite runs both ways (README, "Tests and CI"), so a machine of either kind is tested on its own paths and the
+# other's. On a CPU without native bf16, "1" makes "auto" train in emulated bf16: correct, and about 17x slower.
+CPU_BF16_ENV = "HISTO_CPU_BF16"
+
+
+def _cpu_bf16_override() -> bool | None:
+    value = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{CPU_BF16_ENV} must be 1 (treat the CPU as bf16-native) or 0 (as not), got {value!r}")
+
 
 def cpu_has_native_bf16(capabilities: dict | None = None) -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX-BF16), as torch's cpuinfo
-    reports it. Without them, bf16 autocast on a CPU is emulated and slower than fp32."""
+    reports it, unless ``HISTO_CPU_BF16`` says otherwise. Without them, bf16 autocast on a CPU is emulated and
+    slower than fp32. Given ``capabilities`` (a dict like ``torch.cpu.get_capabilities()``), those are read."""
     if capabilities is None:
+        override = _cpu_bf16_override()
+        if override is not None:
+            return override
         get = getattr(torch.cpu, "get_capabilities", None)
         if get is None:  # older torch: the private probes
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         capabilities = get()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def cpu_in_words() -> str:
+    """This machine's processor for a record or card: model, cores and its bf16 kind, e.g.
+    "AMD EPYC, 2 cores, AVX-512 BF16 (native bf16)" or "..., AVX2 only (bf16 emulated)"."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    get = getattr(torch.cpu, "get_capabilities", None)
+    capabilities = get() if get else {}
+    if capabilities.get("amx_bf16"):
+        kind = "AMX (native bf16)"
+    elif capabilities.get("avx512_bf16"):
+        kind = "AVX-512 BF16 (native bf16)"
+    elif capabilities.get("avx512f") or capabilities.get("avx512"):
+        kind = "AVX-512 without BF16 (bf16 emulated)"
+    else:
+        kind = "AVX2 only (bf16 emulated)"
+    return f"{model}, {os.cpu_count()} cores, {kind}"
 
 
 def resolve_mixed_precision(setting: str, cuda: bool | None = None, cpu_bf16: bool | None = None) -> str:
@@ -484,22 +538,54 @@ def resolve_mixed_precision(setting: str, cuda: bool | None = None, cpu_bf16: bo
     return "bf16" if (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16) else "no"
 
 
-def make_accelerator(mixed_precision: str, grad_accumulation: int = 1):
-    """An Accelerator with the precision :func:`resolve_mixed_precision` picks for ``mixed_precision``."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+def allow_precision_change() -> None:
+    """Let a single process build Accelerators of different precisions one after another.
 
+    Accelerate keeps one process-wide state and refuses a second ``Accelerator(mixed_precision=...)`` of another
+    precision ("AcceleratorState has already been initialized and cannot be changed"). In a notebook that is the
+    normal case: one of our trainers ran in bf16 ("auto" on a bf16-native CPU), then a cell builds its own
+    ``Accelerator(mixed_precision="no")``, or the other way round. In a single process nothing else depends on that
+    state (our trainers keep their own precision, :meth:`AcceleratedTrainer.autocast`), so a new precision resets
+    it, with a warning that says so. Multi-process runs (``accelerate launch``) keep Accelerate's check. Idempotent;
+    :func:`make_accelerator` installs it, so it is in force once any of our trainers has been built.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    check = AcceleratorState._check_initialized
+    if getattr(check, "allows_precision_change", False):
+        return
+
+    def _check_initialized(self, mixed_precision=None, cpu=None):
+        wanted = None if mixed_precision is None else str(mixed_precision).lower()
+        if (self.initialized and wanted is not None and wanted != self._mixed_precision
+                and self.__dict__.get("num_processes", 1) == 1):
+            warnings.warn(f"histolab_utils: Accelerate's process-wide precision was {self._mixed_precision!r} "
+                          f"(an earlier trainer or Accelerator); reset to {wanted!r} for this Accelerator. Trainers "
+                          "built before keep their own precision.", stacklevel=4)
+            AcceleratorState._shared_state.clear()
+            self.__dict__.update(PartialState._shared_state)
+            return None
+        return check(self, mixed_precision, cpu)
+
+    _check_initialized.allows_precision_change = True
+    AcceleratorState._check_initialized = _check_initialized
+
+
+def make_accelerator(mixed_precision: str, grad_accumulation: int = 1):
+    """An Accelerator with the precision :func:`resolve_mixed_precision` picks for ``mixed_precision``; it may
+    follow an Accelerator of another precision in the same process (:func:`allow_precision_change`)."""
+    from accelerate import Accelerator
+
+    allow_precision_change()
     mixed_precision = resolve_mixed_precision(mixed_precision)
-    # Accelerate keeps one process-wide state and refuses a second Accelerator with another precision
-    # (a notebook or benchmark that trains an fp32 and a bf16 model in turn); single-process, reset it.
-    shared = AcceleratorState._shared_state
-    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision and \
-            shared.get("num_processes", 1) == 1:
-        AcceleratorState._reset_state()
-    # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
-    # not joined into one process group and every rank trains alone as "rank 0".
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accumulation,
-                       cpu=not torch.cuda.is_available())
+    with warnings.catch_warnings():  # our own trainers changing precision in turn is expected, not news
+        warnings.filterwarnings("ignore", message="histolab_utils: Accelerate's process-wide precision")
+        # cpu=True on a machine without CUDA: without it, a multi-process CPU launch (torchrun) is
+        # not joined into one process group and every rank trains alone as "rank 0".
+        accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accumulation,
+                                  cpu=not torch.cuda.is_available())
+    accelerator.histolab_precision = mixed_precision
+    return accelerator
 
 
 def _check_training_data(data: np.ndarray, config: TrainConfig) -> None:
@@ -607,7 +693,7 @@ class DiffusionTrainer(AcceleratedTrainer):
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = training_target(self.noise_scheduler, x0, noise, t)
         model_input = noisy if maps is None else torch.cat([noisy, maps], dim=1)
-        with self.accelerator.autocast():
+        with self.autocast():
             prediction = self.model(model_input, t, **condition_kwargs(self.model, labels)).sample
         if self.config.learned_variance:
             return hybrid_loss(self.noise_scheduler, prediction, target, x0, noisy, t, self.config.vlb_weight)[0]

@@ -205,7 +205,7 @@ class VQGANTrainer(AcceleratedTrainer):
         config = self.config
         x = self.batches.batch(config.batch_size)
         use_gan = self.step >= config.disc_start
-        with self.accelerator.autocast():
+        with self.autocast():
             reconstruction, vq_loss, indices, latents = self.model(x)
             l1 = (x - reconstruction.float()).abs().mean()
             perceptual = (self.perceptual(reconstruction.float(), x).mean() if self.perceptual is not None
@@ -223,7 +223,7 @@ class VQGANTrainer(AcceleratedTrainer):
 
         d_loss = torch.zeros((), device=x.device)
         if use_gan:
-            with self.accelerator.autocast():
+            with self.autocast():
                 real_logits, fake_logits = self.critic(torch.cat([x, reconstruction.detach()])).float().chunk(2)
                 d_loss = hinge_d_loss(real_logits, fake_logits)
             self.opt_d.zero_grad(set_to_none=True)

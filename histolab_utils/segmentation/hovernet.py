@@ -179,7 +179,7 @@ class SegmenterTrainer(AcceleratedTrainer):
                 if self.config.augment:
                     x = stain_jitter(x, self.batches.generator, self.config.stain_sigma, self.config.colour_sigma,
                                      self.config.colour_sigma)
-                with self.accelerator.autocast():
+                with self.autocast():
                     out = self.model(x)
                 loss = self.loss_fn({k: v.float() for k, v in out.items()}, _targets(maps, self.config.n_types))
                 self.accelerator.backward(loss)
