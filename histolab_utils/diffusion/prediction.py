@@ -59,6 +59,27 @@ def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.T
     return x0
 
 
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-γ loss weights [N] for timesteps ``t`` (Hang, Gu, Li, Bao, Chen, Hu, Geng & Guo, "Efficient
+    Diffusion Training via Min-SNR Weighting Strategy", ICCV 2023): the x0-space weight min(SNR, γ), written for
+    the scheduler's prediction type, whose MSE already weighs x0 errors by SNR (ε), SNR + 1 (v) or 1 (x0):
+
+        ε: min(SNR, γ) / SNR      v: min(SNR, γ) / (SNR + 1)      x0: min(SNR, γ)
+
+    with SNR(t) = ᾱ_t / (1 − ᾱ_t). High-SNR (nearly clean) steps, which plain ε- or v-MSE over-weights, are
+    capped at γ, so the conflicting gradients of easy denoising steps stop dominating training.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].float()
+    snr = alpha_bar / (1 - alpha_bar).clamp_min(1e-20)
+    capped = snr.clamp(max=gamma)
+    prediction_type = check_prediction_type(scheduler.config.prediction_type)
+    if prediction_type == "epsilon":
+        return capped / snr.clamp_min(1e-20)
+    if prediction_type == "v_prediction":
+        return capped / (snr + 1)
+    return capped
+
+
 def predicted_x0(scheduler, prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The x0 estimate implied by a network output under the scheduler's ``prediction_type``."""
     prediction_type = check_prediction_type(scheduler.config.prediction_type)

@@ -23,22 +23,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample(
-    denoiser: Denoiser,
-    scheduler,
-    n: int,
-    image_size: int,
-    steps: int,
-    seed: int = 0,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    channels: int = 3,
-) -> np.ndarray:
-    """``n`` samples as uint8 [n, size, size, channels], drawn with ``scheduler``'s sampler.
-
-    The noise comes from a seeded generator, so a (model, scheduler, steps, seed) is reproducible.
-    """
+def sample_model_space(denoiser: Denoiser, scheduler, n: int, image_size: int, steps: int, seed: int = 0,
+                       batch_size: int = 64, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       channels: int = 3) -> torch.Tensor:
+    """``n`` samples as float [n, channels, size, size] in the model's space (images in [-1, 1], or latents),
+    drawn with ``scheduler``'s sampler. The noise comes from a seeded generator, so a (model, scheduler, steps,
+    seed) is reproducible."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for start in range(0, n, batch_size):
@@ -50,8 +40,18 @@ def sample(
             model_input = scheduler.scale_model_input(x, t)
             prediction = denoiser(model_input, t.to(device))
             x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
-        out.append(to_uint8(x.float()))
-    return np.concatenate(out) if out else np.zeros((0, image_size, image_size, channels), np.uint8)
+        out.append(x.float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, channels, image_size, image_size))
+
+
+def sample(denoiser: Denoiser, scheduler, n: int, image_size: int, steps: int, seed: int = 0, batch_size: int = 64,
+           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, channels: int = 3) -> np.ndarray:
+    """``n`` samples as uint8 [n, size, size, channels], drawn with ``scheduler``'s sampler
+    (:func:`sample_model_space`, then mapped from [-1, 1])."""
+    if n == 0:
+        return np.zeros((0, image_size, image_size, channels), np.uint8)
+    return to_uint8(sample_model_space(denoiser, scheduler, n, image_size, steps, seed, batch_size, device, dtype,
+                                       channels))
 
 
 @torch.no_grad()

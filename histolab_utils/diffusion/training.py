@@ -20,6 +20,7 @@ diffusion trainer (pixels or VQ-GAN latents, optionally class-conditional); ``vq
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ import torch
 from ..paths import atomic_write_text
 from .conditioning import condition_kwargs, null_condition
 from .hybrid_loss import hybrid_loss
-from .prediction import DEFAULT_PREDICTION_TYPE, training_target
+from .prediction import DEFAULT_PREDICTION_TYPE, min_snr_weight, training_target
 from .schedules import make_scheduler
 
 
@@ -80,10 +81,33 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 64)
     layers_per_block: int = 1
     attention: bool = False
+    norm_num_groups: int = 0  # GroupNorm groups; 0: norm_groups()'s rule for narrow UNets
+    # The training recipe (benchmarks/recipes.py compares them at equal minutes; README, "Quality per CPU-hour"):
+    loss_weighting: str = "uniform"  # "uniform" (plain MSE of the prediction type) or "min_snr" (Hang et al. 2023)
+    snr_gamma: float = 5.0  # min-SNR's γ
+    preconditioning: str = "none"  # "none": the DDPM parameterisation; "edm": Karras et al. 2022 (diffusion/edm.py)
+    lr_schedule: str = "cosine"  # after the linear warm-up: "cosine" decay to 0, or "constant"
+    ema: str = "diffusers"  # "diffusers": decay (1 + s) / (10 + s) capped at ema_decay; "power": Karras et al. 2024
+    ema_gamma: float = 6.94  # the power EMA's γ: (1 - 1/t)^(γ + 1); 6.94 is σ_rel = 0.10 of the run's length
     mixed_precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16, else fp32 ("no")
     compile: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+
+RECIPE_CHOICES = {"loss_weighting": ("uniform", "min_snr"), "preconditioning": ("none", "edm"),
+                  "lr_schedule": ("cosine", "constant"), "ema": ("diffusers", "power")}
+
+
+def check_recipe(config: TrainConfig) -> None:
+    """Refuse an unknown recipe setting, naming the field, and combinations that have no meaning."""
+    for name, choices in RECIPE_CHOICES.items():
+        if getattr(config, name) not in choices:
+            raise ValueError(f"TrainConfig.{name} must be one of {choices}, got {getattr(config, name)!r}")
+    if config.preconditioning == "edm" and (config.loss_weighting != "uniform" or config.learned_variance
+                                            or config.concat_condition_channels):
+        raise ValueError("preconditioning='edm' has its own loss weighting and no learned variance or concatenated "
+                         "maps here; set loss_weighting='uniform', learned_variance=False, concat_condition_channels=0")
 
 
 # A profile section's fields that the trainer knows under another name.
@@ -147,7 +171,7 @@ def build_unet(config: TrainConfig):
             label_nc=config.spatial_condition_channels, block_out_channels=tuple(config.block_out_channels),
             layers_per_block=config.layers_per_block,
             attention_levels=tuple([False] * (levels - 1) + [bool(config.attention)]),
-            norm_num_groups=norm_groups(tuple(config.block_out_channels)),
+            norm_num_groups=config.norm_num_groups or norm_groups(tuple(config.block_out_channels)),
             spade_hidden_channels=config.spade_hidden_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
@@ -157,13 +181,14 @@ def build_unet(config: TrainConfig):
         return VectorConditionedUNet2DModel(
             sample_size=config.image_size, in_channels=config.in_channels, out_channels=out_channels,
             down_block_types=tuple(down), up_block_types=tuple(up), block_out_channels=tuple(config.block_out_channels),
-            layers_per_block=config.layers_per_block, norm_num_groups=norm_groups(tuple(config.block_out_channels)),
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups or norm_groups(tuple(config.block_out_channels)),
             condition_features=config.condition_features)
     return UNet2DModel(
         sample_size=config.image_size, in_channels=in_channels, out_channels=out_channels,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None, layers_per_block=config.layers_per_block,
         block_out_channels=tuple(config.block_out_channels), down_block_types=tuple(down), up_block_types=tuple(up),
-        norm_num_groups=norm_groups(tuple(config.block_out_channels)),
+        norm_num_groups=config.norm_num_groups or norm_groups(tuple(config.block_out_channels)),
     )
 
 
@@ -399,6 +424,9 @@ class AcceleratedTrainer:
     def _check_resumable(self, saved: dict, checkpoint: Path) -> None:
         """Refuse to continue a checkpoint written under another config: the result would be neither run."""
         current = json.loads(json.dumps(asdict(self.config), default=list))
+        # a field added since the checkpoint was written held its default then
+        defaults = json.loads(json.dumps(asdict(type(self.config)()), default=list))
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         changed = sorted(k for k in set(saved) | set(current)
                          if saved.get(k) != current.get(k) and k not in self.RESUMABLE_CHANGES)
         if changed:
@@ -633,6 +661,38 @@ def _check_labels(labels: np.ndarray | None, config: TrainConfig) -> None:
         raise ValueError(f"labels must lie in 0..{config.num_classes - 1}; got {np.min(labels)}..{np.max(labels)}")
 
 
+@functools.lru_cache(maxsize=1)
+def _power_ema_class():
+    from diffusers.training_utils import EMAModel
+
+    class PowerEMA(EMAModel):
+        """EMA whose decay at step t is (1 - 1/t)^(γ + 1) (Karras, Aittala, Lehtinen, Hellsten, Aila & Laine,
+        "Analyzing and Improving the Training Dynamics of Diffusion Models", CVPR 2024, eq. 3): the average's
+        length grows with the run, a fixed fraction of it (σ_rel), rather than a fixed number of steps."""
+
+        gamma: float = 6.94
+
+        def get_decay(self, optimization_step: int) -> float:
+            step = max(1, optimization_step)
+            return (1 - 1 / step) ** (self.gamma + 1)
+
+        def state_dict(self) -> dict:
+            return {**super().state_dict(), "gamma": self.gamma}
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            state_dict = dict(state_dict)
+            self.gamma = state_dict.pop("gamma", self.gamma)
+            super().load_state_dict(state_dict)
+
+    return PowerEMA
+
+
+def __getattr__(name: str):
+    if name == "PowerEMA":  # built on first use: diffusers is imported lazily
+        return _power_ema_class()
+    raise AttributeError(name)
+
+
 class DiffusionTrainer(AcceleratedTrainer):
     """Train a UNet2DModel with one noise schedule, on uint8 crops or on float latents, optionally
     conditioned on class labels (with label dropout for classifier-free guidance).
@@ -645,11 +705,12 @@ class DiffusionTrainer(AcceleratedTrainer):
     def __init__(self, config: TrainConfig, crops: np.ndarray, out_dir: str | Path, progress: bool = True,
                  labels: np.ndarray | None = None) -> None:
         from accelerate.utils import set_seed
-        from diffusers.optimization import get_cosine_schedule_with_warmup
+        from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
         from diffusers.training_utils import EMAModel
 
         _check_training_data(crops, config)
         _check_labels(labels, config)
+        check_recipe(config)
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.name = (f"train {config.schedule} {config.prediction_type}"
                      + (f" | {config.num_classes} classes" if config.num_classes else "")
@@ -668,10 +729,15 @@ class DiffusionTrainer(AcceleratedTrainer):
         model = build_unet(config)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        self.ema = EMAModel(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
+        ema_class = _power_ema_class() if config.ema == "power" else EMAModel
+        self.ema = ema_class(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
+        if config.ema == "power":
+            self.ema.gamma = config.ema_gamma
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                       fused=device.type == "cuda")
-        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+        lr_scheduler = (get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+                        if config.lr_schedule == "cosine" else get_constant_schedule_with_warmup(optimizer,
+                                                                                                 config.warmup_steps))
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
         if config.compile:
             self.model = torch.compile(self.model)
@@ -689,6 +755,12 @@ class DiffusionTrainer(AcceleratedTrainer):
         if self.config.concat_condition_channels:  # the data's last channels: maps that condition, not data
             x0, maps = x0.split([self.config.in_channels, self.config.concat_condition_channels], dim=1)
         noise = self.batches.randn_like(x0)
+        if self.config.preconditioning == "edm":
+            from .edm import edm_loss
+
+            normal = self.batches.randn_like(x0[:, 0, 0, 0])
+            return edm_loss(self.model, x0, noise, normal, autocast=self.autocast,
+                            **condition_kwargs(self.model, labels))
         t = self.batches.timesteps(len(x0), self.train_steps)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         target = training_target(self.noise_scheduler, x0, noise, t)
@@ -697,6 +769,10 @@ class DiffusionTrainer(AcceleratedTrainer):
             prediction = self.model(model_input, t, **condition_kwargs(self.model, labels)).sample
         if self.config.learned_variance:
             return hybrid_loss(self.noise_scheduler, prediction, target, x0, noisy, t, self.config.vlb_weight)[0]
+        if self.config.loss_weighting == "min_snr":
+            weight = min_snr_weight(self.noise_scheduler, t, self.config.snr_gamma)
+            per_example = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+            return (weight * per_example).mean()
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
     def train_step(self) -> dict:

@@ -1,0 +1,342 @@
+"""Which training recipe buys the most quality per CPU-minute? Notebook 03's cpu DDPM, trained by several recipes for
+the same minutes and scored the same way (README, "Quality per CPU-hour").
+
+    nohup nice python benchmarks/recipes.py --minutes 10 > logs/recipes.log 2>&1 &     # resumable: run it again
+    python benchmarks/recipes.py --table-only                                          # the table from what finished
+
+Equal minutes, not equal steps: before anything trains, each recipe's step is timed alone (3 warm-up steps, then
+``--timing-steps``), and it trains ``floor(minutes x 60 / seconds per step)`` steps. The step count is fixed before
+training, so a learning-rate schedule that decays to the end is the recipe's own, and later load on the machine
+(which inflates wall time) cannot change what a recipe learns; the record keeps the timed and the actual seconds.
+
+Every run is scored like notebook 03: n = ``--n`` samples from its EMA weights with two samplers (DDIM-50 and
+DPM-Solver++-20; EDM's own Euler-50 and DPM-Solver++(2M)-20 for the EDM recipe), FID against held-out crops beside the
+train-vs-held-out floor at the same n, FID against validation crops (which choose the recipes that get a second
+seed; the held-out scores choose nothing), and the mean colour against the train and held-out crops. Runs live in
+``--out`` (checkpoints every 250 steps; a stopped run continues where it stopped), the table in ``--table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from histolab_utils.config import load_config  # noqa: E402
+from histolab_utils.data import CropSampler, load_images, training_crops  # noqa: E402
+from histolab_utils.data.datasets import SPLIT_VERSION  # noqa: E402
+from histolab_utils.diffusion.training import (DiffusionTrainer, TrainConfig, cpu_in_words,  # noqa: E402
+                                               resolve_mixed_precision, section_train_config)
+from histolab_utils.paths import atomic_write_text  # noqa: E402
+
+SCHEDULE = "cosine"
+PREDICTION = "v_prediction"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to spend the minutes: changes to the cpu profile's DDPM config, and where it trains."""
+
+    description: str
+    source: str  # the paper (real authors) or code the recipe comes from
+    changes: dict = field(default_factory=dict)
+    space: str = "pixel"  # "pixel", or "latent": the released VQ-GAN's latents, decoded to be scored
+
+
+RECIPES: dict[str, Recipe] = {
+    "today": Recipe(
+        "v-prediction MSE, uniform t, cosine schedule, cosine LR decay: the cpu profile as shipped",
+        "Ho, Jain & Abbeel 2020 (DDPM); Nichol & Dhariwal 2021 (cosine schedule); Salimans & Ho 2022 (v-prediction)"),
+    "min_snr": Recipe(
+        "today's, with min-SNR-5 loss weights written for v-prediction: min(SNR, 5) / (SNR + 1)",
+        "Hang, Gu, Li, Bao, Chen, Hu, Geng & Guo 2023 (Min-SNR weighting, ICCV)",
+        {"loss_weighting": "min_snr", "snr_gamma": 5.0}),
+    "plain_loop": Recipe(
+        "the pilot's plain diffusers loop through our trainer: 2 layers per block, 32 norm groups, constant LR "
+        "after warm-up",
+        "diffusers' train_unconditional example (von Platen et al., diffusers)",
+        {"layers_per_block": 2, "norm_num_groups": 32, "lr_schedule": "constant"}),
+    "edm": Recipe(
+        "EDM preconditioning (c_skip, c_out, c_in, c_noise), log-normal sigma (P_mean -1.2, P_std 1.2), its "
+        "Karras-rho-7 samplers",
+        "Karras, Aittala, Aila & Laine 2022 (EDM, NeurIPS)",
+        {"preconditioning": "edm"}),
+    "latent": Recipe(
+        "today's recipe on the released 4-channel VQ-GAN's 8 x 8 latents (the cpu LDM's UNet 64/128, 2 layers, "
+        "batch 64), decoded to be scored",
+        "Rombach, Blattmann, Lorenz, Esser & Ommer 2022 (latent diffusion, CVPR)",
+        {"block_out_channels": (64, 128), "layers_per_block": 2, "batch_size": 64}, space="latent"),
+    "attention": Recipe(
+        "today's, with self-attention in the 16 x 16 level (as DDPM's UNet has at 16 x 16)",
+        "Ho, Jain & Abbeel 2020 (DDPM's architecture)",
+        {"attention": True}),
+    "power_ema": Recipe(
+        "today's, with a power-function EMA (1 - 1/t)^(gamma + 1), gamma = 6.94 (sigma_rel = 0.10)",
+        "Karras, Aittala, Lehtinen, Hellsten, Aila & Laine 2024 (EDM2, CVPR)",
+        {"ema": "power", "ema_gamma": 6.94}),
+    "min_snr_plain_loop": Recipe(
+        "the plain loop's settings with min-SNR-5: the pilot's best row, through our trainer",
+        "Hang et al. 2023; diffusers' train_unconditional example",
+        {"layers_per_block": 2, "norm_num_groups": 32, "lr_schedule": "constant", "loss_weighting": "min_snr",
+         "snr_gamma": 5.0}),
+}
+
+
+def recipe_config(name: str, seed: int, steps: int = 0) -> TrainConfig:
+    """The trainer's config of recipe ``name``: the cpu profile's DDPM section, the recipe's changes, ``steps``."""
+    recipe = RECIPES[name]
+    ddpm = load_config("cpu").ddpm
+    config = section_train_config(ddpm, seed, own={"schedule": SCHEDULE, "prediction_type": PREDICTION, "extra": {
+        "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops, "recipe": name}})
+    changes = dict(recipe.changes)
+    if recipe.space == "latent":
+        changes.update(in_channels=4, image_size=ddpm.image_size // 4)
+    return replace(config, **changes, checkpoint_every=250, **({"steps": steps} if steps else {}))
+
+
+def training_data(name: str, seed: int) -> np.ndarray:
+    """uint8 crops (pixel recipes) or the released VQ-GAN's scaled latents of the same crops (latent)."""
+    ddpm = load_config("cpu").ddpm
+    crops = training_crops(ddpm.image_size, ddpm.n_train_crops, seed=seed, downsample=ddpm.downsample)
+    if RECIPES[name].space == "pixel":
+        return crops
+    from histolab_utils.models.vqgan import encode
+
+    vqmodel = released_vqgan()
+    return (encode(vqmodel, crops) * vqmodel.config.scaling_factor).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def released_vqgan():
+    from histolab_utils.data.releases import pretrained
+    from histolab_utils.models.vqgan import load_vqmodel
+
+    return load_vqmodel(pretrained("vqgan-4ch-cpu")).float().eval()
+
+
+def seconds_per_step(name: str, data: np.ndarray, timing_steps: int, folder: Path) -> float:
+    """One recipe's training step, timed alone after 3 warm-up steps."""
+    trainer = DiffusionTrainer(recipe_config(name, 0, steps=1000), data, folder, progress=False)
+    for _ in range(3):
+        trainer.train_step()
+    started = time.perf_counter()
+    for _ in range(timing_steps):
+        trainer.train_step()
+    return (time.perf_counter() - started) / timing_steps
+
+
+def samplers(name: str) -> dict[str, object]:
+    """The two samplers a recipe is scored with, by column: ``fast`` (20 calls) and ``steady`` (50)."""
+    if RECIPES[name].changes.get("preconditioning") == "edm":
+        from histolab_utils.diffusion.edm import edm_scheduler
+
+        return {"edm-euler-50": (edm_scheduler("euler"), 50), "edm-dpm-20": (edm_scheduler("dpm"), 20)}
+    from histolab_utils.diffusion.schedules import make_scheduler
+
+    clip = RECIPES[name].space == "pixel"  # latents have unit variance, not bounds
+    return {"ddim-50": (make_scheduler("ddim", SCHEDULE, prediction_type=PREDICTION, clip_sample=clip), 50),
+            "dpm-20": (make_scheduler("dpm", SCHEDULE, prediction_type=PREDICTION, clip_sample=clip), 20)}
+
+
+def draw_samples(name: str, unet, scheduler, steps: int, n: int, seed: int) -> np.ndarray:
+    from histolab_utils.diffusion.sampling import sample_model_space, to_uint8, unet_denoiser
+
+    config = unet.config
+    x = sample_model_space(unet_denoiser(unet), scheduler, n, config.sample_size, steps, seed=seed,
+                           channels=config.in_channels)
+    if RECIPES[name].space == "pixel":
+        return to_uint8(x)
+    from histolab_utils.models.vqgan import decode
+
+    vqmodel = released_vqgan()
+    with torch.no_grad():
+        return decode(vqmodel, x / vqmodel.config.scaling_factor)
+
+
+@dataclass
+class References:
+    """Real crops at the DDPM's scale, n each, with Inception features: held-out, validation and two train draws."""
+
+    n: int
+    features: dict
+    colour: dict
+    floor: dict
+
+
+def references(n: int, seed: int = 0) -> References:
+    from histolab_utils.evaluation import metrics
+    from histolab_utils.evaluation.floors import floors, real_reference
+
+    ddpm = load_config("cpu").ddpm
+    reference = real_reference(ddpm.image_size, n, seed=seed, downsample=ddpm.downsample)
+    validation = CropSampler(load_images(), ddpm.image_size, "validation", seed=seed + 404,
+                             downsample=ddpm.downsample).sample(n)
+    key = f"recipes|validation|{ddpm.image_size}px|downsample={ddpm.downsample}|n={n}|seed={seed + 404}"
+    validation_features = metrics.cached_features(key, lambda: metrics.inception_features(validation))
+    colour = {region: metrics.colour_stats(crops) for region, crops in
+              (("train", reference.train), ("heldout", reference.heldout), ("validation", validation))}
+    floor = floors(reference)
+    floor["fid_train_vs_validation"] = metrics.fid(reference.train_features, validation_features)
+    return References(n, {"heldout": reference.heldout_features, "train": reference.train_features,
+                          "validation": validation_features}, colour, floor)
+
+
+def score_run(name: str, unet, refs: References, seed: int) -> list[dict]:
+    """One row per sampler: FIDs against held-out, validation and train crops, colour, sampler seconds."""
+    from histolab_utils.evaluation import metrics
+
+    rows = []
+    for sampler, (scheduler, steps) in samplers(name).items():
+        started = time.perf_counter()
+        images = draw_samples(name, unet, scheduler, steps, refs.n, seed=10_000 + seed)
+        seconds = time.perf_counter() - started
+        features = metrics.inception_features(images)
+        colour = metrics.colour_stats(images)
+        rows.append({
+            "sampler": sampler, "sampler_steps": steps, "sampling_seconds_per_image": seconds / refs.n,
+            **{f"fid_vs_{region}": metrics.fid(refs.features[region], features) for region in refs.features},
+            "mean_rgb": [round(colour[f"mean_{c}"], 2) for c in "rgb"],
+            **{f"colour_gap_vs_{region}": float(max(abs(colour[f"mean_{c}"] - refs.colour[region][f"mean_{c}"])
+                                                    for c in "rgb")) for region in ("train", "heldout")},
+        })
+    return rows
+
+
+def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, refs: References) -> dict:
+    """Train (resuming), save the EMA UNet, score; the run's record is written last, so a record means done."""
+    from diffusers import UNet2DModel
+
+    folder = out / f"{name}-seed{seed}"
+    record_path = folder / "record.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    unet_folder = folder / "ema_unet"
+    config = recipe_config(name, seed, steps)
+    if not (unet_folder / "config.json").is_file():
+        trainer = DiffusionTrainer(config, training_data(name, seed), folder, progress=False)
+        trainer.train(resume=True)
+        from histolab_utils.diffusion.training import save_pretrained_atomic
+
+        save_pretrained_atomic(trainer.ema_unet(), unet_folder, {"train_seconds.json": {
+            "train_seconds": trainer.train_seconds, "final_loss": trainer.log[-1]["loss"]}})
+        del trainer
+    unet = UNet2DModel.from_pretrained(unet_folder).eval()
+    trained = json.loads((unet_folder / "train_seconds.json").read_text())
+    record = {"recipe": name, "seed": seed, "steps": steps, "timed_seconds_per_step": seconds_per,
+              "budget_minutes": steps * seconds_per / 60, "wall_minutes": trained["train_seconds"] / 60,
+              "final_loss": trained["final_loss"], "precision": resolve_mixed_precision(config.mixed_precision),
+              "config": json.loads(json.dumps(asdict(config), default=list)),
+              "rows": score_run(name, unet, refs, seed)}
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    return record
+
+
+def table(records: list[dict], refs_floor: dict) -> "pd.DataFrame":
+    import pandas as pd
+
+    floor = refs_floor["fid_train_vs_heldout"]
+    rows = []
+    for record in records:
+        for row in record["rows"]:
+            rows.append({"recipe": record["recipe"], "seed": record["seed"], "sampler": row["sampler"],
+                         "steps": record["steps"], "minutes": round(record["budget_minutes"], 1),
+                         "fid_heldout": round(row["fid_vs_heldout"], 1),
+                         "fid_over_floor": round(row["fid_vs_heldout"] / floor, 2),
+                         "fid_validation": round(row["fid_vs_validation"], 1),
+                         "fid_train": round(row["fid_vs_train"], 1),
+                         "colour_gap_train": round(row["colour_gap_vs_train"], 1),
+                         "colour_gap_heldout": round(row["colour_gap_vs_heldout"], 1),
+                         "mean_rgb": row["mean_rgb"],
+                         "s_per_image": round(row["sampling_seconds_per_image"], 3)})
+    return pd.DataFrame(rows)
+
+
+def best_by_validation(records: list[dict], count: int = 2) -> list[str]:
+    """The ``count`` recipes whose seed-0 run has the lowest validation FID (best sampler): they get a second seed."""
+    scores = {r["recipe"]: min(row["fid_vs_validation"] for row in r["rows"]) for r in records if r["seed"] == 0}
+    return sorted(scores, key=scores.get)[:count]
+
+
+def write_table(path: Path, records: list[dict], refs: References, minutes: float, order: list[str]) -> None:
+    from histolab_utils.report import git_commit
+
+    frame = table(records, refs.floor)
+    document = {
+        "benchmark": "benchmarks/recipes.py", "profile": "cpu", "split_version": SPLIT_VERSION, "n": refs.n,
+        "hardware": cpu_in_words(), "budget_minutes_per_run": minutes, "commit": git_commit(),
+        "scored_against": "random crops of the held-out region (notebook 03's scoring), floor = train vs held-out "
+                          "crops at the same n; validation FID chose the second seeds",
+        "floor": refs.floor, "real_colour": refs.colour,
+        "recipes": {name: asdict(RECIPES[name]) for name in order},
+        "second_seed_for": best_by_validation(records) if all(
+            any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order) else None,
+        "rows": frame.to_dict(orient="records"), "runs": records,
+    }
+    atomic_write_text(path, json.dumps(document, indent=2, default=list))
+    print(frame.to_string(index=False), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training minutes per run (equal for every recipe)")
+    parser.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes, in the order to run")
+    parser.add_argument("--n", type=int, default=500, help="samples per sampler, and real crops per reference set")
+    parser.add_argument("--second-seeds", type=int, default=2, help="how many of the best get a second seed")
+    parser.add_argument("--timing-steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / "recipes")
+    parser.add_argument("--table", type=Path, default=ROOT / "results" / "cpu" / "recipes.json")
+    parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
+    args = parser.parse_args(argv)
+    order = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in order if name not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"{cpu_in_words()}; {args.minutes} min a run; recipes {order}", flush=True)
+
+    timing_path = args.out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    if not args.table_only:
+        for name in order:  # every recipe timed before any trains: nothing else runs meanwhile
+            if name not in timing:
+                timing[name] = seconds_per_step(name, training_data(name, 0), args.timing_steps,
+                                                args.out / ".timing" / name)
+                print(f"timed {name}: {timing[name]:.3f} s a step", flush=True)
+                atomic_write_text(timing_path, json.dumps(timing, indent=2))
+
+    refs = references(args.n)
+    print(f"floor (train vs held-out, n = {args.n}): FID {refs.floor['fid_train_vs_heldout']:.1f}", flush=True)
+    records = []
+
+    def run(name: str, seed: int) -> None:
+        steps = math.floor(args.minutes * 60 / timing[name])
+        folder = args.out / f"{name}-seed{seed}"
+        if args.table_only and not (folder / "record.json").is_file():
+            return
+        started = time.perf_counter()
+        records.append(run_recipe(name, seed, steps, timing[name], args.out, refs))
+        print(f"{name} seed {seed}: {steps} steps, done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        write_table(args.table, records, refs, args.minutes, order)
+
+    for name in order:
+        if name in timing:
+            run(name, 0)
+    if all(any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order):
+        for name in best_by_validation(records, args.second_seeds):
+            run(name, 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
