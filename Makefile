@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup data run results test unit nbval lab clean-reports
+.PHONY: setup data run results test unit nbval ui-test lab clean-reports
 
 setup: $(STAMP) data
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(PY)
 	@echo ">> installing $(TORCH) and the project into $(VENV)"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[ui]"
 	@touch $(STAMP)
 
 data: $(STAMP)
@@ -52,6 +52,11 @@ UNIT_B := $(filter-out $(UNIT_A),$(wildcard tests/test_*.py))
 test: setup
 	@echo ">> notebooks under nbval (smoke profile) and the unit tests, two chains side by side (.ci/nbval)"
 	PY=$(PY) UNIT_A="$(UNIT_A)" UNIT_B="$(UNIT_B)" .ci/nbval
+
+# the widgets in JupyterLab in headless Chromium (Debian's, installed when missing); after `make test`, whose smoke
+# runs the notebooks read back
+ui-test: setup
+	PY=$(PY) .ci/ui-test
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks

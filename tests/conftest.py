@@ -73,6 +73,30 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture(autouse=True)
+def note_auto_precision(request, monkeypatch):
+    """With ``HISTO_AUTO_PRECISION_LOG`` set, append the id of every test that resolved ``mixed_precision="auto"``
+    to that file: ``make test`` runs those tests again as the other kind of CPU (``HISTO_CPU_BF16``), so that the
+    suite passes on both paths on one machine."""
+    log = os.environ.get("HISTO_AUTO_PRECISION_LOG")
+    if not log:
+        yield
+        return
+    from histolab_utils.diffusion import training
+
+    resolve, resolved_auto = training.resolve_mixed_precision, []
+
+    def noting(setting, *args, **kwargs):
+        resolved_auto.append(setting == "auto")
+        return resolve(setting, *args, **kwargs)
+
+    monkeypatch.setattr(training, "resolve_mixed_precision", noting)
+    yield
+    if any(resolved_auto):
+        with open(log, "a") as handle:
+            handle.write(request.node.nodeid + "\n")
+
+
 @pytest.fixture
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point reports (and a scratch data dir) at tmp so tests never touch the checkout."""

@@ -41,3 +41,46 @@ def test_interactive_explore_builds_the_widgets(monkeypatch):
         return size + 1
 
     assert explore(update, size=(0, 10, 1)) == 4
+
+
+# ipywidgets (the kernel side) major version -> the JupyterLab front end that renders its models
+# (@jupyter-widgets/jupyterlab-manager, shipped by jupyterlab_widgets) major version
+FRONT_END_FOR_KERNEL = {8: 5}
+
+
+def test_the_kernel_and_front_end_sides_of_the_widgets_match():
+    """A mismatch shows in JupyterLab as "Error displaying widget: model not found"; tests/ui sees it in a browser,
+    this sees its cause: the installed pair, and the widget-model versions both sides speak."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import ipywidgets._version as kernel_side
+    import jupyterlab_widgets
+
+    manager = Path(sys.prefix) / "share/jupyter/labextensions/@jupyter-widgets/jupyterlab-manager/package.json"
+    assert manager.is_file(), f"JupyterLab's widget manager is not installed ({manager}): pip install jupyterlab_widgets"
+    front_end = json.loads(manager.read_text())
+    kernel_major = int(ipywidgets.__version__.split(".")[0])
+    assert int(front_end["version"].split(".")[0]) == FRONT_END_FOR_KERNEL[kernel_major], (
+        ipywidgets.__version__, front_end["version"])
+    assert int(jupyterlab_widgets.__version__.split(".")[0]) == 3, jupyterlab_widgets.__version__
+    # the model versions the kernel announces are those that the front end's npm packages register:
+    # @jupyter-widgets/base 6 and controls 5 speak widget models 2.0.0
+    for package, kernel_version, npm_major in (("base", kernel_side.__jupyter_widgets_base_version__, "6."),
+                                               ("controls", kernel_side.__jupyter_widgets_controls_version__, "5.")):
+        assert kernel_version == "2.0.0", (package, kernel_version)
+        assert front_end["dependencies"][f"@jupyter-widgets/{package}"].lstrip("^").startswith(npm_major), package
+
+
+def test_progress_bars_come_from_tqdm_auto():
+    """tqdm.auto draws a widget progress bar in JupyterLab and plain text under nbval and in a terminal; a plain
+    ``tqdm`` import would print a text bar into every notebook output."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "histolab_utils"
+    plain = [f"{path.relative_to(package.parent)}:{number}" for path in package.rglob("*.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bfrom tqdm import\b|^\s*import tqdm\b|from tqdm\.(std|notebook) import", line)]
+    assert plain == [], f"use tqdm.auto: {plain}"
