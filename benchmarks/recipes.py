@@ -4,8 +4,8 @@ the same minutes and scored the same way (README, "Quality per CPU-hour").
     nohup nice python benchmarks/recipes.py --minutes 10 > logs/recipes.log 2>&1 &     # resumable: run it again
     python benchmarks/recipes.py --table-only                                          # the table from what finished
 
-Equal minutes, not equal steps: before anything trains, each recipe's step is timed alone (3 warm-up steps, then
-``--timing-steps``), and it trains ``floor(minutes x 60 / seconds per step)`` steps. The step count is fixed before
+Equal minutes, not equal steps: before anything trains, each recipe's step is timed alone (the median of
+``--timing-steps`` steps after 5 warm-up steps), and it trains ``floor(minutes x 60 / seconds per step)`` steps. The step count is fixed before
 training, so a learning-rate schedule that decays to the end is the recipe's own, and later load on the machine
 (which inflates wall time) cannot change what a recipe learns; the record keeps the timed and the actual seconds.
 
@@ -126,14 +126,17 @@ def released_vqgan():
 
 
 def seconds_per_step(name: str, data: np.ndarray, timing_steps: int, folder: Path) -> float:
-    """One recipe's training step, timed alone after 3 warm-up steps."""
+    """One recipe's training step: the median of ``timing_steps`` steps timed one by one after 5 warm-up steps
+    (the median, so that a moment of other load on the machine does not move it)."""
     trainer = DiffusionTrainer(recipe_config(name, 0, steps=1000), data, folder, progress=False)
-    for _ in range(3):
+    for _ in range(5):
         trainer.train_step()
-    started = time.perf_counter()
+    times = []
     for _ in range(timing_steps):
+        started = time.perf_counter()
         trainer.train_step()
-    return (time.perf_counter() - started) / timing_steps
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
 
 
 def samplers(name: str) -> dict[str, object]:
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes, in the order to run")
     parser.add_argument("--n", type=int, default=500, help="samples per sampler, and real crops per reference set")
     parser.add_argument("--second-seeds", type=int, default=2, help="how many of the best get a second seed")
-    parser.add_argument("--timing-steps", type=int, default=20)
+    parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / "recipes")
     parser.add_argument("--table", type=Path, default=ROOT / "results" / "cpu" / "recipes.json")
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     timing_path = args.out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     if not args.table_only:
+        if any(name not in timing for name in order):  # the process's first trainer runs slow (one-off set-up)
+            seconds_per_step(order[0], training_data(order[0], 0), 10, args.out / ".timing" / "warm-up")
         for name in order:  # every recipe timed before any trains: nothing else runs meanwhile
             if name not in timing:
                 timing[name] = seconds_per_step(name, training_data(name, 0), args.timing_steps,
