@@ -194,7 +194,7 @@ def test_a_broken_explorer_callback_is_seen(explorer):
     before = notebook.plot_png(EXPLORER_CELL)
     select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
     with pytest.raises(AssertionError, match="did not change"):
-        notebook.wait_for_new_plot(EXPLORER_CELL, before, seconds=20)
+        notebook.wait_for_new_plot(EXPLORER_CELL, before, seconds=8)
     assert any("ZeroDivisionError" in error for error in notebook.errors()), notebook.errors()
 
 
