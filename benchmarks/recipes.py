@@ -42,6 +42,7 @@ from histolab_utils.paths import atomic_write_text  # noqa: E402
 
 SCHEDULE = "cosine"
 PREDICTION = "v_prediction"
+PUBLISHED_TABLE = ROOT / "results" / "cpu" / "recipes.json"
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,8 @@ def score_run(name: str, unet, refs: References, seed: int) -> list[dict]:
     return rows
 
 
-def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, refs: References) -> dict:
+def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, refs: References,
+               table: Path = PUBLISHED_TABLE) -> dict:
     """Train (resuming), save the EMA UNet, score; the run's record is written last, so a record means done."""
     from diffusers import UNet2DModel
 
@@ -224,6 +226,8 @@ def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, 
     record_path = folder / "record.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
+    if (published := published_run(name, seed, steps, table)) is not None:  # finished on a machine since handed back
+        return published
     unet_folder = folder / "ema_unet"
     config = recipe_config(name, seed, steps)
     if not (unet_folder / "config.json").is_file():
@@ -243,6 +247,17 @@ def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, 
               "rows": score_run(name, unet, refs, seed)}
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return record
+
+
+def published_run(name: str, seed: int, steps: int, table_path: Path = PUBLISHED_TABLE) -> dict | None:
+    """The finished run of (recipe, seed) in the committed table, if it trained the same number of steps: runs/
+    is not kept when a machine is handed back, and a finished run is not trained again."""
+    if not table_path.is_file():
+        return None
+    for record in json.loads(table_path.read_text())["runs"]:
+        if record["recipe"] == name and record["seed"] == seed and record["steps"] == steps:
+            return record
+    return None
 
 
 def table(records: list[dict], refs_floor: dict) -> "pd.DataFrame":
@@ -271,7 +286,8 @@ def best_by_validation(records: list[dict], count: int = 2) -> list[str]:
     return sorted(scores, key=scores.get)[:count]
 
 
-def write_table(path: Path, records: list[dict], refs: References, minutes: float, order: list[str]) -> None:
+def write_table(path: Path, records: list[dict], refs: References, minutes: float, order: list[str],
+                timing: dict) -> None:
     from histolab_utils.report import git_commit
 
     frame = table(records, refs.floor)
@@ -280,7 +296,7 @@ def write_table(path: Path, records: list[dict], refs: References, minutes: floa
         "hardware": cpu_in_words(), "budget_minutes_per_run": minutes, "commit": git_commit(),
         "scored_against": "random crops of the held-out region (notebook 03's scoring), floor = train vs held-out "
                           "crops at the same n; validation FID chose the second seeds",
-        "floor": refs.floor, "real_colour": refs.colour,
+        "floor": refs.floor, "real_colour": refs.colour, "timed_seconds_per_step": timing,
         "recipes": {name: asdict(RECIPES[name]) for name in order},
         "second_seed_for": best_by_validation(records) if all(
             any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order) else None,
@@ -298,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--second-seeds", type=int, default=2, help="how many of the best get a second seed")
     parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / "recipes")
-    parser.add_argument("--table", type=Path, default=ROOT / "results" / "cpu" / "recipes.json")
+    parser.add_argument("--table", type=Path, default=PUBLISHED_TABLE)
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
     args = parser.parse_args(argv)
     order = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -310,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     timing_path = args.out / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    if args.table.is_file():  # the committed table keeps the timings, so runs continue with the same step counts
+        timing = {**json.loads(args.table.read_text()).get("timed_seconds_per_step", {}), **timing}
     if not args.table_only:
         if any(name not in timing for name in order):  # the process's first trainer runs slow (one-off set-up)
             seconds_per_step(order[0], training_data(order[0], 0), 10, args.out / ".timing" / "warm-up")
@@ -327,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str, seed: int) -> None:
         steps = math.floor(args.minutes * 60 / timing[name])
         folder = args.out / f"{name}-seed{seed}"
-        if args.table_only and not (folder / "record.json").is_file():
+        if args.table_only and not (folder / "record.json").is_file() and published_run(name, seed, steps,
+                                                                                         args.table) is None:
             return
         started = time.perf_counter()
-        records.append(run_recipe(name, seed, steps, timing[name], args.out, refs))
+        records.append(run_recipe(name, seed, steps, timing[name], args.out, refs, args.table))
         print(f"{name} seed {seed}: {steps} steps, done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-        write_table(args.table, records, refs, args.minutes, order)
+        write_table(args.table, records, refs, args.minutes, order, timing)
 
     for name in order:
         if name in timing:
