@@ -126,8 +126,25 @@ def test_trainers_of_different_precision_can_follow_each_other_in_one_process(tm
     later = DiffusionTrainer(dataclasses.replace(config, mixed_precision=then), crops, tmp_path / "then", progress=False)
     assert later.accelerator.mixed_precision == then
     later.train()
-    earlier.train()  # the earlier trainer keeps its own precision after the process-wide state moved on
-    assert earlier.accelerator.histolab_precision == resolve_mixed_precision(first)
+    seen = []  # the dtype the earlier trainer's convolutions compute in, after the process-wide state moved on
+    earlier.accelerator.unwrap_model(earlier.model).conv_in.register_forward_hook(
+        lambda module, inputs, output: seen.append(output.dtype))
+    earlier.train()
+    expected = torch.bfloat16 if resolve_mixed_precision(first) == "bf16" else torch.float32
+    assert seen and set(seen) == {expected}
+
+
+def test_a_change_to_or_from_fp16_is_refused_with_what_to_do():
+    """Accelerate unscales fp16 gradients by the process-wide setting: swapping it under an fp16 trainer would
+    clip scaled gradients silently, so that one change keeps an error, ours, that says what to do."""
+    from accelerate import Accelerator
+
+    from histolab_utils.diffusion.training import allow_precision_change
+
+    allow_precision_change()
+    Accelerator(mixed_precision="no", cpu=True)
+    with pytest.raises(ValueError, match="restart the kernel, or use 'no'"):
+        Accelerator(mixed_precision="fp16", cpu=True)
 
 
 @pytest.mark.parametrize("ours, theirs", [("bf16", "no"), ("no", "bf16"), ("auto", "no"), ("auto", "bf16")])

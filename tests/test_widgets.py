@@ -52,14 +52,17 @@ def test_the_kernel_and_front_end_sides_of_the_widgets_match():
     """A mismatch shows in JupyterLab as "Error displaying widget: model not found"; tests/ui sees it in a browser,
     this sees its cause: the installed pair, and the widget-model versions both sides speak."""
     import json
-    import sys
     from pathlib import Path
 
     import ipywidgets._version as kernel_side
     import jupyterlab_widgets
 
-    manager = Path(sys.prefix) / "share/jupyter/labextensions/@jupyter-widgets/jupyterlab-manager/package.json"
-    assert manager.is_file(), f"JupyterLab's widget manager is not installed ({manager}): pip install jupyterlab_widgets"
+    from jupyter_core.paths import jupyter_path
+
+    found = [Path(folder) / "@jupyter-widgets/jupyterlab-manager/package.json" for folder in jupyter_path("labextensions")]
+    found = [path for path in found if path.is_file()]
+    assert found, "JupyterLab's widget manager is not installed: pip install jupyterlab_widgets"
+    manager = found[0]  # the first on JupyterLab's own search path is the one it loads
     front_end = json.loads(manager.read_text())
     kernel_major = int(ipywidgets.__version__.split(".")[0])
     assert int(front_end["version"].split(".")[0]) == FRONT_END_FOR_KERNEL[kernel_major], (
@@ -79,8 +82,10 @@ def test_progress_bars_come_from_tqdm_auto():
     import re
     from pathlib import Path
 
-    package = Path(__file__).resolve().parents[1] / "histolab_utils"
-    plain = [f"{path.relative_to(package.parent)}:{number}" for path in package.rglob("*.py")
+    root = Path(__file__).resolve().parents[1]
+    sources = [*(root / "histolab_utils").rglob("*.py"), *(root / "benchmarks").glob("*.py"),
+               *(root / "notebooks").glob("*.ipynb")]
+    plain = [f"{path.relative_to(root)}:{number}" for path in sources
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"\bfrom tqdm import\b|^\s*import tqdm\b|from tqdm\.(std|notebook) import", line)]
     assert plain == [], f"use tqdm.auto: {plain}"

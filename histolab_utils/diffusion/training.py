@@ -572,10 +572,13 @@ def allow_precision_change() -> None:
     Accelerate keeps one process-wide state and refuses a second ``Accelerator(mixed_precision=...)`` of another
     precision ("AcceleratorState has already been initialized and cannot be changed"). In a notebook that is the
     normal case: one of our trainers ran in bf16 ("auto" on a bf16-native CPU), then a cell builds its own
-    ``Accelerator(mixed_precision="no")``, or the other way round. In a single process nothing else depends on that
-    state (our trainers keep their own precision, :meth:`AcceleratedTrainer.autocast`), so a new precision resets
-    it, with a warning that says so. Multi-process runs (``accelerate launch``) keep Accelerate's check. Idempotent;
-    :func:`make_accelerator` installs it, so it is in force once any of our trainers has been built.
+    ``Accelerator(mixed_precision="no")``, or the other way round. Between bf16 and fp32 the state matters only to
+    autocast, and our trainers autocast at their own precision (:meth:`AcceleratedTrainer.autocast`; a prepared
+    model's forward keeps the autocast it was prepared with), so a new precision resets the state, with a warning
+    that says so. Earlier Accelerators then *report* the new precision. fp16 is different: Accelerate unscales its
+    gradients by the process-wide setting, so a change to or from fp16 is refused, with a message that says what to
+    do. Multi-process runs (``accelerate launch``) keep Accelerate's check. Idempotent; :func:`make_accelerator`
+    installs it, so it is in force once any of our trainers has been built.
     """
     from accelerate.state import AcceleratorState, PartialState
 
@@ -587,9 +590,14 @@ def allow_precision_change() -> None:
         wanted = None if mixed_precision is None else str(mixed_precision).lower()
         if (self.initialized and wanted is not None and wanted != self._mixed_precision
                 and self.__dict__.get("num_processes", 1) == 1):
+            if "fp16" in (wanted, self._mixed_precision):
+                raise ValueError(
+                    f"this process already trains with mixed_precision={self._mixed_precision!r} and Accelerate "
+                    f"unscales fp16 gradients by that one process-wide setting, so an Accelerator with "
+                    f"{wanted!r} cannot follow it here: restart the kernel, or use {self._mixed_precision!r}")
             warnings.warn(f"histolab_utils: Accelerate's process-wide precision was {self._mixed_precision!r} "
-                          f"(an earlier trainer or Accelerator); reset to {wanted!r} for this Accelerator. Trainers "
-                          "built before keep their own precision.", stacklevel=4)
+                          f"(an earlier trainer or Accelerator); reset to {wanted!r} for this Accelerator. Our trainers "
+                          "built before keep autocasting at their own precision.", stacklevel=4)
             AcceleratorState._shared_state.clear()
             self.__dict__.update(PartialState._shared_state)
             return None

@@ -83,6 +83,10 @@ def lab(tmp_path_factory):
     (settings / "@jupyterlab" / "docmanager-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings").write_text(
         json.dumps({"autosave": False}))
+    # every cell in the DOM, whatever the JupyterLab 4.x default for windowing, so cells can be found by index
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none"}))
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
     (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # offline: no news pop-up over the cells
@@ -134,7 +138,9 @@ def browser():
         options.add_argument(f"--user-data-dir={Path(scratch) / 'chromium'}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    scratch = os.environ.get("HISTO_UI_TMP")  # its log there puts the folder on chromedriver's command line (trap)
+    service = Service(driver_path, log_output=str(Path(scratch) / "chromedriver.log") if scratch else None)
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_script_timeout(60)
     try:
         yield driver
@@ -142,10 +148,11 @@ def browser():
         driver.quit()
 
 
-@pytest.fixture
+@pytest.fixture(scope="class")
 def smoke_expert_labels():
-    """The smoke profile's expert-label CSV, restored after the test (the explorer writes it; notebook 05 would
-    otherwise meet labels its smoke LDM was not trained on, and rightly refuse to read that run back)."""
+    """The smoke profile's expert-label CSV, copied before notebook 04 runs and restored after its tests' class (the
+    explorer writes it; notebook 05 would otherwise meet labels its smoke LDM was not trained on, and rightly refuse
+    to read that run back). ``.ci/ui-test``'s trap restores it too, should the run be killed."""
     path = ROOT / "data" / "expert_labels.smoke.csv"
     saved = path.read_bytes() if path.is_file() else None
     yield path
@@ -153,4 +160,3 @@ def smoke_expert_labels():
         path.unlink(missing_ok=True)
     else:
         path.write_bytes(saved)
-

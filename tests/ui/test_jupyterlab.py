@@ -4,6 +4,7 @@ real front end, their controls moved by the browser. Screenshots go to reports/u
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 REPORTS = Path(os.environ.get("HISTO_UI_REPORTS", Path(__file__).resolve().parents[2] / "reports" / "ui"))
 
-WIDGET_ERROR_WORDS = ("widget", "jupyter-widgets", "ipywidgets", "model not found", "comm")
+WIDGET_ERROR = re.compile(r"widget|jupyter-widgets|ipywidgets|model not found|\bcomm\b", re.IGNORECASE)
 
 
 class Notebook:
@@ -19,6 +20,7 @@ class Notebook:
 
     def __init__(self, driver, lab, name: str) -> None:
         base, token, _ = lab
+        lab.stop_kernels()  # an earlier notebook's kernel, even one whose test failed, must not compute beside this
         self.driver, self.name = driver, name
         driver.get(f"{base}/lab/tree/{name}.ipynb?token={token}&reset")
         self.wait_js("const p = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
@@ -46,13 +48,24 @@ class Notebook:
 
     def run_through(self, cell: int, seconds: float = 420) -> None:
         """Run every cell above ``cell``, then ``cell`` itself, as a researcher would, and wait for the kernel."""
-        # not returned: Selenium would wait for the promise, which settles only when every cell has run
-        self.js("const p = window.jupyterapp.shell.currentWidget; p.content.activeCellIndex = arguments[0];"
+        # not returned: Selenium would wait for the promise; a flag says when it settles, and how
+        self.js("window.__histoRun = null; const p = window.jupyterapp.shell.currentWidget;"
+                "p.content.activeCellIndex = arguments[0];"
                 "window.jupyterapp.commands.execute('notebook:run-all-above')"
-                ".then(() => window.jupyterapp.commands.execute('notebook:run-cell'));", cell)
-        self.wait_js(f"const c = window.jupyterapp.shell.currentWidget.content.widgets[{cell}];"
-                     "return c.model.executionCount !== null", seconds, f"cell {cell} to run")
+                ".then(() => window.jupyterapp.commands.execute('notebook:run-cell'))"
+                ".then(() => { window.__histoRun = 'done'; }, e => { window.__histoRun = 'failed: ' + e; });", cell)
+        self.wait_js("return window.__histoRun !== null", seconds, f"cells up to {cell} to run")
+        outcome = self.js("return window.__histoRun")
+        assert outcome == "done", f"{self.name}: running up to cell {cell} {outcome}"
         self.wait_idle(seconds)
+
+    def kernel_value(self, expression: str) -> str:
+        """``repr`` of ``expression`` evaluated in the kernel (a user expression: nothing shows in the notebook)."""
+        return self.driver.execute_script(
+            "const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;"
+            "const future = kernel.requestExecute({code: '', silent: true, user_expressions: {v: arguments[0]}});"
+            "return future.done.then(reply => { const v = reply.content.user_expressions.v;"
+            "  return v.status === 'ok' ? v.data['text/plain'] : 'error: ' + v.ename; });", expression)
 
     def errors(self) -> list[str]:
         """Error outputs of any cell, a traceback shown anywhere on the page (a widget callback that raised inside
@@ -71,8 +84,8 @@ class Notebook:
     def output(self, cell: int):
         from selenium.webdriver.common.by import By
 
-        return self.driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")[cell].find_element(
-            By.CSS_SELECTOR, ".jp-OutputArea")
+        node = self.js("return window.jupyterapp.shell.currentWidget.content.widgets[arguments[0]].node", cell)
+        return node.find_element(By.CSS_SELECTOR, ".jp-OutputArea")
 
     def control(self, cell: int, kind: str, label: str):
         """The input element of the ipywidgets control of ``kind`` (dropdown, text, checkbox...) labelled ``label``."""
@@ -87,25 +100,34 @@ class Notebook:
 
         return self.output(cell).find_element(By.XPATH, f".//button[normalize-space() = '{label}']")
 
-    def plot_png(self, cell: int, index: int = 0) -> bytes:
-        """A screenshot of the ``index``-th matplotlib image in the cell's Output widget."""
+    def _plot(self, cell: int, index: int = 0):
         from selenium.webdriver.common.by import By
 
         images = self.output(cell).find_elements(By.CSS_SELECTOR, ".widget-output img")  # not a gallery's tiles
         assert images, f"{self.name}: cell {cell}'s widget output shows no image"
-        self.driver.execute_script("arguments[0].scrollIntoView()", images[index])
-        return images[index].screenshot_as_png
+        return images[index]
 
-    def wait_for_new_plot(self, cell: int, before: bytes, seconds: float = 60) -> bytes:
+    def plot_source(self, cell: int) -> str:
+        """The data URL of the figure in the cell's Output widget: a new figure is a new PNG."""
+        return self._plot(cell).get_attribute("src")
+
+    def plot_png(self, cell: int) -> bytes:
+        """A screenshot of the figure in the cell's Output widget."""
+        image = self._plot(cell)
+        self.driver.execute_script("arguments[0].scrollIntoView()", image)
+        return image.screenshot_as_png
+
+    def wait_for_new_plot(self, cell: int, before: str, seconds: float = 60) -> bytes:
+        """Wait until the Output widget shows a figure other than ``before`` (a :meth:`plot_source`); its
+        screenshot."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.wait_idle(seconds)
             try:
-                after = self.plot_png(cell)
-            except Exception:  # the output is being redrawn
-                after = None
-            if after is not None and after != before:
-                return after
+                if self.plot_source(cell) != before:
+                    return self.plot_png(cell)
+            except Exception:  # the output is being redrawn, or shows no figure
+                pass
             time.sleep(0.5)
         self.screenshot("unchanged")
         raise AssertionError(f"{self.name}: cell {cell}'s plot did not change within {seconds} s")
@@ -129,8 +151,7 @@ def widget_console_errors(driver) -> list[str]:
     """SEVERE browser-console entries that concern widgets (the widget manager, a model, a comm)."""
     entries = driver.get_log("browser")
     (REPORTS / "browser-console.log").open("a").write("".join(f"{e['level']} {e['message']}\n" for e in entries))
-    return [e["message"] for e in entries if e["level"] == "SEVERE"
-            and any(word in e["message"].lower() for word in WIDGET_ERROR_WORDS)]
+    return [e["message"] for e in entries if e["level"] == "SEVERE" and WIDGET_ERROR.search(e["message"])]
 
 
 def select_other(element) -> str:
@@ -147,55 +168,61 @@ def select_other(element) -> str:
 EXPLORER_CELL = 20
 
 
-@pytest.fixture(scope="module")
-def explorer(browser, lab):
-    """Notebook 04 run through its explorer cell, shared by the explorer's tests; its kernel stopped after them."""
+@pytest.fixture(scope="class")
+def explorer(browser, lab, smoke_expert_labels):
+    """Notebook 04 run through its explorer cell, shared by the explorer's tests (the smoke labels copied before)."""
     notebook = Notebook(browser, lab, "04_latent_clusters")
     notebook.run_through(EXPLORER_CELL)
-    yield notebook
-    lab.stop_kernels()
+    return notebook
 
 
-def test_the_cluster_explorer_redraws_and_the_expert_panel_saves(browser, explorer, smoke_expert_labels):
-    notebook = explorer
-    assert notebook.errors() == []
-    before = notebook.plot_png(EXPLORER_CELL)
-    notebook.save("explorer-before", before)
-    notebook.save_output(EXPLORER_CELL, "explorer-panel")
+class TestTheClusterExplorer:
+    """Notebook 04's explorer and expert panel; the smoke labels are put back after the class, before notebook 05
+    reads them."""
 
-    new_name = "nest edge (ui test)"
-    name_box = notebook.control(EXPLORER_CELL, "text", "new name")
-    name_box.clear()
-    name_box.send_keys(new_name)
-    notebook.wait_idle(30)
-    notebook.button(EXPLORER_CELL, "rename").click()
-    notebook.wait_js("return document.body.innerText.includes('saved to')", 60, "the rename to be saved")
-    assert new_name in smoke_expert_labels.read_text(), "the rename did not reach the smoke label CSV"
+    def test_redraws_and_the_expert_panel_saves(self, browser, explorer, smoke_expert_labels):
+        notebook = explorer
+        assert notebook.errors() == []
+        before = notebook.plot_source(EXPLORER_CELL)
+        notebook.save("explorer-before", notebook.plot_png(EXPLORER_CELL))
+        notebook.save_output(EXPLORER_CELL, "explorer-panel")
 
-    colouring = select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
-    after = notebook.wait_for_new_plot(EXPLORER_CELL, before)
-    notebook.save("explorer-after", after)
-    notebook.screenshot(f"explorer-coloured-by-{colouring.replace(' ', '_')}")
+        new_name = "nest edge (ui test)"
+        name_box = notebook.control(EXPLORER_CELL, "text", "new name")
+        name_box.clear()
+        name_box.send_keys(new_name)
+        # ipywidgets holds keystrokes back while an update is pending: click only once the kernel has the whole name
+        deadline = time.monotonic() + 30
+        while notebook.kernel_value('explorer.controls["name"].value') != repr(new_name):
+            assert time.monotonic() < deadline, "the typed name never reached the kernel"
+            time.sleep(0.3)
+        notebook.button(EXPLORER_CELL, "rename").click()
+        notebook.wait_js("return document.body.innerText.includes('saved to')", 60, "the rename to be saved")
+        assert new_name in smoke_expert_labels.read_text(), "the rename did not reach the smoke label CSV"
 
-    notebook.run_through(EXPLORER_CELL)  # the cell loads the saved file again: the new name is in the explorer
-    options = [o.text for o in _options(notebook.control(EXPLORER_CELL, "dropdown", "cluster"))]
-    assert any(new_name in option for option in options), options
-    assert notebook.errors() == []
-    assert widget_console_errors(browser) == []
+        colouring = select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
+        after = notebook.wait_for_new_plot(EXPLORER_CELL, before)
+        notebook.save("explorer-after", after)
+        notebook.screenshot(f"explorer-coloured-by-{colouring.replace(' ', '_')}")
 
+        notebook.run_through(EXPLORER_CELL)  # the cell loads the saved file again: the new name is in the explorer
+        options = [o.text for o in _options(notebook.control(EXPLORER_CELL, "dropdown", "cluster"))]
+        assert any(new_name in option for option in options), options
+        assert notebook.errors() == []
+        assert widget_console_errors(browser) == []
 
-def test_a_broken_explorer_callback_is_seen(explorer):
-    """The checks above must fail when the explorer's callback breaks: the kernel's explorer is made to raise
-    on redraw (as a bug in ClusterExplorer.draw would), a control is moved, and the error must be reported."""
-    notebook = explorer
-    notebook.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute({code: "
-                "'explorer.draw = lambda *args, **kwargs: 1 / 0', silent: true})")
-    notebook.wait_idle(30)
-    before = notebook.plot_png(EXPLORER_CELL)
-    select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
-    with pytest.raises(AssertionError, match="did not change"):
-        notebook.wait_for_new_plot(EXPLORER_CELL, before, seconds=8)
-    assert any("ZeroDivisionError" in error for error in notebook.errors()), notebook.errors()
+    def test_a_broken_callback_is_seen(self, explorer):
+        """The checks above must fail when the explorer's callback breaks: the kernel's explorer is made to raise
+        on redraw (as a bug in ClusterExplorer.draw would), a control is moved, and the error must be reported."""
+        notebook = explorer
+        notebook.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute({code: "
+                    "'explorer.draw = lambda *args, **kwargs: 1 / 0', silent: true})")
+        notebook.wait_idle(30)
+        before = notebook.plot_source(EXPLORER_CELL)
+        select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
+        with pytest.raises(AssertionError, match="did not change"):
+            notebook.wait_for_new_plot(EXPLORER_CELL, before, seconds=8)
+        assert any("ZeroDivisionError" in error for error in notebook.errors()), notebook.errors()
 
 
 def _options(select_element):
@@ -209,15 +236,14 @@ def test_the_sampling_widget_draws_new_samples_for_another_cluster(browser, lab)
     notebook = Notebook(browser, lab, "05_conditional_ldm")
     notebook.run_through(widget_cell)
     assert notebook.errors() == []
-    before = notebook.plot_png(widget_cell)
+    before, before_png = notebook.plot_source(widget_cell), notebook.plot_png(widget_cell)
     select_other(notebook.control(widget_cell, "dropdown", "cluster"))
     after = notebook.wait_for_new_plot(widget_cell, before)
-    notebook.save("samples-before", before)
+    notebook.save("samples-before", before_png)
     notebook.save("samples-after", after)
     notebook.save_output(widget_cell, "sampling-widget")
     assert notebook.errors() == []
     assert widget_console_errors(browser) == []
-    lab.stop_kernels()
 
 
 @pytest.mark.parametrize("name, cell, box", [("06_nuclei_masks", 29, "inflammatory")])
@@ -225,12 +251,11 @@ def test_a_mask_widget_of_06_to_08_responds(browser, lab, name, cell, box):
     notebook = Notebook(browser, lab, name)
     notebook.run_through(cell)
     assert notebook.errors() == []
-    before = notebook.plot_png(cell)
+    before, before_png = notebook.plot_source(cell), notebook.plot_png(cell)
     notebook.control(cell, "checkbox", box).click()
     after = notebook.wait_for_new_plot(cell, before)
-    notebook.save("widget-before", before)
+    notebook.save("widget-before", before_png)
     notebook.save("widget-after", after)
     notebook.save_output(cell, "widget")
     assert notebook.errors() == []
     assert widget_console_errors(browser) == []
-    lab.stop_kernels()
