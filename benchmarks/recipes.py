@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 from histolab_utils.config import load_config  # noqa: E402
 from histolab_utils.data import CropSampler, load_images, training_crops  # noqa: E402
 from histolab_utils.data.datasets import SPLIT_VERSION  # noqa: E402
-from histolab_utils.diffusion.training import (DiffusionTrainer, TrainConfig, cpu_in_words,  # noqa: E402
-                                               resolve_mixed_precision, section_train_config)
+from histolab_utils.engine.configs import config_from_section  # noqa: E402
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig  # noqa: E402
+from histolab_utils.engine.precision import cpu_in_words, resolve_mixed_precision  # noqa: E402
 from histolab_utils.paths import atomic_write_text  # noqa: E402
 
 SCHEDULE = "cosine"
@@ -98,7 +99,7 @@ def recipe_config(name: str, seed: int, steps: int = 0) -> TrainConfig:
     """The trainer's config of recipe ``name``: the cpu profile's DDPM section, the recipe's changes, ``steps``."""
     recipe = RECIPES[name]
     ddpm = load_config("cpu").ddpm
-    config = section_train_config(ddpm, seed, own={"schedule": SCHEDULE, "prediction_type": PREDICTION, "extra": {
+    config = config_from_section(TrainConfig, ddpm, seed, own={"schedule": SCHEDULE, "prediction_type": PREDICTION, "extra": {
         "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops, "recipe": name}})
     changes = dict(recipe.changes)
     if recipe.space == "latent":
@@ -233,7 +234,7 @@ def run_recipe(name: str, seed: int, steps: int, seconds_per: float, out: Path, 
     if not (unet_folder / "config.json").is_file():
         trainer = DiffusionTrainer(config, training_data(name, seed), folder, progress=False)
         trainer.train(resume=True)
-        from histolab_utils.diffusion.training import save_pretrained_atomic
+        from histolab_utils.engine.trainer import save_pretrained_atomic
 
         save_pretrained_atomic(trainer.ema_unet(), unet_folder, {"train_seconds.json": {
             "train_seconds": trainer.train_seconds, "final_loss": trainer.log[-1]["loss"]}})

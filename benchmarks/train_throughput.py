@@ -41,7 +41,8 @@ def plain_diffusers_loop(crops: np.ndarray, args, steps: int) -> float:
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    from histolab_utils.diffusion.training import TrainConfig, build_unet
+    from histolab_utils.diffusion.training import TrainConfig
+    from histolab_utils.diffusion.unets import build_unet
 
     config = TrainConfig(image_size=args.image_size, block_out_channels=tuple(args.channels))
     accelerator = Accelerator(mixed_precision="no")
@@ -123,7 +124,7 @@ def main() -> None:
         args.image_size, args.batch_size, args.channels, args.precision = 32, 32, [32, 64, 64], ["no", "bf16"]
         args.channels_last = True
     from histolab_utils.data import training_crops
-    from histolab_utils.diffusion.training import cpu_has_native_bf16, resolve_mixed_precision
+    from histolab_utils.engine.precision import cpu_has_native_bf16, resolve_mixed_precision
 
     crops = training_crops(args.image_size, max(512, args.batch_size * 8))
     plain = plain_diffusers_loop(crops, args, args.steps)

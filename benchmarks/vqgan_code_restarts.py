@@ -22,16 +22,16 @@ import torch
 
 from histolab_utils.config import PROFILES, load_config
 from histolab_utils.data import heldout_eval_crops, training_crops
-from histolab_utils.models.vqgan import (VQGANTrainer, codebook_stats, reconstruct, reconstruction_metrics,
-                                         vqgan_config)
+from histolab_utils.models.vqgan import VQGANTrainer, codebook_stats, reconstruct, reconstruction_metrics
+from histolab_utils.stages.vqgan import VQGAN
 
 
-def run(section, restart_every: int, seed: int, steps: int | None, crops, heldout, out_dir: str) -> dict:
+def run(profile, restart_every: int, seed: int, steps: int | None, crops, heldout, out_dir: str) -> dict:
     """Train one VQ-GAN and score it on ``heldout``."""
     overrides = {"code_restart_every": restart_every, "checkpoint_every": 10**9}
     if steps:
         overrides["steps"] = steps
-    config = vqgan_config(section, section.latent_channels[0], seed=seed, **overrides)
+    config = VQGAN.train_config(profile, seed, **overrides)
     trainer = VQGANTrainer(config, crops, out_dir, progress=False)
     log = trainer.train()
     images, codes = reconstruct(trainer.vqmodel(), heldout)
@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=256, help="held-out crops to score")
     args = parser.parse_args()
 
-    section = load_config(args.profile).vqgan
+    profile = load_config(args.profile)
+    section = profile.vqgan
     every = args.every or section.code_restart_every
     if every <= 0:
         parser.error("--every must be positive (the profile turns restarts off; give a period)")
@@ -63,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for restart_every in (0, every):
-                rows.append(run(section, restart_every, seed, args.steps, crops, heldout,
+                rows.append(run(profile, restart_every, seed, args.steps, crops, heldout,
                                 f"{tmp}/{restart_every}-{seed}"))
                 print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)

@@ -4,7 +4,7 @@ The profiles themselves are TOML files (``histolab_utils/profiles/*.toml``): ``H
 (the default: CPU, 2 cores, a minute or two per notebook, used by CI), ``cpu`` (real results on a
 2-core CPU) and ``full`` (one GPU) run the same code; only sizes and step counts differ.
 ``HISTO_PROFILE=/path/to/mine.toml`` loads a researcher's own file (``extends = "cpu"`` and a few keys).
-A profile's ``[training]`` table holds the defaults every diffusion section inherits.
+A profile's ``[training]`` table holds the defaults every trained model's section inherits.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class DDPMConfig(DiffusionTraining):
     models: tuple[tuple[str, str], ...]
     zero_terminal_snr: bool = False
     ancestral_steps: int = 0  # > 0: the best model is also sampled with ancestral DDPM at this many steps
-    downsample: int = 1  # image px per crop px: 2 = 32 px crops of 64 px fields, box-averaged
+    downsample: int = 1  # DOWNSAMPLE: 2 = 32 px crops of 64 px fields, box-averaged
     diagnostic_timesteps: tuple[int, ...] = (0, 100, 250, 500, 650, 800, 900, 950, 990, 999)
 
 
@@ -106,7 +106,8 @@ class VQGANSection:
     attention: bool
     train_steps: int
     batch_size: int
-    learning_rate: float
+    learning_rate: float  # the generator's and the critic's
+    warmup_steps: int
     disc_start: int
     perceptual_weight: float
     code_restart_every: int  # 0: off; N: codes unused for N steps move onto encoder outputs
@@ -116,6 +117,7 @@ class VQGANSection:
     # image px per tile px: 2 = 32 px tiles of 64 px fields, box-averaged (training crops, the held-out
     # crops, and the tiles notebooks 04 and 05 cluster and generate)
     downsample: int = 1
+    mixed_precision: str = "auto"  # as [training]'s: "auto", "no" or "bf16"
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class MaskSection(GuidedDiffusion):
     Guidance scale 0 is the unconditional model: the chance level of conditioning."""
 
     tile_size: int  # px of a mask tile
-    downsample: float  # level-0 px of the slide per mask px
+    downsample: float  # DOWNSAMPLE (of the HGSC slide's level 0); the same as [spade]'s and [segmentation]'s
     n_train_tiles: int  # train-region tiles of the slide
     n_eval: int  # held-out tiles; every set compared with them (generated, floor, baseline) has as many
     gallery_per_condition: int
@@ -159,7 +161,7 @@ class SpadeSection(GuidedDiffusion):
     unconditional model. ``train_steps`` and ``block_out_channels`` are the pixel-space model's."""
 
     tile_size: int  # px of an image-mask pair
-    downsample: int  # image px per pair px (the mask generator's scale: notebook 06)
+    downsample: int  # DOWNSAMPLE; the same as [masks]'s and [segmentation]'s (checked when the profile is read)
     n_train_pairs: int  # random train-region crops of the nest and stroma images
     n_eval: int  # held-out pairs; every scored set has as many images
     learned_variance: bool  # NASDM's hybrid loss L_simple + 0.001 L_vlb with a learned variance
@@ -193,7 +195,7 @@ class SegmentationSection:
 
     architecture: str  # "hovernet_fast" (MONAI's HoVerNet, 256 px only) or "basic_unet" (MONAI's BasicUNet)
     tile_size: int  # px of a training and test tile
-    downsample: int  # image px per tile px (the generators' scale: notebook 07's pairs)
+    downsample: int  # DOWNSAMPLE; the generators' ([masks], [spade]), whose tiles it trains on
     features: tuple[int, ...]  # BasicUNet's six widths (unused by HoVerNet)
     n_real: int  # the real pool: tiles of a non-overlapping grid over the train region (R25 = a seeded quarter)
     n_test: int  # test tiles every arm is scored on: of a non-overlapping grid over the held-out strips
@@ -211,6 +213,7 @@ class SegmentationSection:
     replacement: tuple[float, ...]  # (b): shares of the pool replaced
     n_resamples: int  # bootstrap and permutation resamples
     overlays: int  # test tiles drawn with TP / FP / FN
+    mixed_precision: str = "auto"  # as [training]'s: "auto", "no" or "bf16"
 
 
 @dataclass(frozen=True)
@@ -231,8 +234,13 @@ class ProfileConfig:
     segmentation: SegmentationSection
 
 
-# Sections of diffusion models: they inherit the profile's [training] defaults for every field they have.
-DIFFUSION_SECTIONS = ("ddpm", "ldm", "masks", "spade", "joint")
+# Every section's ``downsample`` means one thing, DOWNSAMPLE: source-image pixels per model pixel (box-averaged; 1 is
+# full resolution). The generators of notebooks 06-08 and notebook 09's segmenter share one scale, because the
+# segmenter trains on the generators' tiles: a profile whose scales differ is refused where it is read.
+SHARED_SCALE = ("masks", "spade", "segmentation")
+
+# Sections of trained models: they inherit the profile's [training] defaults for every field they have.
+TRAINED_SECTIONS = ("vqgan", "ddpm", "ldm", "masks", "spade", "joint", "segmentation")
 
 
 def _type_name(hint: Any) -> str:
@@ -286,10 +294,10 @@ def profile_from_tables(data: dict, sources: dict, name: str, origin: Path) -> "
     defaults = data.pop("training", {})
     sections = {f.name: f for f in dataclasses.fields(ProfileConfig) if f.name not in ("name", "seed")}
     shared = set().union(*({f.name for f in dataclasses.fields(typing.get_type_hints(ProfileConfig)[s])}
-                           for s in DIFFUSION_SECTIONS))
+                           for s in TRAINED_SECTIONS))
     for key in sorted(set(defaults) - shared):
         raise ProfileError(f"{sources.get(('training', key), origin)}: [training] has no key {key!r}; it sets "
-                           f"defaults for fields of the diffusion sections {DIFFUSION_SECTIONS}")
+                           f"defaults for fields of the trained models' sections {TRAINED_SECTIONS}")
     for key in sorted(set(data) - set(sections) - {"seed"}):
         raise ProfileError(f"{sources.get((key,), origin)}: no profile section or key {key!r}; sections are "
                            f"{', '.join(['training', *sections])}")
@@ -300,9 +308,14 @@ def profile_from_tables(data: dict, sources: dict, name: str, origin: Path) -> "
     for section in sections:
         if section not in data:
             raise ProfileError(f"{origin}: the profile has no [{section}] table, and no file it extends has one")
-        built[section] = _section(hints[section], data[section], defaults if section in DIFFUSION_SECTIONS else {},
+        built[section] = _section(hints[section], data[section], defaults if section in TRAINED_SECTIONS else {},
                                   sources, section, origin)
     seed = _coerce(data["seed"], int, f"{sources.get(('seed',), origin)}: seed")
+    scales = {section: built[section].downsample for section in SHARED_SCALE}
+    if len({float(v) for v in scales.values()}) > 1:
+        where = ", ".join(f"[{s}] downsample = {v} ({sources.get((s, 'downsample'), origin)})" for s, v in scales.items())
+        raise ProfileError(f"{origin}: the generators and the segmenter must share one scale, but {where}: notebook 09 "
+                           f"trains the segmenter on the generators' tiles")
     return ProfileConfig(name=name, seed=seed, **built)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TYPE_COLOURS = {  # RGB in [0, 1]; 0 is background
     1: (0.10, 0.75, 0.25),
@@ -157,3 +160,38 @@ def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | No
     ax.invert_yaxis()
     ax.set_xlabel(f"{score}: arm - reference (seeds-and-tiles bootstrap, interval at its Holm level)")
     return ax
+
+
+def plot_losses(logs: dict[str, pd.DataFrame], ax=None, smooth: int = 20):
+    """Loss curves (rolling mean over ``smooth`` steps) of several runs on one axis: ``logs`` maps a run's
+    name to its loss log (a trainer's ``loss_frame()``, with columns ``step`` and ``loss``)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    for name, log in logs.items():
+        ax.plot(log["step"], log["loss"].rolling(smooth, min_periods=1).mean(), label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss (rolling mean of {smooth})")
+    ax.set_yscale("log")
+    ax.legend()
+    return ax
+
+
+def cluster_gallery(tiles: np.ndarray, cluster_ids: np.ndarray, names: Sequence[str], per_cluster: int = 16,
+                    seed: int = 0):
+    """One row per cluster (``names[c]`` for id ``c``): up to ``per_cluster`` of its uint8 NHWC ``tiles``, drawn at
+    random without replacement (one seeded generator, clusters in order), titled with the name and the cluster's
+    size. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .diffusion.sampling import sample_grid
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 0.95 * len(names)), squeeze=False)
+    for ax, (c, name) in zip(axes[:, 0], enumerate(names)):
+        members = np.flatnonzero(np.asarray(cluster_ids) == c)
+        pick = rng.choice(members, size=min(per_cluster, len(members)), replace=False)
+        ax.imshow(sample_grid(tiles[pick], ncols=per_cluster)); ax.axis("off")
+        ax.set_title(f"{name}: {len(members)} tiles", fontsize=8, loc="left")
+    plt.tight_layout()
+    return fig

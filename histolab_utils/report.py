@@ -177,15 +177,6 @@ def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
     return default
 
 
-def chosen_generator_settings(profile: str) -> dict[str, Any]:
-    """What notebooks 06-08 chose on their validation strips in ``profile``, as keyword arguments of
-    ``segmentation.experiments.load_generators`` (None where a notebook has not chosen yet: the profile's value)."""
-    return {"mask_guidance": chosen_setting("06_nuclei_masks", "guidance", profile, None),
-            "spade_guidance": chosen_setting("07_mask_to_image", "guidance", profile, None),
-            "spade_sampler": chosen_setting("07_mask_to_image", "sampler", profile, None),
-            "joint_guidance": chosen_setting("08_joint_synthesis", "guidance", profile, None)}
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -220,3 +211,23 @@ def build_summary(results: Iterable[Mapping[str, Any]], profile: str) -> str:
         wall_text = "-" if wall is None else f"{wall:.1f}"
         lines.append(f"| {result['notebook']} | {result['status']} | {wall_text} | {headline} |")
     return "\n".join(lines) + "\n"
+
+
+# -- score tables in a metrics record ----------------------------------------------------------------------------
+def table_records(frame) -> dict[str, dict[str, float | None]]:
+    """A score table (a DataFrame of numbers) as a metrics record keeps it: ``{str(row): {column: float}}``, with
+    None where a cell is NaN (a score that is not defined for that set)."""
+    import pandas as pd
+
+    return {str(name): {str(k): (None if pd.isna(v) else float(v)) for k, v in row.items()}
+            for name, row in frame.iterrows()}
+
+
+def row_values(frame, name: str) -> dict[str, float]:
+    """Row ``name`` of a score table as ``{column: float}``, its NaN cells left out; a row the table lacks is a
+    KeyError that lists the rows it has."""
+    import pandas as pd
+
+    if name not in frame.index:
+        raise KeyError(f"the score table has no row {name!r}; its rows are {[str(i) for i in frame.index]}")
+    return {str(k): float(v) for k, v in frame.loc[name].items() if pd.notna(v)}

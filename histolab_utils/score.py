@@ -1,5 +1,8 @@
-"""Score runs trained elsewhere (another machine, ``python -m histolab_utils.train``) the way their notebook does.
+"""Score runs trained elsewhere (another machine, ``python -m histolab_utils.train``) the way their notebook does:
+every "score runs made elsewhere" path of the project.
 
+    python -m histolab_utils.score vqgans runs/full/vqgan-4ch/heldout_reconstructions.npz runs/full/vqgan-8ch/... \\
+        --out results/full/02_vqgan.json --note "one NVIDIA H100, train vqgan --eval 1000"
     python -m histolab_utils.score segmenters runs/full/segmentation-h100 --profile full \\
         --arms real_25,classic_25,duplicated_25,real_100,classic_100,add_spade_real_75 --out results/full/09_arms.json \\
         --trained-on "one NVIDIA H100"
@@ -24,13 +27,23 @@ from .segmentation.experiments import (HEADLINE, arm_catalogue, arm_results, arm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m histolab_utils.score {vqgans,segmenters} ...``: one scorer per kind of run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "vqgans":  # notebook 02's: held-out reconstructions saved by `train vqgan --eval N`
+        from .stages.vqgan import score_main
+
+        return score_main(argv[1:])
+    return score_segmenters(argv)
+
+
+def score_segmenters(argv: Sequence[str] | None = None) -> int:
     """``python -m histolab_utils.score segmenters RUNS --profile full --arms ... --out results/full/09_X.json``:
     score arms trained elsewhere (``RUNS/ARM/seed-N``, from ``python -m histolab_utils.train segmenter``) as notebook
     09 does: hierarchical-bootstrap contrasts with each arm's reference, Holm over every (arm, score), the null arm.
     Synthetic arms too: their training-set sizes follow from the real pool; which generator made their tiles is
     for ``--note`` to say (the runs' folders do not record it)."""
-    parser = argparse.ArgumentParser(prog="python -m histolab_utils.score", description=main.__doc__)
-    parser.add_argument("what", choices=["segmenters"], help="what the runs trained")
+    parser = argparse.ArgumentParser(prog="python -m histolab_utils.score", description=score_segmenters.__doc__)
+    parser.add_argument("what", choices=["vqgans", "segmenters"], help="what the runs trained")
     parser.add_argument("runs", type=Path, help="folder holding ARM/seed-N run folders")
     parser.add_argument("--profile", required=True, help="the profile the runs were trained with")
     parser.add_argument("--arms", required=True, help="comma-separated arm names, e.g. real_25,duplicated_25,real_100")

@@ -82,15 +82,15 @@ def note_auto_precision(request, monkeypatch):
     if not log:
         yield
         return
-    from histolab_utils.diffusion import training
+    from histolab_utils.engine import precision
 
-    resolve, resolved_auto = training.resolve_mixed_precision, []
+    resolve, resolved_auto = precision.resolve_mixed_precision, []
 
     def noting(setting, *args, **kwargs):
         resolved_auto.append(setting == "auto")
         return resolve(setting, *args, **kwargs)
 
-    monkeypatch.setattr(training, "resolve_mixed_precision", noting)
+    monkeypatch.setattr(precision, "resolve_mixed_precision", noting)
     yield
     if any(resolved_auto):
         with open(log, "a") as handle:

@@ -144,3 +144,27 @@ def test_smoke_runs_never_write_the_full_profile_expert_file(isolated_dirs, monk
     monkeypatch.setenv("HISTO_DATA_DIR", str(isolated_dirs / "data"))
     assert expert_labels_path("full").name == "expert_labels.csv"
     assert expert_labels_path("smoke").name == "expert_labels.smoke.csv"
+
+
+def test_the_cluster_gallery_shows_a_seeded_row_of_each_cluster():
+    """Notebook 04's section 0: one row per cluster, its name and size in the title, tiles of that cluster only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from histolab_utils.plotting import cluster_gallery
+
+    ids = np.array([0, 1, 0, 2, 1, 0, 0])
+    tiles = np.stack([np.full((4, 4, 3), 10 * (i + 1), np.uint8) for i in range(len(ids))])  # colour: which tile
+    fig = cluster_gallery(tiles, ids, ["tumour", "stroma", "fat"], per_cluster=3, seed=0)
+    axes = fig.axes
+    assert [ax.get_title(loc="left") for ax in axes] == ["tumour: 4 tiles", "stroma: 2 tiles", "fat: 1 tiles"]
+    for c, ax in enumerate(axes):
+        shown = ax.images[0].get_array()
+        members = {10 * (i + 1) for i in np.flatnonzero(ids == c)}
+        assert shown.shape == (4, 12, 3) and set(np.unique(shown)) - {255} <= members  # white pads a short row
+        assert len(set(np.unique(shown)) - {255}) == min(3, len(members))  # drawn without replacement
+    again = cluster_gallery(tiles, ids, ["tumour", "stroma", "fat"], per_cluster=3, seed=0)
+    assert all((a.images[0].get_array() == b.images[0].get_array()).all() for a, b in zip(axes, again.axes))
+    plt.close("all")

@@ -14,7 +14,8 @@ from histolab_utils.data.layouts import (Layouts, check_layout, layout_maps, lay
 from histolab_utils.data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS
 from histolab_utils.data.pairs import image_mask_pairs
 from histolab_utils.diffusion.schedules import make_scheduler
-from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, build_unet
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+from histolab_utils.diffusion.unets import build_unet
 from histolab_utils.evaluation.layout_adherence import adherence_table, layout_adherence
 from histolab_utils.models.joint_synthesis import (JOINT_CHANNELS, NULL_CONTEXT, JointSynthesisPipeline, decode_joint,
                                                    distance_maps, encode_joint, joint_training_set, layout_disks,

@@ -15,7 +15,8 @@ from histolab_utils.diffusion.hybrid_loss import model_log_variance, normal_kl, 
 from histolab_utils.diffusion.inpainting import RePaintSettings, check_region, jump_schedule, model_evaluations
 from histolab_utils.diffusion.schedules import make_scheduler
 from histolab_utils.diffusion.spade import SPADEUNet
-from histolab_utils.diffusion.training import BatchSource, TrainConfig
+from histolab_utils.diffusion.training import TrainConfig
+from histolab_utils.engine.trainer import BatchSource
 from histolab_utils.evaluation.mask_fidelity import HaematoxylinDetector, dice, mask_dice, mismatched
 from histolab_utils.evaluation.seams import seam_score
 from histolab_utils.models.mask_to_image import (SEG_CHANNELS, MaskToImagePipeline, condition_maps, edit_mask,
@@ -387,3 +388,23 @@ def test_the_shipped_spade_models_verify_and_load_in_a_fresh_process(shipped, re
     outputs = released_and_loading(names, LOAD_SPADE, ("not for diagnosis", "Licence", "floor", "validation", "n = 500"))
     assert all(outputs[name].split()[0] == name.split("-")[1] for name in names)  # the latent one carries its VQ-GAN
     assert all(check["passes"] for check in published["metrics"]["checks"])
+
+
+def test_a_released_models_fidelity_sits_beside_real_and_mismatched_pairs_with_its_colour_gap():
+    """Section 0 of notebooks 07 and 08: made sets, then the real-pair reference and the mismatched floor."""
+    from histolab_utils.evaluation.mask_fidelity import fidelity_beside_real_pairs
+
+    yy, xx = np.mgrid[:16, :16]
+    types = np.stack([((yy - 4 - k) ** 2 + (xx - 4 - 2 * k) ** 2 < 9).astype(int) for k in range(4)])
+    pink, purple = np.array([230, 170, 200]), np.array([80, 40, 140])
+    real = np.where(types[..., None] > 0, purple, pink).astype(np.uint8)
+    detector = HaematoxylinDetector.fit(real)
+    tinted = (real.astype(int) + 20).astype(np.uint8)
+    table = fidelity_beside_real_pairs(detector, {"copy": (real, types), "tinted": (tinted, types)}, real, types)
+    assert list(table.index) == ["copy", "tinted", "real pairs", "mismatched real pairs"]
+    assert table.loc["copy", "dice"] == table.loc["real pairs", "dice"] > table.loc["mismatched real pairs", "dice"]
+    assert (table.loc[["copy", "real pairs", "mismatched real pairs"], "colour gap"] == 0).all()
+    assert table.loc["tinted", "colour gap"] == pytest.approx(20)
+    assert (table["n"] == 4).all()
+    with pytest.raises(ValueError, match="real pairs"):
+        fidelity_beside_real_pairs(detector, {"real pairs": (real, types)}, real, types)

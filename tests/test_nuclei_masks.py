@@ -300,13 +300,14 @@ def test_conditioning_accuracy_by_hand():
 def _tiny_config(**overrides):
     from histolab_utils.config import load_config
 
-    section = load_config("smoke").masks
-    return mg.mask_train_config(section, image_size=16, steps=4, batch_size=4, block_out_channels=(8, 16),
+    from histolab_utils.stages.masks import MASKS
+
+    return MASKS.train_config(load_config("smoke"), image_size=16, steps=4, batch_size=4, block_out_channels=(8, 16),
                                 checkpoint_every=2, **overrides)
 
 
 def test_changing_the_multi_hot_vector_changes_the_output():
-    from histolab_utils.diffusion.training import build_unet
+    from histolab_utils.diffusion.unets import build_unet
 
     torch.manual_seed(0)
     unet = build_unet(_tiny_config())
@@ -324,7 +325,7 @@ def test_changing_the_multi_hot_vector_changes_the_output():
 
 def test_the_condition_is_dropped_at_the_rate_asked():
     from histolab_utils.diffusion.conditioning import null_condition
-    from histolab_utils.diffusion.training import BatchSource
+    from histolab_utils.engine.trainer import BatchSource
 
     data = np.zeros((64, mg.MASK_CHANNELS, 8, 8), np.float16)
     labels = mg.condition_vectors([["neoplastic"]] * 64, ["tumor"] * 64)
@@ -402,7 +403,7 @@ def test_the_checks_pass_real_masks_and_fail_an_untrained_generator(real_data):
     """Notebook 06's asserts (mask_generator_checks) on a deliberately broken model: an untrained UNet
     in the real pipeline. As a positive control, real held-out masks themselves pass every check."""
     from histolab_utils.diffusion.schedules import make_scheduler
-    from histolab_utils.diffusion.training import build_unet
+    from histolab_utils.diffusion.unets import build_unet
     from histolab_utils.evaluation.mask_generation import mask_generator_checks
 
     heldout = mask_tiles("hgsc_nest", 16, "heldout", 24, seed=1, cache=False)
@@ -470,7 +471,7 @@ def test_a_released_mask_generator_keeps_its_weights_in_fp16_and_loads(tmp_path)
     from histolab_utils.data import DataError
     from histolab_utils.data.releases import release_pipeline
     from histolab_utils.diffusion.schedules import make_scheduler
-    from histolab_utils.diffusion.training import build_unet
+    from histolab_utils.diffusion.unets import build_unet
 
     torch.manual_seed(0)
     source = tmp_path / "pipeline"
@@ -489,3 +490,35 @@ def test_a_released_mask_generator_keeps_its_weights_in_fp16_and_loads(tmp_path)
     with pytest.raises(DataError, match="holds weights"):
         release_pipeline(source, "masks-broken", "card", root=tmp_path / "data")
     assert not (tmp_path / "data" / "pretrained" / "masks-broken").exists()
+
+
+def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_guidance(isolated_dirs):
+    """How notebooks 07 and 08 draw notebook 06's masks for held-out pairs: their types and contexts, their size, the
+    profile's sampler, and the guidance notebook 06's latest record chose (the profile's while there is none)."""
+    from types import SimpleNamespace
+
+    from histolab_utils.config import load_config
+    from histolab_utils.diffusion.schedules import make_scheduler
+    from histolab_utils.diffusion.unets import build_unet
+    from histolab_utils.report import metrics_dir
+    from histolab_utils.stages.masks import MASKS
+
+    torch.manual_seed(0)
+    folder = isolated_dirs / "masks" / "pipeline"
+    mg.save_mask_pipeline(build_unet(_tiny_config()), make_scheduler("ddpm", "cosine"), folder)
+    types = np.zeros((3, 12, 12), np.uint8)
+    instances = np.zeros((3, 12, 12), np.int32)
+    types[0, 2:6, 2:6], instances[0, 2:6, 2:6] = 1, 1
+    types[1, 5:9, 5:9], instances[1, 5:9, 5:9] = 3, 1
+    pairs = SimpleNamespace(types=types, instances=instances, contexts=np.array([0, 1, 0]))
+    config = load_config("smoke")
+    made, guidance = MASKS.masks_for(pairs, folder, config)
+    assert guidance == config.masks.guidance
+    assert made.types.shape == made.instances.shape == (3, 12, 12)
+    assert not made.types[2].any(), "a pair without nuclei asks for an empty mask"
+    again, _ = MASKS.masks_for(pairs, folder, config)
+    assert (again.masks == made.masks).all(), "seeded"
+    metrics_dir("smoke").mkdir(parents=True)
+    (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
+        {"split_version": 2, "metrics": {"guidance": config.masks.guidance + 1.5}}))
+    assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance + 1.5

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from histolab_utils.diffusion.training import (DiffusionTrainer, TrainConfig, cpu_has_native_bf16, cpu_in_words,
-                                               make_accelerator, resolve_mixed_precision, section_train_config)
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+from histolab_utils.engine.precision import cpu_has_native_bf16, cpu_in_words, make_accelerator, resolve_mixed_precision
 
 
 @pytest.mark.parametrize("capabilities, native", [
@@ -63,17 +63,21 @@ def test_an_explicit_precision_overrides_auto_and_a_bad_one_is_named():
 
 
 def test_the_profile_carries_the_precision_into_every_trainer(tmp_path):
+    """[training]'s mixed_precision reaches every stage's trainer config, the VQ-GAN and the segmenter included."""
+    from types import SimpleNamespace
+
     from histolab_utils.config import read_config
-    from histolab_utils.models.mask_generator import mask_train_config
-    from histolab_utils.train import train_config
+    from histolab_utils.stages import registered
 
     path = tmp_path / "fp32.toml"
     path.write_text('extends = "cpu"\n[training]\nmixed_precision = "no"\n')
     profile = read_config(str(path))
-    assert train_config(profile.ddpm, "cosine").mixed_precision == "no"
-    assert mask_train_config(profile.masks).mixed_precision == "no"
-    assert section_train_config(profile.ldm).mixed_precision == "no"
-    assert train_config(read_config("cpu").ddpm, "cosine").mixed_precision == "auto"
+    vqmodel = SimpleNamespace(config=SimpleNamespace(latent_channels=4, block_out_channels=(32, 64, 64)))
+    latents = SimpleNamespace(latents=np.zeros((1, 4, 8, 8)), class_names=["a", "b"], fingerprint="x")
+    extra = {"spade": {"variant": "latent", "vqmodel": vqmodel}, "ldm": {"data": latents}}
+    for name, stage in registered().items():
+        assert stage.train_config(profile, **extra.get(name, {})).mixed_precision == "no", name
+        assert stage.train_config(read_config("cpu"), **extra.get(name, {})).mixed_precision == "auto", name
 
 
 def test_bf16_training_learns_what_fp32_learns(tmp_path, real_data):

@@ -64,14 +64,18 @@ def test_histo_profile_takes_a_name_or_a_researchers_file(tmp_path, monkeypatch)
     assert config.read_config(str(child)).ddpm.train_steps == 10
 
 
-def test_training_defaults_fill_every_diffusion_section_that_does_not_set_them(tmp_path):
+def test_training_defaults_fill_every_trained_section_that_does_not_set_them(tmp_path):
     path = write(tmp_path / "p.toml", 'extends = "smoke"\n\n[training]\nema_decay = 0.5\nmixed_precision = "no"\n\n'
                                       '[masks]\nema_decay = 0.25\n')
     loaded = config.read_config(str(path))
     assert loaded.ddpm.ema_decay == loaded.ldm.ema_decay == loaded.spade.ema_decay == loaded.joint.ema_decay == 0.5
     assert loaded.masks.ema_decay == 0.25, "a section's own key wins"
     assert {loaded.ddpm.mixed_precision, loaded.masks.mixed_precision, loaded.joint.mixed_precision} == {"no"}
-    assert loaded.vqgan == config.read_config("smoke").vqgan, "non-diffusion sections do not inherit"
+    assert loaded.vqgan.mixed_precision == loaded.segmentation.mixed_precision == "no", "every trained model's section"
+    smoke = config.read_config("smoke")
+    assert loaded.vqgan == dataclasses.replace(smoke.vqgan, mixed_precision="no"), "only the fields a section has"
+    assert loaded.segmentation == dataclasses.replace(smoke.segmentation, mixed_precision="no")
+    assert loaded.clusters == smoke.clusters, "sections of no trained model inherit nothing"
 
 
 @pytest.mark.parametrize("text, named", [
@@ -148,3 +152,12 @@ def test_the_cli_and_the_runner_take_a_profile_file(tmp_path, capsys):
     assert "missing.toml does not exist" in capsys.readouterr().err
     assert runner.main(["--profile", str(tmp_path / "missing.toml"), "--only", "03"]) == 2
     assert "missing.toml does not exist" in capsys.readouterr().err
+
+
+def test_the_generators_and_the_segmenter_must_share_one_scale(tmp_path):
+    path = write(tmp_path / "p.toml", 'extends = "smoke"\n\n[spade]\ndownsample = 1\n')
+    with pytest.raises(config.ProfileError, match=r"share one scale.*\[spade\] downsample = 1 \(.*p.toml\)"):
+        config.read_config(str(path))
+    both = write(tmp_path / "q.toml", 'extends = "smoke"\n\n[masks]\ndownsample = 1.0\n\n[spade]\ndownsample = 1\n\n'
+                                      '[segmentation]\ndownsample = 1\n')
+    assert config.read_config(str(both)).segmentation.downsample == 1

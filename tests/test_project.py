@@ -58,6 +58,19 @@ def test_notebooks_have_goals_setup_asserts_and_exercises(path):
     assert closing[0].startswith("## Exercises") and closing[1].startswith("## References"), path.name
 
 
+MAX_CELL_LINES = 30
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_code_cell_is_longer_than_30_lines(path):
+    """A code cell is narrative-sized: longer logic belongs in the package (a function with a docstring and a test),
+    or the cell splits where the story does, with a sentence of markdown between."""
+    nb = nbformat.read(path, as_version=4)
+    lines = {index: len(cell.source.splitlines()) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"}
+    too_long = {index: n for index, n in lines.items() if n > MAX_CELL_LINES}
+    assert not too_long, f"{path.name}: code cells over {MAX_CELL_LINES} lines ({{cell index: lines}}): {too_long}"
+
+
 CITATION = re.compile(r"\b([A-Z][\w'\-]+)(?: et al\.| (?:&|and) [A-Z][\w'\-]+)?,? \(?((?:19|20)\d\d)\b")
 
 
@@ -92,7 +105,8 @@ def test_nasdm_is_cited_by_its_authors():
 
 
 PACKAGE = ROOT / "histolab_utils"
-STAGES = ("data", "tiling", "stain", "evaluation", "diffusion", "models", "latent", "segmentation")  # lower to higher
+STAGES = ("data", "engine", "tiling", "stain", "evaluation", "diffusion", "models", "latent",  # lower to higher
+          "segmentation")
 
 
 def _module_name(path: Path) -> str:

@@ -17,7 +17,8 @@ from histolab_utils.diffusion.edm import edm_loss, edm_scheduler, preconditionin
 from histolab_utils.diffusion.prediction import min_snr_weight
 from histolab_utils.diffusion.sampling import sample, unet_denoiser
 from histolab_utils.diffusion.schedules import make_scheduler
-from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, build_unet
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+from histolab_utils.diffusion.unets import build_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, batch_size=4, block_out_channels=(8, 16), layers_per_block=1, warmup_steps=2,

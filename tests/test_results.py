@@ -13,6 +13,19 @@ from PIL import Image
 
 from histolab_utils import results
 from histolab_utils.paths import results_dir
+from histolab_utils.stages import stage
+
+
+def typed(name: str, record: dict):
+    """The published cpu record of stage ``name``, typed, with the stamp keys and metrics of ``record`` in place
+    (the cards below are checked on these made-up values)."""
+    from dataclasses import replace
+
+    published = stage(name).read_record("cpu")
+    stamp = replace(published.stamp, **{k: v for k, v in record.items() if k != "metrics"})
+    unknown = set(record["metrics"]) - set(published.metric_names())
+    assert not unknown, unknown
+    return replace(published, stamp=stamp, **record["metrics"])
 
 
 def noise_png(size: int) -> str:
@@ -57,7 +70,7 @@ def test_the_cli_trains_every_model_into_the_folder_the_notebook_resumes_from():
     for command, channels in zip(commands, vqgan.latent_channels):
         assert command[2:4] == ["histolab_utils.train", "vqgan"] and "--resume" in command
         assert command[command.index("--latent-channels") + 1] == str(channels)
-        assert command[command.index("--out") + 1] == str(results.vqgan_run_folder("cpu", channels))
+        assert command[command.index("--out") + 1] == str(stage("vqgan").run_folder_of("cpu", channels))
     assert results.training_commands("09_augmentation_experiments", "cpu") == []
 
 
@@ -99,7 +112,7 @@ def test_the_model_card_states_data_split_scores_floors_licences_and_use():
         "train_steps": 2500, "batch_size": 32, "n_train_crops": 8192, "hardware": "cpu (2 cores)",
         "best_model_rule": "lowest DDIM FID against a train-region draw",
         "models": [["linear", "epsilon"], ["linear", "v_prediction"], ["cosine", "v_prediction"], ["sigmoid", "v_prediction"]]}}
-    card = results.model_card(record, "cosine", "v_prediction", "ddpm-cosine-v-cpu")
+    card = stage("ddpm").card(typed("ddpm", record), "cosine-v_prediction", "ddpm-cosine-v-cpu")
     for needed in ("not for diagnosis", "held-out", "n = 500", "**60.0**", "**40.0**", "| ddim | 50 | 80.0 |",
                    "BSD-3-Clause", "MIT", "Apache-2.0", "25 min of training", "2500 optimiser steps",
                    "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the 4 models"):
@@ -121,13 +134,13 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
         "nasdm_pp_pixel_generated_masks": scores(45.0, 0.6), "latent_real_masks": scores(50.0, 0.55),
         "latent_generated_masks": scores(55.0, 0.5), "fidelity_reference_real_pairs": scores(None, 0.6),
         "fidelity_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals}}
-    pixel = results.spade_card(spade, "pixel", "spade-pixel-cpu")
+    pixel = stage("spade").card(typed("spade", spade), "pixel", "spade-pixel-cpu")
     for needed in ("not for diagnosis", "n = 500 held-out", "250 validation pairs", "| real-vs-real floor (train crops) | 20 |",
                    "| model, real held-out masks | 36 | 0.036 | 0.61 | 500 |", "DDPM, learned variance",
                    "29 min of\ntraining", "MaskToImagePipeline.from_pretrained", "| recall above s = 0 | 0.800 | 0.5 | yes |",
                    "| FID over the real-vs-real floor | <= 1.5 | 1.80 | no |", "Licence", "Shrivastava & Fletcher"):
         assert needed in pixel, needed
-    latent = results.spade_card(spade, "latent", "spade-latent-cpu")
+    latent = stage("spade").card(typed("spade", spade), "latent", "spade-latent-cpu")
     assert "| model, notebook 06's generated masks | 55 |" in latent and "vqvae" in latent and "spade-pixel-cpu" in latent
     joint = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
         "tile_size": 32, "downsample": 2, "guidance": 2.0, "sampler_steps": 25, "n": 500, "n_validation": 250,
@@ -136,7 +149,7 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
         "head_to_head": {"two-stage, real mask (oracle)": {**scores(36.0, 0.6), "located_fraction": 0.95}},
         "label_consistency_reference_real_pairs": scores(None, 0.6),
         "label_consistency_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals}}
-    card = results.joint_card(joint, "joint-cpu")
+    card = stage("joint").card(typed("joint", joint), "", "joint-cpu")
     for needed in ("not for diagnosis", "| joint, held-out layouts, s = 2 | 30 | 0.03 | 0.5 | 0.9 |  |  |",
                    "| two-stage, real mask (oracle) | 36 |", "32 min of training", "JointSynthesisPipeline.from_pretrained",
                    "CoSyn", "| recall above s = 0 | 0.800 | 0.5 | yes |", "250 validation pairs"):
@@ -151,7 +164,7 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                       "perplexity": 200.0},
                      {"model": "mean colour per tile", "psnr": 15.0, "ssim": 0.1, "rfid": 300.0, "codebook_usage": None,
                       "perplexity": None}]}}
-    card = results.vqgan_card(vq, 4, "vqgan-4ch-cpu")
+    card = stage("vqgan").card(typed("vqgan", vq), "4ch", "vqgan-4ch-cpu")
     for needed in ("not for diagnosis", "n = 500", "**60.0**", "| VQ-GAN, 4 channels | 25.00 | 0.800 | 55.0 | 0.93 |",
                    "| mean colour per tile | 15.00 | 0.100 | 300.0 |  |  |", "27 min of training", "VQModel.from_pretrained", "Licence"):
         assert needed in card, needed
@@ -164,7 +177,7 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                              "ci_high": 0.96}, {"set": "2.0", "n": 80, "accuracy": 0.75, "ci_low": 0.65, "ci_high": 0.84}],
         "goals": [{"goal": "controllability over its real-tile ceiling", "target": ">= 0.8", "measured": 0.75 / 0.9,
                    "met": True}]}}
-    card = results.ldm_card(ldm, "ldm-cpu")
+    card = stage("ldm").card(typed("ldm", ldm), "", "ldm-cpu")
     for needed in ("not for diagnosis", "| stroma | 40 | 90.0 | 70.0 |", "| 2.0 | 80 | 0.75 (0.65-0.84) |",
                    "chance is 0.50", "ceiling (real held-out tiles) is\n0.90", "subfolder", "30 min of training",
                    "| controllability over its real-tile ceiling | >= 0.8 | 0.83 | yes |"):
@@ -175,9 +188,11 @@ def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated
     from histolab_utils.data.releases import pretrained, read_manifest
     from histolab_utils.paths import runs_dir
 
-    folders = results.generator_folders("cpu")
+    from histolab_utils.stages.segmenter import generator_folders
+
+    folders = generator_folders("cpu")
     assert set(folders) == {"masks", "spade", "joint"}
     for key, name in (("masks", "masks-cpu"), ("spade", "spade-pixel-cpu"), ("joint", "joint-cpu")):
         expected = pretrained(name) if name in read_manifest() else runs_dir("cpu") / {"spade": "spade-pixel"}.get(key, key) / "pipeline"
         assert folders[key] == expected, key
-    assert results.generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released
+    assert generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released

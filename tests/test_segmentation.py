@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from histolab_utils.config import load_config
-from histolab_utils.diffusion.training import BatchSource
 from histolab_utils.data.nuclei import NUCLEUS_CLASSES
+from histolab_utils.engine.trainer import BatchSource
 from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_size, arm_training_set,
                                                      needed_pool_pairs, pick_arms, run_arm, segmenter_config,
                                                      synthetic_bank)

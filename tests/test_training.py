@@ -9,7 +9,9 @@ import torch
 
 from histolab_utils.diffusion.sampling import sample, unet_denoiser
 from histolab_utils.diffusion.schedules import make_scheduler
-from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig, TrainingDiverged, resolve_mixed_precision
+from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+from histolab_utils.engine.precision import resolve_mixed_precision
+from histolab_utils.engine.trainer import TrainingDiverged
 
 TINY = dict(image_size=16, batch_size=4, block_out_channels=(8, 16), layers_per_block=1, warmup_steps=2,
             learning_rate=1e-3, ema_decay=0.9)
@@ -139,7 +141,7 @@ def test_a_change_to_or_from_fp16_is_refused_with_what_to_do():
     clip scaled gradients silently, so that one change keeps an error, ours, that says what to do."""
     from accelerate import Accelerator
 
-    from histolab_utils.diffusion.training import allow_precision_change
+    from histolab_utils.engine.precision import allow_precision_change
 
     allow_precision_change()
     Accelerator(mixed_precision="no", cpu=True)
@@ -194,7 +196,7 @@ def test_an_impossible_parameterisation_is_refused_before_anything_is_written(tm
 
 
 def test_norm_groups_keep_several_channels_per_group():
-    from histolab_utils.diffusion.training import norm_groups
+    from histolab_utils.diffusion.unets import norm_groups
 
     assert norm_groups((128, 256, 256, 512)) == 32  # diffusers' default where the UNet is wide enough
     assert norm_groups((16, 32, 32)) == 4 and norm_groups((32, 64)) == 8 and norm_groups((8, 16)) == 2
@@ -214,7 +216,7 @@ def test_the_cli_trains_the_prediction_type_it_is_given(tmp_path, real_data):
 
 
 def test_resuming_a_folder_of_another_config_is_refused_naming_the_fields(tmp_path, crops, capsys):
-    from histolab_utils.diffusion.training import ResumeMismatch
+    from histolab_utils.engine.trainer import ResumeMismatch
 
     config = TrainConfig(schedule="cosine", steps=2, checkpoint_every=2, **TINY)
     first = DiffusionTrainer(config, crops, tmp_path, progress=False)

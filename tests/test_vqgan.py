@@ -150,12 +150,12 @@ def test_trainer_rejects_wrong_tiles(tmp_path, crops):
 
 
 def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data, monkeypatch):
-    """`python -m histolab_utils.train vqgan ... --eval N` then `python -m histolab_utils.models.vqgan score`."""
+    """`python -m histolab_utils.train vqgan ... --eval N` then `python -m histolab_utils.score vqgans`."""
     import json
 
     from histolab_utils import train
     from histolab_utils.evaluation import metrics
-    from histolab_utils.models import vqgan
+    from histolab_utils import score
 
     out = tmp_path / "vqgan-4ch"
     assert train.main(["vqgan", "--profile", "smoke", "--out", str(out), "--steps", "2", "--eval", "6"]) == 0
@@ -168,7 +168,7 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
                         lambda images: np.asarray(images).reshape(len(images), -1)[:, :32].astype(np.float64))
     monkeypatch.setattr(metrics, "cached_features", lambda key, compute: compute())  # keep fakes out of the cache
     result_path = tmp_path / "result.json"
-    assert vqgan.main(["score", str(out / "heldout_reconstructions.npz"), "--out", str(result_path)]) == 0
+    assert score.main(["vqgans", str(out / "heldout_reconstructions.npz"), "--out", str(result_path)]) == 0
     result = json.loads(result_path.read_text())
     assert set(result["runs"]["vqgan-4ch"]) >= {"psnr", "ssim", "rfid", "perplexity", "n", "config"}
     assert result["floor"]["n"] == 6 and len(result["baselines"]) == 2
@@ -176,7 +176,7 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     tampered["seed"] = np.array(5)
     np.savez(tmp_path / "vqgan-4ch" / "tampered.npz", **tampered)
     with pytest.raises(ValueError, match="do not pair"):
-        vqgan.main(["score", str(out / "tampered.npz"), "--out", str(result_path)])
+        score.main(["vqgans", str(out / "tampered.npz"), "--out", str(result_path)])
 
 
 def test_the_scorer_accepts_redrawn_crops_only_when_asked_and_only_if_they_pair(tmp_path, real_data, monkeypatch):
@@ -188,7 +188,7 @@ def test_the_scorer_accepts_redrawn_crops_only_when_asked_and_only_if_they_pair(
     from histolab_utils import train
     from histolab_utils.data import heldout_eval_crops
     from histolab_utils.evaluation import metrics
-    from histolab_utils.models import vqgan
+    from histolab_utils import score
 
     monkeypatch.setattr(metrics, "inception_features",
                         lambda images: np.asarray(images).reshape(len(images), -1)[:, :32].astype(np.float64))
@@ -205,17 +205,17 @@ def test_the_scorer_accepts_redrawn_crops_only_when_asked_and_only_if_they_pair(
         np.savez(tmp_path / name / "heldout_reconstructions.npz", reconstructions=reconstructions, **fields)
     drifted = str(tmp_path / "drifted" / "heldout_reconstructions.npz")
     with pytest.raises(ValueError, match="redrawn here differ.*--accept-redrawn"):
-        vqgan.main(["score", drifted, "--out", str(tmp_path / "r.json")])
-    assert vqgan.main(["score", drifted, "--out", str(tmp_path / "r.json"), "--accept-redrawn"]) == 0
+        score.main(["vqgans", drifted, "--out", str(tmp_path / "r.json")])
+    assert score.main(["vqgans", drifted, "--out", str(tmp_path / "r.json"), "--accept-redrawn"]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert "drifted" in result["originals_redrawn"] and result["runs"]["drifted"]["psnr"] > 30
     with pytest.raises(ValueError, match="do not pair"):
-        vqgan.main(["score", str(tmp_path / "unpaired" / "heldout_reconstructions.npz"), "--out",
+        score.main(["vqgans", str(tmp_path / "unpaired" / "heldout_reconstructions.npz"), "--out",
                     str(tmp_path / "r.json"), "--accept-redrawn"])
 
 
 def test_a_nan_loss_stops_vqgan_training_and_keeps_the_last_good_checkpoint(tmp_path, crops):
-    from histolab_utils.diffusion.training import TrainingDiverged
+    from histolab_utils.engine.trainer import TrainingDiverged
 
     class Poisoned(torch.nn.Module):  # a perceptual term that turns NaN from the third step on
         calls = 0

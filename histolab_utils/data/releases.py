@@ -6,7 +6,7 @@ Each lives in ``data/pretrained/<name>/`` as a diffusers folder (fp16 safetensor
 
     from diffusers import DDPMPipeline
     from histolab_utils.data import pretrained
-    pipeline = DDPMPipeline.from_pretrained(pretrained("ddpm-cosine-v-cpu"))
+    pipeline = DDPMPipeline.from_pretrained(pretrained(name))  # a DDPM of notebook 03: see pretrained_table()
 
 Nothing here downloads anything: the folders ship with the repository.
 """

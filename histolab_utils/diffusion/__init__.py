@@ -1,3 +1,14 @@
-"""Diffusion: noise schedules (``schedules``), what the network predicts and the x0 diagnostic
-(``prediction``), sampling (``sampling``), vector conditioning (``conditioning``) and the project's one Accelerate trainer (``training``),
-which every model of the project trains with."""
+"""Diffusion, one module each:
+
+* ``schedules``: noise schedules (linear, cosine, sigmoid; zero terminal SNR) and diffusers schedulers on them;
+* ``prediction``: what the network predicts (ε, v or x₀), its loss target, min-SNR weights and the x₀ diagnostic;
+* ``unets``: the project's UNets built from a training config, with GroupNorm groups for narrow UNets;
+* ``conditioning``: a UNet conditioned on a vector through its time embedding, and the null condition;
+* ``spade``: a UNet conditioned on a spatial map through SPADE, as a diffusers model;
+* ``hybrid_loss``: the learned-variance hybrid loss (Improved DDPM);
+* ``edm``: EDM's preconditioned denoiser, loss and samplers;
+* ``sampling``: DDPM, DDIM and DPM-Solver++ sampling with guidance, to uint8 images;
+* ``inpainting``: RePaint inpainting and its DDIM variant;
+* ``pipelines``: loading a saved or released diffusers pipeline the way the notebooks sample it;
+* ``training``: the diffusion trainer, its config and recipes, on the engine (``histolab_utils.engine``).
+"""

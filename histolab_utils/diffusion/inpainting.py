@@ -17,8 +17,8 @@ The reverse step is the generalised one of DDIM (Song et al. 2021) with noise le
     x_{t'} = √ᾱ_{t'} x̂_0 + √(1 - ᾱ_{t'} - σ²) ε̂ + σ z,   σ = η √((1-ᾱ_{t'})/(1-ᾱ_t)) √(1 - ᾱ_t/ᾱ_{t'})
 
 η = 1 is RePaint's ancestral DDPM step (σ² = the posterior variance β̃ of the respaced schedule);
-η = 0 is deterministic DDIM, which stays faithful with far fewer steps: the "faster variant" here
-runs 50 steps with short jumps instead of 250 steps with 10 x 10 resampling.
+η = 0 is deterministic DDIM, which stays faithful with far fewer steps: the "faster variant" (a profile's
+``repaint_fast``) runs 50 steps with short jumps instead of 250 steps with 10 x 10 resampling.
 
 Diffusers' ``RePaintPipeline`` is deprecated and takes no conditional UNet; this loop takes any
 ``denoiser(x, t) -> network output`` (a closure over the model, its condition and guidance).
@@ -53,7 +53,6 @@ class RePaintSettings:
 
 
 REPAINT = RePaintSettings()  # the paper's default: 250 steps, 10 x 10 resampling, ancestral steps
-DDIM_FAST = RePaintSettings(t_T=50, jump_length=5, jump_n_sample=2, eta=0.0)
 
 
 def jump_schedule(settings: RePaintSettings) -> list[int]:

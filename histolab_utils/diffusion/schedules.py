@@ -28,15 +28,12 @@ as the paper recommends.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from .prediction import DEFAULT_PREDICTION_TYPE, check_prediction_type
 
-ScheduleName = Literal["linear", "cosine", "sigmoid"]
-SamplerName = Literal["ddpm", "ddim", "dpm"]
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "sigmoid")
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm")
 MAX_BETA = 0.999

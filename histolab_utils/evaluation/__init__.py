@@ -1,4 +1,17 @@
-"""Evaluation: the one metrics module (``metrics``: FID, KID, precision/recall, MS-SSIM, colour,
-memorisation on the standard Inception features), the real-vs-real floors every generated
-score sits beside (``floors``), nuclei-mask morphology (``morphology``) and conditioning accuracy
-(``mask_conditioning``)."""
+"""Evaluation, one module per question:
+
+* ``metrics``: the one sample-quality module (FID, KID, precision/recall, MS-SSIM, colour, memorisation on the
+  standard Inception features);
+* ``floors``: generated samples scored against real crops, with the real-vs-real floors beside them;
+* ``choices``: settings (a guidance scale, say) chosen on the validation strip only;
+* ``controllability``: whether a class-conditional generator makes the class it was asked for;
+* ``morphology``: nuclei-mask morphology features, distances between two sets of masks, validity of decoded
+  instances, and a random-ellipse baseline;
+* ``mask_conditioning``: whether a generated mask holds the nucleus types it was asked for, and only those;
+* ``mask_generation``: the nuclei-mask generator's scoring table, checks and goals (notebook 06);
+* ``mask_fidelity``: whether a synthetic image puts nuclei where its mask says (a haematoxylin detector);
+* ``seams``: the seam score of an inpainted region;
+* ``layout_adherence``: whether a generated label puts the requested nuclei where the layout asked;
+* ``segmentation``: a segmenter's scores against real labels (Dice, AJI+, PQ, mPQ+) and contrasts of training arms;
+* ``hierarchical_bootstrap``: seed-and-tile bootstrap intervals for comparing training arms, and Holm's correction.
+"""

@@ -179,3 +179,19 @@ def mask_to_image_goals(scores, chosen: str, fid_ratio: float = 1.5):
     rows = [(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio, ratio <= fid_ratio),
             (f"fidelity Dice over the real-pair reference ({chosen})", ">= 1", dice_ratio, dice_ratio >= 1.0)]
     return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])
+
+
+def fidelity_beside_real_pairs(detector: HaematoxylinDetector, made: dict[str, tuple[np.ndarray, np.ndarray]],
+                               real_images: np.ndarray, real_types: np.ndarray):
+    """How notebooks 07 and 08 check a released model on a few real held-out pairs: one row per ``made`` set (name ->
+    (uint8 NHWC images, the type maps they should show nuclei for)), then the real pairs (the reference) and
+    mismatched real pairs (the floor), with the detector's Dice (:func:`fidelity_table`) and each set's
+    ``colour gap`` to the real images (``metrics.colour_gap``; 0 for the real rows)."""
+    from .metrics import colour_gap
+
+    if {"real pairs", "mismatched real pairs"} & set(made):
+        raise ValueError("'real pairs' and 'mismatched real pairs' name the reference and floor rows: rename the set")
+    table = fidelity_table(detector, {**made, "real pairs": (real_images, real_types),
+                                      "mismatched real pairs": (real_images, mismatched(real_types))})
+    table["colour gap"] = [colour_gap(images, real_images) for images, _ in made.values()] + [0.0, 0.0]
+    return table

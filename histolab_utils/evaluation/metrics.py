@@ -86,19 +86,6 @@ def _features(x) -> np.ndarray:
     return inception_features(array)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians given by mean and covariance (scipy's sqrtm, as
-    the reference implementation; slow for 2048 dimensions: :func:`fid` avoids it)."""
-    from scipy import linalg
-
-    diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # singular product: nudge the diagonals, as the reference does
-        offset = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean.real))
-
-
 def _trace_sqrt_product(a: np.ndarray, b: np.ndarray) -> float:
     """Tr sqrt(S_a S_b) of the sample covariances of centred data ``a`` [n1, d] and ``b`` [n2, d].
 

@@ -206,17 +206,3 @@ def ellipse_masks(reference_nuclei: pd.DataFrame, reference_tiles: pd.DataFrame,
                 types[i, rows, cols] = k + 1
     return types, instances
 
-
-def compare_to_reference(reference: tuple[pd.DataFrame, pd.DataFrame],
-                         candidates: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """Morphology distances of several sets of masks (name -> (types, instances)) from one
-    reference, at the reference's n (every set must hold as many tiles): one row per set, plus n."""
-    n = len(reference[1])
-    rows = {}
-    for name, (types, instances) in candidates.items():
-        if len(types) != n:
-            raise ValueError(f"compare at equal n: {name} has {len(types)} tiles, the reference {n}")
-        rows[name] = morphology_distances(reference, morphology_features(types, instances))
-    frame = pd.DataFrame(rows).T
-    frame.insert(0, "n", n)
-    return frame

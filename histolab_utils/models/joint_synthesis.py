@@ -45,7 +45,8 @@ from ..data.layouts import LAYOUT_SIGMA, Layouts, layout_maps, layouts_from_mask
 from ..data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS, context_index, renumber_instances
 from ..data.pairs import ImageMaskPairs
 from ..diffusion.sampling import guided_denoise, to_uint8
-from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
+from ..diffusion.training import TrainConfig
+from ..engine.trainer import save_pretrained_atomic
 
 try:
     from diffusers import DiffusionPipeline
@@ -56,7 +57,6 @@ except ImportError:  # pragma: no cover - diffusers is a dependency
 K = len(NUCLEUS_CLASSES)
 JOINT_CHANNELS = 3 + K + 1  # RGB, K type channels, distance map
 NULL_CONTEXT = len(TISSUE_CONTEXTS)  # the class index of "no context" (classifier-free guidance)
-CONTEXT_DROPOUT = 0.1  # CoSyn's rate of training without its prompt
 MIN_FRAGMENT_PX = 2  # foreground pieces smaller than this are dropped from the instance map
 
 
@@ -311,14 +311,6 @@ def trained_contexts(folder: str | Path) -> list[str]:
 
 
 # -- training ----------------------------------------------------------------------------------
-def joint_train_config(section, image_size: int, seed: int = 0, **overrides) -> TrainConfig:
-    """The trainer's config from a profile's ``joint`` section; ``None`` overrides are ignored."""
-    return section_train_config(section, seed, own={
-        "image_size": image_size, "in_channels": JOINT_CHANNELS, "concat_condition_channels": K,
-        "num_classes": len(TISSUE_CONTEXTS), "label_dropout": section.context_dropout, "augment_float": True},
-        **overrides)
-
-
 def joint_training_set(pairs: ImageMaskPairs, sigma: float = LAYOUT_SIGMA) -> np.ndarray:
     """float16 [N, 3 + K + 1 + K, S, S]: each pair's joint sample, then its layout maps (the
     trainer flips and rotates them together and splits the layout off as the condition)."""

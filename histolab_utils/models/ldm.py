@@ -24,7 +24,7 @@ import torch
 from ..data import dihedral
 from ..data.crops import DIHEDRAL_TRANSFORMS
 from ..diffusion.sampling import guided_denoise
-from ..diffusion.training import save_pretrained_atomic
+from ..engine.trainer import save_pretrained_atomic
 from .vqgan import check_tiles, encode
 
 try:

@@ -41,7 +41,8 @@ from ..data.nuclei import (NUCLEUS_CLASSES, TISSUE_CONTEXTS, MaskTiles, as_multi
                            renumber_instances)
 from ..diffusion.conditioning import null_condition
 from ..diffusion.sampling import guided_denoise
-from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
+from ..diffusion.training import TrainConfig
+from ..engine.trainer import save_pretrained_atomic
 
 try:
     from diffusers import DiffusionPipeline
@@ -239,13 +240,6 @@ def generate_masks(pipeline: NucleiMaskPipeline, conditions: np.ndarray, guidanc
         empty = np.zeros((0, size, size))
         return MaskPipelineOutput(empty.astype(np.uint8), empty.astype(np.int32), np.zeros((0, MASK_CHANNELS, size, size)))
     return MaskPipelineOutput(*(np.concatenate([getattr(p, key) for p in parts]) for key in ("types", "instances", "masks")))
-
-
-def mask_train_config(section, seed: int = 0, **overrides) -> TrainConfig:
-    """The trainer's config from a profile's ``masks`` section; ``None`` overrides are ignored."""
-    return section_train_config(section, seed, own={
-        "image_size": section.tile_size, "in_channels": MASK_CHANNELS, "condition_features": CONDITION_FEATURES,
-        "label_dropout": CONDITION_DROPOUT, "augment_float": True}, **overrides)
 
 
 def train_mask_generator(config: TrainConfig, tiles: MaskTiles, out_dir: str | Path, progress: bool = True,

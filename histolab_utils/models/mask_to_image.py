@@ -30,7 +30,8 @@ from ..data.pairs import ImageMaskPairs
 from ..diffusion.inpainting import REPAINT, RePaintSettings, check_region, repaint
 from ..diffusion.sampling import guided_denoise, guided_prediction, to_uint8
 from ..diffusion.spade import SPADEUNet  # noqa: F401  diffusers' loader finds the UNet's class by its module
-from ..diffusion.training import TrainConfig, save_pretrained_atomic, section_train_config
+from ..diffusion.training import TrainConfig
+from ..engine.trainer import save_pretrained_atomic
 from .mask_generator import MASK_CHANNELS, encode_masks
 
 try:
@@ -40,7 +41,6 @@ except ImportError:  # pragma: no cover - diffusers is a dependency
 
 SEG_CHANNELS = MASK_CHANNELS  # background, K types, edge
 CONDITION_DROPOUT = 0.2  # NASDM's and SDM's rate of training without the map
-SPACES = ("pixel", "latent")
 
 
 def condition_maps(types: np.ndarray, instances: np.ndarray) -> np.ndarray:
@@ -158,18 +158,6 @@ def save_mask_to_image_pipeline(unet, scheduler, folder: str | Path, vqvae=None,
     pipeline = MaskToImagePipeline(unet=unet, scheduler=scheduler, vqvae=vqvae)
     extra = {"histolab_train_config.json": train_config} if train_config is not None else None
     return save_pretrained_atomic(pipeline, folder, extra)
-
-
-def spade_train_config(section, seed: int = 0, vqmodel=None, **overrides) -> TrainConfig:
-    """The trainer's config from a profile's ``spade`` section: pixel space, or the latent space of
-    ``vqmodel`` (its latent channels, the tile size over its latent factor); ``None`` overrides are ignored."""
-    latent = vqmodel is not None
-    own = {"image_size": section.tile_size, "in_channels": 3, "spatial_condition_channels": SEG_CHANNELS,
-           "label_dropout": CONDITION_DROPOUT}
-    if latent:
-        own.update(image_size=section.tile_size // latent_factor(vqmodel), steps=section.latent_train_steps,
-                   in_channels=vqmodel.config.latent_channels, block_out_channels=section.latent_block_out_channels)
-    return section_train_config(section, seed, own=own, **overrides)
 
 
 def latent_training_set(vqmodel, pairs: ImageMaskPairs, copies: int = 1,

@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..diffusion.training import AcceleratedTrainer, BatchSource, make_accelerator, save_pretrained_atomic
+from ..engine.precision import make_accelerator
+from ..engine.trainer import AcceleratedTrainer, BatchSource, save_pretrained_atomic
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,6 @@ class VQGANConfig:
     @property
     def latent_size(self) -> int:
         return self.image_size // self.downsampling
-
-
-def vqgan_config(section, latent_channels: int | None = None, seed: int = 0, **overrides) -> VQGANConfig:
-    """The trainer's config from a profile's ``vqgan`` section (notebook 02)."""
-    import dataclasses
-
-    config = VQGANConfig(
-        image_size=section.image_size, latent_channels=latent_channels or section.latent_channels[0],
-        num_vq_embeddings=section.num_vq_embeddings, block_out_channels=section.block_out_channels,
-        layers_per_block=section.layers_per_block, attention=section.attention, steps=section.train_steps,
-        batch_size=section.batch_size, learning_rate=section.learning_rate, disc_learning_rate=section.learning_rate,
-        warmup_steps=max(1, section.train_steps // 20), disc_start=section.disc_start,
-        perceptual_weight=section.perceptual_weight, code_restart_every=section.code_restart_every,
-        checkpoint_every=section.checkpoint_every, seed=seed, data_downsample=section.downsample,
-    )
-    return dataclasses.replace(config, **overrides)
 
 
 def build_vqmodel(config: VQGANConfig):
@@ -433,85 +418,3 @@ def plot_vqgan_losses(log: pd.DataFrame, disc_start: int, ax=None, smooth: int =
     ax.set_yscale("log")
     ax.legend()
     return ax
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m histolab_utils.models.vqgan score RUN/heldout_reconstructions.npz ... --out results/full/02_vqgan.json``:
-    score reconstructions saved by ``python -m histolab_utils.train vqgan --eval N`` (on a machine
-    with the Inception weights), beside the baselines and the real-vs-real floor at the same n."""
-    import argparse
-    import json
-
-    from ..evaluation.floors import floors, real_reference
-    from ..paths import atomic_write_text
-    from ..report import hardware, to_jsonable
-
-    parser = argparse.ArgumentParser(prog="python -m histolab_utils.models.vqgan", description=main.__doc__)
-    parser.add_argument("command", choices=["score"])
-    parser.add_argument("files", nargs="+", type=Path, help="heldout_reconstructions.npz of each run")
-    parser.add_argument("--out", type=Path, required=True, help="JSON to write")
-    parser.add_argument("--note", default="", help="where and how the runs were made (hardware, command)")
-    parser.add_argument("--accept-redrawn", action="store_true",
-                        help="score a file whose crops' hash differs from the crops redrawn here (JPEGs decoded by "
-                        "another Pillow, say) against the redrawn crops, if each reconstruction pairs with its crop")
-    args = parser.parse_args(argv)
-    from ..evaluation import metrics
-
-    import hashlib
-
-    from ..data import heldout_eval_crops
-
-    runs, originals, redrawn = {}, None, []
-    for path in args.files:
-        with np.load(path) as saved:
-            data = {key: saved[key] for key in saved.files}
-        downsample = int(data["downsample"]) if "downsample" in data else 1  # runs saved before it existed: 1
-        crops = heldout_eval_crops(int(data["image_size"]), int(data["n"]), int(data["seed"]), downsample=downsample)
-        if "originals" in data:  # the crops the run reconstructed, saved beside them: drawn from the same places?
-            check_pairing(crops, data["originals"], path)
-            crops = data["originals"]
-        elif hashlib.sha256(crops.tobytes()).hexdigest() != str(data["originals_sha256"]):
-            if not args.accept_redrawn:
-                raise ValueError(f"{path}: the held-out crops redrawn here differ from those the run reconstructed "
-                                 "(other data files, another numpy random stream, or images decoded by another "
-                                 "Pillow/libjpeg?); --accept-redrawn scores against the redrawn crops if they pair")
-            check_pairing(crops, data["reconstructions"], path)
-            redrawn.append(path.parent.name)
-        if originals is not None and not np.array_equal(originals, crops):
-            raise ValueError(f"{path} was evaluated on other held-out crops than {args.files[0]}")
-        originals = crops
-        config = json.loads((path.parent / "vqmodel" / "histolab_vqgan_config.json").read_text())
-        runs[path.parent.name] = (data, config)
-    features = metrics.inception_features(originals)
-    factor = next(iter(runs.values()))[1]["block_out_channels"]
-    factor = 2 ** (len(factor) - 1)
-    result = {"runs": {}, "baselines": {}}
-    for name, (data, config) in runs.items():
-        result["runs"][name] = {"config": config, **score_reconstructions(
-            originals, data["reconstructions"], data["codes"], config["num_vq_embeddings"], features)}
-    for name, baseline in (("mean colour per tile", mean_colour_baseline(originals)),
-                           (f"bicubic down/up x{factor}", bicubic_baseline(originals, factor))):
-        result["baselines"][name] = score_reconstructions(originals, baseline, original_features=features)
-    reference = real_reference(originals.shape[1], len(originals), downsample=downsample)
-    result["floor"] = floors(reference)
-    scale = f" (box-averaged from {originals.shape[1] * downsample} px fields)" if downsample > 1 else ""
-    result["data"] = (f"{len(originals)} crops of {originals.shape[1]} px{scale} from the held-out region (right 25 %) of the "
-                      "8 default images; models trained on the train region only")
-    result["scored_on"] = hardware()
-    result["note"] = args.note
-    if redrawn:
-        result["originals_redrawn"] = (f"{', '.join(redrawn)}: the held-out crops were redrawn on the scoring machine and "
-                                       "their hash differs from the training machine's (same positions, checked by "
-                                       "pairing; pixel values differ slightly, e.g. JPEG decoding)")
-    atomic_write_text(args.out, json.dumps(to_jsonable(result), indent=2))
-    for name, row in {**result["runs"], **result["baselines"]}.items():
-        print(f"{name:>28}: PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}  rFID {row['rfid']:.1f}"
-              + (f"  perplexity {row['perplexity']:.1f}  codes {row['codes_used']}" if "perplexity" in row else ""))
-    print(f"floor (train vs held-out real crops, n = {len(originals)}): FID {result['floor']['fid_train_vs_heldout']:.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -1,1 +1,5 @@
-"""Nuclei segmentation: a HoVer-Net-style segmenter and the augmentation experiments (notebook 09)."""
+"""Nuclei segmentation (notebook 09):
+
+* ``hovernet``: a HoVer-Net-style segmenter built from MONAI's parts, its trainer and its post-processing;
+* ``experiments``: the augmentation experiments: real pools, synthetic sources, arms and their scores.
+"""

@@ -451,14 +451,14 @@ def arm_size(arm: Arm, pool: Pool) -> int:
 
 
 def segmenter_config(section, arm: Arm, seed: int) -> SegmenterConfig:
-    """The segmenter's config for one arm and seed from a profile's ``segmentation`` section: every
-    arm the same steps, batch size and schedule; only ``augment`` and the seed differ."""
-    return SegmenterConfig(
-        architecture=section.architecture, tile_size=section.tile_size, n_types=len(NUCLEUS_CLASSES),
-        features=tuple(section.features), steps=section.train_steps, batch_size=section.batch_size,
-        learning_rate=section.learning_rate, warmup_steps=section.warmup_steps,
-        checkpoint_every=section.checkpoint_every, augment=arm.augment, min_object_size=section.min_object_size,
-        marker_radius=section.marker_radius, compile=section.compile, seed=seed, extra={"arm": arm.name})
+    """The segmenter's config for one arm and seed from a profile's ``segmentation`` section: every field the
+    segmenter has by name (``train_steps`` as ``steps``; ``mixed_precision`` and ``compile`` too), the same for every
+    arm; only ``augment`` and the seed differ."""
+    from ..engine.configs import config_from_section
+
+    return config_from_section(SegmenterConfig, section, seed, own={
+        "n_types": len(NUCLEUS_CLASSES), "features": tuple(section.features), "augment": arm.augment,
+        "extra": {"arm": arm.name}})
 
 
 def _as_saved(config: SegmenterConfig) -> dict:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion.training import AcceleratedTrainer, BatchSource, make_accelerator
+from ..engine.precision import make_accelerator
+from ..engine.trainer import AcceleratedTrainer, BatchSource
 from ..stain.jitter import stain_jitter
 
 ARCHITECTURES = ("basic_unet", "hovernet_fast")

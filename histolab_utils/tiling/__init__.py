@@ -1,5 +1,10 @@
 """Tiling of whole-slide images and plain images, with tissue and label filtering.
 
+* ``slide``: one reader for whole-slide images (OpenSlide) and plain images (Pillow);
+* ``tissue``: tissue masks at thumbnail resolution (saturation or optical density, Otsu with a floor);
+* ``tiler``: plan the tile grid on a thumbnail, then read and write only the kept tiles, with a manifest;
+* ``__main__``: the command line below.
+
 Command line (``python -m histolab_utils.tiling --help``)::
 
     python -m histolab_utils.tiling SLIDE [SLIDE ...] --out DIR --tile-size 256 --overlap 0.5 \\

@@ -1,0 +1,260 @@
+"""Notebook 08's joint image-label model (CoSyn-style): its config from the ``[joint]`` section, ``train joint``,
+its run folder (``runs/<profile>/joint``), record, card and release (``joint-<profile>``). It trains on notebook 07's
+image-mask pairs (the ``[spade]`` section's tile size, downsample and number of pairs), so that the head-to-head with
+the two-stage route compares like with like."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
+from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words, score_rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class JointRecord(StageRecord):
+    """notebook 08's metrics: the joint model beside the two-stage route and floors; checks; goals."""
+
+    n: int
+    n_validation: int
+    device: str
+    split: str
+    tile_size: int
+    downsample: int
+    guidance: float
+    profile_guidance: float
+    validation_sweep: dict
+    spade_guidance: float
+    mask_guidance: float
+    slide_area_scale: float
+    slide_downsample: float
+    checks: list
+    goals: list
+    sampler: str
+    sampler_steps: int
+    layout_sigma: float
+    floor_real_vs_real: dict
+    label_consistency_reference_real_pairs: dict
+    label_consistency_floor_mismatched_pairs: dict
+    joint: dict
+    head_to_head: dict
+    empty_layout_spurious_per_tile: float
+    detector_threshold: float
+    disk_radius_px: float
+    train_steps: int
+    train_seconds: float
+    sampling_seconds: float
+    two_stage_models: dict
+    layout_sources: dict
+    gallery: str
+    released_model: str | None = None
+    fid: float
+    floor_fid: float
+    label_dice: float
+    label_dice_reference: float
+    label_dice_floor: float
+    located_fraction: float
+    typed_fraction: float
+    spurious_per_tile: float
+    two_stage_oracle_fid: float
+
+    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "label_dice", "label_dice_reference", "label_dice_floor",
+                                           "located_fraction", "typed_fraction", "spurious_per_tile",
+                                           "two_stage_oracle_fid")
+
+    def headline_values(self) -> dict[str, float | None]:
+        """The headline scores of this run (what the run summary shows first), by name."""
+        return {name: getattr(self, name) for name in self.HEADLINE}
+
+
+ORACLE = "two-stage, real mask (oracle)"  # notebook 08's two-stage route from the real held-out mask
+
+
+def trained_steps(folder: str | Path) -> int:
+    """How many steps the saved model in ``folder`` was trained for (its ``histolab_train_config.json``)."""
+    path = Path(folder) / "histolab_train_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {folder} holds no model saved by this package's trainer")
+    return json.loads(path.read_text())["steps"]
+
+
+def joint_metrics(config, device, *, n_validation: int, guidance: float, sweep, spade_guidance: float,
+                  mask_guidance: float, slide_area_scale: float, slide_downsample: float, checks, goals, table, runs,
+                  headline_set: str, head_to_head_sets, empty_adherence, detector, disk_radius: float, trainer,
+                  sampling_seconds: float, mask_pipeline, spade_pipeline, sources: dict, gallery) -> dict[str, Any]:
+    """Notebook 08's metrics, as its record keeps them, from what the notebook computed.
+
+    ``config`` is the profile (``ctx.config``; the pairs are its ``[spade]`` section's); ``sweep`` the validation
+    guidance sweep (index: guidance); ``table`` the held-out table (scores and layout adherence, one row per set),
+    of which ``runs``' names that start with "joint" are the joint model's sets, ``headline_set`` the one at the
+    chosen guidance on held-out layouts, and ``head_to_head_sets`` the head to head's (the joint set and the
+    two-stage routes); ``empty_adherence`` the layout adherence of empty layouts; ``detector`` the haematoxylin
+    detector; ``trainer`` the joint trainer; ``mask_pipeline`` and ``spade_pipeline`` the folders of notebooks 06 and
+    07's models the two-stage route used; ``sources`` the layout sources (name -> (layouts, contexts)); ``gallery``
+    the gallery's PNG. A set the table lacks is a KeyError naming it. In a released profile (cpu) the record names
+    the release ``make results`` makes."""
+    import pandas as pd
+
+    from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
+    from ..report import row_values
+
+    section, pairs = config.joint, config.spade
+
+    def row(name: str) -> dict[str, float]:
+        return row_values(table, name)
+
+    metrics = {
+        "n": pairs.n_eval, "n_validation": n_validation, "device": str(device),
+        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "tile_size": pairs.tile_size, "downsample": pairs.downsample, "guidance": guidance,
+        "profile_guidance": section.guidance,
+        "validation_sweep": {f"{s:g}": {k: float(v) for k, v in r.items() if pd.notna(v)} for s, r in sweep.iterrows()},
+        "spade_guidance": spade_guidance, "mask_guidance": mask_guidance, "slide_area_scale": slide_area_scale,
+        "slide_downsample": slide_downsample,
+        "checks": checks.astype({"measured": float, "bar": float}).to_dict("records"),
+        "goals": goals.astype({"measured": float}).to_dict("records"),
+        "sampler": section.sampler, "sampler_steps": section.sampler_steps, "layout_sigma": section.layout_sigma,
+        "floor_real_vs_real": row(FLOOR_REAL),
+        "label_consistency_reference_real_pairs": row(REFERENCE_PAIRS),
+        "label_consistency_floor_mismatched_pairs": row(FLOOR_MISMATCHED),
+        "joint": {name: row(name) for name in runs if name.startswith("joint")},
+        "head_to_head": {name: row(name) for name in head_to_head_sets},
+        "empty_layout_spurious_per_tile": float(empty_adherence["spurious_per_tile"]),
+        "detector_threshold": detector.threshold, "disk_radius_px": disk_radius,
+        "train_steps": trainer.step, "train_seconds": trainer.train_seconds, "sampling_seconds": sampling_seconds,
+        "two_stage_models": {"masks (06)": trained_steps(mask_pipeline),
+                             "spade pixel (07)": trained_steps(spade_pipeline)},
+        "layout_sources": {name: {"tiles": len(lay), "nuclei": int(lay.counts.sum())}
+                           for name, (lay, _) in sources.items()},
+        "gallery": str(gallery),
+    }
+    if config.name in RELEASED_PROFILES:  # make results releases the model under this name
+        metrics["released_model"] = JOINT.release_name(config.name)
+    chosen = row(headline_set)
+    metrics.update({"fid": chosen["fid"], "floor_fid": metrics["floor_real_vs_real"]["fid"],
+                    "label_dice": chosen["dice"],
+                    "label_dice_reference": metrics["label_consistency_reference_real_pairs"]["dice"],
+                    "label_dice_floor": metrics["label_consistency_floor_mismatched_pairs"]["dice"],
+                    "located_fraction": chosen["located_fraction"], "typed_fraction": chosen["typed_fraction"],
+                    "spurious_per_tile": chosen["spurious_per_tile"], "two_stage_oracle_fid": row(ORACLE)["fid"]})
+    return metrics
+
+
+def joint_card(record: JointRecord, name: str) -> str:
+    """A model card for notebook 08's joint image-label model, from its published metrics record."""
+    columns = ("fid", "kid", "dice", "located_fraction", "typed_fraction", "spurious_per_tile")
+    sets = {"real-vs-real floor (train crops)": record.floor_real_vs_real,
+            **{f"{key}": row for key, row in record.joint.items()},
+            **{f"{key}": row for key, row in record.head_to_head.items()},
+            "real pairs (label reference)": record.label_consistency_reference_real_pairs,
+            "mismatched real pairs (label floor)": record.label_consistency_floor_mismatched_pairs}
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, joint-image-label-synthesis, nuclei, layout, classifier-free-guidance, teaching]
+---
+# {name}: an H&E tile and its nuclei labels together, from a nucleus layout (CoSyn-style)
+
+Notebook 08 (`notebooks/08_joint_synthesis.ipynb`) of histolab_utils in the `{record.profile}` profile: one diffusers
+`UNet2DModel` that generates RGB, one-hot nucleus types and a per-instance distance map ({record.tile_size} px at
+{record.downsample:g} image px per px) together, with per-type point maps of the layout concatenated to its input
+and the tissue context (tumour, stroma) as its class, under classifier-free guidance. {record.train_steps} steps,
+{record.train_seconds / 60:.0f} min of training on {hardware_in_words(record)}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.data.layouts import random_layouts
+from histolab_utils.models.joint_synthesis import JointSynthesisPipeline
+
+pipeline = JointSynthesisPipeline.from_pretrained(pretrained("{name}"))
+out = pipeline(random_layouts(4, {record.tile_size}, 8), ["tumor"] * 4, guidance_scale={record.guidance:g},
+               num_inference_steps={record.sampler_steps})
+out.images, out.types, out.instances  # uint8 NHWC images and their decoded labels
+```
+
+## Data
+
+The nest and stroma images with nucleus labels (`hgsc` wheel), split by region: the right 25 % of each image is held
+out, the bottom 25 % of the rest is the validation strip, and only train-region pairs were trained on. The guidance
+({record.guidance:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
+n = {record.n} held-out pairs.
+
+## Scores (held-out strip, equal n)
+
+FID / KID of the images against the held-out images; Dice of a haematoxylin detector against the image's own label
+(label consistency); layout adherence (centroids inside a generated nucleus, of the right type; generated nuclei
+holding none), every label decoded without its layout. The two-stage rows paint notebook 06's or other masks with
+notebook 07's pixel SPADE model.
+
+| set | FID | KID | label Dice | located | typed | spurious per tile |
+|---|---|---|---|---|---|---|
+{score_rows(sets, columns)}
+
+{checks_and_goals(record, "tests/test_joint_synthesis.py")}
+
+{card_footer(record, "08_joint_synthesis", 'Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
+                                  'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
+                                  'Diffusion Guidance".')}"""
+
+
+class JointStage(Stage):
+    name = "joint"
+    notebook = "08_joint_synthesis"
+    section = "joint"
+    summary = "joint image-label synthesis from a nucleus layout (notebook 08)"
+    record_type = JointRecord
+    generator_key = "joint"
+    chosen_settings = {"joint_guidance": "guidance"}
+
+    def pipeline_class(self):
+        from ..models.joint_synthesis import JointSynthesisPipeline
+
+        return JointSynthesisPipeline
+
+    def train_config(self, config, seed: int = 0, variant: str = "", **overrides: Any):
+        """The ``[joint]`` section plus what the joint sample fixes (its channels, the layout maps concatenated to the
+        input, the tissue contexts as classes, the context dropout); ``None`` overrides are ignored."""
+        from ..diffusion.training import TrainConfig
+        from ..models.joint_synthesis import JOINT_CHANNELS, K, TISSUE_CONTEXTS
+
+        section = config.joint
+        return config_from_section(TrainConfig, section, seed, own={
+            "image_size": config.spade.tile_size, "in_channels": JOINT_CHANNELS, "concat_condition_channels": K,
+            "num_classes": len(TISSUE_CONTEXTS), "label_dropout": section.context_dropout, "augment_float": True},
+            **overrides)
+
+    def train(self, args: argparse.Namespace, config) -> int:
+        from ..data.pairs import image_mask_pairs
+        from ..models.joint_synthesis import train_joint_model
+        from .base import guarded, trainer_summary
+
+        section, pairs_section = config.joint, config.spade
+        train_config = self.train_config(config, args.seed, steps=args.steps, batch_size=args.batch_size,
+                                         compile=False if args.no_compile else None)
+        pairs = image_mask_pairs(pairs_section.tile_size, "train", pairs_section.n_train_pairs, seed=args.seed,
+                                 downsample=pairs_section.downsample)
+        return guarded(lambda: train_joint_model(train_config, pairs, args.out, layout_sigma=section.layout_sigma,
+                                                 resume=args.resume),
+                       trainer_summary(f" on {len(pairs)} pairs", args.out / self.model_subfolder))
+
+    def card(self, record: JointRecord, variant: str, name: str) -> str:
+        return joint_card(record, name)
+
+    def save_metrics(self, ctx, **computed: Any) -> JointRecord:
+        """Write notebook 08's metrics record (:func:`joint_metrics` of ``computed``) with ``ctx.save_metrics``, its
+        headline first, print where, and return it typed as the file holds it."""
+        metrics = joint_metrics(ctx.config, ctx.device, **computed)
+        path = ctx.save_metrics(metrics, headline=[*JointRecord.HEADLINE, "n"])
+        print("wrote", path)
+        return JointRecord.from_json(path)
+
+
+JOINT = register(JointStage())

@@ -1,0 +1,229 @@
+"""Notebook 06's nuclei-mask generator (NASDM stage 1): its config from the ``[masks]`` section, ``train masks``, its
+run folder (``runs/<profile>/masks``), record, card and release (``masks-<profile>``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
+from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words
+
+
+@dataclass(frozen=True, kw_only=True)
+class MasksRecord(StageRecord):
+    """notebook 06's metrics: held-out mask scores beside floor, ceiling and baseline; checks; goals."""
+
+    n: int
+    split: str
+    tile_size: int
+    downsample: float
+    guidance: float
+    profile_guidance: float
+    validation_sweep: dict
+    n_validation: int
+    heldout_scores: dict
+    conditioning_per_type: dict
+    floor_matching: dict
+    checks: list
+    goals: list
+    round_trip_instance_recall: float
+    train_steps: int
+    train_seconds: float
+    device: str
+    sampler: str
+    sampler_steps: int
+    pipeline: str
+    released_model: str | None = None
+    overall_recall: float
+    overall_precision: float
+    ceiling_recall: float
+    unguided_recall: float
+    morphology_fd: float
+    floor_morphology_fd: float
+    baseline_morphology_fd: float
+    train_seconds_source: str | None = None
+
+    HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
+                                           "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd")
+
+    def headline_values(self) -> dict[str, float | None]:
+        """The headline scores of this run (what the run summary shows first), by name."""
+        return {name: getattr(self, name) for name in self.HEADLINE}
+
+
+def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance: float, sweep,
+                  scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer, run_folder,
+                  chosen: str, unguided: str, ceiling: str, floor: str, baseline: str) -> dict[str, Any]:
+    """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
+
+    ``config`` is the profile (``ctx.config``); ``sweep`` the validation guidance sweep and ``scores`` the held-out
+    score table (``evaluation.mask_generation.score_mask_sets``), whose rows ``chosen``, ``unguided``, ``ceiling``,
+    ``floor`` and ``baseline`` name the model at the chosen guidance, at s = 0, the round trip, the condition-matched
+    real floor and the ellipse baseline; ``per_type_accuracy`` the per-type conditioning table (index: set, type);
+    ``matching`` how the floor's rows were matched; ``checks`` and ``goals`` the two tables the notebook showed;
+    ``trainer`` the mask generator's trainer (its ``step`` and ``train_seconds``). A set the score table lacks is a
+    KeyError naming it. In a released profile (cpu) the record names the release ``make results`` makes."""
+    from ..report import table_records
+
+    section = config.masks
+    named = {"chosen": chosen, "unguided": unguided, "ceiling": ceiling, "floor": floor, "baseline": baseline}
+    missing = {role: name for role, name in named.items() if name not in scores.index}
+    if missing:
+        raise KeyError(f"the held-out score table lacks the sets {missing}; its rows are {list(scores.index)}")
+    metrics = {
+        "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
+                                       f"the rest validation (y >= {validation_y:.0f})"),
+        "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
+        "profile_guidance": section.guidance, "validation_sweep": table_records(sweep.astype(float)),
+        "n_validation": n_validation, "heldout_scores": table_records(scores.astype(float)),
+        "conditioning_per_type": {f"{s} | {t}": {"recall": float(r["recall"]), "precision": float(r["precision"])}
+                                  for (s, t), r in per_type_accuracy.iterrows()},
+        "floor_matching": matching.to_dict(),
+        "checks": checks.astype({"measured": float}).assign(bar=checks["bar"].astype(str)).to_dict("records"),
+        "goals": goals.astype({"measured": float}).to_dict("records"),
+        "round_trip_instance_recall": round_trip_recall,
+        "train_steps": trainer.step, "train_seconds": trainer.train_seconds, "device": str(device),
+        "sampler": section.sampler, "sampler_steps": section.sampler_steps,
+        "pipeline": str(Path(run_folder) / "pipeline"),
+    }
+    if config.name in RELEASED_PROFILES:  # make results releases the model under this name
+        metrics["released_model"] = MASKS.release_name(config.name)
+
+    def score(name: str, column: str) -> float:
+        return float(scores.loc[name, column])
+
+    metrics.update({
+        "overall_recall": score(chosen, "recall"), "overall_precision": score(chosen, "precision"),
+        "ceiling_recall": score(ceiling, "recall"), "unguided_recall": score(unguided, "recall"),
+        "morphology_fd": score(chosen, "morphology_fd"), "floor_morphology_fd": score(floor, "morphology_fd"),
+        "baseline_morphology_fd": score(baseline, "morphology_fd")})
+    return metrics
+
+
+def masks_card(record: MasksRecord, name: str) -> str:
+    """A model card for notebook 06's nuclei-mask generator, from its published metrics record."""
+    columns = ("recall", "precision", "morphology_fd", "single_type", "coverage")
+    rows = "\n".join(f"| {set_name} | " + " | ".join("" if row.get(c) is None else f"{row[c]:.3f}" for c in columns) + " |"
+                     for set_name, row in record.heldout_scores.items())
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, nuclei, segmentation-masks, classifier-free-guidance, teaching]
+---
+# {name}: nuclei masks for requested nucleus types and a tissue context (NASDM stage 1)
+
+Notebook 06 (`notebooks/06_nuclei_masks.ipynb`) of histolab_utils in the `{record.profile}` profile: a diffusers
+`UNet2DModel` whose class embedding is a linear map of the condition [types present (neoplastic, inflammatory,
+connective) | tissue context | null flag], added to the time embedding as in NASDM; it draws {record.tile_size} px
+masks (one-hot background and types plus an instance-boundary channel) at {record.downsample:g} slide px per mask px.
+{record.train_steps} steps, {record.train_seconds / 60:.0f} min of training on {hardware_in_words(record)}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.models.mask_generator import NucleiMaskPipeline
+
+pipeline = NucleiMaskPipeline.from_pretrained(pretrained("{name}"))
+out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={record.guidance:g})
+out.types, out.instances  # decoded type and instance maps
+# without histolab_utils: diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet") loads the network
+```
+
+## Data
+
+The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region: the right 25 % is held out, the bottom
+25 % of the rest is the validation strip, and only train-region tiles ({record.tile_size} px, with at least one
+nucleus, flipped and rotated) were trained on. The guidance ({record.guidance:g}) was chosen on
+{record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.
+
+## Scores (held-out strip, equal n)
+
+| set | recall | precision | morphology FD | single-type instances | coverage |
+|---|---|---|---|---|---|
+{rows}
+
+{checks_and_goals(record, "tests/test_nuclei_masks.py")}
+
+{card_footer(record, "06_nuclei_masks", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".')}"""
+
+
+class MasksStage(Stage):
+    name = "masks"
+    notebook = "06_nuclei_masks"
+    section = "masks"
+    summary = "the nuclei-mask generator, NASDM stage 1 (notebook 06)"
+    record_type = MasksRecord
+    generator_key = "masks"
+    chosen_settings = {"mask_guidance": "guidance"}
+
+    def pipeline_class(self):
+        from ..models.mask_generator import NucleiMaskPipeline
+
+        return NucleiMaskPipeline
+
+    def train_config(self, config, seed: int = 0, variant: str = "", **overrides: Any):
+        """The ``[masks]`` section plus what the masks fix (their channels, the condition vector, flips of float
+        data); ``None`` overrides are ignored."""
+        from ..diffusion.training import TrainConfig
+        from ..models.mask_generator import CONDITION_DROPOUT, CONDITION_FEATURES, MASK_CHANNELS
+
+        section = config.masks
+        return config_from_section(TrainConfig, section, seed, own={
+            "image_size": section.tile_size, "in_channels": MASK_CHANNELS, "condition_features": CONDITION_FEATURES,
+            "label_dropout": CONDITION_DROPOUT, "augment_float": True}, **overrides)
+
+    def train(self, args: argparse.Namespace, config) -> int:
+        from ..data.nuclei import mask_tiles
+        from ..models.mask_generator import train_mask_generator
+        from .base import guarded, trainer_summary
+
+        section = config.masks
+        train_config = self.train_config(config, args.seed, steps=args.steps, batch_size=args.batch_size,
+                                         compile=False if args.no_compile else None)
+        tiles = mask_tiles("wsi", section.tile_size, "train", section.n_train_tiles, seed=args.seed,
+                           downsample=section.downsample)
+        return guarded(lambda: train_mask_generator(train_config, tiles, args.out, resume=args.resume),
+                       trainer_summary(f" on {len(tiles)} tiles", args.out / self.model_subfolder))
+
+    def card(self, record: MasksRecord, variant: str, name: str) -> str:
+        return masks_card(record, name)
+
+    def masks_for(self, pairs, folder, config, device: Any = "cpu", seed: int = 7) -> tuple[Any, float]:
+        """The masks this stage's generator draws for the conditions of ``pairs`` (the nucleus types each holds, as
+        ``data.nuclei.present_types`` reads them, and its tissue context), at the pairs' size: how notebooks 07 and
+        08 get notebook 06's masks. The model saved in ``folder`` samples with the ``[masks]`` sampler of the profile
+        ``config`` at the guidance notebook 06 chose on its validation strip (``report.chosen_setting``: this
+        machine's record, else the published one, else the profile's). Returns the masks (``generate_masks``'
+        output: ``types``, ``instances``, ``masks``) and that guidance."""
+        from ..data.nuclei import present_types
+        from ..diffusion.schedules import make_scheduler
+        from ..models.mask_generator import condition_vectors, generate_masks
+        from ..report import chosen_setting
+
+        section = config.masks
+        pipeline = self.load(folder, device, make_scheduler(section.sampler, section.schedule, clip_sample=True,
+                                                            prediction_type=section.prediction_type))
+        guidance = chosen_setting(self.notebook, "guidance", config.name, section.guidance)
+        conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
+        # the UNet is convolutional: it draws masks of the pairs' size even where notebook 06 trained on larger tiles
+        made = generate_masks(pipeline, conditions, guidance, section.sampler_steps, seed=seed,
+                              size=pairs.types.shape[-1])
+        return made, guidance
+
+    def save_metrics(self, ctx, **computed: Any) -> MasksRecord:
+        """Write notebook 06's metrics record (:func:`masks_metrics` of ``computed``) with ``ctx.save_metrics``, its
+        headline first, print where, and return it typed as the file holds it."""
+        metrics = masks_metrics(ctx.config, ctx.device, **computed)
+        path = ctx.save_metrics(metrics, headline=[*MasksRecord.HEADLINE, "n", "guidance"])
+        print("wrote", path)
+        return MasksRecord.from_json(path)
+
+
+MASKS = register(MasksStage())

@@ -1,0 +1,120 @@
+"""Notebook 09's nuclei segmenter, one per (arm, seed) of the augmentation experiments: its config from the
+``[segmentation]`` section, ``train segmenter --arm``, its run folders (``runs/<profile>/segmentation/<arm>/seed-<n>``,
+and the synthetic banks in ``runs/<profile>/segmentation/synthetic``), and the generators of notebooks 06-08 that
+make the synthetic tiles, found through the registry. Segmenters are scored, not released."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..paths import runs_dir
+from .base import Stage, register, registered
+
+
+class SegmenterStage(Stage):
+    name = "segmenter"
+    notebook = "09_augmentation_experiments"
+    section = "segmentation"
+    summary = "one arm of the augmentation experiments (notebook 09)"
+    released = False
+
+    def run_folder(self, profile: str, variant: str = "") -> Path:
+        """``runs/<profile>/segmentation``, or one run in it (``variant``: ``<arm>/seed-<n>``, :meth:`variant`)."""
+        return runs_dir(profile) / "segmentation" / variant
+
+    @staticmethod
+    def variant(arm: str, seed: int) -> str:
+        return f"{arm}/seed-{seed}"
+
+    def bank_folder(self, profile: str) -> Path:
+        """Where the synthetic tiles of the generators are cached, keyed by the models and settings that made them."""
+        return self.run_folder(profile) / "synthetic"
+
+    def train_config(self, config, seed: int = 0, variant: str = "", **overrides: Any):
+        """The segmenter's config for one arm (``variant``: its name, e.g. ``real_25``; default ``real_100``)."""
+        import dataclasses
+
+        from ..segmentation.experiments import arm_catalogue, segmenter_config
+
+        section = config.segmentation
+        arm = arm_catalogue(section.addition, section.replacement)[variant.partition("/")[0] or "real_100"]
+        return dataclasses.replace(segmenter_config(section, arm, seed),
+                                   **{k: v for k, v in overrides.items() if v is not None})
+
+    def training_commands(self, spec: str, config) -> list[list[str]]:
+        return []  # notebook 09 trains its arms itself (or reads back runs of `train segmenter`)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--arm", required=True,
+                            help="e.g. real_25, classic_100, add_joint_50, replace_spade_real_100")
+
+    def train(self, args: argparse.Namespace, config) -> int:
+        from ..config import pick_device
+        from ..data.nuclei import NUCLEUS_CLASSES
+        from ..evaluation.segmentation import segmentation_scores
+        from ..segmentation.experiments import (arm_catalogue, arm_training_set, generators_for, heldout_tiles,
+                                                needed_pool_pairs, real_pool, run_arm, synthetic_bank)
+        from .base import guarded
+
+        section = config.segmentation
+        catalogue = arm_catalogue(section.addition, section.replacement)
+        if args.arm not in catalogue:
+            print(f"error: unknown --arm {args.arm!r}; arms are: {', '.join(catalogue)}", file=sys.stderr)
+            return 2
+        arm = catalogue[args.arm]
+        pool = real_pool(section.tile_size, section.downsample, config.seed, section.n_real)
+        banks = {}
+        if arm.source is not None:
+            needed = needed_pool_pairs([arm], pool)
+            generators = load_generators(config, pick_device(), only=generators_for(needed))
+            banks = {source: synthetic_bank(source, pool, generators, index, self.bank_folder(config.name),
+                                            seed=config.seed) for source, index in needed.items()}
+        training = arm_training_set(arm, pool, banks)
+        segmenter = self.train_config(config, args.seed, arm.name, steps=args.steps, batch_size=args.batch_size,
+                                      compile=False if args.no_compile else None)
+        test = heldout_tiles(section.tile_size, section.downsample, config.seed, section.n_test)
+
+        def summary(counts) -> str:
+            scores = segmentation_scores(counts, NUCLEUS_CLASSES)
+            return (f"arm {arm.name}, seed {args.seed}: {len(training)} training tiles, {segmenter.steps} steps; on "
+                    f"{len(test)} held-out tiles Dice {scores['dice']:.4f}, AJI+ {scores['aji_plus']:.4f}, "
+                    f"mPQ+ {scores['mpq_plus']:.4f}; saved to {args.out}")
+
+        return guarded(lambda: run_arm(segmenter, training, test, args.out, progress=True, resume=args.resume),
+                       summary)
+
+
+SEGMENTER = register(SegmenterStage())
+
+
+def generator_stages() -> dict[str, Stage]:
+    """The stages whose models make notebook 09's synthetic tiles, by their key in ``load_generators``."""
+    return {s.generator_key: s for s in registered().values() if s.generator_key}
+
+
+def generator_folders(profile: str) -> dict[str, Path]:
+    """The generators notebook 09 uses (keys ``masks``, ``spade``, ``joint``): in a released profile (cpu) the
+    released ones once they exist, so that notebook 09 runs on the models notebooks 06-08 published; otherwise the
+    runs of notebooks 06-08 in ``runs/<profile>/``."""
+    return {key: s.model_or_release(profile, s.generator_variant) for key, s in generator_stages().items()}
+
+
+def chosen_generator_settings(profile: str) -> dict[str, Any]:
+    """What notebooks 06-08 chose on their validation strips in ``profile``, as keyword arguments of
+    ``segmentation.experiments.load_generators`` (None where a notebook has not chosen yet: the profile's value)."""
+    from ..report import chosen_setting
+
+    return {argument: chosen_setting(s.notebook, key, profile, None)
+            for s in generator_stages().values() for argument, key in s.chosen_settings.items()}
+
+
+def load_generators(config, device="cpu", only: Iterable[str] | None = None):
+    """Notebooks 06-08's generators of profile ``config`` with the settings each chose on its validation strip
+    (``segmentation.experiments.load_generators``); ``only``: just these keys."""
+    from ..segmentation.experiments import load_generators as load
+
+    return load(generator_folders(config.name), config.masks, config.spade, config.joint, device,
+                **chosen_generator_settings(config.name), only=only)

@@ -1,0 +1,282 @@
+"""Notebook 07's mask-to-image SPADE models (NASDM stage 2), in pixel and in VQ latent space: their config from the
+``[spade]`` section, ``train spade --space``, run folders (``runs/<profile>/spade-<space>``), record, cards and
+releases (``spade-<space>-<profile>``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
+from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words, score_rows
+
+SPACES = ("pixel", "latent")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpadeRecord(StageRecord):
+    """notebook 07's metrics: FID, KID and fidelity Dice per set beside floors; inpainting; checks; goals."""
+
+    n: int
+    n_validation: int
+    split: str
+    tile_size: int
+    downsample: int
+    guidance: float
+    profile_guidance: float
+    sampler: str
+    sampler_steps: int
+    mask_guidance: float
+    validation_guidance_sweep: dict
+    validation_samplers: dict
+    floor_real_vs_real: dict
+    nasdm_pixel_real_masks: dict
+    pixel_unguided: dict
+    nasdm_pp_pixel_generated_masks: dict
+    latent_real_masks: dict
+    latent_generated_masks: dict
+    fidelity_reference_real_pairs: dict
+    fidelity_floor_mismatched_pairs: dict
+    detector_threshold: float
+    checks: list
+    goals: list
+    inpainting: dict
+    inpainting_speed_ratio: dict
+    inpaint_size: int
+    repaint: dict
+    repaint_fast: dict
+    train_steps: dict
+    train_seconds: dict
+    device: str
+    learned_variance: bool
+    gallery: str
+    released_model: dict | None = None
+    fid: float
+    floor_fid: float
+    fidelity_dice: float
+    fidelity_dice_reference: float
+    fidelity_dice_floor: float
+    inpainting_speed_ratio_pixel: float
+    train_seconds_source: str | None = None
+
+    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "fidelity_dice", "fidelity_dice_reference",
+                                           "fidelity_dice_floor", "inpainting_speed_ratio_pixel")
+
+    def headline_values(self) -> dict[str, float | None]:
+        """The headline scores of this run (what the run summary shows first), by name."""
+        return {name: getattr(self, name) for name in self.HEADLINE}
+
+
+def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler: str, mask_guidance: float, sweep,
+                  sampler_scores, scores, detector, checks, goals, inpainting, speed_ratio: dict, trainers: dict,
+                  gallery) -> dict[str, Any]:
+    """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
+
+    ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
+    and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
+    named ``"<space>, <real|generated> masks, s = <guidance>"`` beside the floors and the fidelity reference;
+    ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
+    ``inpainting`` the inpainting benchmark (index: space, method, edit) and ``speed_ratio`` RePaint's time over the
+    DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG. A set the
+    held-out table lacks is a KeyError naming it. In a released profile (cpu) the record names both releases."""
+    from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
+    from ..report import row_values, table_records
+
+    section = config.spade
+    columns = ["fid", "kid", "dice", "n"]
+    repaint_keys = ("t_T", "jump_length", "jump_n_sample")
+    metrics = {
+        "n": section.n_eval, "n_validation": n_validation,
+        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
+        "profile_guidance": section.guidance, "sampler": sampler, "sampler_steps": section.sampler_steps,
+        "mask_guidance": mask_guidance,
+        "validation_guidance_sweep": table_records(sweep[columns].astype(float)),
+        "validation_samplers": table_records(sampler_scores[columns].astype(float)),
+        "floor_real_vs_real": row_values(scores, FLOOR_REAL),
+        "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance:g}"),
+        "pixel_unguided": row_values(scores, "pixel, real masks, s = 0"),
+        "nasdm_pp_pixel_generated_masks": row_values(scores, f"pixel, generated masks, s = {guidance:g}"),
+        "latent_real_masks": row_values(scores, f"latent, real masks, s = {guidance:g}"),
+        "latent_generated_masks": row_values(scores, f"latent, generated masks, s = {guidance:g}"),
+        "fidelity_reference_real_pairs": row_values(scores, REFERENCE_PAIRS),
+        "fidelity_floor_mismatched_pairs": row_values(scores, FLOOR_MISMATCHED),
+        "detector_threshold": detector.threshold,
+        "checks": checks.astype({"measured": float, "bar": float}).to_dict("records"),
+        "goals": goals.astype({"measured": float}).to_dict("records"),
+        "inpainting": {" | ".join(key): {k: float(v) for k, v in values.items()}
+                       for key, values in inpainting.to_dict("index").items()},
+        "inpainting_speed_ratio": speed_ratio, "inpaint_size": section.inpaint_size,
+        "repaint": dict(zip(repaint_keys, section.repaint)),
+        "repaint_fast": dict(zip(repaint_keys, section.repaint_fast)),
+        "train_steps": {space: t.step for space, t in trainers.items()},
+        "train_seconds": {space: t.train_seconds for space, t in trainers.items()}, "device": str(device),
+        "learned_variance": section.learned_variance, "gallery": str(gallery),
+    }
+    if config.name in RELEASED_PROFILES:  # make results releases both models under these names
+        metrics["released_model"] = {space: SPADE.release_name(config.name, space) for space in trainers}
+    metrics.update({"fid": metrics["nasdm_pixel_real_masks"]["fid"], "floor_fid": metrics["floor_real_vs_real"]["fid"],
+                    "fidelity_dice": metrics["nasdm_pixel_real_masks"]["dice"],
+                    "fidelity_dice_reference": metrics["fidelity_reference_real_pairs"]["dice"],
+                    "fidelity_dice_floor": metrics["fidelity_floor_mismatched_pairs"]["dice"],
+                    "inpainting_speed_ratio_pixel": speed_ratio["pixel"]})
+    return metrics
+
+
+def spade_card(record: SpadeRecord, space: str, name: str) -> str:
+    """A model card for one of notebook 07's mask-to-image models, from its published metrics record."""
+    guidance, sampler = record.guidance, record.sampler if space == "pixel" else "DDIM"
+    keys = ({"model, real held-out masks": "nasdm_pixel_real_masks", "model, s = 0": "pixel_unguided",
+             "model, notebook 06's generated masks": "nasdm_pp_pixel_generated_masks"} if space == "pixel" else
+            {"model, real held-out masks": "latent_real_masks",
+             "model, notebook 06's generated masks": "latent_generated_masks"})
+    sets = {"real-vs-real floor (train crops)": record.floor_real_vs_real,
+            **{label: getattr(record, key) for label, key in keys.items()},
+            "real pairs (fidelity reference)": record.fidelity_reference_real_pairs,
+            "mismatched real pairs (fidelity floor)": record.fidelity_floor_mismatched_pairs}
+    vq = (" on the 8 x 8 latents of the released 4-channel VQ-GAN (`vqgan-4ch-cpu`, packed inside as `vqvae`)"
+          if space == "latent" else " on pixels")
+    return f"""---
+license: mit
+library_name: diffusers
+tags: [histopathology, semantic-image-synthesis, spade, nuclei, classifier-free-guidance, teaching]
+---
+# {name}: H&E for a nuclei mask (NASDM stage 2, SPADE diffusion{', latent' if space == 'latent' else ''})
+
+Notebook 07 (`notebooks/07_mask_to_image.ipynb`) of histolab_utils in the `{record.profile}` profile: MONAI's
+SPADE diffusion UNet (as a diffusers model) that paints {record.tile_size} px H&E{vq}, conditioned on the mask's
+one-hot background and nucleus types plus its instance edges, trained with NASDM's hybrid loss (learned variance) and
+classifier-free guidance. {record.train_steps[space]} steps, {record.train_seconds[space] / 60:.0f} min of
+training on {hardware_in_words(record)}.
+
+{NOT_FOR_DIAGNOSIS}
+
+## Use
+
+```python
+from histolab_utils.data import pretrained
+from histolab_utils.models.mask_to_image import MaskToImagePipeline
+
+pipeline = MaskToImagePipeline.from_pretrained(pretrained("{name}"))
+images = pipeline(types, instances, guidance_scale={guidance:g}, num_inference_steps={record.sampler_steps}).images
+# types, instances: int [N, {record.tile_size}, {record.tile_size}] nucleus-type and instance maps; images: uint8 NHWC
+```
+
+## Data
+
+The nest and stroma images with nucleus labels (`hgsc` wheel), {record.tile_size} px pairs at
+{record.downsample:g} image px per px, split by region: the right 25 % of each image is held out, the bottom 25 %
+of the rest is the validation strip, and only train-region pairs were trained on. The guidance ({guidance:g}) and the
+sampler ({sampler}, {record.sampler_steps} network calls) were chosen on {record.n_validation} validation pairs;
+the scores below are on n = {record.n} held-out pairs.
+
+## Scores (held-out strip, equal n)
+
+FID / KID against the held-out images (Inception features); Dice of a haematoxylin detector (colour deconvolution,
+Otsu threshold fitted on train-region images) against the mask each image was drawn for.
+
+| set | FID | KID | Dice | n |
+|---|---|---|---|---|
+{score_rows(sets, ("fid", "kid", "dice", "n"))}
+
+{checks_and_goals(record, "tests/test_mask_to_image.py") if space == "pixel" else "The checks and goals of notebook 07 are the pixel model's: see `spade-pixel-" + record.profile + "`."}
+
+{card_footer(record, "07_mask_to_image", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
+                                  'Diffusion Models"; Wang et al. (2022), "Semantic Image Synthesis via Diffusion Models"; Park et al. '
+                                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".')}"""
+
+
+class SpadeStage(Stage):
+    name = "spade"
+    notebook = "07_mask_to_image"
+    section = "spade"
+    summary = "the mask-to-image SPADE model, NASDM stage 2 (notebook 07)"
+    record_type = SpadeRecord
+    generator_key = "spade"
+    generator_variant = "pixel"
+    chosen_settings = {"spade_guidance": "guidance", "spade_sampler": "sampler"}
+
+    def variants(self, config) -> tuple[str, ...]:
+        return SPACES
+
+    def variant_arguments(self, variant: str, config) -> list[str]:
+        arguments = ["--space", variant]
+        if variant == "latent":
+            from .vqgan import VQGAN
+
+            arguments += ["--vqgan", str(VQGAN.model_or_release_of(config.name, config.spade.vqgan_latent_channels))]
+        return arguments
+
+    def pipeline_class(self):
+        from ..models.mask_to_image import MaskToImagePipeline
+
+        return MaskToImagePipeline
+
+    def train_config(self, config, seed: int = 0, variant: str = "pixel", *, vqmodel=None, **overrides: Any):
+        """The ``[spade]`` section in pixel space, or in the latent space of ``vqmodel`` (``variant="latent"``: its
+        latent channels, the tile size over its latent factor, the latent model's steps and widths); ``None``
+        overrides are ignored."""
+        from ..diffusion.training import TrainConfig
+        from ..models.mask_to_image import CONDITION_DROPOUT, SEG_CHANNELS, latent_factor
+
+        section = config.spade
+        own = {"image_size": section.tile_size, "in_channels": 3, "spatial_condition_channels": SEG_CHANNELS,
+               "label_dropout": CONDITION_DROPOUT}
+        if (variant or "pixel") == "latent":
+            if vqmodel is None:
+                raise ValueError("the latent SPADE model's config needs the VQ-GAN it works in: pass vqmodel=")
+            own.update(image_size=section.tile_size // latent_factor(vqmodel), steps=section.latent_train_steps,
+                       in_channels=vqmodel.config.latent_channels, block_out_channels=section.latent_block_out_channels)
+        return config_from_section(TrainConfig, section, seed, own=own, **overrides)
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--space", choices=SPACES, required=True,
+                            help="pixels, or the latent space of notebook 02's VQ-GAN")
+        parser.add_argument("--vqgan", type=Path, default=None,
+                            help="a saved VQModel folder (default: the released one of a released profile, else "
+                                 "notebook 02's run)")
+
+    def train(self, args: argparse.Namespace, config) -> int:
+        from ..config import pick_device
+        from ..data.pairs import image_mask_pairs
+        from ..models.mask_to_image import train_mask_to_image
+        from ..models.vqgan import load_vqmodel
+        from .base import guarded, trainer_summary
+        from .vqgan import VQGAN
+
+        section = config.spade
+        vqmodel = None
+        if args.space == "latent":
+            folder = args.vqgan or VQGAN.model_or_release_of(config.name, section.vqgan_latent_channels)
+            try:
+                vqmodel = load_vqmodel(folder, pick_device())
+            except FileNotFoundError as error:
+                print(f"error: {error} (or pass --vqgan FOLDER)", file=sys.stderr)
+                return 2
+        train_config = self.train_config(config, args.seed, args.space, vqmodel=vqmodel, steps=args.steps,
+                                         batch_size=args.batch_size, compile=False if args.no_compile else None)
+        pairs = image_mask_pairs(section.tile_size, "train", section.n_train_pairs, seed=args.seed,
+                                 downsample=section.downsample)
+        return guarded(lambda: train_mask_to_image(train_config, pairs, args.out, vqmodel=vqmodel,
+                                                   latent_copies=section.latent_copies, resume=args.resume),
+                       trainer_summary(f" in {args.space} space on {len(pairs)} pairs", args.out / self.model_subfolder))
+
+    def released_variants(self, record: SpadeRecord) -> tuple[str, ...]:
+        return SPACES
+
+    def card(self, record: SpadeRecord, variant: str, name: str) -> str:
+        return spade_card(record, variant, name)
+
+    def save_metrics(self, ctx, **computed: Any) -> SpadeRecord:
+        """Write notebook 07's metrics record (:func:`spade_metrics` of ``computed``) with ``ctx.save_metrics``, its
+        headline first, print where, and return it typed as the file holds it."""
+        metrics = spade_metrics(ctx.config, ctx.device, **computed)
+        path = ctx.save_metrics(metrics, headline=[*SpadeRecord.HEADLINE, "n", "guidance", "sampler"])
+        print("wrote", path)
+        return SpadeRecord.from_json(path)
+
+
+SPADE = register(SpadeStage())
