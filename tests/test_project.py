@@ -183,3 +183,18 @@ def test_every_notebook_is_in_exactly_one_nbval_chain():
     listed = [name for chain in chains for name in chain.split()]
     assert len(chains) == 2 and len(listed) == len(set(listed))
     assert sorted(listed) == sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_the_ci_scripts_import_only_names_the_package_has():
+    """.ci/ and the Makefile run Python one-liners; a name moved in the package must not leave them importing it
+    from where it was (a failed one-liner in a command substitution is easy to miss in a log)."""
+    import importlib
+
+    found = []
+    for path in [*sorted((ROOT / ".ci").iterdir()), ROOT / "Makefile"]:
+        for module, names in re.findall(r"from (histolab_utils[\w.]*) import ([\w, ]+)", path.read_text()):
+            found += [(path.name, module, name.strip()) for name in names.split(",")]
+    assert found, "the CI scripts name the package somewhere"
+    missing = [f"{where}: {module}.{name}" for where, module, name in found
+               if not hasattr(importlib.import_module(module), name)]
+    assert missing == []
