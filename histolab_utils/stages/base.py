@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 from ..engine.configs import config_from_section  # noqa: F401  (every stage translates its section with it)
 from ..paths import results_dir, runs_dir
 
-BUILT_IN = ("vqgan", "ddpm", "ldm", "masks", "spade", "joint", "segmenter")  # modules of this package, in pipeline order
+NOT_STAGES = ("base", "cards")  # the modules of this package that define no stage; every other one does
 RELEASED_PROFILES = ("cpu",)  # profiles whose models are small enough to commit (data/pretrained: 25 MB each)
 
 _REGISTRY: dict[str, "Stage"] = {}
@@ -267,14 +267,17 @@ def unregister(name: str) -> None:
 
 
 def registered() -> dict[str, Stage]:
-    """Every stage: the built-in ones in pipeline order, then any registered since."""
+    """Every stage, in pipeline order (by its notebook): each module of this package registers one when imported,
+    so a new module is found without being listed anywhere."""
     global _BUILT_IN_LOADED
     if not _BUILT_IN_LOADED:
-        for module in BUILT_IN:
-            importlib.import_module(f"{__package__}.{module}")
+        import pkgutil
+
+        for module in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+            if module.name not in NOT_STAGES:
+                importlib.import_module(f"{__package__}.{module.name}")
         _BUILT_IN_LOADED = True
-    # pipeline order, however the modules happened to be imported (a notebook imports one directly)
-    order = [name for name in BUILT_IN if name in _REGISTRY] + [name for name in _REGISTRY if name not in BUILT_IN]
+    order = sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].notebook, list(_REGISTRY).index(name)))
     return {name: _REGISTRY[name] for name in order}
 
 
