@@ -126,6 +126,15 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     assert not record.absent, f"{path} lacks {sorted(record.absent)}"
 
 
+def test_records_scored_elsewhere_load_typed_too():
+    from histolab_utils.paths import results_dir
+
+    path = results_dir("full") / "09_arms.json"  # `python -m histolab_utils.score segmenters` wrote it
+    record = stage("segmenter").record_type.from_json(path)
+    assert record.profile == "full" and record.to_json() == json.loads(path.read_text())
+    assert record.training_seconds is None and "training_seconds" in record.absent and "note" in record.extra
+
+
 def test_a_record_without_a_metric_is_refused_naming_the_file_and_key(tmp_path):
     s = stage("masks")
     published = json.loads(s.record_path("cpu").read_text())

@@ -7,11 +7,48 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..paths import runs_dir
-from .base import Stage, register, registered
+from .base import Stage, StageRecord, register, registered
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmenterRecord(StageRecord):
+    """Notebook 09's metrics (``segmentation.experiments.experiment_record``), and those of ``score segmenters``:
+    every arm's Dice, AJI+ and mPQ+ over seeds and test tiles, its contrasts after Holm, the null arm."""
+
+    n_test_tiles: int
+    seeds: list
+    split: str
+    units: str
+    distinct_nuclei: dict
+    tiles: dict
+    architecture: str
+    pretrained: bool
+    tile_size: int
+    downsample: int
+    train_steps_per_arm: int
+    batch_size: int
+    bootstrap: str
+    contrasts_tested: int
+    arms_run: list
+    arms: dict
+    device: str
+    real_100_mpq_plus: float
+    real_100_dice: float
+    arms_with_mpq_gain_after_holm: int
+    arms_with_any_gain_after_holm: int
+    null_arm: dict
+    null_arm_shows_a_gain: bool
+    # the notebook's own (runs scored by `score segmenters` have none of these)
+    arms_in_full_profile: int | None = None
+    rarest_type: str | None = None
+    synthesis_seconds: float | None = None
+    training_seconds: float | None = None
+    figures: list | None = None
 
 
 class SegmenterStage(Stage):
@@ -19,6 +56,7 @@ class SegmenterStage(Stage):
     notebook = "09_augmentation_experiments"
     section = "segmentation"
     summary = "one arm of the augmentation experiments (notebook 09)"
+    record_type = SegmenterRecord
     released = False
 
     def run_folder(self, profile: str, variant: str = "") -> Path:
