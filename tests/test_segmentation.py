@@ -317,7 +317,7 @@ def test_generators_refuse_a_scale_they_did_not_train_at(tmp_path):
     from histolab_utils.segmentation.experiments import Generators, generators_for, load_generators
 
     config = load_config("smoke")
-    with pytest.raises(FileNotFoundError, match="nope does not exist: run notebook 06 .*train masks"):
+    with pytest.raises(FileNotFoundError, match="nope does not exist: the masks generator's saved pipeline"):
         load_generators({key: tmp_path / "nope" for key in ("masks", "spade", "joint")}, config.masks, config.spade,
                         config.joint)
 
@@ -326,7 +326,7 @@ def test_generators_refuse_a_scale_they_did_not_train_at(tmp_path):
     assert generators_for(["rare", "spade_real"]) == {"masks", "spade"}
     with pytest.raises(ValueError, match="unknown synthetic source 'spade'"):
         generators_for(["spade"])
-    with pytest.raises(FileNotFoundError, match="nope does not exist: run notebook 07 "):
+    with pytest.raises(FileNotFoundError, match="nope does not exist: the spade generator's"):
         load_generators({key: tmp_path / "nope" for key in ("masks", "spade", "joint")}, config.masks, config.spade,
                         config.joint, only=(key for key in ["spade"]))  # a one-pass iterator is read once
     assert load_generators({}, config.masks, config.spade, config.joint, only=set()).spade is None

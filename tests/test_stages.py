@@ -285,3 +285,16 @@ def test_the_segmenter_config_is_the_section_s_for_every_arm():
         assert (config.steps, config.batch_size, config.learning_rate, config.features, config.seed) == (
             section.train_steps, section.batch_size, section.learning_rate, section.features, 1)
     assert not configs["real_25"].augment and configs["classic_25"].augment
+
+
+def test_a_missing_generator_names_the_notebook_and_the_command_that_make_it(tmp_path, monkeypatch):
+    from histolab_utils.config import read_config
+    from histolab_utils.stages.segmenter import load_generators
+
+    monkeypatch.setenv("HISTO_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(FileNotFoundError, match=r"masks/pipeline does not exist: run notebook 06_nuclei_masks in the "
+                                                r"smoke profile \(or `python -m histolab_utils.train masks`\)"):
+        load_generators(read_config("smoke"))
+    with pytest.raises(FileNotFoundError, match=r"spade-pixel/pipeline does not exist: run notebook 07_mask_to_image .*"
+                                                r"train spade --space pixel`"):
+        load_generators(read_config("smoke"), only=iter(["spade"]))

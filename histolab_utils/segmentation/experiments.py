@@ -214,11 +214,6 @@ class Generators:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-GENERATOR_NOTEBOOKS = {"masks": "06", "spade": "07", "joint": "08"}
-TRAIN_COMMANDS = {"masks": "python -m histolab_utils.train masks", "spade": "python -m histolab_utils.train spade "
-                  "--space pixel", "joint": "python -m histolab_utils.train joint"}
-
-
 def generators_for(sources: Iterable[str]) -> set[str]:
     """The generators (keys of :func:`load_generators`' ``folders``) that these synthetic sources ("rare"
     included) draw on."""
@@ -253,8 +248,8 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
             continue
         path = Path(folders[key])
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} does not exist: run notebook {GENERATOR_NOTEBOOKS[key]} (or the CLI's "
-                                    f"`{TRAIN_COMMANDS[key]}`) first")
+            raise FileNotFoundError(f"{path} does not exist: the {key} generator's saved pipeline is needed "
+                                    f"(stages.segmenter.load_generators says which notebook makes it)")
         pipeline = kind.from_pretrained(path).to(device)
         if key == "spade" and spade_sampler is not None:
             pipeline.scheduler = named_sampler(spade_sampler, section)

@@ -154,5 +154,12 @@ def load_generators(config, device="cpu", only: Iterable[str] | None = None):
     (``segmentation.experiments.load_generators``); ``only``: just these keys."""
     from ..segmentation.experiments import load_generators as load
 
-    return load(generator_folders(config.name), config.masks, config.spade, config.joint, device,
-                **chosen_generator_settings(config.name), only=only)
+    wanted = None if only is None else set(only)  # once: ``only`` may be a one-pass iterator
+    folders = generator_folders(config.name)
+    for key, s in generator_stages().items():
+        if (wanted is None or key in wanted) and not Path(folders[key]).is_dir():
+            command = " ".join(["python -m histolab_utils.train", s.name, *s.variant_arguments(s.generator_variant, config)])
+            raise FileNotFoundError(f"{folders[key]} does not exist: run notebook {s.notebook} in the {config.name} "
+                                    f"profile (or `{command}`) first")
+    return load(folders, config.masks, config.spade, config.joint, device,
+                **chosen_generator_settings(config.name), only=wanted)
