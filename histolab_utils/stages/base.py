@@ -24,7 +24,7 @@ NOT_STAGES = ("base", "cards")  # the modules of this package that define no sta
 RELEASED_PROFILES = ("cpu",)  # profiles whose models are small enough to commit (data/pretrained: 25 MB each)
 
 _REGISTRY: dict[str, "Stage"] = {}
-_BUILT_IN_LOADED = False
+_MODULES_LOADED = False
 
 
 # -- typed metrics records ---------------------------------------------------------------------------------------
@@ -56,6 +56,12 @@ class StageRecord:
     stamp: Stamp
     extra: dict = field(default_factory=dict)
     absent: frozenset = frozenset()
+
+    HEADLINE: ClassVar[tuple[str, ...]] = ()  # the metrics the run summary shows first
+
+    def headline_values(self) -> dict[str, Any]:
+        """The headline scores of this run, by name."""
+        return {name: getattr(self, name) for name in self.HEADLINE}
 
     @classmethod
     def metric_names(cls) -> tuple[str, ...]:
@@ -206,6 +212,19 @@ class Stage:
             raise FileNotFoundError(f"{path} is missing: publish notebook {self.notebook} in the {profile} profile first")
         return self.record_type.from_json(path)
 
+    build_metrics: ClassVar[Any] = None  # (profile config, device, **what the notebook computed) -> its metrics dict
+    headline_extras: ClassVar[tuple[str, ...]] = ()  # shown in the run summary after the record's HEADLINE
+
+    def save_metrics(self, ctx: Any, **computed: Any) -> StageRecord:
+        """Write the notebook's metrics record (``build_metrics`` of ``computed``) with ``ctx.save_metrics``, its
+        headline first, print where, and return it typed as the file holds it: the notebook's one call."""
+        if self.build_metrics is None:
+            raise NotImplementedError(f"stage {self.name!r} builds no metrics record")
+        metrics = self.build_metrics(ctx.config, ctx.device, **computed)
+        path = ctx.save_metrics(metrics, headline=[*self.record_type.HEADLINE, *self.headline_extras])
+        print("wrote", path)
+        return self.record_type.from_json(path)
+
     def released_variants(self, record: StageRecord) -> tuple[str, ...]:
         """Which variants a published record covers (and so are released)."""
         return ("",)
@@ -269,14 +288,14 @@ def unregister(name: str) -> None:
 def registered() -> dict[str, Stage]:
     """Every stage, in pipeline order (by its notebook): each module of this package registers one when imported,
     so a new module is found without being listed anywhere."""
-    global _BUILT_IN_LOADED
-    if not _BUILT_IN_LOADED:
+    global _MODULES_LOADED
+    if not _MODULES_LOADED:
         import pkgutil
 
         for module in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
             if module.name not in NOT_STAGES:
                 importlib.import_module(f"{__package__}.{module.name}")
-        _BUILT_IN_LOADED = True
+        _MODULES_LOADED = True
     order = sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].notebook, list(_REGISTRY).index(name)))
     return {name: _REGISTRY[name] for name in order}
 

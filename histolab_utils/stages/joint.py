@@ -66,9 +66,6 @@ class JointRecord(StageRecord):
                                            "located_fraction", "typed_fraction", "spurious_per_tile",
                                            "two_stage_oracle_fid")
 
-    def headline_values(self) -> dict[str, float | None]:
-        """The headline scores of this run (what the run summary shows first), by name."""
-        return {name: getattr(self, name) for name in self.HEADLINE}
 
 
 ORACLE = "two-stage, real mask (oracle)"  # notebook 08's two-stage route from the real held-out mask
@@ -211,6 +208,8 @@ class JointStage(Stage):
     section = "joint"
     summary = "joint image-label synthesis from a nucleus layout (notebook 08)"
     record_type = JointRecord
+    build_metrics = staticmethod(joint_metrics)
+    headline_extras = ("n",)
     generator_key = "joint"
     chosen_settings = {"joint_guidance": "guidance"}
 
@@ -248,13 +247,6 @@ class JointStage(Stage):
     def card(self, record: JointRecord, variant: str, name: str) -> str:
         return joint_card(record, name)
 
-    def save_metrics(self, ctx, **computed: Any) -> JointRecord:
-        """Write notebook 08's metrics record (:func:`joint_metrics` of ``computed``) with ``ctx.save_metrics``, its
-        headline first, print where, and return it typed as the file holds it."""
-        metrics = joint_metrics(ctx.config, ctx.device, **computed)
-        path = ctx.save_metrics(metrics, headline=[*JointRecord.HEADLINE, "n"])
-        print("wrote", path)
-        return JointRecord.from_json(path)
 
 
 JOINT = register(JointStage())

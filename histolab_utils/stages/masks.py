@@ -49,9 +49,6 @@ class MasksRecord(StageRecord):
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
                                            "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd")
 
-    def headline_values(self) -> dict[str, float | None]:
-        """The headline scores of this run (what the run summary shows first), by name."""
-        return {name: getattr(self, name) for name in self.HEADLINE}
 
 
 def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance: float, sweep,
@@ -160,6 +157,8 @@ class MasksStage(Stage):
     section = "masks"
     summary = "the nuclei-mask generator, NASDM stage 1 (notebook 06)"
     record_type = MasksRecord
+    build_metrics = staticmethod(masks_metrics)
+    headline_extras = ("n", "guidance")
     generator_key = "masks"
     chosen_settings = {"mask_guidance": "guidance"}
 
@@ -217,13 +216,6 @@ class MasksStage(Stage):
                               size=pairs.types.shape[-1])
         return made, guidance
 
-    def save_metrics(self, ctx, **computed: Any) -> MasksRecord:
-        """Write notebook 06's metrics record (:func:`masks_metrics` of ``computed``) with ``ctx.save_metrics``, its
-        headline first, print where, and return it typed as the file holds it."""
-        metrics = masks_metrics(ctx.config, ctx.device, **computed)
-        path = ctx.save_metrics(metrics, headline=[*MasksRecord.HEADLINE, "n", "guidance"])
-        print("wrote", path)
-        return MasksRecord.from_json(path)
 
 
 MASKS = register(MasksStage())

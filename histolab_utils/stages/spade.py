@@ -65,9 +65,6 @@ class SpadeRecord(StageRecord):
     HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "fidelity_dice", "fidelity_dice_reference",
                                            "fidelity_dice_floor", "inpainting_speed_ratio_pixel")
 
-    def headline_values(self) -> dict[str, float | None]:
-        """The headline scores of this run (what the run summary shows first), by name."""
-        return {name: getattr(self, name) for name in self.HEADLINE}
 
 
 def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler: str, mask_guidance: float, sweep,
@@ -195,6 +192,8 @@ class SpadeStage(Stage):
     section = "spade"
     summary = "the mask-to-image SPADE model, NASDM stage 2 (notebook 07)"
     record_type = SpadeRecord
+    build_metrics = staticmethod(spade_metrics)
+    headline_extras = ("n", "guidance", "sampler")
     generator_key = "spade"
     generator_variant = "pixel"
     chosen_settings = {"spade_guidance": "guidance", "spade_sampler": "sampler"}
@@ -270,13 +269,6 @@ class SpadeStage(Stage):
     def card(self, record: SpadeRecord, variant: str, name: str) -> str:
         return spade_card(record, variant, name)
 
-    def save_metrics(self, ctx, **computed: Any) -> SpadeRecord:
-        """Write notebook 07's metrics record (:func:`spade_metrics` of ``computed``) with ``ctx.save_metrics``, its
-        headline first, print where, and return it typed as the file holds it."""
-        metrics = spade_metrics(ctx.config, ctx.device, **computed)
-        path = ctx.save_metrics(metrics, headline=[*SpadeRecord.HEADLINE, "n", "guidance", "sampler"])
-        print("wrote", path)
-        return SpadeRecord.from_json(path)
 
 
 SPADE = register(SpadeStage())
