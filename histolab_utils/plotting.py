@@ -76,10 +76,10 @@ def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_validation: 
 
     ax.imshow(image.image)
     for region, colour in (("train", colour_train), ("validation", colour_validation), ("heldout", colour_heldout)):
-        x0, y0, x1, y1 = image.region_box(region)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0 - 1, y1 - y0 - 1, fill=False, lw=2, ec=colour))
-        ax.text(x0 + 5, y0 + 5, region, color="white", va="top", fontsize=8,
-                bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+        for x0, y0, x1, y1 in image.region_boxes(region):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0 - 1, y1 - y0 - 1, fill=False, lw=2, ec=colour))
+            ax.text(x0 + 5, y0 + 5, region, color="white", va="top", fontsize=8,
+                    bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
     ax.set_title(image.name, fontsize=9)
     ax.axis("off")
 

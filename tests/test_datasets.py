@@ -29,10 +29,43 @@ def striped_image(height: int = 40, width: int = 100) -> HEImage:
 
 def test_region_boxes_partition_the_image():
     image = striped_image()
-    boxes = [image.region_box(region) for region in ("train", "validation", "heldout")]
-    assert boxes == [(0, 0, 75, 30), (0, 30, 75, 40), (75, 0, 100, 40)]
+    boxes = [image.region_boxes(region) for region in ("train", "validation", "heldout")]
+    assert boxes == [[(0, 0, 75, 30)], [(0, 30, 75, 40)], [(75, 0, 100, 40)]]
     with pytest.raises(ValueError, match="region"):
-        image.region_box("test")
+        image.region_boxes("test")
+
+
+def test_a_block_design_partitions_the_image_with_one_block_per_row_and_column():
+    from histolab_utils.data.datasets import BlockDesign
+
+    design = BlockDesign(grid=4, heldout=(3, 0, 1, 2), validation=(1, 2, 3, 0))
+    image = HEImage(name="blocks", image=np.zeros((100, 100, 3), np.uint8), design=design)
+    masks = {region: image.region_mask(region) for region in ("train", "validation", "heldout")}
+    assert (sum(m.astype(int) for m in masks.values()) == 1).all()  # disjoint, and together the whole image
+    assert masks["heldout"].sum() == masks["validation"].sum() == 4 * 25 * 25
+    for region in ("validation", "heldout"):
+        blocks = masks[region].reshape(4, 25, 4, 25).all(axis=(1, 3))
+        assert (blocks.sum(0) == 1).all() and (blocks.sum(1) == 1).all(), region
+    assert image.region_boxes("train")[0] == (0, 0, 25, 25)  # row 0: train, validation, train, held out
+    assert image.region_of((0, 0, 25, 25)) == "train" and image.region_of((20, 0, 30, 10)) is None
+    with pytest.raises(ValueError, match="share a block"):
+        BlockDesign(grid=4, heldout=(3, 0, 1, 2), validation=(3, 2, 0, 1))
+    with pytest.raises(ValueError, match="permutation"):
+        BlockDesign(grid=4, heldout=(0, 0, 1, 2), validation=(1, 2, 3, 0))
+
+
+@pytest.mark.parametrize("region", ["train", "validation", "heldout"])
+def test_crops_of_a_block_design_stay_in_their_blocks(region):
+    from histolab_utils.data.datasets import BlockDesign
+
+    design = BlockDesign(grid=4, heldout=(3, 0, 1, 2), validation=(1, 2, 3, 0))
+    image = HEImage(name="blocks", image=striped_image(200, 200).image, design=design)
+    mask = image.region_mask(region)
+    crops = CropSampler([image], size=16, region=region, seed=2, augment=False).sample(300)
+    xs, ys = crops[..., 0].astype(int), crops[..., 1].astype(int)
+    assert mask[ys, xs].all()
+    blocks_seen = {(int(y) // 50, int(x) // 50) for x, y in zip(xs[:, 0, 0], ys[:, 0, 0])}
+    assert len(blocks_seen) == (8 if region == "train" else 4)  # every block of the region is drawn from
 
 
 @pytest.mark.parametrize("region", ["train", "validation", "heldout"])
@@ -166,8 +199,7 @@ def test_downsampled_crops_cover_larger_fields_inside_their_region(real_data):
     assert crops.images.shape == (20, 16, 16, 3)
     for crop, (i, x, y) in zip(crops.images, crops.origins):
         source = sampler.images[i]
-        x0, y0, x1, y1 = source.region_box("heldout")
-        assert x0 <= x and x + 32 <= x1 and y0 <= y and y + 32 <= y1, "the 32 px field stays in its region"
+        assert source.region_of((x, y, x + 32, y + 32)) == "heldout", "the 32 px field stays in its region"
         np.testing.assert_array_equal(crop, box_downsample(source.image[y:y + 32, x:x + 32], 2))
     with pytest.raises(ValueError, match="downsample must be a whole number"):
         CropSampler(images, 16, "train", downsample=1.5)

@@ -1,9 +1,14 @@
-"""No pixel of the test region or of the validation strip is in any training set of any notebook.
+"""No pixel of the test region or of the validation region is in any training set of any notebook, and the
+test region holds what the questions are about.
 
 Every training set the notebooks build (smoke profile's sizes, every seed they use) is drawn
 here with the same calls, its tiles' boxes are painted onto a canvas per image, and the held-out
-region and the validation strip of each canvas must stay blank. Positive controls show that the
-check can fail. The validation sets lie wholly inside the validation strip.
+region and the validation region of each canvas must stay blank. Positive controls show that the
+check can fail. The validation sets lie wholly inside the validation region.
+
+Split 3 (``data/split_design.py``): each nucleus type's share among ``hgsc_nest``'s held-out (and validation)
+nuclei is within ±30 % of its share in the whole image, and notebook 09's test tiles hold at least 50 nuclei of
+each type, counted by centroid.
 """
 
 from __future__ import annotations
@@ -35,8 +40,7 @@ class Canvas:
     def leaked(self, region: str = "heldout") -> dict[str, int]:
         out = {}
         for image, canvas in self.covered.items():
-            x0, y0, x1, y1 = load_image(image).region_box(region)
-            out[image] = int(canvas[y0:y1, x0:x1].sum())
+            out[image] = int((canvas & load_image(image).region_mask(region)).sum())
         return {k: v for k, v in out.items() if v}
 
 
@@ -105,17 +109,22 @@ def test_no_test_pixel_is_in_any_training_set(real_data):
     assert set(control.leaked()) == set(test.sources)
 
 
+def _box_with_train_on_its_left(image, region: str) -> tuple[int, int, int, int]:
+    return next(box for box in image.region_boxes(region)
+                if box[0] > 3 and image.region_of((box[0] - 3, box[1], box[0], box[1] + 4)) == "train")
+
+
 def test_a_tile_in_the_test_region_is_caught():
     canvas = Canvas()
-    x0, y0, _, _ = load_image("hgsc_nest").region_box("heldout")
-    canvas.paint("hgsc_nest", np.array([[x0 - 4, y0, x0 + 1, y0 + 4]]))
-    assert canvas.leaked() == {"hgsc_nest": 4}
+    x0, y0, _, _ = _box_with_train_on_its_left(load_image("hgsc_nest"), "heldout")
+    canvas.paint("hgsc_nest", np.array([[x0 - 3, y0, x0 + 1, y0 + 4]]))
+    assert canvas.leaked() == {"hgsc_nest": 4} and canvas.leaked("validation") == {}
 
 
-def test_a_tile_in_the_validation_strip_is_caught():
+def test_a_tile_in_the_validation_region_is_caught():
     canvas = Canvas()
-    x0, y0, _, _ = load_image("hgsc_nest").region_box("validation")
-    canvas.paint("hgsc_nest", np.array([[x0, y0 - 3, x0 + 2, y0 + 1]]))
+    x0, y0, _, _ = _box_with_train_on_its_left(load_image("hgsc_nest"), "validation")
+    canvas.paint("hgsc_nest", np.array([[x0 - 3, y0, x0 + 2, y0 + 1]]))
     assert canvas.leaked("validation") == {"hgsc_nest": 2} and canvas.leaked() == {}
 
 
@@ -126,12 +135,14 @@ def _overlap(a: tuple, b: tuple) -> float:
 @pytest.mark.parametrize("name", ["hgsc_nest", "cellseg_patch1", "tiatoolbox_target"])
 def test_the_three_regions_of_an_image_tile_it_without_overlap(real_data, name):
     image = load_image(name)
-    boxes = {region: image.region_box(region) for region in ("train", "validation", "heldout")}
+    boxes = [(region, box) for region in ("train", "validation", "heldout") for box in image.region_boxes(region)]
     height, width = image.shape
-    assert sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes.values()) == height * width
-    assert all(_overlap(boxes[a], boxes[b]) == 0 for a, b in (("train", "validation"), ("train", "heldout"),
-                                                               ("validation", "heldout")))
-    assert boxes["validation"][0] == 0 and boxes["validation"][2] == image.split_x == boxes["heldout"][0]
+    assert sum((b[2] - b[0]) * (b[3] - b[1]) for _, b in boxes) == height * width
+    assert all(_overlap(a, b) == 0 for i, (_, a) in enumerate(boxes) for _, b in boxes[i + 1:])
+    if name == "hgsc_nest":
+        assert image.design is not None and len(image.region_boxes("heldout")) == 4
+    else:  # the strips of split 2, unchanged
+        assert image.design is None and image.region_boxes("heldout") == [(image.split_x, 0, width, height)]
 
 
 def test_the_slide_regions_do_not_overlap(real_data):
@@ -147,10 +158,8 @@ def test_validation_sets_lie_wholly_in_the_validation_strip(real_data):
     pairs = image_mask_pairs(spade.tile_size, "validation", 16, seed=1, downsample=spade.downsample)
     canvas = Canvas()
     for image in set(pairs.sources):
-        x0, y0, x1, y1 = load_image(image).region_box("validation")
         boxes = pairs.boxes[pairs.sources == image]
-        assert (boxes[:, 0] >= x0).all() and (boxes[:, 1] >= y0).all() and (boxes[:, 2] <= x1).all() \
-            and (boxes[:, 3] <= y1).all(), image
+        assert all(load_image(image).region_of(tuple(box)) == "validation" for box in boxes.astype(int)), image
         canvas.paint(image, boxes)
     assert canvas.leaked() == {} and set(canvas.leaked("validation")) == set(pairs.sources)
     wsi = mask_tiles("wsi", masks.tile_size, "validation", 16, seed=1, downsample=masks.downsample)
@@ -159,9 +168,7 @@ def test_validation_sets_lie_wholly_in_the_validation_strip(real_data):
         and (wsi.boxes[:, 3] <= y1).all()
     crops = CropSampler(load_images(), 32, "validation", seed=0, downsample=2)
     for image, boxes in crop_boxes(crops, 64).items():
-        if len(boxes):
-            vx0, vy0, vx1, vy1 = load_image(image).region_box("validation")
-            assert (boxes[:, 1] >= vy0).all() and (boxes[:, 2] <= vx1).all() and (boxes[:, 3] <= vy1).all(), image
+        assert all(load_image(image).region_of(tuple(box)) == "validation" for box in boxes), image
 
 
 @pytest.mark.parametrize("region", ["train", "heldout"])
@@ -171,9 +178,8 @@ def test_pools_and_test_tiles_stay_in_their_region(real_data, region):
     pairs = (real_pool(seg.tile_size, seg.downsample, config.seed, seg.n_real).pairs if region == "train"
              else heldout_tiles(seg.tile_size, seg.downsample, config.seed, seg.n_test))
     for image in set(pairs.sources):
-        x0, y0, x1, y1 = load_image(image).region_box(region)
-        boxes = pairs.boxes[pairs.sources == image]
-        assert (boxes[:, 0] >= x0).all() and (boxes[:, 2] <= x1).all() and (boxes[:, 3] <= y1).all()
+        boxes = pairs.boxes[pairs.sources == image].astype(int)
+        assert all(load_image(image).region_of(tuple(box)) == region for box in boxes), image
 
 
 def _overlapping_pairs(boxes: np.ndarray, sources: np.ndarray) -> int:
@@ -209,3 +215,69 @@ def test_test_tiles_and_pools_do_not_overlap_and_r25_and_r75_share_no_pixel(real
         assert painted["R25"].any() and painted["R75"].any() and not (painted["R25"] & painted["R75"]).any(), image
     crops = image_mask_pairs(seg.tile_size, "heldout", len(test), seed=config.seed, downsample=seg.downsample)
     assert _overlapping_pairs(crops.boxes, crops.sources) > 0  # positive control: random crops overlap
+
+
+# ---- split 3: the test region holds what the questions are about ----
+
+def test_hgsc_nest_held_out_and_validation_nuclei_have_the_images_type_shares(real_data):
+    from histolab_utils.data.split_design import region_counts, share_deviation
+
+    table = region_counts("hgsc_nest")
+    types = ["connective", "inflammatory", "neoplastic"]
+    assert table.loc["whole image", types].sum() == 1294
+    for region in ("heldout", "validation"):
+        deviation = share_deviation(table.loc[region, types], table.loc["whole image", types])
+        assert (deviation.abs() <= 0.30).all(), (region, deviation.to_dict())
+    assert (table.loc["heldout", types] >= 50).all()
+
+
+def test_the_split_2_strip_fails_the_share_rule(real_data):
+    """Positive control: the right strip that split 2 held out holds almost no tumour, and the check sees it."""
+    from dataclasses import replace
+
+    from histolab_utils.data.split_design import share_deviation, typed_nuclei
+
+    strips = replace(load_image("hgsc_nest"), design=None)
+    nuclei = typed_nuclei("hgsc_nest")
+    held = nuclei.counts(nuclei.in_boxes(strips.region_boxes("heldout")))
+    assert held["neoplastic"] <= 10 and share_deviation(held, nuclei.counts()).abs().max() > 0.30
+
+
+@pytest.mark.parametrize("profile", ["cpu", "full"])
+def test_notebook_09s_test_tiles_hold_50_nuclei_of_each_type(real_data, profile):
+    from histolab_utils.data.split_design import tile_type_counts
+
+    config = load_config(profile)
+    seg = config.segmentation
+    test = heldout_tiles(seg.tile_size, seg.downsample, config.seed, seg.n_test)
+    counts = tile_type_counts(test.boxes, test.sources)
+    assert (counts >= 50).all(), counts.to_dict()
+
+
+def test_the_block_design_is_the_one_the_stated_rule_picks(real_data):
+    from histolab_utils.data.datasets import BLOCK_DESIGNS
+    from histolab_utils.data.split_design import candidates_table, choose_design
+
+    assert choose_design() == BLOCK_DESIGNS["hgsc_nest"]
+    table = candidates_table()
+    assert len(table) == 24 and table["representative"].sum() == 12  # 12 of the 24 Latin patterns are within ±30 %
+    assert not table.sort_values("max_share_deviation").iloc[0]["passes"]  # the most even one has too few in tiles
+
+
+def test_the_slide_regions_keep_type_shares_within_30_percent(real_data):
+    """Notebook 06's slide keeps its strips: its held-out and validation strips are already representative."""
+    import shapely
+
+    from histolab_utils.data.nuclei import NUCLEUS_NAME_MAP, wsi_nuclei
+
+    table = wsi_nuclei().table
+    centres = shapely.centroid(table["geometry"].to_numpy())
+    xs, ys = shapely.get_x(centres), shapely.get_y(centres)
+    kinds = table["class_name"].map(NUCLEUS_NAME_MAP)  # the project's three types; unknown lineages drop out
+    typed = kinds.notna().to_numpy()
+    whole = kinds[typed].value_counts(normalize=True)
+    for region in ("validation", "heldout"):
+        x0, y0, x1, y1 = wsi_region_box(region)
+        inside = typed & (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+        deviation = kinds[inside].value_counts(normalize=True) / whole - 1
+        assert (deviation.abs() <= 0.30).all(), (region, deviation.round(3).to_dict())

@@ -81,17 +81,21 @@ class CropSampler:
         self.size, self.region, self.augment = size, region, augment
         self.rng = np.random.default_rng(seed)
         self.images: list[HEImage] = []
-        self.boxes: list[tuple[int, int, int, int]] = []
+        self.windows: list[tuple[int, int, int, int, int]] = []  # (image index, x0, y0, nx, ny) of each box
         counts, skipped = [], []
         for image in images:
-            x0, y0, x1, y1 = image.region_box(region)
-            nx, ny = x1 - x0 - window + 1, y1 - y0 - window + 1
-            if nx <= 0 or ny <= 0:
-                skipped.append(f"{image.name} ({x1 - x0}x{y1 - y0})")
+            fits = []
+            for x0, y0, x1, y1 in image.region_boxes(region):
+                nx, ny = x1 - x0 - window + 1, y1 - y0 - window + 1
+                if nx > 0 and ny > 0:
+                    fits.append((len(self.images), x0, y0, nx, ny))
+            if not fits:
+                sizes = " + ".join(f"{x1 - x0}x{y1 - y0}" for x0, y0, x1, y1 in image.region_boxes(region))
+                skipped.append(f"{image.name} ({sizes})")
                 continue
             self.images.append(image)
-            self.boxes.append((x0, y0, nx, ny))
-            counts.append(nx * ny)
+            self.windows.extend(fits)
+            counts.extend(nx * ny for *_, nx, ny in fits)
         if not self.images:
             raise ValueError(
                 f"no image has a {region} region large enough for {window}px crops "
@@ -102,11 +106,12 @@ class CropSampler:
         self.has_masks = all(im.inst_mask is not None and im.type_mask is not None for im in self.images)
 
     def _positions(self, n: int) -> np.ndarray:
-        which = self.rng.choice(len(self.images), size=n, p=self.weights)
+        """``n`` rows of (image index, x, y): a box drawn in proportion to its crop positions, then a position."""
+        which = self.rng.choice(len(self.windows), size=n, p=self.weights)
         origins = np.empty((n, 3), dtype=np.int64)
-        origins[:, 0] = which
-        for i, (x0, y0, nx, ny) in enumerate(self.boxes):
-            picked = which == i
+        for k, (image_index, x0, y0, nx, ny) in enumerate(self.windows):
+            picked = which == k
+            origins[picked, 0] = image_index
             origins[picked, 1] = x0 + self.rng.integers(0, nx, size=picked.sum())
             origins[picked, 2] = y0 + self.rng.integers(0, ny, size=picked.sum())
         return origins

@@ -1,10 +1,10 @@
 """The embedded default data set: real H&E images, nuclei masks and polygons.
 
-Train / validation / held-out split
------------------------------------
-The split is fixed by *region*, never by random crops: the right-hand strip of every image
-(``HELDOUT_FRACTION`` of its width) is held out, and the bottom ``VALIDATION_FRACTION`` of the rest
-(a band under the train region, left of the held-out strip) is the validation strip::
+Train / validation / held-out split (``SPLIT_VERSION`` 3)
+--------------------------------------------------------
+The split is fixed by *region*, never by random crops. Most images keep the strips of split 2: the
+right-hand strip (``HELDOUT_FRACTION`` of the width) is held out, and the bottom ``VALIDATION_FRACTION``
+of the rest is the validation strip::
 
     +-----------------+--------+
     |      train      |        |
@@ -13,9 +13,26 @@ The split is fixed by *region*, never by random crops: the right-hand strip of e
     |   validation    |        |
     +-----------------+--------+
 
-Crops are drawn wholly inside one region, so FID or segmentation numbers computed on held-out crops
-never see a training pixel, and every choice (guidance, thresholds, settings) is made on the
-validation strip, which no model trains on either.
+``hgsc_nest``, the one large image with typed nuclei, has its tumour in the middle, so no strip of it
+holds a representative share of each nucleus type (its right strip held 5 of 288 tumour nuclei). It is
+cut into 4 x 4 blocks instead, one held-out (H) and one validation (V) block in every row and column
+(a Latin pattern), the rest train; ``data/split_design.py`` chose the pattern by a rule stated before
+any model trained on it (see ``data/README.md``)::
+
+    +---+---+---+---+
+    |   | V |   | H |
+    +---+---+---+---+
+    | H |   | V |   |
+    +---+---+---+---+
+    |   | H |   | V |
+    +---+---+---+---+
+    | V |   | H |   |
+    +---+---+---+---+
+
+A region is a list of disjoint boxes (:meth:`HEImage.region_boxes`). Crops and grid tiles are drawn
+wholly inside one box, so FID or segmentation numbers computed on held-out crops never see a training
+pixel, and every choice (guidance, thresholds, settings) is made on the validation region, which no
+model trains on either.
 """
 
 from __future__ import annotations
@@ -37,8 +54,10 @@ HELDOUT_FRACTION = 0.25
 VALIDATION_FRACTION = 0.25
 Region = Literal["train", "validation", "heldout", "all"]
 # which split a result was made with (saved in every metrics record): 1 = train / held-out only, the train
-# region reaching down to the bottom of the image (results before 2026-11-26); 2 = with the validation strip
-SPLIT_VERSION = 2
+# region reaching down to the bottom of the image (results before 2026-11-26); 2 = with the validation strip;
+# 3 = hgsc_nest cut into the blocks of BLOCK_DESIGNS (2026-12-03), every other image as in 2
+SPLIT_VERSION = 3
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), end-exclusive
 
 HGSC_TYPE_NAMES = {1: "connective", 2: "inflammatory", 3: "neoplastic"}
 # The cellseg fixtures carry type ids without published class names.
@@ -100,6 +119,62 @@ ANNOTATED_SET: tuple[str, ...] = ("hgsc_nest", "cellseg_patch1", "cellseg_patch2
 
 
 @dataclass(frozen=True)
+class BlockDesign:
+    """An image cut into ``grid`` x ``grid`` equal blocks: the held-out region is block ``(row, heldout[row])``
+    of every row, the validation region block ``(row, validation[row])``, the rest is train. Both are
+    permutations (one block in each row and column), disjoint from each other."""
+
+    grid: int
+    heldout: tuple[int, ...]
+    validation: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name, columns in (("heldout", self.heldout), ("validation", self.validation)):
+            if sorted(columns) != list(range(self.grid)):
+                raise ValueError(f"BlockDesign.{name} must be a permutation of 0..{self.grid - 1}, got {columns}")
+        if any(h == v for h, v in zip(self.heldout, self.validation)):
+            raise ValueError(f"BlockDesign: held-out {self.heldout} and validation {self.validation} share a block")
+
+    def block_region(self, row: int, column: int) -> str:
+        """The region of block (row, column)."""
+        if self.heldout[row] == column:
+            return "heldout"
+        return "validation" if self.validation[row] == column else "train"
+
+    def _edges(self, shape: tuple[int, int]) -> tuple[list[int], list[int]]:
+        h, w = shape
+        return ([round(w * i / self.grid) for i in range(self.grid + 1)],
+                [round(h * i / self.grid) for i in range(self.grid + 1)])
+
+    def blocks(self, shape: tuple[int, int]) -> list[Box]:
+        """Every block of an image of ``shape`` (h, w), row by row."""
+        xs, ys = self._edges(shape)
+        return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(self.grid) for c in range(self.grid)]
+
+    def boxes(self, region: str, shape: tuple[int, int]) -> list[Box]:
+        """The region's boxes in an image of ``shape`` (h, w): its blocks, side-by-side blocks of one row merged."""
+        xs, ys = self._edges(shape)
+        boxes: list[Box] = []
+        for row in range(self.grid):
+            run_start = None
+            for column in range(self.grid + 1):
+                inside = column < self.grid and self.block_region(row, column) == region
+                if inside and run_start is None:
+                    run_start = column
+                elif not inside and run_start is not None:
+                    boxes.append((xs[run_start], ys[row], xs[column], ys[row + 1]))
+                    run_start = None
+        return boxes
+
+
+# Images whose split is a block pattern rather than strips (chosen by data/split_design.py's rule).
+BLOCK_DESIGNS: dict[str, BlockDesign] = {
+    "hgsc_nest": BlockDesign(grid=4, heldout=(3, 0, 1, 2), validation=(1, 2, 3, 0)),
+}
+REGION_NAMES = ("train", "validation", "heldout")
+
+
+@dataclass(frozen=True)
 class HEImage:
     """One RGB uint8 H&E image with its optional masks and its fixed region split."""
 
@@ -111,6 +186,7 @@ class HEImage:
     source: str = ""
     heldout_fraction: float = HELDOUT_FRACTION
     validation_fraction: float = VALIDATION_FRACTION
+    design: BlockDesign | None = None  # None: the strips of split 2
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -118,26 +194,59 @@ class HEImage:
 
     @property
     def split_x(self) -> int:
-        """First column of the held-out strip."""
+        """First column of the held-out strip (strip images)."""
         return int(round(self.image.shape[1] * (1.0 - self.heldout_fraction)))
 
     @property
     def validation_y(self) -> int:
-        """First row of the validation strip (left of the held-out strip)."""
+        """First row of the validation strip, left of the held-out strip (strip images)."""
         return int(round(self.image.shape[0] * (1.0 - self.validation_fraction)))
 
-    def region_box(self, region: Region) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) of a region, end-exclusive."""
-        h, w = self.shape
-        if region == "train":
-            return 0, 0, self.split_x, self.validation_y
-        if region == "validation":
-            return 0, self.validation_y, self.split_x, h
-        if region == "heldout":
-            return self.split_x, 0, w, h
+    def region_boxes(self, region: Region) -> list[Box]:
+        """The region as disjoint boxes (x0, y0, x1, y1), end-exclusive: one box for a strip image's region,
+        several blocks for a block design's. A crop or tile lies in the region when it lies in one box."""
         if region == "all":
-            return 0, 0, w, h
-        raise ValueError(f"region must be 'train', 'validation', 'heldout' or 'all', not {region!r}")
+            return [(0, 0, self.shape[1], self.shape[0])]
+        if region not in REGION_NAMES:
+            raise ValueError(f"region must be 'train', 'validation', 'heldout' or 'all', not {region!r}")
+        if self.design is not None:
+            return self.design.boxes(region, self.shape)
+        h, w = self.shape
+        return [{"train": (0, 0, self.split_x, self.validation_y), "validation": (0, self.validation_y, self.split_x, h),
+                 "heldout": (self.split_x, 0, w, h)}[region]]
+
+    def region_mask(self, region: Region) -> np.ndarray:
+        """A boolean H x W mask of the region's pixels."""
+        mask = np.zeros(self.shape, dtype=bool)
+        for x0, y0, x1, y1 in self.region_boxes(region):
+            mask[y0:y1, x0:x1] = True
+        return mask
+
+    def region_of(self, box: Box) -> str | None:
+        """The region one of whose boxes holds ``box`` wholly, or None when it crosses a border."""
+        x0, y0, x1, y1 = box
+        for region in REGION_NAMES:
+            if any(bx0 <= x0 and by0 <= y0 and x1 <= bx1 and y1 <= by1
+                   for bx0, by0, bx1, by1 in self.region_boxes(region)):
+                return region
+        return None
+
+    def tile_areas(self) -> list[Box]:
+        """Rectangles whose grids tile the image without crossing the held-out border: for a strip image the
+        train-and-validation column and the held-out strip (so split 2's grid tiles keep their places), for a
+        block design every block."""
+        if self.design is None:
+            h, w = self.shape
+            return [(0, 0, self.split_x, h), (self.split_x, 0, w, h)]
+        return self.design.blocks(self.shape)
+
+
+def downsampled_box(box: Box, downsample: int) -> Box:
+    """``box`` in the pixels of a ``downsample`` x downsampled image: a downsampled pixel covers
+    ``downsample`` x ``downsample`` pixels and belongs to the box only when all of them do."""
+    x0, y0, x1, y1 = box
+    d = int(downsample)
+    return -(-x0 // d), -(-y0 // d), x1 // d, y1 // d
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -186,7 +295,7 @@ def _load_image_cached(name: str, root: Path | None) -> HEImage:
             raise ValueError(f"{name}: {label} mask shape {mask.shape} != image shape {image.shape[:2]}")
     return HEImage(
         name=name, image=_readonly(image), inst_mask=_readonly(inst), type_mask=_readonly(typ),
-        type_names=dict(spec.type_names), source=spec.source,
+        type_names=dict(spec.type_names), source=spec.source, design=BLOCK_DESIGNS.get(name),
     )
 
 

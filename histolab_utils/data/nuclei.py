@@ -40,7 +40,7 @@ import pandas as pd
 
 from ..paths import atomic_path, data_dir
 from .annotations import AnnotationError, Annotations, rasterize, read_annotations
-from .datasets import IMAGES, HELDOUT_FRACTION, VALIDATION_FRACTION, load_image
+from .datasets import IMAGES, HELDOUT_FRACTION, SPLIT_VERSION, VALIDATION_FRACTION, load_image
 from .store import require_file
 
 NUCLEUS_CLASSES: tuple[str, ...] = ("neoplastic", "inflammatory", "connective")
@@ -350,17 +350,20 @@ def _draw_image_tiles(name: str, size: int, downsample: float, region: Region, n
                       root: Path | None) -> MaskTiles:
     root = Path(root) if root else data_dir()
     label, instance = _image_raster(name, downsample, root)
-    x0, y0, x1, y1 = load_image(name, root).region_box(region)
     # a tile pixel covers downsample x downsample image pixels: inside the region only when all of them are
-    x0, y0, x1, y1 = int(np.ceil(x0 / downsample)), int(np.ceil(y0 / downsample)), int(x1 // downsample), int(y1 // downsample)
-    if x1 - x0 < size or y1 - y0 < size:
-        raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
+    windows = [(int(np.ceil(x0 / downsample)), int(np.ceil(y0 / downsample)), int(x1 // downsample), int(y1 // downsample))
+               for x0, y0, x1, y1 in load_image(name, root).region_boxes(region)]
+    windows = np.asarray([w for w in windows if w[2] - w[0] >= size and w[3] - w[1] >= size]).reshape(-1, 4)
+    if not len(windows):
+        raise ValueError(f"{name}'s {region} region has no box of {size} x {size} px at downsample {downsample}: "
                          f"too small for {size} px tiles")
+    positions = (windows[:, 2] - windows[:, 0] - size + 1) * (windows[:, 3] - windows[:, 1] - size + 1)
     rng = np.random.default_rng(seed)
     types, instances, boxes = [], [], []
     for _ in range(50 * n):
         if len(types) == n:
             break
+        x0, y0, x1, y1 = windows[rng.choice(len(windows), p=positions / positions.sum())]
         x, y = int(rng.integers(x0, x1 - size + 1)), int(rng.integers(y0, y1 - size + 1))
         inst = instance[y:y + size, x:x + size]
         if inst.any():
@@ -399,7 +402,7 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
     if not cache:
         return build()
     key = json.dumps({"v": _CACHE_VERSION, "source": source, "size": size, "region": region, "n": n, "seed": seed,
-                      "downsample": downsample}, sort_keys=True)
+                      "downsample": downsample, "split": SPLIT_VERSION}, sort_keys=True)
     name = f"{source}-{region}-{size}px-x{downsample:g}-n{n}-seed{seed}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     path = (Path(root) if root else data_dir()) / "cache" / "mask_tiles" / f"{name}.npz"
     if path.is_file():
@@ -414,16 +417,15 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
 
 
 def split_table(root: Path | None = None) -> pd.DataFrame:
-    """The fixed spatial split of every mask source, in level-0 px."""
-    rows = []
-    rows.append({"source": "wsi", **{region: wsi_region_box(region, root) for region in REGIONS}})
+    """The fixed spatial split of every mask source: each region's boxes in level-0 px, and its design."""
+    strips = f"strips: right {HELDOUT_FRACTION:.0%} held out, bottom {VALIDATION_FRACTION:.0%} of the rest validation"
+    rows = [{"source": "wsi", **{region: [wsi_region_box(region, root)] for region in REGIONS}, "design": strips}]
     for name in IMAGE_CONTEXTS:
         image = load_image(name, root)
-        rows.append({"source": name, **{region: image.region_box(region) for region in REGIONS}})
-    frame = pd.DataFrame(rows)
-    frame["held out"] = f"right {HELDOUT_FRACTION:.0%} of the extent"
-    frame["validation strip"] = f"bottom {VALIDATION_FRACTION:.0%} of the rest"
-    return frame
+        design = strips if image.design is None else (
+            f"{image.design.grid} x {image.design.grid} blocks, one held-out and one validation block per row and column")
+        rows.append({"source": name, **{region: image.region_boxes(region) for region in REGIONS}, "design": design})
+    return pd.DataFrame(rows)
 
 
 def wsi_density(bins: int = 64, root: Path | None = None) -> tuple[np.ndarray, tuple[float, float, float, float]]:

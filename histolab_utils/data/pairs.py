@@ -6,8 +6,9 @@ Two images of the embedded set carry nuclei labels at pixel level:
   vocabulary, :data:`~histolab_utils.data.nuclei.NUCLEUS_CLASSES`);
 * ``hgsc_stroma``: its nucleus polygons, rasterised.
 
-Crops follow the fixed region split of every image (the right 25 % is held out) and lie wholly
-inside one region, so no pixel of a held-out pair is ever seen in training. With ``downsample``
+Crops follow the fixed region split of every image (:mod:`~histolab_utils.data.datasets`: strips, or
+``hgsc_nest``'s blocks) and lie wholly inside one box of one region, so no pixel of a held-out pair is
+ever seen in training. With ``downsample``
 d > 1 the image is averaged over d x d blocks and the masks take every d-th pixel, so pairs match
 the scale of the mask generator's tiles (notebook 06's smoke profile works at d = 2).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..paths import data_dir
-from .datasets import IMAGES, Region, load_image
+from .datasets import IMAGES, Box, Region, downsampled_box, load_image
 from .nuclei import IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, renumber_instances, vocabulary_name
 
 PAIR_SOURCES = ("hgsc_nest", "hgsc_stroma")
@@ -94,19 +95,23 @@ def pair_rasters(name: str, downsample: int = 1, root: Path | None = None) -> tu
     return arrays
 
 
-def _region_window(name: str, region: Region, size: int, downsample: int, root: Path | None):
-    """The region's box of ``name`` at ``downsample`` (x0, y0, x1, y1), checked to hold one ``size`` px crop."""
+def _region_windows(name: str, region: Region, size: int, downsample: int, root: Path | None) -> list[Box]:
+    """The region's boxes of ``name`` at ``downsample`` (x0, y0, x1, y1) that hold a ``size`` px crop; an error
+    when none does."""
     if region not in ("train", "validation", "heldout"):
         raise ValueError(f"region must be 'train', 'validation' or 'heldout', not {region!r}")
     pixels = pair_rasters(name, downsample, root)[0]
-    x0, y0, x1, y1 = load_image(name, root).region_box(region)
-    # a downsampled pixel covers d x d image pixels: it belongs to the region only when all of them do
-    x0, y0, x1, y1 = -(-x0 // downsample), -(-y0 // downsample), x1 // downsample, y1 // downsample
-    x1, y1 = min(x1, pixels.shape[1]), min(y1, pixels.shape[0])
-    if x1 - x0 < size or y1 - y0 < size:
-        raise ValueError(f"{name}'s {region} region is {x1 - x0} x {y1 - y0} px at downsample {downsample}: "
-                         f"too small for {size} px crops")
-    return x0, y0, x1, y1
+    windows, sizes = [], []
+    for box in load_image(name, root).region_boxes(region):
+        x0, y0, x1, y1 = downsampled_box(box, downsample)
+        x1, y1 = min(x1, pixels.shape[1]), min(y1, pixels.shape[0])
+        sizes.append(f"{x1 - x0} x {y1 - y0}")
+        if x1 - x0 >= size and y1 - y0 >= size:
+            windows.append((x0, y0, x1, y1))
+    if not windows:
+        raise ValueError(f"{name}'s {region} region ({' + '.join(sizes)} px at downsample {downsample}) is too "
+                         f"small for {size} px crops")
+    return windows
 
 
 def _crops(name: str, xs: np.ndarray, ys: np.ndarray, size: int, downsample: int, root: Path | None) -> dict:
@@ -141,25 +146,29 @@ def image_mask_pairs(size: int, region: Region, n: int, seed: int = 0, *, source
     parts = []
     for k, name in enumerate(sources):
         count = n // len(sources) + (k < n % len(sources))
-        x0, y0, x1, y1 = _region_window(name, region, size, downsample, root)
-        xs = rng.integers(x0, x1 - size + 1, count)
-        ys = rng.integers(y0, y1 - size + 1, count)
+        windows = np.asarray(_region_windows(name, region, size, downsample, root))
+        positions = (windows[:, 2] - windows[:, 0] - size + 1) * (windows[:, 3] - windows[:, 1] - size + 1)
+        x0, y0, x1, y1 = windows[rng.choice(len(windows), size=count, p=positions / positions.sum())].T
+        xs = rng.integers(x0, x1 - size + 1)
+        ys = rng.integers(y0, y1 - size + 1)
         parts.append(_crops(name, xs, ys, size, downsample, root))
     return _joined(parts, region, downsample)
 
 
 def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: int = 1,
                root: Path | None = None) -> ImageMaskPairs:
-    """Every tile of a non-overlapping ``size`` px grid laid from the top-left corner of ``region`` in each of
-    ``sources`` (row by row, source after source): no pixel lies in two tiles, so tiles are separate units for a
-    bootstrap, and any split of them is disjoint in pixels. The border the grid does not fill is left out."""
+    """Every tile of non-overlapping ``size`` px grids, one laid from the top-left corner of each box of ``region``
+    in each of ``sources`` (row by row, box after box, source after source): no pixel lies in two tiles, so tiles
+    are separate units for a bootstrap, and any split of them is disjoint in pixels. The border a grid does not
+    fill is left out."""
     if size <= 0:
         raise ValueError(f"need size > 0; got size={size}")
     parts = []
     for name in sources:
-        x0, y0, x1, y1 = _region_window(name, region, size, downsample, root)
-        ys, xs = np.meshgrid(np.arange(y0, y1 - size + 1, size), np.arange(x0, x1 - size + 1, size), indexing="ij")
-        parts.append(_crops(name, xs.ravel(), ys.ravel(), size, downsample, root))
+        for x0, y0, x1, y1 in _region_windows(name, region, size, downsample, root):
+            ys, xs = np.meshgrid(np.arange(y0, y1 - size + 1, size), np.arange(x0, x1 - size + 1, size),
+                                 indexing="ij")
+            parts.append(_crops(name, xs.ravel(), ys.ravel(), size, downsample, root))
     return _joined(parts, region, downsample)
 
 

@@ -56,9 +56,10 @@ def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tiss
     With ``downsample`` = d each tile covers a ``size * d`` px window, box-averaged to ``size`` px; the
     table's ``window`` column is that span in image pixels.
 
-    One grid covers the train and validation regions together (the grid that existed before the
-    validation strip, so tile ids and the published clusters stay the same); a tile that reaches into
-    the validation strip is a validation tile, so no training tile touches a validation pixel."""
+    One grid is laid over each of the image's ``tile_areas``: a strip image's train and validation regions
+    together (the grid that existed before the validation strip, so its tile ids stay the same) and its
+    held-out strip; every block of a block design. A tile that reaches from the train region into the
+    validation region is a validation tile, so no training tile touches a validation pixel."""
     from ..data.crops import box_downsample
 
     if size <= 0:
@@ -70,11 +71,10 @@ def grid_tiles(images: Sequence[HEImage] | None = None, size: int = 32, min_tiss
     rows, tiles = [], []
     for image in images:
         table = _tissue_fraction_table(image.image)
-        left, _, _, bottom = image.region_box("validation")
-        for side, (x0, y0, x1, y1) in (("left", (left, 0, image.split_x, bottom)), ("heldout", image.region_box("heldout"))):
+        for x0, y0, x1, y1 in image.tile_areas():
             for y in range(y0, y1 - window + 1, window):
                 for x in range(x0, x1 - window + 1, window):
-                    region = side if side == "heldout" else "train" if y + window <= image.validation_y else "validation"
+                    region = image.region_of((x, y, x + window, y + window)) or "validation"
                     area = table[y + window, x + window] - table[y, x + window] - table[y + window, x] + table[y, x]
                     fraction = area / window**2
                     if fraction >= min_tissue:
