@@ -298,3 +298,27 @@ def test_a_missing_generator_names_the_notebook_and_the_command_that_make_it(tmp
     with pytest.raises(FileNotFoundError, match=r"spade-pixel/pipeline does not exist: run notebook 07_mask_to_image .*"
                                                 r"train spade --space pixel`"):
         load_generators(read_config("smoke"), only=iter(["spade"]))
+
+
+def test_a_release_made_on_an_earlier_split_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    """Split 3 moved hgsc_nest's held-out pixels into blocks that split 2 trained on: a split-2 release may neither
+    be scored on today's held-out region nor feed later models, and the error says how to retrain it. The slide's
+    masks model (its regions unchanged) stays usable; a machine's own run is used instead of a refused release."""
+    import json
+
+    from histolab_utils.data.datasets import SPLIT_VERSION
+    from histolab_utils.stages.base import EarlierSplitError
+
+    vqgan, masks = stage("vqgan"), stage("masks")
+    for which, made_on in ((vqgan, 2), (masks, 2)):
+        record = tmp_path / f"{which.notebook}.json"
+        record.write_text(json.dumps({"split_version": made_on, "metrics": {}}))
+        monkeypatch.setattr(type(which), "record_path", lambda self, profile, r=record: r)
+    monkeypatch.setattr(type(vqgan), "model_folder", lambda self, profile, variant="": tmp_path / "no-run")
+    monkeypatch.setattr(type(masks), "model_folder", lambda self, profile, variant="": tmp_path / "no-run")
+    with pytest.raises(EarlierSplitError, match=r"vqgan-4ch-cpu was trained on split 2.*make results PROFILE=cpu ONLY=02_vqgan"):
+        vqgan.model_or_release("cpu", "4ch")
+    assert masks.model_or_release("cpu").name == "masks-cpu"
+    (tmp_path / "no-run").mkdir()
+    assert vqgan.model_or_release("cpu", "4ch") == tmp_path / "no-run"
+    assert SPLIT_VERSION == 3

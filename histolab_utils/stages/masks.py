@@ -161,6 +161,7 @@ class MasksStage(Stage):
     headline_extras = ("n", "guidance")
     generator_key = "masks"
     chosen_settings = {"mask_guidance": "guidance"}
+    split_unchanged_since = 2  # it trains on the slide's tiles only, whose strips split 3 kept
 
     def pipeline_class(self):
         from ..models.mask_generator import NucleiMaskPipeline
