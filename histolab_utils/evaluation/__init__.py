@@ -10,6 +10,9 @@
 * ``mask_conditioning``: whether a generated mask holds the nucleus types it was asked for, and only those;
 * ``mask_generation``: the nuclei-mask generator's scoring table, checks and goals (notebook 06);
 * ``mask_fidelity``: whether a synthetic image puts nuclei where its mask says (a haematoxylin detector);
+* ``nucleus_appearance``: whether a synthetic image's nuclei (or a generated mask's) look real: size, shape,
+  haematoxylin density, texture and contrast of whole nuclei, as distances from real held-out nuclei beside the
+  real train-vs-held-out floor at equal n;
 * ``seams``: the seam score of an inpainted region;
 * ``layout_adherence``: whether a generated label puts the requested nuclei where the layout asked;
 * ``segmentation``: a segmenter's scores against real labels (Dice, AJI+, PQ, mPQ+) and contrasts of training arms;

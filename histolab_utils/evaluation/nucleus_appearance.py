@@ -1,0 +1,350 @@
+"""Nucleus appearance: how real do the nuclei of a synthetic image (or of a generated mask) look, scored so that
+closer to real is better and real against real is the floor.
+
+Why not mask fidelity alone: :mod:`~histolab_utils.evaluation.mask_fidelity` asks whether a haematoxylin detector
+finds nuclei where the mask says. A generator that paints every nucleus as a uniform dark oval beats real images on
+that score (real nuclei are vesicular, paler and textured), so a higher Dice can mean less realism. The scores here
+are two-sided: nuclei too small, too dark, too pale or too uniform all score far from real.
+
+Per nucleus (one row per instance id > 0 of an instance map):
+
+* from the mask alone (:func:`mask_features`, what notebook 06 has): ``area`` (px), ``eccentricity`` (of the
+  ellipse with the region's second moments: 0 for a disc), ``solidity``, the centroid, ``type`` when a type map is
+  given (the most frequent type id among its pixels) and ``touches_border``: the nucleus has a pixel on the crop's
+  edge, so it is a fragment of a nucleus the crop cuts. Fragments bias the area low; every distance here uses
+  whole nuclei only, by default;
+* with the image too (:func:`nucleus_features`): ``h_mean`` and ``h_std``, the haematoxylin optical density
+  inside the nucleus (colour deconvolution, Ruifrok & Johnston 2001, through
+  :func:`~histolab_utils.evaluation.mask_fidelity.haematoxylin` *unsmoothed*: the texture is a feature), and
+  ``ring_contrast``, mean haematoxylin inside minus mean haematoxylin over the background pixels within
+  ``ring_width`` px of the nucleus (other nuclei are left out of the ring; NaN when no background pixel is that
+  close). A dark nucleus on pale stroma has a positive contrast.
+
+Distance (:func:`appearance_distance`): per feature, the 2-sample 1-D Wasserstein distance (the earth mover's
+distance between the two empirical distributions, ``scipy.stats.wasserstein_distance``; as a two-sample statistic:
+Ramdas, García Trillos & Cuturi, "On Wasserstein two-sample testing and related families of nonparametric tests",
+Entropy 19:47, 2017) between the two sets' values of that feature, divided by the real set's robust scale (IQR /
+1.349, the standard deviation of a normal with that IQR), then averaged over the features (``mean``). Each term is
+in units of "real spreads" and is zero only when the two distributions agree, whichever side a difference lies
+on: nuclei too small, too large, too dark, too pale, too uniform or without contrast all score far. It is the
+per-feature distance :mod:`~histolab_utils.evaluation.morphology` already uses for masks, with a robust scale
+because nucleus areas have a heavy right tail.
+
+Floor, equal n and types (:func:`appearance_scores`): a Wasserstein distance between two finite samples is positive
+even for one distribution and shrinks as n grows, so every set is compared with real held-out nuclei at one n,
+drawn several times (mean and a percentile interval over the draws); real *train* nuclei against the same held-out
+nuclei give the floor, what real data of another region scores (near it is as real as real). Regions differ in
+what nuclei they hold, so each set is drawn with the held-out draw's nucleus types when types are known, the
+condition-matched floor of :func:`~histolab_utils.evaluation.floors.condition_matched`. Whole nuclei are fewer and
+smaller in smaller tiles (a large nucleus touches an edge more often), so compare sets cut at one tile size.
+
+Goals (:func:`appearance_goals`): the mean distance within k x the floor's, and each feature's within k x its own
+floor's (a mean over five features dilutes one that is far off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+MASK_FEATURES: tuple[str, ...] = ("area", "eccentricity")
+APPEARANCE_FEATURES: tuple[str, ...] = (*MASK_FEATURES, "h_mean", "h_std", "ring_contrast")
+RING_WIDTH = 3  # px of background around a nucleus that its contrast is measured against
+ROBUST_SCALE = 1.349  # IQR of the standard normal: IQR / 1.349 estimates a normal's standard deviation
+SCALE_FLOOR = 0.1  # a real feature's scale is at least this share of its standard deviation (never 0)
+FLOOR_ROW = "real (train vs held-out)"
+DRAWS = 20
+INTERVAL = (5.0, 95.0)  # percentiles of the draws reported beside each mean
+
+
+# -- per nucleus --------------------------------------------------------------------------------------------------
+def _stack(array, name: str, ndim: int) -> np.ndarray:
+    """``array`` as a stack: one item of ``ndim - 1`` dims gains a leading axis; anything else is an error."""
+    array = np.asarray(array)
+    if array.ndim == ndim - 1:
+        return array[None]
+    if array.ndim != ndim:
+        item = "[H, W, 3]" if ndim == 4 else "[H, W]"
+        raise ValueError(f"{name} must be {item} or a stack of them; got shape {array.shape}")
+    return array
+
+
+def mask_features(instances: np.ndarray, types: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per nucleus of an instance map [H, W] or a stack of them [N, H, W] (0 = background): ``tile``,
+    ``label`` (its instance id), ``area``, ``eccentricity``, ``solidity``, ``y``, ``x``, ``type`` (only with a
+    per-pixel type map ``types`` of the same shape, as :class:`~histolab_utils.data.pairs.ImageMaskPairs` holds) and
+    ``touches_border`` (a pixel on the crop's edge: a fragment, left out of the distances by default)."""
+    from .morphology import nucleus_features as morphology_nuclei
+
+    instances = _stack(instances, "instances", 3)
+    if not np.issubdtype(instances.dtype, np.integer):
+        raise ValueError(f"instances must be an integer instance map; got dtype {instances.dtype}")
+    if types is not None:
+        types = _stack(types, "types", 3)
+        if types.shape != instances.shape:
+            raise ValueError(f"types {types.shape} and instances {instances.shape} must have one shape")
+    table = morphology_nuclei(instances > 0 if types is None else types, instances)
+    edges = [set(np.concatenate([inst[0], inst[-1], inst[:, 0], inst[:, -1]]).tolist()) for inst in instances]
+    table["touches_border"] = [int(label) in edges[int(tile)] for tile, label in zip(table["tile"], table["label"])]
+    table = table.astype({"tile": int, "label": int, "area": float, "touches_border": bool})
+    return table.drop(columns="type") if types is None else table
+
+
+def nucleus_features(image: np.ndarray, instances: np.ndarray, types: np.ndarray | None = None, *,
+                     ring_width: int = RING_WIDTH) -> pd.DataFrame:
+    """:func:`mask_features` of ``instances`` [H, W] (or [N, H, W]) plus what the RGB uint8 ``image`` [H, W, 3]
+    (or [N, H, W, 3]) shows of each nucleus: ``h_mean``, ``h_std`` (haematoxylin optical density inside it) and
+    ``ring_contrast`` (``h_mean`` minus the mean over the background pixels within ``ring_width`` px of it)."""
+    from scipy.ndimage import distance_transform_edt, find_objects
+
+    from .mask_fidelity import haematoxylin
+
+    images, instances = _stack(image, "image", 4), _stack(instances, "instances", 3)
+    if images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 [H, W, 3] or [N, H, W, 3]; got {images.shape} {images.dtype}")
+    if images.shape[:3] != instances.shape:
+        raise ValueError(f"each image needs its instance map: image {images.shape[:3]} vs instances {instances.shape}")
+    if int(ring_width) != ring_width or ring_width < 1:
+        raise ValueError(f"ring_width must be a whole number of px >= 1; got {ring_width}")
+    table = mask_features(instances, types)
+    density = haematoxylin(images, sigma=0)  # unsmoothed: a nucleus's texture is one of the features
+    stats = {}
+    for tile, (inst, h) in enumerate(zip(instances.astype(np.int64), density)):
+        count = np.bincount(inst.ravel(), minlength=1)
+        total = np.bincount(inst.ravel(), weights=h.ravel(), minlength=1)
+        squares = np.bincount(inst.ravel(), weights=h.ravel() ** 2, minlength=1)
+        background = inst == 0
+        for label, box in enumerate(find_objects(inst), start=1):
+            if box is None:
+                continue
+            box = tuple(slice(max(s.start - ring_width, 0), s.stop + ring_width) for s in box)
+            distance = distance_transform_edt(inst[box] != label)
+            ring = (distance > 0) & (distance <= ring_width) & background[box]
+            mean = total[label] / count[label]
+            std = np.sqrt(max(squares[label] / count[label] - mean ** 2, 0.0))
+            contrast = mean - h[box][ring].mean() if ring.any() else np.nan
+            stats[tile, label] = (mean, std, contrast)
+    keys = list(zip(table["tile"], table["label"]))
+    values = np.array([stats[key] for key in keys], dtype=np.float64).reshape(len(keys), 3)
+    return table.assign(h_mean=values[:, 0], h_std=values[:, 1], ring_contrast=values[:, 2])
+
+
+# -- distances ------------------------------------------------------------------------------------------------------
+def _whole(table: pd.DataFrame, name: str, whole_only: bool) -> pd.DataFrame:
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{name} must be a feature table (pandas DataFrame); got {type(table).__name__}")
+    if whole_only and "touches_border" in table:
+        table = table[~table["touches_border"].astype(bool)]
+    if not len(table):
+        raise ValueError(f"{name} holds no {'whole ' if whole_only else ''}nuclei to score")
+    return table
+
+
+def _features(tables: Mapping[str, pd.DataFrame], features: Sequence[str] | None) -> tuple[str, ...]:
+    """The features to score: those asked for (each must be a column of every table), or every one of
+    ``APPEARANCE_FEATURES`` that all tables have."""
+    if features is None:
+        features = tuple(f for f in APPEARANCE_FEATURES if all(f in t for t in tables.values()))
+        if not features:
+            raise ValueError(f"the tables share none of the features {list(APPEARANCE_FEATURES)}")
+        return features
+    features = (features,) if isinstance(features, str) else tuple(features)
+    if not features:
+        raise ValueError("features is empty")
+    for name, table in tables.items():
+        missing = [f for f in features if f not in table]
+        if missing:
+            raise ValueError(f"{name} has no column {missing}; it has {list(table.columns)}")
+    return features
+
+
+def robust_scale(values) -> float:
+    """IQR / 1.349 of ``values`` (NaN left out), at least ``SCALE_FLOOR`` x their standard deviation and never 0
+    (1.0 for a constant feature, whose distances are then in its own units)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan")
+    q1, q3 = np.percentile(values, [25, 75])
+    scale = max((q3 - q1) / ROBUST_SCALE, SCALE_FLOOR * float(values.std()))
+    return float(scale) if scale > 0 else 1.0
+
+
+def _distance(generated: pd.DataFrame, real: pd.DataFrame, features: Sequence[str], scales: Mapping[str, float]):
+    from scipy.stats import wasserstein_distance
+
+    out = {}
+    for feature in features:
+        a = generated[feature].to_numpy(np.float64)
+        b = real[feature].to_numpy(np.float64)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        out[feature] = float(wasserstein_distance(a, b) / scales[feature]) if len(a) and len(b) else float("nan")
+    values = [v for v in out.values() if np.isfinite(v)]
+    out["mean"] = float(np.mean(values)) if values else float("nan")
+    return pd.Series(out, name="distance")
+
+
+def appearance_distance(generated: pd.DataFrame, real: pd.DataFrame, features: Sequence[str] | None = None, *,
+                        whole_only: bool = True) -> pd.Series:
+    """How far the nuclei of ``generated`` lie from those of ``real`` (feature tables of :func:`nucleus_features`
+    or :func:`mask_features`): per feature, the 2-sample 1-D Wasserstein distance (``scipy.stats.
+    wasserstein_distance``) over ``real``'s robust scale (:func:`robust_scale`, IQR / 1.349), and their ``mean``.
+
+    Two-sided: 0 when the distributions agree, and large for nuclei too small, too large, too dark, too pale, too
+    uniform or without contrast alike. ``features``: default every one of ``APPEARANCE_FEATURES`` both tables have.
+    With ``whole_only`` nuclei touching the crop border are left out (their area is a fragment's). Values depend on
+    n (see :func:`appearance_scores` for scores at equal n beside the real floor). NaN feature values (a ring with no
+    background) are left out of that feature."""
+    generated, real = _whole(generated, "generated", whole_only), _whole(real, "real", whole_only)
+    features = _features({"generated": generated, "real": real}, features)
+    return _distance(generated, real, features, {f: robust_scale(real[f]) for f in features})
+
+
+def appearance_scores(sets: Mapping[str, pd.DataFrame], real_train: pd.DataFrame, real_heldout: pd.DataFrame, *,
+                      n: int | None = None, seed: int = 0, draws: int = DRAWS, features: Sequence[str] | None = None,
+                      match_types: bool | None = None, whole_only: bool = True,
+                      interval: tuple[float, float] = INTERVAL) -> pd.DataFrame:
+    """Every set's appearance distance from real held-out nuclei, at one n, beside the real floor.
+
+    ``sets`` maps a name to a feature table (:func:`nucleus_features`, or :func:`mask_features` for masks alone);
+    ``real_train`` and ``real_heldout`` are the same tables of real nuclei of the train and held-out regions. Each
+    of ``draws`` random draws takes ``n`` whole nuclei without replacement from the held-out nuclei (the reference
+    of every row of that draw) and ``n`` from every set and from the train nuclei, and computes
+    :func:`appearance_distance` scaled by the robust scale of *all* held-out nuclei (one scale for every row and
+    draw). ``n`` defaults to the smallest count of whole nuclei (the held-out and train sets included); a set with
+    fewer is an error.
+
+    ``match_types`` (default: when every table has a ``type`` column) draws each set's nuclei with the types of the
+    reference draw, nucleus for nucleus (:func:`~histolab_utils.evaluation.floors.condition_matched`: without
+    replacement while a type lasts, then with; a type the set lacks takes a nucleus of another type). Regions differ
+    in what nuclei they hold (``hgsc_nest``'s held-out strip is nearly all connective nuclei, its train region
+    mostly neoplastic and inflammatory ones), and a floor drawn with other types measures that difference, not
+    realism: the floor of a generator asked for the held-out types is real nuclei of those types.
+
+    One row per set and a last row ``FLOOR_ROW`` (real train against held-out): ``n``, ``draws``, ``distance`` (the
+    mean over draws of the features' mean), ``distance_lo`` / ``distance_hi`` (the ``interval`` percentiles over
+    draws), ``over_floor`` (distance / the floor's), each feature's mean distance (``w_<feature>``) and, with
+    ``match_types``, the share of drawn nuclei that repeat one already drawn (``type_reused``) or are of another
+    type than asked (``type_unmatched``)."""
+    if not isinstance(sets, Mapping):
+        raise TypeError(f"sets must map a name to a feature table; got {type(sets).__name__}")
+    if FLOOR_ROW in sets:
+        raise ValueError(f"{FLOOR_ROW!r} names the floor row: rename that set")
+    if int(draws) != draws or draws < 1:
+        raise ValueError(f"draws must be a whole number >= 1; got {draws}")
+    tables = {name: _whole(table, f"sets[{name!r}]", whole_only) for name, table in sets.items()}
+    tables[FLOOR_ROW] = _whole(real_train, "real_train", whole_only)
+    heldout = _whole(real_heldout, "real_heldout", whole_only)
+    features = _features({**tables, "real_heldout": heldout}, features)
+    typed = all("type" in table for table in (*tables.values(), heldout))
+    if match_types is None:
+        match_types = typed
+    elif match_types and not typed:
+        untyped = [name for name, table in {**tables, "real_heldout": heldout}.items() if "type" not in table]
+        raise ValueError(f"match_types needs a type column in every table; {untyped} have none")
+    counts = {name: len(table) for name, table in {**tables, "real_heldout": heldout}.items()}
+    if n is None:
+        n = min(counts.values())
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be a whole number >= 2; got {n} (whole nuclei per set: {counts})")
+    small = {name: count for name, count in counts.items() if count < n}
+    if small:
+        raise ValueError(f"n = {n} whole nuclei, but {small} hold fewer: pass a smaller n")
+    n = int(n)
+    if match_types:
+        from .floors import condition_matched
+    scales = {f: robust_scale(heldout[f]) for f in features}
+    rng = np.random.default_rng(seed)
+    results: dict[str, list[pd.Series]] = {name: [] for name in tables}
+    matching = {name: np.zeros(2) for name in tables}
+    for _ in range(int(draws)):
+        reference = heldout.iloc[rng.choice(len(heldout), n, replace=False)]
+        for name, table in tables.items():
+            if match_types:
+                index, how = condition_matched(table[["type"]].to_numpy(), reference[["type"]].to_numpy(),
+                                               seed=int(rng.integers(2 ** 31)))
+                matching[name] += (how["exact, reused"] / n, how["nearest"] / n)
+            else:
+                index = rng.choice(len(table), n, replace=False)
+            results[name].append(_distance(table.iloc[index], reference, features, scales))
+    rows = {}
+    for name, series in results.items():
+        frame = pd.DataFrame(series)
+        lo, hi = np.percentile(frame["mean"], interval)
+        rows[name] = {"n": n, "draws": int(draws), "distance": float(frame["mean"].mean()),
+                      "distance_lo": float(lo), "distance_hi": float(hi),
+                      **{f"w_{f}": float(frame[f].mean()) for f in features}}
+        if match_types:
+            rows[name].update(type_reused=matching[name][0] / draws, type_unmatched=matching[name][1] / draws)
+    table = pd.DataFrame(rows).T
+    table.insert(5, "over_floor", table["distance"] / max(float(table.loc[FLOOR_ROW, "distance"]), 1e-12))
+    return table.astype({"n": int, "draws": int}).rename_axis("set")
+
+
+def _masks(masks, name: str) -> pd.DataFrame:
+    """:func:`mask_features` of an instance stack, or of a (types, instances) pair."""
+    if isinstance(masks, tuple):
+        if len(masks) != 2:
+            raise ValueError(f"{name} must be instance maps or a (types, instances) pair; got a tuple of {len(masks)}")
+        return mask_features(masks[1], masks[0])
+    return mask_features(masks)
+
+
+def area_distribution(sets: Mapping[str, object], real_train, real_heldout, *, n: int | None = None, seed: int = 0,
+                      draws: int = DRAWS, match_types: bool | None = None) -> pd.DataFrame:
+    """The whole-nucleus area of masks alone (notebook 06: no image), each set against real held-out masks at equal
+    n beside the real train-vs-held-out floor: an :func:`appearance_scores` table on ``area`` only.
+
+    ``sets`` maps a name to masks: an instance map stack [N, H, W] or a (types, instances) pair of stacks (with types
+    everywhere, nuclei are drawn with the held-out draw's types, ``match_types``); ``real_train`` and
+    ``real_heldout`` are real masks of the same kind. Beside the scores, each set's ``whole`` nuclei (scored),
+    ``fragments`` (touching a crop border, left out: they are what makes the area of all nuclei look small) and
+    the quartiles of its whole nuclei's area (``area_q1``, ``area_median``, ``area_q3``, px); a last row
+    ``real held-out`` gives the reference's."""
+    tables = {name: _masks(masks, f"sets[{name!r}]") for name, masks in sets.items()}
+    train, heldout = _masks(real_train, "real_train"), _masks(real_heldout, "real_heldout")
+    scores = appearance_scores(tables, train, heldout, n=n, seed=seed, draws=draws, features=("area",),
+                               match_types=match_types)
+    summary = {}
+    for name, table in {**tables, FLOOR_ROW: train, "real held-out": heldout}.items():
+        whole = table.loc[~table["touches_border"], "area"]
+        q1, median, q3 = np.percentile(whole, [25, 50, 75])
+        summary[name] = {"whole": len(whole), "fragments": int(table["touches_border"].sum()),
+                         "area_q1": q1, "area_median": median, "area_q3": q3}
+    summary = pd.DataFrame(summary).T.astype({"whole": int, "fragments": int})
+    table = scores.join(summary, how="outer").loc[[*tables, FLOOR_ROW, "real held-out"]]
+    return table.astype({"n": "Int64", "draws": "Int64"}).rename_axis("set")  # the held-out row has no n
+
+
+def appearance_goals(scores: pd.DataFrame, chosen: str | Sequence[str] | None = None, k: float = 1.5, *,
+                     per_feature: bool = True) -> pd.DataFrame:
+    """The appearance goals, measured (reported whether met or not): a pandas table of goal, target, measured, met
+    for ``chosen`` sets of an :func:`appearance_scores` (or :func:`area_distribution`) table (default every set but
+    the floor): the mean appearance distance over the real train-vs-held-out floor's, at most ``k``; and with
+    ``per_feature``, each feature's distance over that feature's floor, at most ``k``. The mean over features
+    dilutes a failure in one (masks eroded to half the area move the mean of five features by less than the
+    area alone), so the per-feature rows say which feature is off."""
+    if FLOOR_ROW not in scores.index:
+        raise ValueError(f"scores has no {FLOOR_ROW!r} row: pass an appearance_scores table")
+    if chosen is None:
+        chosen = [name for name in scores.index if name not in (FLOOR_ROW, "real held-out")]
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    missing = [name for name in chosen if name not in scores.index]
+    if missing:
+        raise ValueError(f"chosen names rows the scores lack: {missing}; rows: {list(scores.index)}")
+    n = int(scores.loc[FLOOR_ROW, "n"])
+    features = [c[2:] for c in scores.columns if c.startswith("w_")]
+    columns = ["distance", *(f"w_{f}" for f in features)] if per_feature and len(features) > 1 else ["distance"]
+    rows = []
+    for name in chosen:
+        for column in columns:
+            floor = max(float(scores.loc[FLOOR_ROW, column]), 1e-12)
+            ratio = float(scores.loc[name, column]) / floor
+            if column != "distance":
+                what = f"{column[2:]} distance"
+            else:  # one feature alone (area_distribution): its name, not the mean's
+                what = f"{features[0]} distance" if len(features) == 1 else "mean appearance distance"
+            rows.append((f"{what} over the real floor ({name}, n = {n})", f"<= {k:g}", ratio, bool(ratio <= k)))
+    return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])
