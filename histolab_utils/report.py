@@ -156,23 +156,33 @@ def save_figure(notebook: str, name: str, image: np.ndarray, profile: str | None
     return path
 
 
-def published_metrics(notebook: str, profile: str) -> dict | None:
+def published_metrics(notebook: str, profile: str, *, this_split: bool = False) -> dict | None:
     """The committed metrics record of ``notebook`` in ``profile`` (``results/<profile>/<notebook>.json``),
-    or None when that profile's results are not published."""
+    or None when that profile's results are not published. ``this_split``: None also when the record was made
+    on an earlier split than today's, for a section that recomputes with today's regions (its tiles, its
+    held-out crops) what that record measured."""
+    from .data.datasets import SPLIT_VERSION
+
     path = results_dir(profile) / f"{notebook}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if this_split and record is not None and record.get("split_version", 1) < SPLIT_VERSION:
+        return None
+    return record
 
 
 def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
     """A setting ``notebook`` chose on the validation strip in ``profile`` (say, notebook 06's ``guidance``), as its
     latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published one
-    (``results/<profile>/``), else ``default`` (the profile's value). A record made before the validation strip
-    existed (``split_version`` 1) chose nothing on it, and is passed over."""
+    (``results/<profile>/``), else ``default`` (the profile's value). A record made on an earlier split than
+    today's is passed over: split 1 had no validation strip, and split 2's validation strip of ``hgsc_nest`` lies
+    partly in split 3's held-out blocks."""
+    from .data.datasets import SPLIT_VERSION
+
     for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
         if path.is_file():
             record = json.loads(path.read_text())
             value = record["metrics"].get(key)
-            if value is not None and record.get("split_version", 1) >= 2:
+            if value is not None and record.get("split_version", 1) >= SPLIT_VERSION:
                 return value
     return default
 

@@ -138,16 +138,27 @@ def test_the_notebook_context_names_its_hardware():
     assert ctx.hardware == f"CPU ({os.cpu_count()} cores)"
 
 
-def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips_pre_validation_records(
+def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips_earlier_splits(
         tmp_path, monkeypatch):
     monkeypatch.setattr(report, "metrics_dir", lambda profile=None: tmp_path / "reports")
     monkeypatch.setattr(report, "results_dir", lambda profile=None: tmp_path / "results")
     assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 2.0  # nothing recorded: the profile's value
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 1.0}}))
+    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 1.5}}))
+    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 2.0  # chosen on split 2: passed over
+    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 1.0}}))
     assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"metrics": {"guidance": 3.0}}))  # before the strip
     assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
-    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 4.0}}))
+    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 4.0}}))
     assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 4.0
+
+
+def test_published_metrics_of_an_earlier_split_are_absent_for_a_section_that_recomputes_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "results_dir", lambda profile=None: tmp_path)
+    (tmp_path / "04_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"n_tiles": 3}}))
+    assert report.published_metrics("04_x", "cpu")["metrics"] == {"n_tiles": 3}  # still shown as a record
+    assert report.published_metrics("04_x", "cpu", this_split=True) is None
+    (tmp_path / "04_x.json").write_text(json.dumps({"split_version": 3, "metrics": {"n_tiles": 3}}))
+    assert report.published_metrics("04_x", "cpu", this_split=True)["metrics"] == {"n_tiles": 3}

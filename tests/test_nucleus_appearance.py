@@ -117,12 +117,12 @@ def _eroded(instances: np.ndarray, radius: int) -> np.ndarray:
 def nest(real_data):
     """hgsc_nest's non-overlapping tiles: train tiles split like a chequerboard into A (the floor's train nuclei) and
     B (a second, disjoint real draw), and the held-out tiles (the reference). Regions by name; the tile is half the
-    held-out strip's narrower side (at most 256 px) so that the strip is used whole."""
+    narrowest held-out box's side (at most 256 px) so that each box is used whole."""
     from histolab_utils.data import load_image
     from histolab_utils.data.pairs import grid_pairs
 
-    x0, y0, x1, y1 = load_image("hgsc_nest").region_box("heldout")
-    size = min(256, min(x1 - x0, y1 - y0) // 2)
+    boxes = load_image("hgsc_nest").region_boxes("heldout")
+    size = min(256, min(min(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes) // 2)
     train = grid_pairs(size, "train", sources=("hgsc_nest",))
     heldout = grid_pairs(size, "heldout", sources=("hgsc_nest",))
     column, row = (np.unique(train.boxes[:, k], return_inverse=True)[1] for k in (0, 1))
