@@ -429,12 +429,15 @@ class NotebookContext:
 
     @property
     def hardware(self) -> str:
-        """What a result was made on, for its metrics and model card: the GPU's name, or the CPU's cores."""
+        """What a result was made on, in words, for its metrics and model card: the GPU's name, or the CPU's model,
+        cores and bf16 kind (e.g. "AMD EPYC, 2 cores, AVX-512 BF16 (native bf16)")."""
         if getattr(self.device, "type", str(self.device)) == "cuda":
             import torch
 
             return torch.cuda.get_device_name(0)
-        return f"CPU ({os.cpu_count()} cores)"
+        from .engine.precision import cpu_in_words
+
+        return cpu_in_words()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

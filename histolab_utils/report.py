@@ -204,11 +204,13 @@ def build_summary(results: Iterable[Mapping[str, Any]], profile: str) -> str:
     Each result has ``notebook``, ``status`` and ``wall_time_s`` (the runner's clock); headline
     metrics come from the notebook's metrics JSON when it wrote one.
     """
+    from .engine.precision import cpu_in_words
+
     lines = [
         f"# Run summary ({profile} profile)",
         "",
         f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} at commit "
-        f"`{git_commit() or 'unknown'}` on {hardware()['gpu'] or 'CPU'} ({os.cpu_count()} cores).",
+        f"`{git_commit() or 'unknown'}` on {hardware()['gpu'] or cpu_in_words()}.",
         "",
     ]
     if profile == "smoke":
