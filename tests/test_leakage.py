@@ -281,3 +281,12 @@ def test_the_slide_regions_keep_type_shares_within_30_percent(real_data):
         inside = typed & (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
         deviation = kinds[inside].value_counts(normalize=True) / whole - 1
         assert (deviation.abs() <= 0.30).all(), (region, deviation.round(3).to_dict())
+
+
+def test_pairs_count_the_tiles_that_leave_their_region(real_data):
+    pairs = image_mask_pairs(16, "heldout", 6, seed=0)
+    assert pairs.outside_region() == 0
+    moved = pairs.subset(slice(None))
+    moved.boxes = moved.boxes.copy()
+    moved.boxes[0] = [0, 0, 16, 16]  # the top-left corner is train in every image
+    assert moved.outside_region() == 1

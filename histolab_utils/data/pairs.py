@@ -55,6 +55,11 @@ class ImageMaskPairs:
     def context_names(self) -> list[str]:
         return [TISSUE_CONTEXTS[c] for c in self.contexts]
 
+    def outside_region(self, root: Path | None = None) -> int:
+        """How many tiles do not lie wholly inside one box of their ``region`` (0 for pairs this module drew)."""
+        return sum(load_image(name, root).region_of(tuple(int(v) for v in box)) != self.region
+                   for name, box in zip(self.sources, self.boxes))
+
     def subset(self, index) -> "ImageMaskPairs":
         return ImageMaskPairs(self.images[index], self.types[index], self.instances[index], self.contexts[index],
                               self.sources[index], self.boxes[index], self.region, self.downsample)
