@@ -431,14 +431,14 @@ def test_the_checks_pass_real_masks_and_fail_an_untrained_generator(real_data):
 
 
 def test_guidance_is_chosen_by_the_best_validation_score_and_the_smallest_on_a_tie():
-    from histolab_utils.evaluation.choices import choose_guidance
+    from histolab_utils.evaluation.choices import choose_guidance_scale
 
     sweep = pd.DataFrame({"f1": [0.4, 0.7, 0.7, 0.6], "fid": [9.0, 5.0, 4.0, 6.0]}, index=[0.0, 1.0, 2.0, 3.0])
-    assert choose_guidance(sweep) == 1.0
-    assert choose_guidance(sweep, "fid", higher_is_better=False) == 2.0
-    assert choose_guidance(sweep, "f1", within=("fid", 1.1)) == 2.0  # only s = 2 has an FID within 10 % of the best
+    assert choose_guidance_scale(sweep) == 1.0
+    assert choose_guidance_scale(sweep, "fid", higher_is_better=False) == 2.0
+    assert choose_guidance_scale(sweep, "f1", within=("fid", 1.1)) == 2.0  # only s = 2's FID is within 10 % of the best
     with pytest.raises(ValueError, match="no finite"):
-        choose_guidance(pd.DataFrame({"f1": [np.nan]}, index=[0.0]))
+        choose_guidance_scale(pd.DataFrame({"f1": [np.nan]}, index=[0.0]))
 
 
 LOAD_MASK_GENERATOR = """
