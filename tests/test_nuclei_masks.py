@@ -513,12 +513,12 @@ def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_gui
     pairs = SimpleNamespace(types=types, instances=instances, contexts=np.array([0, 1, 0]))
     config = load_config("smoke")
     made, guidance = MASKS.masks_for(pairs, folder, config)
-    assert guidance == config.masks.guidance
+    assert guidance == config.masks.guidance_scale
     assert made.types.shape == made.instances.shape == (3, 12, 12)
     assert not made.types[2].any(), "a pair without nuclei asks for an empty mask"
     again, _ = MASKS.masks_for(pairs, folder, config)
     assert (again.masks == made.masks).all(), "seeded"
     metrics_dir("smoke").mkdir(parents=True)
     (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
-        {"split_version": 2, "metrics": {"guidance": config.masks.guidance + 1.5}}))
-    assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance + 1.5
+        {"split_version": 2, "metrics": {"guidance": config.masks.guidance_scale + 1.5}}))
+    assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance_scale + 1.5

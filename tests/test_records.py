@@ -96,7 +96,7 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert (record.train_steps, record.train_seconds, record.device) == (400, 12.5, "cpu")
     assert record.pipeline.endswith("masks/pipeline")
     section = load_config(profile).masks
-    assert (record.n, record.tile_size, record.profile_guidance) == (section.n_eval, section.tile_size, section.guidance)
+    assert (record.n, record.tile_size, record.profile_guidance) == (section.n_eval, section.tile_size, section.guidance_scale)
     # only a released profile's record names the release make results makes of it
     assert record.released_model == (MASKS.release_name("cpu") if profile == "cpu" else None)
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")

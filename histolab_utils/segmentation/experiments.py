@@ -264,9 +264,9 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
         return default if value is None else value
 
     return Generators(**loaded, trained_at=trained_at,
-                      spade_settings=(chosen(spade_guidance, spade.guidance), spade.sampler_steps),
-                      mask_settings=(chosen(mask_guidance, masks.guidance), masks.sampler_steps),
-                      joint_settings=(chosen(joint_guidance, joint.guidance), joint.sampler_steps))
+                      spade_settings=(chosen(spade_guidance, spade.guidance_scale), spade.sampler_steps),
+                      mask_settings=(chosen(mask_guidance, masks.guidance_scale), masks.sampler_steps),
+                      joint_settings=(chosen(joint_guidance, joint.guidance_scale), joint.sampler_steps))
 
 
 def _need(model, name: str):

@@ -74,7 +74,7 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
         "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
                                        f"the rest validation (y >= {validation_y:.0f})"),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
-        "profile_guidance": section.guidance, "validation_sweep": table_records(sweep.astype(float)),
+        "profile_guidance": section.guidance_scale, "validation_sweep": table_records(sweep.astype(float)),
         "n_validation": n_validation, "heldout_scores": table_records(scores.astype(float)),
         "conditioning_per_type": {f"{s} | {t}": {"recall": float(r["recall"]), "precision": float(r["precision"])}
                                   for (s, t), r in per_type_accuracy.iterrows()},
@@ -209,7 +209,7 @@ class MasksStage(Stage):
         section = config.masks
         pipeline = self.load(folder, device, make_scheduler(section.sampler, section.schedule, clip_sample=True,
                                                             prediction_type=section.prediction_type))
-        guidance = chosen_setting(self.notebook, "guidance", config.name, section.guidance)
+        guidance = chosen_setting(self.notebook, "guidance", config.name, section.guidance_scale)
         conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
         # the UNet is convolutional: it draws masks of the pairs' size even where notebook 06 trained on larger tiles
         made = generate_masks(pipeline, conditions, guidance, section.sampler_steps, seed=seed,

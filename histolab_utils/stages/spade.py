@@ -89,7 +89,7 @@ def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler
         "n": section.n_eval, "n_validation": n_validation,
         "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
-        "profile_guidance": section.guidance, "sampler": sampler, "sampler_steps": section.sampler_steps,
+        "profile_guidance": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
         "mask_guidance": mask_guidance,
         "validation_guidance_sweep": table_records(sweep[columns].astype(float)),
         "validation_samplers": table_records(sampler_scores[columns].astype(float)),
