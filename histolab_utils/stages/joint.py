@@ -211,7 +211,7 @@ class JointStage(Stage):
     build_metrics = staticmethod(joint_metrics)
     headline_extras = ("n",)
     generator_key = "joint"
-    chosen_settings = {"joint_guidance": "guidance"}
+    chosen_settings = {"joint_guidance_scale": "guidance"}
 
     def pipeline_class(self):
         from ..models.joint_synthesis import JointSynthesisPipeline

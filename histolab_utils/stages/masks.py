@@ -160,7 +160,7 @@ class MasksStage(Stage):
     build_metrics = staticmethod(masks_metrics)
     headline_extras = ("n", "guidance")
     generator_key = "masks"
-    chosen_settings = {"mask_guidance": "guidance"}
+    chosen_settings = {"mask_guidance_scale": "guidance"}
 
     def pipeline_class(self):
         from ..models.mask_generator import NucleiMaskPipeline

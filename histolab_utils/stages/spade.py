@@ -196,7 +196,7 @@ class SpadeStage(Stage):
     headline_extras = ("n", "guidance", "sampler")
     generator_key = "spade"
     generator_variant = "pixel"
-    chosen_settings = {"spade_guidance": "guidance", "spade_sampler": "sampler"}
+    chosen_settings = {"spade_guidance_scale": "guidance", "spade_sampler": "sampler"}
 
     def variants(self, config) -> tuple[str, ...]:
         return SPACES
