@@ -512,13 +512,13 @@ def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_gui
     types[1, 5:9, 5:9], instances[1, 5:9, 5:9] = 3, 1
     pairs = SimpleNamespace(types=types, instances=instances, contexts=np.array([0, 1, 0]))
     config = load_config("smoke")
-    made, guidance = MASKS.masks_for(pairs, folder, config)
-    assert guidance == config.masks.guidance_scale
+    made, guidance_scale = MASKS.masks_for(pairs, folder, config)
+    assert guidance_scale == config.masks.guidance_scale
     assert made.types.shape == made.instances.shape == (3, 12, 12)
     assert not made.types[2].any(), "a pair without nuclei asks for an empty mask"
     again, _ = MASKS.masks_for(pairs, folder, config)
     assert (again.masks == made.masks).all(), "seeded"
     metrics_dir("smoke").mkdir(parents=True)
     (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
-        {"split_version": 2, "metrics": {"guidance": config.masks.guidance_scale + 1.5}}))
+        {"split_version": 2, "metrics": {"guidance_scale": config.masks.guidance_scale + 1.5}}))
     assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance_scale + 1.5
