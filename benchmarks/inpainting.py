@@ -3,7 +3,7 @@ held-out image, repainted to follow an edited mask (inflammatory nuclei added to
 SPADE model, with both schedules.
 
     python benchmarks/inpainting.py [--pipeline runs/smoke/spade-pixel/pipeline] [--size 320] [--region 256]
-        [--repaint 250 10 10] [--fast 50 5 2] [--guidance 1.5]
+        [--repaint 250 10 10] [--fast 50 5 2] [--guidance-scale 1.5]
 
 For each: seconds per image (the ratio is RePaint's time over the variant's), network calls, and
 the seam score (mean gradient on the region's border over the mean just inside it; 1 = no seam;
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--downsample", type=int, default=1)
     parser.add_argument("--repaint", type=int, nargs=3, default=(250, 10, 10), metavar=("T", "JUMP", "N"))
     parser.add_argument("--fast", type=int, nargs=3, default=(50, 5, 2), metavar=("T", "JUMP", "N"))
-    parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--guidance-scale", type=float, default=1.5)
     args = parser.parse_args()
 
     from histolab_utils.config import load_config, pick_device
@@ -65,7 +65,7 @@ def main() -> None:
     for name, (t_T, jump, n, eta) in {"RePaint": (*args.repaint, 1.0), "DDIM variant": (*args.fast, 0.0)}.items():
         settings = RePaintSettings(t_T, jump, n, eta)
         started = time.perf_counter()
-        out = pipeline.inpaint(pair.images, types[None], instances[None], region, settings, args.guidance,
+        out = pipeline.inpaint(pair.images, types[None], instances[None], region, settings, args.guidance_scale,
                                generator=torch.Generator().manual_seed(0))
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -74,7 +74,7 @@ class GuidedDiffusion(DiffusionTraining):
     sampler: str  # "ddpm", "ddim" or "dpm"
     sampler_steps: int
     guidance_scales: tuple[float, ...]  # the sweep; 0 = the unconditional model where there is one
-    guidance: float  # the scale of the headline scores, gallery and widget
+    guidance_scale: float  # the scale of the headline scores, gallery and widget
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,6 +242,15 @@ SHARED_SCALE = ("masks", "spade", "segmentation")
 # Sections of trained models: they inherit the profile's [training] defaults for every field they have.
 TRAINED_SECTIONS = ("vqgan", "ddpm", "ldm", "masks", "spade", "joint", "segmentation")
 
+# Keys that were renamed (old -> new): a profile or override still using the old name is told the new one.
+RENAMED_KEYS = {"guidance": "guidance_scale"}
+
+
+def _unknown_key(name: str, known: Iterable[str]) -> str:
+    """What to say of a key a section lacks: the new name when it is one of :data:`RENAMED_KEYS`."""
+    new = RENAMED_KEYS.get(name)
+    return f"; it was renamed: rename it to {new!r}" if new in set(known) else ""
+
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) if typing.get_origin(hint) is None else str(hint).replace("typing.", "")
@@ -272,7 +281,8 @@ def _section(cls: type, table: dict, defaults: dict, sources: dict, section: str
     unknown = sorted(set(table) - set(fields))
     if unknown:
         where = sources.get((section, unknown[0]), origin)
-        raise ProfileError(f"{where}: [{section}] has no key {unknown[0]!r}; its keys are {', '.join(fields)}")
+        raise ProfileError(f"{where}: [{section}] has no key {unknown[0]!r}{_unknown_key(unknown[0], fields)}; its keys "
+                           f"are {', '.join(fields)}")
     values = {}
     for name, field in fields.items():
         if name in table:
@@ -296,8 +306,9 @@ def profile_from_tables(data: dict, sources: dict, name: str, origin: Path) -> "
     shared = set().union(*({f.name for f in dataclasses.fields(typing.get_type_hints(ProfileConfig)[s])}
                            for s in TRAINED_SECTIONS))
     for key in sorted(set(defaults) - shared):
-        raise ProfileError(f"{sources.get(('training', key), origin)}: [training] has no key {key!r}; it sets "
-                           f"defaults for fields of the trained models' sections {TRAINED_SECTIONS}")
+        raise ProfileError(f"{sources.get(('training', key), origin)}: [training] has no key {key!r}"
+                           f"{_unknown_key(key, shared)}; it sets defaults for fields of the trained models' sections "
+                           f"{TRAINED_SECTIONS}")
     for key in sorted(set(data) - set(sections) - {"seed"}):
         raise ProfileError(f"{sources.get((key,), origin)}: no profile section or key {key!r}; sections are "
                            f"{', '.join(['training', *sections])}")
@@ -344,8 +355,10 @@ def apply_overrides(config: ProfileConfig, overrides: str) -> ProfileConfig:
         section = getattr(config, section_name, None)
         if not dataclasses.is_dataclass(section):
             raise ValueError(f"{OVERRIDES_ENV}: no config section {section_name!r}")
-        if field_name not in {f.name for f in dataclasses.fields(section)}:
-            raise ValueError(f"{OVERRIDES_ENV}: section {section_name!r} has no field {field_name!r}")
+        names = {f.name for f in dataclasses.fields(section)}
+        if field_name not in names:
+            raise ValueError(f"{OVERRIDES_ENV}: section {section_name!r} has no field {field_name!r}"
+                             f"{_unknown_key(field_name, names)}")
         try:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError) as error:

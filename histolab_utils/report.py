@@ -170,17 +170,34 @@ def published_metrics(notebook: str, profile: str, *, this_split: bool = False) 
     return record
 
 
+# Metric keys that were renamed (old -> new): a record that still holds an old key is told to rename it.
+RENAMED_METRICS = {"guidance": "guidance_scale", "profile_guidance": "profile_guidance_scale",
+                   "mask_guidance": "mask_guidance_scale", "spade_guidance": "spade_guidance_scale"}
+
+
+def old_metric_name(metrics: Mapping[str, Any], key: str) -> str | None:
+    """The old name of metric ``key`` (:data:`RENAMED_METRICS`) when ``metrics`` holds that instead of ``key``."""
+    if key in metrics:
+        return None
+    return next((old for old, new in RENAMED_METRICS.items() if new == key and old in metrics), None)
+
+
 def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
-    """A setting ``notebook`` chose on the validation strip in ``profile`` (say, notebook 06's ``guidance``), as its
-    latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published one
-    (``results/<profile>/``), else ``default`` (the profile's value). A record made on an earlier split than
-    today's is passed over: split 1 had no validation strip, and split 2's validation strip of ``hgsc_nest`` lies
-    partly in split 3's held-out blocks."""
+    """A setting ``notebook`` chose on the validation region in ``profile`` (say, notebook 06's ``guidance_scale``),
+    as its latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published
+    one (``results/<profile>/``), else ``default`` (the profile's value). A record made on an earlier split than
+    today's is passed over (split 1 had no validation strip, and split 2's validation strip of ``hgsc_nest`` lies
+    partly in split 3's held-out blocks); one that holds the setting under its old name (:data:`RENAMED_METRICS`)
+    is an error saying which key to rename."""
     from .data.datasets import SPLIT_VERSION
 
     for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
         if path.is_file():
             record = json.loads(path.read_text())
+            old = old_metric_name(record["metrics"], key)
+            if old is not None:
+                raise ValueError(f"{path}: the metrics hold {old!r}, the old name of {key!r}: rename the key to "
+                                 f"{key!r} (the value stays)")
             value = record["metrics"].get(key)
             if value is not None and record.get("split_version", 1) >= SPLIT_VERSION:
                 return value

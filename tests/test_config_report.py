@@ -142,17 +142,22 @@ def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips
         tmp_path, monkeypatch):
     monkeypatch.setattr(report, "metrics_dir", lambda profile=None: tmp_path / "reports")
     monkeypatch.setattr(report, "results_dir", lambda profile=None: tmp_path / "results")
-    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 2.0  # nothing recorded: the profile's value
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 2.0  # nothing recorded: the profile's value
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 2, "metrics": {"guidance": 1.5}}))
-    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 2.0  # chosen on split 2: passed over
-    (tmp_path / "results" / "06_x.json").write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 1.0}}))
-    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
+    published, local = tmp_path / "results" / "06_x.json", tmp_path / "reports" / "06_x.json"
+    published.write_text(json.dumps({"split_version": 2, "metrics": {"guidance_scale": 1.5}}))
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 2.0  # chosen on split 2: passed over
+    published.write_text(json.dumps({"split_version": 3, "metrics": {"guidance_scale": 1.0}}))
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 1.0
     (tmp_path / "reports").mkdir()
-    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"metrics": {"guidance": 3.0}}))  # before the strip
-    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 1.0
-    (tmp_path / "reports" / "06_x.json").write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 4.0}}))
-    assert report.chosen_setting("06_x", "guidance", "cpu", 2.0) == 4.0
+    local.write_text(json.dumps({"metrics": {"guidance_scale": 3.0}}))  # before the strip
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 1.0
+    local.write_text(json.dumps({"split_version": 3, "metrics": {"guidance_scale": 4.0}}))
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 4.0
+    # a record from before the rename holds the old key: it says which key to rename, never falls back silently
+    local.write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 4.0}}))
+    with pytest.raises(ValueError, match=r"06_x.json: .*'guidance', the old name of 'guidance_scale': rename the key"):
+        report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0)
 
 
 def test_published_metrics_of_an_earlier_split_are_absent_for_a_section_that_recomputes_them(tmp_path, monkeypatch):

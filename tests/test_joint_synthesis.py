@@ -353,7 +353,7 @@ def test_head_to_head_decodes_every_route_without_its_layout():
                                    make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
     joint.set_progress_bar_config(disable=True)
 
-    def painter(types, instances, guidance, steps, generator):  # a stand-in for notebook 07's SPADE pipeline
+    def painter(types, instances, guidance_scale, steps, generator):  # a stand-in for notebook 07's SPADE pipeline
         return SimpleNamespace(images=np.zeros((len(types), 16, 16, 3), np.uint8))
 
     runs = head_to_head(joint, {"held-out, s = 2": (layouts, pairs.contexts, 2.0)}, painter,

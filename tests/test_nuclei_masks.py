@@ -432,14 +432,14 @@ def test_the_checks_pass_real_masks_and_fail_an_untrained_generator(real_data):
 
 
 def test_guidance_is_chosen_by_the_best_validation_score_and_the_smallest_on_a_tie():
-    from histolab_utils.evaluation.choices import choose_guidance
+    from histolab_utils.evaluation.choices import choose_guidance_scale
 
     sweep = pd.DataFrame({"f1": [0.4, 0.7, 0.7, 0.6], "fid": [9.0, 5.0, 4.0, 6.0]}, index=[0.0, 1.0, 2.0, 3.0])
-    assert choose_guidance(sweep) == 1.0
-    assert choose_guidance(sweep, "fid", higher_is_better=False) == 2.0
-    assert choose_guidance(sweep, "f1", within=("fid", 1.1)) == 2.0  # only s = 2 has an FID within 10 % of the best
+    assert choose_guidance_scale(sweep) == 1.0
+    assert choose_guidance_scale(sweep, "fid", higher_is_better=False) == 2.0
+    assert choose_guidance_scale(sweep, "f1", within=("fid", 1.1)) == 2.0  # only s = 2's FID is within 10 % of the best
     with pytest.raises(ValueError, match="no finite"):
-        choose_guidance(pd.DataFrame({"f1": [np.nan]}, index=[0.0]))
+        choose_guidance_scale(pd.DataFrame({"f1": [np.nan]}, index=[0.0]))
 
 
 LOAD_MASK_GENERATOR = """
@@ -513,13 +513,13 @@ def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_gui
     types[1, 5:9, 5:9], instances[1, 5:9, 5:9] = 3, 1
     pairs = SimpleNamespace(types=types, instances=instances, contexts=np.array([0, 1, 0]))
     config = load_config("smoke")
-    made, guidance = MASKS.masks_for(pairs, folder, config)
-    assert guidance == config.masks.guidance
+    made, guidance_scale = MASKS.masks_for(pairs, folder, config)
+    assert guidance_scale == config.masks.guidance_scale
     assert made.types.shape == made.instances.shape == (3, 12, 12)
     assert not made.types[2].any(), "a pair without nuclei asks for an empty mask"
     again, _ = MASKS.masks_for(pairs, folder, config)
     assert (again.masks == made.masks).all(), "seeded"
     metrics_dir("smoke").mkdir(parents=True)
     (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
-        {"split_version": 2, "metrics": {"guidance": config.masks.guidance + 1.5}}))
-    assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance + 1.5
+        {"split_version": 2, "metrics": {"guidance_scale": config.masks.guidance_scale + 1.5}}))
+    assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance_scale + 1.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,34 @@ def test_a_bad_key_or_type_names_the_key_and_the_file(tmp_path, text, named):
     with pytest.raises(ProfileError, match="bad.toml") as error:
         config.read_config(str(path))
     assert named in str(error.value)
+
+
+def test_the_guidance_scale_has_one_name_in_every_profile_and_section():
+    """diffusers' ``guidance_scale``: no section declares, and no shipped profile sets, ``guidance``."""
+    hints = typing.get_type_hints(config.ProfileConfig)
+    sections = {name: hints[name] for name in hints if name not in ("name", "seed")}
+    assert [n for n, cls in sections.items() if issubclass(cls, config.GuidedDiffusion)] == ["ldm", "masks", "spade",
+                                                                                            "joint"]
+    for name, cls in sections.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert not fields & set(config.RENAMED_KEYS), f"[{name}] declares an old key name"
+        assert ("guidance_scale" in fields) == issubclass(cls, config.GuidedDiffusion), name
+    for name in PROFILES:
+        tables = tomllib.loads((PROFILE_DIR / f"{name}.toml").read_text())
+        old = [f"[{section}] {key}" for section, table in tables.items() if isinstance(table, dict)
+               for key in table if key in config.RENAMED_KEYS]
+        assert old == [], f"{name}.toml uses old key names: {old}"
+
+
+@pytest.mark.parametrize("section", ["ldm", "masks", "spade", "joint", "training"])
+def test_an_old_guidance_key_says_to_rename_it_to_guidance_scale(tmp_path, section):
+    path = write(tmp_path / "old.toml", f'extends = "smoke"\n[{section}]\nguidance = 2.0\n')
+    with pytest.raises(ProfileError, match=rf"old.toml: \[{section}\] has no key 'guidance'; it was renamed: rename "
+                                           rf"it to 'guidance_scale'"):
+        config.read_config(str(path))
+    if section != "training":
+        with pytest.raises(ValueError, match="has no field 'guidance'; it was renamed: rename it to 'guidance_scale'"):
+            config.apply_overrides(config.read_config("smoke"), f"{section}.guidance=2.0")
 
 
 def test_a_training_default_of_the_wrong_type_names_the_training_table(tmp_path):

@@ -64,12 +64,12 @@ def masks_inputs(**changes):
                            [8, 1.0, 1.0, 1.0, 0.5, 1.0, 0.2, 0.9], [8, 0.95, 0.9, 0.92, 1.0, 1.0, 0.2, math.nan],
                            [8, 0.7, 0.7, 0.7, 9.0, 1.0, 0.2, math.nan]], index=names, columns=columns, dtype=object)
     sweep = pd.DataFrame([[8, 0.6, 0.5, 0.55, 4.0, 0.98, 0.2], [8, 0.9, 0.8, 0.85, 3.0, 0.99, 0.2]],
-                         index=pd.Index([0.0, 2.0], name="guidance"), columns=columns[:-1])
+                         index=pd.Index([0.0, 2.0], name="guidance_scale"), columns=columns[:-1])
     per_type = pd.DataFrame({"requested": [4, 3], "present": [4, 2], "recall": [1.0, 2 / 3], "precision": [0.8, 1.0]},
                             index=pd.MultiIndex.from_tuples([(CHOSEN, "neoplastic"), (CHOSEN, "connective")],
                                                             names=["set", "type"]))
     checks, goals = checks_and_goals()
-    inputs = dict(split_x=1234.4, validation_y=567.6, n_validation=8, guidance=2.0, sweep=sweep, scores=scores,
+    inputs = dict(split_x=1234.4, validation_y=567.6, n_validation=8, guidance_scale=2.0, sweep=sweep, scores=scores,
                   per_type_accuracy=per_type, matching=pd.Series({"exact": 7, "nearest": 1}, name="rows"),
                   checks=checks, goals=goals, round_trip_recall=0.99, trainer=trainer(), run_folder=MASKS.run_folder("x"),
                   chosen=CHOSEN, unguided=UNGUIDED, ceiling=CEILING, floor=FLOOR, baseline=BASELINE)
@@ -83,7 +83,7 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert f"wrote {path}" in capsys.readouterr().out
     assert isinstance(record, MasksRecord) and record.profile == profile
     assert_round_trips(record, MasksRecord, path)
-    assert record.stamp.headline == [*MasksRecord.HEADLINE, "n", "guidance"]
+    assert record.stamp.headline == [*MasksRecord.HEADLINE, "n", "guidance_scale"]
     assert record.headline_values() == {"overall_recall": 0.9, "overall_precision": 0.8, "ceiling_recall": 1.0,
                                         "unguided_recall": 0.6, "morphology_fd": 3.0, "floor_morphology_fd": 1.0,
                                         "baseline_morphology_fd": 9.0}
@@ -96,7 +96,8 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert (record.train_steps, record.train_seconds, record.device) == (400, 12.5, "cpu")
     assert record.pipeline.endswith("masks/pipeline")
     section = load_config(profile).masks
-    assert (record.n, record.tile_size, record.profile_guidance) == (section.n_eval, section.tile_size, section.guidance)
+    assert (record.n, record.tile_size, record.profile_guidance_scale) == (section.n_eval, section.tile_size,
+                                                                           section.guidance_scale)
     # only a released profile's record names the release make results makes of it
     assert record.released_model == (MASKS.release_name("cpu") if profile == "cpu" else None)
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")
@@ -114,22 +115,22 @@ def test_the_masks_record_names_a_missing_input(isolated_dirs):
 
 
 # -- notebook 07 ---------------------------------------------------------------------------------------------------
-def spade_inputs(tmp_path, guidance=1.5, **changes):
-    g = f"{guidance:g}"
+def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
+    g = f"{guidance_scale:g}"
     names = [FLOOR_REAL, REFERENCE_PAIRS, FLOOR_MISMATCHED, f"pixel, real masks, s = {g}", "pixel, real masks, s = 0",
              f"pixel, generated masks, s = {g}", f"latent, real masks, s = {g}", f"latent, generated masks, s = {g}"]
     scores = pd.DataFrame({"fid": [10.0, math.nan, math.nan, 40.0, 60.0, 45.0, 50.0, 55.0],
                            "kid": [0.01, math.nan, math.nan, 0.04, 0.06, 0.05, 0.05, 0.05],
                            "dice": [math.nan, 0.7, 0.3, 0.5, 0.35, 0.45, 0.4, 0.4], "n": [8] * 8}, index=names)
     sweep = pd.DataFrame({"fid": [60.0, 40.0], "kid": [0.06, 0.04], "dice": [0.35, 0.5], "n": [4, 4],
-                          "dice_std": [0.1, 0.1]}, index=pd.Index([0.0, guidance], name="guidance"))
+                          "dice_std": [0.1, 0.1]}, index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
     samplers = pd.DataFrame({"fid": [40.0, 42.0], "kid": [0.04, 0.05], "dice": [0.5, 0.5], "n": [4, 4],
                              "dice_std": [0.1, 0.1]}, index=["DDIM", "DDPM (learned variance)"])
     inpainting = pd.DataFrame({"seam ratio": [1.1, 1.3], "edit margin": [0.2, 0.1], "seconds per image": [9.0, 3.0]},
                               index=pd.MultiIndex.from_tuples([("pixel", "RePaint", "add inflammatory"),
                                                                ("pixel", "DDIM variant", "add inflammatory")]))
     checks, goals = checks_and_goals()
-    inputs = dict(n_validation=4, guidance=guidance, sampler="DDIM", mask_guidance=2.0, sweep=sweep,
+    inputs = dict(n_validation=4, guidance_scale=guidance_scale, sampler="DDIM", mask_guidance_scale=2.0, sweep=sweep,
                   sampler_scores=samplers, scores=scores, detector=SimpleNamespace(threshold=0.25), checks=checks,
                   goals=goals, inpainting=inpainting, speed_ratio={"pixel": 3.0, "latent": 2.5},
                   trainers={"pixel": trainer(300, 20.0), "latent": trainer(200, 10.0)},
@@ -142,7 +143,7 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
     record = SPADE.save_metrics(context("07_mask_to_image", profile), **spade_inputs(isolated_dirs))
     assert isinstance(record, SpadeRecord)
     assert_round_trips(record, SpadeRecord, isolated_dirs / "reports" / profile / "metrics" / "07_mask_to_image.json")
-    assert record.stamp.headline == [*SpadeRecord.HEADLINE, "n", "guidance", "sampler"]
+    assert record.stamp.headline == [*SpadeRecord.HEADLINE, "n", "guidance_scale", "sampler"]
     assert record.headline_values() == {"fid": 40.0, "floor_fid": 10.0, "fidelity_dice": 0.5,
                                         "fidelity_dice_reference": 0.7, "fidelity_dice_floor": 0.3,
                                         "inpainting_speed_ratio_pixel": 3.0}
@@ -201,7 +202,7 @@ def joint_inputs(tmp_path, **changes):
                          index=[0.0, 2.0])
     layouts = Layouts((np.array([[1, 2, 1], [3, 3, 2]]), np.zeros((0, 3), np.int64)), 8)
     checks, goals = checks_and_goals()
-    inputs = dict(n_validation=4, guidance=2.0, sweep=sweep, spade_guidance=1.5, mask_guidance=2.0,
+    inputs = dict(n_validation=4, guidance_scale=2.0, sweep=sweep, spade_guidance_scale=1.5, mask_guidance_scale=2.0,
                   slide_area_scale=1.05, slide_downsample=2.0, checks=checks, goals=goals, table=table,
                   runs={name: None for name in [*joint, *two_stage]}, headline_set=HEADLINE_SET,
                   head_to_head_sets=[HEADLINE_SET, *two_stage], empty_adherence={"spurious_per_tile": np.float64(0.25)},

@@ -127,8 +127,8 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
     checks = [{"check": "recall above s = 0", "measured": 0.8, "bar": 0.5, "passes": True}]
     goals = [{"goal": "FID over the real-vs-real floor", "target": "<= 1.5", "measured": 1.8, "met": False}]
     spade = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
-        "tile_size": 32, "downsample": 2, "guidance": 1.5, "sampler": "DDPM, learned variance", "sampler_steps": 25,
-        "n": 500, "n_validation": 250, "train_steps": {"pixel": 1100, "latent": 3000},
+        "tile_size": 32, "downsample": 2, "guidance_scale": 1.5, "sampler": "DDPM, learned variance",
+        "sampler_steps": 25, "n": 500, "n_validation": 250, "train_steps": {"pixel": 1100, "latent": 3000},
         "train_seconds": {"pixel": 1740.0, "latent": 1080.0}, "floor_real_vs_real": scores(20.0, None),
         "nasdm_pixel_real_masks": scores(36.0, 0.61), "pixel_unguided": scores(40.0, 0.5),
         "nasdm_pp_pixel_generated_masks": scores(45.0, 0.6), "latent_real_masks": scores(50.0, 0.55),
@@ -143,7 +143,7 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
     latent = stage("spade").card(typed("spade", spade), "latent", "spade-latent-cpu")
     assert "| model, notebook 06's generated masks | 55 |" in latent and "vqvae" in latent and "spade-pixel-cpu" in latent
     joint = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
-        "tile_size": 32, "downsample": 2, "guidance": 2.0, "sampler_steps": 25, "n": 500, "n_validation": 250,
+        "tile_size": 32, "downsample": 2, "guidance_scale": 2.0, "sampler_steps": 25, "n": 500, "n_validation": 250,
         "train_steps": 3000, "train_seconds": 1920.0, "floor_real_vs_real": scores(20.0, None),
         "joint": {"joint, held-out layouts, s = 2": {**scores(30.0, 0.5), "located_fraction": 0.9}},
         "head_to_head": {"two-stage, real mask (oracle)": {**scores(36.0, 0.6), "located_fraction": 0.95}},
@@ -169,7 +169,7 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                    "| mean colour per tile | 15.00 | 0.100 | 300.0 |  |  |", "27 min of training", "VQModel.from_pretrained", "Licence"):
         assert needed in card, needed
     ldm = {"profile": "cpu", "git_commit": "abc", "metrics": {
-        "classes": ["stroma", "tumour"], "hardware": "CPU (2 cores)", "train_seconds": 1800.0, "guidance": 2.0,
+        "classes": ["stroma", "tumour"], "hardware": "CPU (2 cores)", "train_seconds": 1800.0, "guidance_scale": 2.0,
         "sampler": "dpm", "sampler_steps": 20, "per_cluster": {"stroma": {"n": 40, "fid": 90.0}},
         "floor_per_cluster": {"stroma": {"n": 40, "fid": 70.0}}, "controllability_chance": 0.5,
         "controllability_ceiling": 0.9,

@@ -147,6 +147,48 @@ def test_a_record_without_a_metric_is_refused_naming_the_file_and_key(tmp_path):
         s.record_type.from_json({"profile": "cpu", "notebook": "06_nuclei_masks", "metric": {}})
 
 
+def _keys(value, where=""):
+    """Every key of a JSON value, nested ones too, and the names its ``headline`` lists, with where each sits."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield key, where
+            if key == "headline":
+                yield from ((name, f"{where}headline.") for name in inner)
+            else:
+                yield from _keys(inner, f"{where}{key}.")
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _keys(inner, where)
+
+
+def test_the_guidance_scale_has_one_name_in_every_record_and_generator_setting():
+    """diffusers' ``guidance_scale``: no record declares or publishes ``guidance`` (or ``mask_guidance``, ...), and
+    notebook 09's generator settings are ``<model>_guidance_scale``."""
+    from histolab_utils.report import RENAMED_METRICS
+
+    for name, s in registered().items():
+        if s.record_type is not None:
+            assert not set(s.record_type.metric_names()) & set(RENAMED_METRICS), name
+        for argument, key in s.chosen_settings.items():
+            assert key in s.record_type.metric_names() and key not in RENAMED_METRICS, (name, key)
+            assert "guidance" not in argument or argument.endswith("_guidance_scale"), (name, argument)
+    published = sorted((ROOT / "results").rglob("*.json")) + sorted((ROOT / "data").rglob("*.json"))
+    old = [(str(p.relative_to(ROOT)), where + key) for p in published
+           for key, where in _keys(json.loads(p.read_text())) if key in RENAMED_METRICS]
+    assert len(published) > 10 and old == [], f"records with old key names: {old}"
+
+
+def test_a_record_with_the_old_guidance_key_says_to_rename_it(tmp_path):
+    s = stage("masks")
+    published = json.loads(s.record_path("cpu").read_text())
+    published["metrics"]["guidance"] = published["metrics"].pop("guidance_scale")
+    path = tmp_path / "06_nuclei_masks.json"
+    path.write_text(json.dumps(published))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: metrics lack 'guidance_scale', which a MasksRecord "
+                                         rf"needs \(they hold 'guidance', its old name: rename the key"):
+        s.record_type.from_json(path)
+
+
 # -- nothing else spells a stage's places -------------------------------------------------------------------------
 def _code_outside_stages() -> dict[str, str]:
     """Every package module outside stages/, and the code cells of every notebook, by name."""

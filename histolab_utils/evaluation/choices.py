@@ -2,8 +2,8 @@
 validation tiles only, so the held-out strip gives final scores and never decides anything.
 
 >>> sweep = pd.DataFrame({"dice": [0.40, 0.55, 0.58], "fid": [60.0, 50.0, 70.0]}, index=[0.0, 1.5, 3.0])
->>> choose_guidance(sweep, "dice")                       # 3.0: the best Dice
->>> choose_guidance(sweep, "dice", within=("fid", 1.1))  # 1.5: the best Dice among FIDs within 10 % of the best
+>>> choose_guidance_scale(sweep, "dice")                       # 3.0: the best Dice
+>>> choose_guidance_scale(sweep, "dice", within=("fid", 1.1))  # 1.5: the best Dice among FIDs within 10 % of the best
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 
-def choose_guidance(sweep: pd.DataFrame, column: str = "f1", higher_is_better: bool = True,
-                    within: tuple[str, float] | None = None) -> float:
+def choose_guidance_scale(sweep: pd.DataFrame, column: str = "f1", higher_is_better: bool = True,
+                          within: tuple[str, float] | None = None) -> float:
     """The guidance scale (the index of ``sweep``) with the best ``column``, the smallest such scale on a tie.
     With ``within=(other, ratio)``, only scales whose ``other`` (lower is better, an FID say) is at most
     ``ratio`` x the sweep's best ``other`` compete: the trade-off made explicit. Call it on validation scores

@@ -396,21 +396,21 @@ class RouteRun:
 
 def head_to_head(joint: JointSynthesisPipeline, joint_requests: dict[str, tuple[Layouts, np.ndarray, float]],
                  spade, first_stages: dict[str, tuple[np.ndarray, np.ndarray]], layouts: Layouts,
-                 spade_guidance: float, steps: int, spade_steps: int, seed: int = 100) -> dict[str, RouteRun]:
+                 spade_guidance_scale: float, steps: int, spade_steps: int, seed: int = 100) -> dict[str, RouteRun]:
     """Notebook 08's head-to-head, every label decoded without its layout (so "located" and "spurious" count alike):
 
-    * ``joint_requests``: name -> (layouts, contexts, guidance) for the joint model;
+    * ``joint_requests``: name -> (layouts, contexts, guidance scale) for the joint model;
     * ``first_stages``: name -> (types, instances), masks for ``layouts`` that notebook 07's ``spade`` pipeline
-      paints at ``spade_guidance`` (the two-stage route; the mask is that image's label).
+      paints at ``spade_guidance_scale`` (the two-stage route; the mask is that image's label).
     """
     from .mask_to_image import synthesise
 
     runs = {}
-    for k, (name, (requested, contexts, guidance)) in enumerate(joint_requests.items()):
-        out = synthesise_joint(joint, requested, contexts, guidance, steps, seed=seed + k)
+    for k, (name, (requested, contexts, guidance_scale)) in enumerate(joint_requests.items()):
+        out = synthesise_joint(joint, requested, contexts, guidance_scale, steps, seed=seed + k)
         types, instances = joint_label_without_layout(out.samples)
         runs[f"joint, {name}"] = RouteRun(out.images, types, instances, requested, type_purity(out.samples, instances))
     for name, (types, instances) in first_stages.items():
-        images = synthesise(spade, types, instances, spade_guidance, spade_steps, seed=seed + len(joint_requests))
+        images = synthesise(spade, types, instances, spade_guidance_scale, spade_steps, seed=seed + len(joint_requests))
         runs[f"two-stage, {name}"] = RouteRun(images, *mask_label_without_layout(types, instances), layouts)
     return runs

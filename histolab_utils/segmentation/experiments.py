@@ -226,15 +226,16 @@ def generators_for(sources: Iterable[str]) -> set[str]:
 
 
 def load_generators(folders: dict[str, str | Path], masks, spade, joint, device="cpu", *,
-                    mask_guidance: float | None = None, spade_guidance: float | None = None,
-                    spade_sampler: str | None = None, joint_guidance: float | None = None,
+                    mask_guidance_scale: float | None = None, spade_guidance_scale: float | None = None,
+                    spade_sampler: str | None = None, joint_guidance_scale: float | None = None,
                     only: Iterable[str] | None = None) -> Generators:
     """Notebooks 06, 07 and 08's pipelines from ``folders`` (keys ``masks``, ``spade``, ``joint``: a saved run's
-    ``pipeline`` folder or a released one), each with its profile section's sampler, steps and guidance (``masks``,
-    ``spade``, ``joint``: a profile's sections), unless the settings each notebook chose on its validation strip are
-    given: the mask guidance (06), the SPADE guidance and sampler (07, a name of ``models.mask_to_image.SAMPLERS``)
-    and the joint model's guidance (08). A missing folder says which notebook makes it. ``only``: load just these
-    keys (see :func:`generators_for`); the others stay None and need no folder."""
+    ``pipeline`` folder or a released one), each with its profile section's sampler, steps and guidance scale
+    (``masks``, ``spade``, ``joint``: a profile's sections), unless the settings each notebook chose on its validation
+    strip are given: the mask guidance scale (06), the SPADE guidance scale and sampler (07, a name of
+    ``models.mask_to_image.SAMPLERS``) and the joint model's guidance scale (08). A missing folder says which
+    notebook makes it. ``only``: load just these keys (see :func:`generators_for`); the others stay None and need no
+    folder."""
     from ..diffusion.schedules import make_scheduler
     from ..models.joint_synthesis import JointSynthesisPipeline
     from ..models.mask_generator import NucleiMaskPipeline
@@ -264,9 +265,9 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
         return default if value is None else value
 
     return Generators(**loaded, trained_at=trained_at,
-                      spade_settings=(chosen(spade_guidance, spade.guidance), spade.sampler_steps),
-                      mask_settings=(chosen(mask_guidance, masks.guidance), masks.sampler_steps),
-                      joint_settings=(chosen(joint_guidance, joint.guidance), joint.sampler_steps))
+                      spade_settings=(chosen(spade_guidance_scale, spade.guidance_scale), spade.sampler_steps),
+                      mask_settings=(chosen(mask_guidance_scale, masks.guidance_scale), masks.sampler_steps),
+                      joint_settings=(chosen(joint_guidance_scale, joint.guidance_scale), joint.sampler_steps))
 
 
 def _need(model, name: str):
@@ -285,16 +286,17 @@ def synthesise_from_pool(source: str, pairs: ImageMaskPairs, generators: Generat
 
     made_from = np.arange(len(pairs)) if made_from is None else np.asarray(made_from)
     if source == "spade_real":
-        guidance, steps = generators.spade_settings
-        images = synthesise(_need(generators.spade, "07"), pairs.types, pairs.instances, guidance, steps, seed=seed)
+        guidance_scale, steps = generators.spade_settings
+        images = synthesise(_need(generators.spade, "07"), pairs.types, pairs.instances, guidance_scale, steps,
+                            seed=seed)
         return Synthetic(images, pairs.types, pairs.instances.astype(np.int32), made_from)
     if source == "spade_generated":
         conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
         return _paint_generated(conditions, pairs.size, generators, seed, made_from)
     if source == "joint":
-        guidance, steps = generators.joint_settings
+        guidance_scale, steps = generators.joint_settings
         out = synthesise_joint(_need(generators.joint, "08"), layouts_from_masks(pairs.types, pairs.instances),
-                               pairs.contexts, guidance, steps, seed=seed)
+                               pairs.contexts, guidance_scale, steps, seed=seed)
         return Synthetic(out.images, out.types, out.instances.astype(np.int32), made_from)
     raise ValueError(f"unknown synthetic source {source!r}; sources are {SOURCES}")
 
@@ -304,10 +306,11 @@ def _paint_generated(conditions: np.ndarray, size: int, generators: Generators, 
     from ..models.mask_generator import generate_masks
     from ..models.mask_to_image import synthesise
 
-    guidance, steps = generators.mask_settings
-    made = generate_masks(_need(generators.masks, "06"), conditions, guidance, steps, seed=seed, size=size)
-    guidance, steps = generators.spade_settings
-    images = synthesise(_need(generators.spade, "07"), made.types, made.instances, guidance, steps, seed=seed + 1)
+    guidance_scale, steps = generators.mask_settings
+    made = generate_masks(_need(generators.masks, "06"), conditions, guidance_scale, steps, seed=seed, size=size)
+    guidance_scale, steps = generators.spade_settings
+    images = synthesise(_need(generators.spade, "07"), made.types, made.instances, guidance_scale, steps,
+                        seed=seed + 1)
     return Synthetic(images, made.types.astype(np.uint8), made.instances.astype(np.int32), made_from)
 
 

@@ -86,7 +86,11 @@ class StageRecord:
         missing = [name for name, f in declared.items() if name not in metrics
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
-            raise ValueError(f"{where}: metrics lack {missing[0]!r}, which a {cls.__name__} needs")
+            from ..report import old_metric_name
+
+            old = old_metric_name(metrics, missing[0])
+            renamed = f" (they hold {old!r}, its old name: rename the key to {missing[0]!r})" if old else ""
+            raise ValueError(f"{where}: metrics lack {missing[0]!r}, which a {cls.__name__} needs{renamed}")
         values = {name: metrics.pop(name) for name in declared if name in metrics}
         stamp = Stamp(**{k: v for k, v in source.items() if k != "metrics"},
                       absent=frozenset(stamp_keys - set(source)))

@@ -25,11 +25,11 @@ class JointRecord(StageRecord):
     split: str
     tile_size: int
     downsample: int
-    guidance: float
-    profile_guidance: float
+    guidance_scale: float
+    profile_guidance_scale: float
     validation_sweep: dict
-    spade_guidance: float
-    mask_guidance: float
+    spade_guidance_scale: float
+    mask_guidance_scale: float
     slide_area_scale: float
     slide_downsample: float
     checks: list
@@ -79,14 +79,14 @@ def trained_steps(folder: str | Path) -> int:
     return json.loads(path.read_text())["steps"]
 
 
-def joint_metrics(config, device, *, n_validation: int, guidance: float, sweep, spade_guidance: float,
-                  mask_guidance: float, slide_area_scale: float, slide_downsample: float, checks, goals, table, runs,
+def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, sweep, spade_guidance_scale: float,
+                  mask_guidance_scale: float, slide_area_scale: float, slide_downsample: float, checks, goals, table, runs,
                   headline_set: str, head_to_head_sets, empty_adherence, detector, disk_radius: float, trainer,
                   sampling_seconds: float, mask_pipeline, spade_pipeline, sources: dict, gallery) -> dict[str, Any]:
     """Notebook 08's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``; the pairs are its ``[spade]`` section's); ``sweep`` the validation
-    guidance sweep (index: guidance); ``table`` the held-out table (scores and layout adherence, one row per set),
+    guidance sweep (index: guidance scale); ``table`` the held-out table (scores and layout adherence, one row per set),
     of which ``runs``' names that start with "joint" are the joint model's sets, ``headline_set`` the one at the
     chosen guidance on held-out layouts, and ``head_to_head_sets`` the head to head's (the joint set and the
     two-stage routes); ``empty_adherence`` the layout adherence of empty layouts; ``detector`` the haematoxylin
@@ -107,10 +107,11 @@ def joint_metrics(config, device, *, n_validation: int, guidance: float, sweep, 
     metrics = {
         "n": pairs.n_eval, "n_validation": n_validation, "device": str(device),
         "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
-        "tile_size": pairs.tile_size, "downsample": pairs.downsample, "guidance": guidance,
-        "profile_guidance": section.guidance,
+        "tile_size": pairs.tile_size, "downsample": pairs.downsample, "guidance_scale": guidance_scale,
+        "profile_guidance_scale": section.guidance_scale,
         "validation_sweep": {f"{s:g}": {k: float(v) for k, v in r.items() if pd.notna(v)} for s, r in sweep.iterrows()},
-        "spade_guidance": spade_guidance, "mask_guidance": mask_guidance, "slide_area_scale": slide_area_scale,
+        "spade_guidance_scale": spade_guidance_scale, "mask_guidance_scale": mask_guidance_scale,
+        "slide_area_scale": slide_area_scale,
         "slide_downsample": slide_downsample,
         "checks": checks.astype({"measured": float, "bar": float}).to_dict("records"),
         "goals": goals.astype({"measured": float}).to_dict("records"),
@@ -172,7 +173,7 @@ from histolab_utils.data.layouts import random_layouts
 from histolab_utils.models.joint_synthesis import JointSynthesisPipeline
 
 pipeline = JointSynthesisPipeline.from_pretrained(pretrained("{name}"))
-out = pipeline(random_layouts(4, {record.tile_size}, 8), ["tumor"] * 4, guidance_scale={record.guidance:g},
+out = pipeline(random_layouts(4, {record.tile_size}, 8), ["tumor"] * 4, guidance_scale={record.guidance_scale:g},
                num_inference_steps={record.sampler_steps})
 out.images, out.types, out.instances  # uint8 NHWC images and their decoded labels
 ```
@@ -181,7 +182,7 @@ out.images, out.types, out.instances  # uint8 NHWC images and their decoded labe
 
 The nest and stroma images with nucleus labels (`hgsc` wheel), split by region: the right 25 % of each image is held
 out, the bottom 25 % of the rest is the validation strip, and only train-region pairs were trained on. The guidance
-({record.guidance:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
+({record.guidance_scale:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
 n = {record.n} held-out pairs.
 
 ## Scores (held-out strip, equal n)
@@ -211,7 +212,7 @@ class JointStage(Stage):
     build_metrics = staticmethod(joint_metrics)
     headline_extras = ("n",)
     generator_key = "joint"
-    chosen_settings = {"joint_guidance": "guidance"}
+    chosen_settings = {"joint_guidance_scale": "guidance_scale"}
 
     def pipeline_class(self):
         from ..models.joint_synthesis import JointSynthesisPipeline

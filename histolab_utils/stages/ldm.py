@@ -25,7 +25,7 @@ class LDMRecord(StageRecord):
     overall_fid: float
     overall_kid: float
     overall_n: int
-    guidance: float
+    guidance_scale: float
     sampler: str
     sampler_steps: int
     floor_per_cluster: dict
@@ -83,7 +83,7 @@ from histolab_utils.data import pretrained
 from histolab_utils.models.ldm import ClassConditionalLDMPipeline
 
 pipeline = ClassConditionalLDMPipeline.from_pretrained(pretrained("{name}"))  # guidance built in
-images = pipeline([0] * 8, guidance_scale={record.guidance}, num_inference_steps={record.sampler_steps}).images
+images = pipeline([0] * 8, guidance_scale={record.guidance_scale}, num_inference_steps={record.sampler_steps}).images
 # without histolab_utils, the parts: UNet2DModel / VQModel / DDIMScheduler.from_pretrained(folder, subfolder=...)
 ```
 
@@ -91,7 +91,7 @@ Class ids follow `class_names.json`; id {len(record.classes)} is "no class" (the
 
 ## Scores
 
-At guidance {record.guidance}, {record.sampler} {record.sampler_steps} steps: FID per cluster against that
+At guidance {record.guidance_scale}, {record.sampler} {record.sampler_steps} steps: FID per cluster against that
 cluster's held-out tiles (n = held-out tiles of the cluster), beside the same measure for real train tiles.
 
 | cluster | n | FID | floor (real train tiles) |

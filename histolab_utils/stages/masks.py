@@ -20,8 +20,8 @@ class MasksRecord(StageRecord):
     split: str
     tile_size: int
     downsample: float
-    guidance: float
-    profile_guidance: float
+    guidance_scale: float
+    profile_guidance_scale: float
     validation_sweep: dict
     n_validation: int
     heldout_scores: dict
@@ -51,9 +51,9 @@ class MasksRecord(StageRecord):
 
 
 
-def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance: float, sweep,
-                  scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer, run_folder,
-                  chosen: str, unguided: str, ceiling: str, floor: str, baseline: str) -> dict[str, Any]:
+def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance_scale: float,
+                  sweep, scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer,
+                  run_folder, chosen: str, unguided: str, ceiling: str, floor: str, baseline: str) -> dict[str, Any]:
     """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``); ``sweep`` the validation guidance sweep and ``scores`` the held-out
@@ -73,8 +73,8 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
     metrics = {
         "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
                                        f"the rest validation (y >= {validation_y:.0f})"),
-        "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
-        "profile_guidance": section.guidance, "validation_sweep": table_records(sweep.astype(float)),
+        "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
+        "profile_guidance_scale": section.guidance_scale, "validation_sweep": table_records(sweep.astype(float)),
         "n_validation": n_validation, "heldout_scores": table_records(scores.astype(float)),
         "conditioning_per_type": {f"{s} | {t}": {"recall": float(r["recall"]), "precision": float(r["precision"])}
                                   for (s, t), r in per_type_accuracy.iterrows()},
@@ -127,7 +127,7 @@ from histolab_utils.data import pretrained
 from histolab_utils.models.mask_generator import NucleiMaskPipeline
 
 pipeline = NucleiMaskPipeline.from_pretrained(pretrained("{name}"))
-out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={record.guidance:g})
+out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={record.guidance_scale:g})
 out.types, out.instances  # decoded type and instance maps
 # without histolab_utils: diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet") loads the network
 ```
@@ -136,7 +136,7 @@ out.types, out.instances  # decoded type and instance maps
 
 The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region: the right 25 % is held out, the bottom
 25 % of the rest is the validation strip, and only train-region tiles ({record.tile_size} px, with at least one
-nucleus, flipped and rotated) were trained on. The guidance ({record.guidance:g}) was chosen on
+nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_scale:g}) was chosen on
 {record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.
 
 ## Scores (held-out strip, equal n)
@@ -158,9 +158,9 @@ class MasksStage(Stage):
     summary = "the nuclei-mask generator, NASDM stage 1 (notebook 06)"
     record_type = MasksRecord
     build_metrics = staticmethod(masks_metrics)
-    headline_extras = ("n", "guidance")
+    headline_extras = ("n", "guidance_scale")
     generator_key = "masks"
-    chosen_settings = {"mask_guidance": "guidance"}
+    chosen_settings = {"mask_guidance_scale": "guidance_scale"}
     split_unchanged_since = 2  # it trains on the slide's tiles only, whose strips split 3 kept
 
     def pipeline_class(self):
@@ -201,7 +201,7 @@ class MasksStage(Stage):
         08 get notebook 06's masks. The model saved in ``folder`` samples with the ``[masks]`` sampler of the profile
         ``config`` at the guidance notebook 06 chose on its validation strip (``report.chosen_setting``: this
         machine's record, else the published one, else the profile's). Returns the masks (``generate_masks``'
-        output: ``types``, ``instances``, ``masks``) and that guidance."""
+        output: ``types``, ``instances``, ``masks``) and that guidance scale."""
         from ..data.nuclei import present_types
         from ..diffusion.schedules import make_scheduler
         from ..models.mask_generator import condition_vectors, generate_masks
@@ -210,12 +210,12 @@ class MasksStage(Stage):
         section = config.masks
         pipeline = self.load(folder, device, make_scheduler(section.sampler, section.schedule, clip_sample=True,
                                                             prediction_type=section.prediction_type))
-        guidance = chosen_setting(self.notebook, "guidance", config.name, section.guidance)
+        guidance_scale = chosen_setting(self.notebook, "guidance_scale", config.name, section.guidance_scale)
         conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
         # the UNet is convolutional: it draws masks of the pairs' size even where notebook 06 trained on larger tiles
-        made = generate_masks(pipeline, conditions, guidance, section.sampler_steps, seed=seed,
+        made = generate_masks(pipeline, conditions, guidance_scale, section.sampler_steps, seed=seed,
                               size=pairs.types.shape[-1])
-        return made, guidance
+        return made, guidance_scale
 
 
 

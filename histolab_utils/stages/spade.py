@@ -25,11 +25,11 @@ class SpadeRecord(StageRecord):
     split: str
     tile_size: int
     downsample: int
-    guidance: float
-    profile_guidance: float
+    guidance_scale: float
+    profile_guidance_scale: float
     sampler: str
     sampler_steps: int
-    mask_guidance: float
+    mask_guidance_scale: float
     validation_guidance_sweep: dict
     validation_samplers: dict
     floor_real_vs_real: dict
@@ -67,14 +67,14 @@ class SpadeRecord(StageRecord):
 
 
 
-def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler: str, mask_guidance: float, sweep,
-                  sampler_scores, scores, detector, checks, goals, inpainting, speed_ratio: dict, trainers: dict,
+def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, sampler: str,
+                  mask_guidance_scale: float, sweep, sampler_scores, scores, detector, checks, goals, inpainting, speed_ratio: dict, trainers: dict,
                   gallery) -> dict[str, Any]:
     """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
     and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
-    named ``"<space>, <real|generated> masks, s = <guidance>"`` beside the floors and the fidelity reference;
+    named ``"<space>, <real|generated> masks, s = <guidance scale>"`` beside the floors and the fidelity reference;
     ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
     ``inpainting`` the inpainting benchmark (index: space, method, edit) and ``speed_ratio`` RePaint's time over the
     DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG. A set the
@@ -88,17 +88,17 @@ def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler
     metrics = {
         "n": section.n_eval, "n_validation": n_validation,
         "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
-        "tile_size": section.tile_size, "downsample": section.downsample, "guidance": guidance,
-        "profile_guidance": section.guidance, "sampler": sampler, "sampler_steps": section.sampler_steps,
-        "mask_guidance": mask_guidance,
+        "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
+        "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
+        "mask_guidance_scale": mask_guidance_scale,
         "validation_guidance_sweep": table_records(sweep[columns].astype(float)),
         "validation_samplers": table_records(sampler_scores[columns].astype(float)),
         "floor_real_vs_real": row_values(scores, FLOOR_REAL),
-        "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance:g}"),
+        "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance_scale:g}"),
         "pixel_unguided": row_values(scores, "pixel, real masks, s = 0"),
-        "nasdm_pp_pixel_generated_masks": row_values(scores, f"pixel, generated masks, s = {guidance:g}"),
-        "latent_real_masks": row_values(scores, f"latent, real masks, s = {guidance:g}"),
-        "latent_generated_masks": row_values(scores, f"latent, generated masks, s = {guidance:g}"),
+        "nasdm_pp_pixel_generated_masks": row_values(scores, f"pixel, generated masks, s = {guidance_scale:g}"),
+        "latent_real_masks": row_values(scores, f"latent, real masks, s = {guidance_scale:g}"),
+        "latent_generated_masks": row_values(scores, f"latent, generated masks, s = {guidance_scale:g}"),
         "fidelity_reference_real_pairs": row_values(scores, REFERENCE_PAIRS),
         "fidelity_floor_mismatched_pairs": row_values(scores, FLOOR_MISMATCHED),
         "detector_threshold": detector.threshold,
@@ -125,7 +125,7 @@ def spade_metrics(config, device, *, n_validation: int, guidance: float, sampler
 
 def spade_card(record: SpadeRecord, space: str, name: str) -> str:
     """A model card for one of notebook 07's mask-to-image models, from its published metrics record."""
-    guidance, sampler = record.guidance, record.sampler if space == "pixel" else "DDIM"
+    guidance_scale, sampler = record.guidance_scale, record.sampler if space == "pixel" else "DDIM"
     keys = ({"model, real held-out masks": "nasdm_pixel_real_masks", "model, s = 0": "pixel_unguided",
              "model, notebook 06's generated masks": "nasdm_pp_pixel_generated_masks"} if space == "pixel" else
             {"model, real held-out masks": "latent_real_masks",
@@ -158,7 +158,7 @@ from histolab_utils.data import pretrained
 from histolab_utils.models.mask_to_image import MaskToImagePipeline
 
 pipeline = MaskToImagePipeline.from_pretrained(pretrained("{name}"))
-images = pipeline(types, instances, guidance_scale={guidance:g}, num_inference_steps={record.sampler_steps}).images
+images = pipeline(types, instances, guidance_scale={guidance_scale:g}, num_inference_steps={record.sampler_steps}).images
 # types, instances: int [N, {record.tile_size}, {record.tile_size}] nucleus-type and instance maps; images: uint8 NHWC
 ```
 
@@ -166,7 +166,7 @@ images = pipeline(types, instances, guidance_scale={guidance:g}, num_inference_s
 
 The nest and stroma images with nucleus labels (`hgsc` wheel), {record.tile_size} px pairs at
 {record.downsample:g} image px per px, split by region: the right 25 % of each image is held out, the bottom 25 %
-of the rest is the validation strip, and only train-region pairs were trained on. The guidance ({guidance:g}) and the
+of the rest is the validation strip, and only train-region pairs were trained on. The guidance ({guidance_scale:g}) and the
 sampler ({sampler}, {record.sampler_steps} network calls) were chosen on {record.n_validation} validation pairs;
 the scores below are on n = {record.n} held-out pairs.
 
@@ -193,10 +193,10 @@ class SpadeStage(Stage):
     summary = "the mask-to-image SPADE model, NASDM stage 2 (notebook 07)"
     record_type = SpadeRecord
     build_metrics = staticmethod(spade_metrics)
-    headline_extras = ("n", "guidance", "sampler")
+    headline_extras = ("n", "guidance_scale", "sampler")
     generator_key = "spade"
     generator_variant = "pixel"
-    chosen_settings = {"spade_guidance": "guidance", "spade_sampler": "sampler"}
+    chosen_settings = {"spade_guidance_scale": "guidance_scale", "spade_sampler": "sampler"}
 
     def variants(self, config) -> tuple[str, ...]:
         return SPACES
