@@ -255,7 +255,10 @@ def published_run(name: str, seed: int, steps: int, table_path: Path = PUBLISHED
     is not kept when a machine is handed back, and a finished run is not trained again."""
     if not table_path.is_file():
         return None
-    for record in json.loads(table_path.read_text())["runs"]:
+    published = json.loads(table_path.read_text())
+    if published.get("split_version") != SPLIT_VERSION:  # another split's crops and floor: nothing to reuse
+        return None
+    for record in published["runs"]:
         if record["recipe"] == name and record["seed"] == seed and record["steps"] == steps:
             return record
     return None
@@ -314,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=500, help="samples per sampler, and real crops per reference set")
     parser.add_argument("--second-seeds", type=int, default=2, help="how many of the best get a second seed")
     parser.add_argument("--timing-steps", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / "recipes")
-    parser.add_argument("--table", type=Path, default=PUBLISHED_TABLE)
+    # one folder and one table per split, so that a study never mixes two splits' crops, floors and checkpoints
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / f"recipes-split{SPLIT_VERSION}")
+    parser.add_argument("--table", type=Path,
+                        default=PUBLISHED_TABLE.with_name(f"recipes-split{SPLIT_VERSION}.json"))
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
     args = parser.parse_args(argv)
     order = [name.strip() for name in args.only.split(",") if name.strip()]

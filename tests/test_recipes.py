@@ -164,7 +164,17 @@ def test_the_edm_sampler_is_karras_rho_7_from_sigma_max():
 def test_the_benchmark_reads_finished_runs_back_from_its_table(tmp_path):
     benchmark = load_benchmark()
     table = tmp_path / "recipes.json"
-    table.write_text(json.dumps({"runs": [{"recipe": "today", "seed": 0, "steps": 10, "rows": []}]}))
+    table.write_text(json.dumps({"split_version": benchmark.SPLIT_VERSION,
+                                 "runs": [{"recipe": "today", "seed": 0, "steps": 10, "rows": []}]}))
     assert benchmark.published_run("today", 0, 10, table)["steps"] == 10
     assert benchmark.published_run("today", 0, 11, table) is None, "another step count is another run"
     assert benchmark.published_run("today", 1, 10, table) is None
+
+
+def test_a_table_of_another_split_is_not_reused(tmp_path):
+    """The study of split 2 stays in its own table: a run under split 3 reuses none of its rows."""
+    benchmark = load_benchmark()
+    table = tmp_path / "recipes.json"
+    table.write_text(json.dumps({"split_version": benchmark.SPLIT_VERSION - 1,
+                                 "runs": [{"recipe": "today", "seed": 0, "steps": 10, "rows": []}]}))
+    assert benchmark.published_run("today", 0, 10, table) is None

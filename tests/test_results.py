@@ -188,11 +188,20 @@ def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated
     from histolab_utils.data.releases import pretrained, read_manifest
     from histolab_utils.paths import runs_dir
 
-    from histolab_utils.stages.segmenter import generator_folders
 
-    folders = generator_folders("cpu")
-    assert set(folders) == {"masks", "spade", "joint"}
+    from histolab_utils.stages.base import EarlierSplitError
+    from histolab_utils.stages.segmenter import generator_stages
+
+    stages = generator_stages()
+    assert set(stages) == {"masks", "spade", "joint"}
     for key, name in (("masks", "masks-cpu"), ("spade", "spade-pixel-cpu"), ("joint", "joint-cpu")):
-        expected = pretrained(name) if name in read_manifest() else runs_dir("cpu") / {"spade": "spade-pixel"}.get(key, key) / "pipeline"
-        assert folders[key] == expected, key
+        local = runs_dir("cpu") / {"spade": "spade-pixel"}.get(key, key) / "pipeline"
+        if name in read_manifest() and stages[key].release_split_error("cpu") is not None:
+            # released on an earlier split, and no run of this machine: refused, with the command that retrains it
+            with pytest.raises(EarlierSplitError, match=f"{name} was trained on split"):
+                stages[key].model_or_release("cpu", stages[key].generator_variant)
+            continue
+        expected = pretrained(name) if name in read_manifest() else local
+        assert stages[key].model_or_release("cpu", stages[key].generator_variant) == expected, key
+    assert stages["masks"].model_or_release("cpu") == pretrained("masks-cpu")  # the slide's strips did not move
     assert generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released

@@ -16,7 +16,7 @@ of the rest is the validation strip::
 ``hgsc_nest``, the one large image with typed nuclei, has its tumour in the middle, so no strip of it
 holds a representative share of each nucleus type (its right strip held 5 of 288 tumour nuclei). It is
 cut into 4 x 4 blocks instead, one held-out (H) and one validation (V) block in every row and column
-(a Latin pattern), the rest train; ``data/split_design.py`` chose the pattern by a rule stated before
+(a permutation of the columns), the rest train; ``histolab_utils/data/split_design.py`` chose the pattern by a rule stated before
 any model trained on it (see ``data/README.md``)::
 
     +---+---+---+---+
