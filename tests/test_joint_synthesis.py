@@ -50,7 +50,9 @@ def test_watershed_decoding_recovers_real_heldout_instances_from_their_distance_
     np.testing.assert_array_equal(decoded.images, pairs.images)  # the RGB channels round-trip exactly
     summary = layout_adherence(decoded.types, decoded.instances, layouts)
     assert summary["typed_fraction"] >= 0.95 and summary["spurious_fraction"] <= 0.05
-    assert type_purity(samples, decoded.instances) == 1.0  # real labels: one type per nucleus
+    # real labels: one type per nucleus, but for a few hgsc_nest nuclei whose rims carry a second type (split 3's
+    # held-out blocks hold some)
+    assert type_purity(samples, decoded.instances) >= 0.999
     noisy = samples.copy()
     noisy[:, 3:3 + K] = np.where(decoded.instances[:, None] > 0, np.random.default_rng(0).normal(size=noisy[:, 3:3 + K].shape),
                                  noisy[:, 3:3 + K])

@@ -496,6 +496,8 @@ def test_a_released_mask_generator_keeps_its_weights_in_fp16_and_loads(tmp_path)
 def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_guidance(isolated_dirs):
     """How notebooks 07 and 08 draw notebook 06's masks for held-out pairs: their types and contexts, their size, the
     profile's sampler, and the guidance notebook 06's latest record chose (the profile's while there is none)."""
+    from histolab_utils.data.datasets import SPLIT_VERSION
+
     from types import SimpleNamespace
 
     from histolab_utils.config import load_config
@@ -521,5 +523,5 @@ def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_gui
     assert (again.masks == made.masks).all(), "seeded"
     metrics_dir("smoke").mkdir(parents=True)
     (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
-        {"split_version": 2, "metrics": {"guidance_scale": config.masks.guidance_scale + 1.5}}))
+        {"split_version": SPLIT_VERSION, "metrics": {"guidance_scale": config.masks.guidance_scale + 1.5}}))
     assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance_scale + 1.5
