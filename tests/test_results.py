@@ -204,4 +204,6 @@ def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated
         expected = pretrained(name) if name in read_manifest() else local
         assert stages[key].model_or_release("cpu", stages[key].generator_variant) == expected, key
     assert stages["masks"].model_or_release("cpu") == pretrained("masks-cpu")  # the slide's strips did not move
+    from histolab_utils.stages.segmenter import generator_folders
+
     assert generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released
