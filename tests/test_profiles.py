@@ -38,7 +38,7 @@ def test_cpu_extends_smoke_and_changes_what_it_makes_real():
     assert cpu.masks.train_steps > smoke.masks.train_steps and cpu.joint.train_steps > smoke.joint.train_steps
     # 09: every tile of both grids at the generators' scale, 5 seeds (issue 25), the arms the issue names
     assert (cpu.segmentation.tile_size, cpu.segmentation.downsample) == (cpu.spade.tile_size, cpu.spade.downsample)
-    assert cpu.segmentation.n_real == 578 and cpu.segmentation.n_test == 230 and len(cpu.segmentation.seeds) >= 5
+    assert cpu.segmentation.n_real == 489 and cpu.segmentation.n_test == 215 and len(cpu.segmentation.seeds) >= 5
     assert {"real_25", "classic_25", "duplicated_25", "real_100", "add_spade_real_75", "add_spade_generated_75",
             "add_joint_75", "rare_spade_generated"} <= set(cpu.segmentation.arms)
     real = ("ddpm", "vqgan", "clusters", "ldm", "masks", "spade", "joint", "segmentation")  # 02-09
