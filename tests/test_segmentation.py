@@ -202,11 +202,13 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     quality = {"real_25": 0.5, "duplicated_25": 0.5, "add_joint_75": 0.95}
     counts = {(a.name, s): run(quality[a.name], 100 * s + k) for k, a in enumerate(arms) for s in range(4)}
     results = arm_results(counts, arms, range(4), n_resamples=200)
-    scores = ("dice", "iou", "aji_plus", "mpq_plus")
+    scores = ("dice", "aji_plus", "mpq_plus")  # IoU is reported, not tested: pooled, it is Dice / (2 - Dice)
     raw = [results.loc[a, f"{s}_p"] for a in ("duplicated_25", "add_joint_75") for s in scores]
     from histolab_utils.evaluation.hierarchical_bootstrap import holm
     np.testing.assert_allclose([results.loc[a, f"{s}_p_holm"] for a in ("duplicated_25", "add_joint_75") for s in scores],
-                               holm(raw))  # one family: every (arm, score) tested
+                               holm(raw))  # one family: every (arm, tested score)
+    assert results["iou_mean"].notna().all() and not results.filter(like="iou_").columns.difference(
+        ["iou_mean", "iou_std"]).size  # IoU: mean and std only, no contrast in Holm's family
     assert results.loc["add_joint_75", "dice_verdict"] == "gain" and results.loc["duplicated_25", "dice_verdict"] == "no gain"
     row = results.loc["add_joint_75"]
     assert row["dice_ci_holm_low"] <= row["dice_ci_low"] <= row["dice_diff"] <= row["dice_ci_high"] <= row["dice_ci_holm_high"]
@@ -221,7 +223,7 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert f"{row['dice_ci_holm_low']:+.3f}" in table.loc["add_joint_75", column]
     from histolab_utils.segmentation.experiments import EXPERIMENTS, contrasts_tested, experiment_tables, steps_taken
 
-    assert contrasts_tested(results) == 8  # two arms x four scores
+    assert contrasts_tested(results) == 6  # two arms x three tested scores
     tables = experiment_tables(results, arms)
     assert list(tables) == [EXPERIMENTS["baseline"], EXPERIMENTS["addition"]]  # no replacement or rare arm ran
     assert list(tables[EXPERIMENTS["baseline"]].index) == ["real_25", "duplicated_25"]
@@ -243,7 +245,11 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     record = experiment_record(results, arms, {"real_25": 4, "duplicated_25": 16, "add_joint_75": 16}, data_table,
                                section, device="cpu")
     assert set(HEADLINE) <= set(record) and record["real_100_dice"] is None  # real_100 was not run
-    assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 8
+    assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 6
+    assert record["scores_tested"] == ["dice", "aji_plus", "mpq_plus"] and "iou" not in record["null_arm"]
+    assert "difference_from_reference" not in record["arms"]["add_joint_75"]["iou"]
+    with pytest.raises(ValueError, match="not among the reported"):
+        arm_results(counts, arms, range(4), n_resamples=10, scores=("dice",), tested=("dice", "aji_plus"))
     assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
     assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
     assert record["split"].startswith("hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 %")

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histolab_utils.evaluation.segmentation import (aji_plus, arm_contrast, match_instances, panoptic_quality,
-                                                    seed_summary, segmentation_scores, tile_counts)
+from histolab_utils.evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, aji_plus, arm_contrast,
+                                                    match_instances, panoptic_quality, seed_summary,
+                                                    segmentation_scores, tile_counts)
 
 CLASSES = ("a", "b", "c")
 
@@ -147,3 +148,22 @@ def test_arm_contrast_finds_a_real_gain_and_no_gain_between_equals():
     with pytest.raises(ValueError, match="same seeds and the same test tiles"):
         arm_contrast(good, [bad[0]], CLASSES, "dice")
     assert isinstance(good[0], pd.DataFrame)
+
+
+def test_iou_is_dice_over_two_minus_dice_on_pooled_counts_so_holm_tests_dice_alone():
+    rng = np.random.default_rng(5)
+    true_inst = np.stack([random_instances(rng) for _ in range(6)])
+    pred_inst = np.stack([random_instances(rng) for _ in range(6)])
+    true_types, pred_types = (np.where(i > 0, 1 + i % 3, 0) for i in (true_inst, pred_inst))
+    counts = tile_counts(true_types, true_inst, pred_types, pred_inst, CLASSES)
+    dices = []
+    for subset in (slice(None), slice(0, 2), [1, 4, 5]):  # any set of tiles, its counts summed
+        scores = segmentation_scores(counts.iloc[subset], CLASSES)
+        for suffix in ("", *(f"_{c}" for c in CLASSES)):
+            dice = scores[f"dice{suffix}"]
+            assert scores[f"iou{suffix}"] == pytest.approx(dice / (2 - dice))
+            dices.append(dice)
+    assert sum(0 < d < 1 for d in dices) >= 8  # partial overlaps, not only the trivial 0 and 1
+    # so IoU is reported beside Dice but is not a second test of the same contrast in Holm's family
+    assert "iou" in REPORTED_SCORES and "iou" not in TESTED_SCORES and set(TESTED_SCORES) < set(REPORTED_SCORES)
+    assert TESTED_SCORES == ("dice", "aji_plus", "mpq_plus")

@@ -42,7 +42,8 @@ from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
-from ..evaluation.segmentation import PRIMARY_SCORES, arm_contrast, seed_summary, tile_counts
+from ..evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, arm_contrast, seed_summary, segmentation_scores,
+                                       tile_counts)
 from ..paths import atomic_path, atomic_write_text
 from .hovernet import SegmenterConfig, SegmenterTrainer, segment
 
@@ -494,15 +495,19 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
 
 
 def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
-                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = PRIMARY_SCORES,
-                confidence: float = 0.95) -> pd.DataFrame:
-    """One row per arm: mean and std over seeds of each score, and for every arm that is not its own reference the
-    contrast with it (:func:`~histolab_utils.evaluation.segmentation.arm_contrast`: seeds and test tiles resampled):
-    difference, 95 % interval, p-value, the p-value adjusted by Holm's method over every (arm, score) tested here,
-    the interval at the test's Holm level, and a verdict that reads the adjusted p-value: *gain* or *loss* only when
-    it is below 1 - ``confidence``."""
+                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = REPORTED_SCORES,
+                confidence: float = 0.95, tested: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
+    """One row per arm: mean and std over seeds of each of ``scores``, and for every arm that is not its own reference
+    the contrast with it in each ``tested`` score (:func:`~histolab_utils.evaluation.segmentation.arm_contrast`: seeds
+    and test tiles resampled): difference, 95 % interval, p-value, the p-value adjusted by Holm's method over every
+    (arm, tested score) here, the interval at the test's Holm level, and a verdict that reads the adjusted p-value:
+    *gain* or *loss* only when it is below 1 - ``confidence``. IoU is reported, not tested (by default): pooled, it
+    is Dice / (2 - Dice), so its test would repeat Dice's and only make Holm's family larger."""
     from scipy import stats
 
+    untested = [score for score in tested if score not in scores]
+    if untested:
+        raise ValueError(f"tested scores {untested} are not among the reported {list(scores)}")
     rows = []
     for arm in arms:
         per_seed = [counts[(arm.name, s)] for s in seeds]
@@ -511,17 +516,17 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
                **seed_summary(per_seed, NUCLEUS_CLASSES, scores)}
         if arm.reference != arm.name:
             reference = [counts[(arm.reference, s)] for s in seeds]
-            for score in scores:
+            for score in tested:
                 contrast = arm_contrast(per_seed, reference, NUCLEUS_CLASSES, score, n_resamples, confidence, seed=seed)
                 row.update({f"{score}_diff": contrast["difference"], f"{score}_ci_low": contrast["ci_low"],
                             f"{score}_ci_high": contrast["ci_high"], f"{score}_se": contrast["se"],
                             f"{score}_df": contrast["df"], f"{score}_p": contrast["p_value"]})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("arm")
-    tested = [(arm, score) for score in scores if f"{score}_p" in table for arm in table.index
+    family = [(arm, score) for score in tested if f"{score}_p" in table for arm in table.index
               if pd.notna(table.loc[arm, f"{score}_p"])]
-    p_values = [table.loc[arm, f"{score}_p"] for arm, score in tested]
-    for (arm, score), adjusted, level in zip(tested, holm(p_values), holm_interval_levels(p_values, confidence)):
+    p_values = [table.loc[arm, f"{score}_p"] for arm, score in family]
+    for (arm, score), adjusted, level in zip(family, holm(p_values), holm_interval_levels(p_values, confidence)):
         row = table.loc[arm]
         half = stats.t.ppf(0.5 + level / 2, row[f"{score}_df"]) * row[f"{score}_se"]
         table.loc[arm, [f"{score}_p_holm", f"{score}_ci_holm_low", f"{score}_ci_holm_high"]] = (
@@ -530,9 +535,6 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
         table.loc[arm, f"{score}_verdict"] = ("gain" if significant and row[f"{score}_diff"] > 0 else
                                               "loss" if significant and row[f"{score}_diff"] < 0 else "no gain")
     return table
-
-
-CONTRASTS_SHOWN = ("dice", "aji_plus", "mpq_plus")
 
 
 def _contrast_column(score: str) -> str:
@@ -545,8 +547,8 @@ def _contrast_text(difference, low, high, p_holm, verdict) -> str:
     return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}] p={p_holm:.3f} {verdict}"
 
 
-def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCORES,
-                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+def formatted_results(results: pd.DataFrame, scores: Sequence[str] = REPORTED_SCORES,
+                      contrasts: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
     """:func:`arm_results` for reading: each score as mean +- std over seeds, and each contrast as difference [interval
     at its Holm level, the one its verdict reads], Holm-adjusted p and verdict."""
     out = pd.DataFrame(index=results.index)
@@ -567,8 +569,8 @@ def contrasts_tested(results: pd.DataFrame) -> int:
     return int(results.filter(like="_p_holm").notna().to_numpy().sum())
 
 
-def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequence[str] = PRIMARY_SCORES,
-                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> dict[str, pd.DataFrame]:
+def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequence[str] = REPORTED_SCORES,
+                      contrasts: Sequence[str] = TESTED_SCORES) -> dict[str, pd.DataFrame]:
     """:func:`formatted_results` per experiment of :data:`EXPERIMENTS` that ``arms`` run, keyed by its title: its arms
     and the references they are compared with, in the arms' order."""
     tables = {}
@@ -587,8 +589,8 @@ def steps_taken(folder: str | Path, runs: Iterable[tuple[str, int]]) -> dict[tup
     return {(arm, seed): len(pd.read_csv(Path(folder) / arm / f"seed-{seed}" / "loss.csv")) for arm, seed in runs}
 
 
-def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
-                 contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+def record_table(record: dict, scores: Sequence[str] = REPORTED_SCORES,
+                 contrasts: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
     """A published metrics record's arms (:func:`experiment_record`) as :func:`formatted_results` shows live ones,
     with each arm's training tiles."""
     rows = {}
@@ -603,7 +605,7 @@ def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm")
 
 
-def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = PRIMARY_SCORES) -> dict:
+def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = REPORTED_SCORES) -> dict:
     """One arm of :func:`arm_results` as a JSON-ready record (notebook 09's metrics file)."""
     row = results.loc[name]
     record = {"experiment": row["experiment"], "source": row["source"], "fraction": float(row["fraction"]),
@@ -629,10 +631,9 @@ def saved_predictions(folder: str | Path, arm: str, seed: int) -> tuple[np.ndarr
         return saved["types"], saved["instances"]
 
 
-def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame], scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
+def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame],
+                    scores: Sequence[str] = REPORTED_SCORES) -> pd.DataFrame:
     """Long table (arm, seed, score, value) of each run's pooled scores, for point plots."""
-    from ..evaluation.segmentation import segmentation_scores
-
     rows = [{"arm": arm, "seed": s, "score": name, "value": value}
             for (arm, s), frame in counts.items()
             for name, value in segmentation_scores(frame, NUCLEUS_CLASSES).items() if name in scores]
@@ -707,8 +708,9 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
         "downsample": section.downsample, "train_steps_per_arm": section.train_steps, "batch_size": section.batch_size,
         "bootstrap": (f"seeds and test tiles resampled (tiles shared by every seed), {section.n_resamples} resamples "
                       "each, seed-by-tile noise counted once, Satterthwaite t interval, 95 %; Holm over every "
-                      "(arm, score)"),
+                      "(arm, tested score); IoU reported, not tested (pooled, it is Dice / (2 - Dice))"),
         "contrasts_tested": contrasts_tested(results),
+        "scores_tested": [score for score in TESTED_SCORES if f"{score}_p_holm" in results],
         "arms_run": [a.name for a in arms],
         "arms": {a.name: arm_record(results, a.name, training_tiles[a.name]) for a in arms},
         **context,
@@ -719,7 +721,7 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
     }
     if "duplicated_25" in results.index:
         null = record["arms"]["duplicated_25"]
-        record["null_arm"] = {score: null[score]["difference_from_reference"] for score in PRIMARY_SCORES
+        record["null_arm"] = {score: null[score]["difference_from_reference"] for score in REPORTED_SCORES
                               if "difference_from_reference" in null[score]}
         record["null_arm_shows_a_gain"] = bool((verdicts.loc["duplicated_25"] == "gain").any())
     return record
