@@ -19,6 +19,10 @@ same batch size, scored on the held-out region's tiles, and compared with its re
   the pool's size: with equal steps and uniform batches it trains on the same tiles as ``real_25``
   in another random stream, so its difference from ``real_25`` is the noise of the comparison);
 * (a) addition, ``add_<source>_<pct>``: R25 + synthetic tiles from R75's masks, pct % of the pool;
+* (a') addition on top of classical augmentation, ``classic_plus_<source>_<pct>``: the tiles of ``add_<source>_<pct>``
+  trained with ``classic_25``'s augmentation (drawn batches are flipped, rotated and stain-jittered whatever their
+  origin, so real and synthetic tiles alike), and compared with ``classic_25``: does synthetic data add anything
+  that flips and stain jitter do not already give?
 * (b) replacement, ``replace_<source>_<pct>``: the pool with pct % of its tiles replaced by their
   synthetic versions; at 100 % these are (c), NASDM Table 5: images from the generator's own
   training masks against the real images;
@@ -49,6 +53,7 @@ from .hovernet import SegmenterConfig, SegmenterTrainer, segment
 
 SOURCES = ("spade_real", "spade_generated", "joint")
 EXPERIMENTS = {"baseline": "baselines", "addition": "(a) addition, NASDM Table 3",
+               "classic_plus": "(a') addition on top of classical augmentation, against classic_25",
                "replacement": "(b) replacement, NASDM Table 4; at 100 %: (c) Table 5",
                "rare": "(d) rare-class rebalancing, Tanczos 6.6"}
 
@@ -60,7 +65,7 @@ class Arm:
 
     name: str
     experiment: str
-    reference: str  # the real-only arm it is compared with
+    reference: str  # the arm it is compared with: real-only, or classic_25 for the classic_plus arms
     source: str | None = None
     fraction: float = 0.0
     real_share: float = 1.0  # the share of the pool used as real tiles (0.25 or 1)
@@ -68,9 +73,13 @@ class Arm:
     duplicate: bool = False
 
 
+ADDING = ("addition", "classic_plus")  # the experiments whose arms add synthetic tiles from R75's masks to R25
+
+
 def arm_catalogue(addition: Sequence[float] = (0.25, 0.5, 0.75), replacement: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-                  sources: Sequence[str] = SOURCES) -> dict[str, Arm]:
-    """Every arm, by name."""
+                  sources: Sequence[str] = SOURCES, classic_plus: Sequence[float] = (0.75,)) -> dict[str, Arm]:
+    """Every arm, by name (``classic_plus``: the fractions at which synthetic tiles are added on top of classical
+    augmentation, each arm against ``classic_25``)."""
     arms = [Arm("real_25", "baseline", "real_25", real_share=0.25),
             Arm("classic_25", "baseline", "real_25", real_share=0.25, augment=True),
             Arm("duplicated_25", "baseline", "real_25", real_share=0.25, duplicate=True),
@@ -78,18 +87,23 @@ def arm_catalogue(addition: Sequence[float] = (0.25, 0.5, 0.75), replacement: Se
             Arm("classic_100", "baseline", "real_100", augment=True)]
     for source in sources:
         arms += [Arm(f"add_{source}_{round(100 * f)}", "addition", "real_25", source, f, 0.25) for f in addition]
+        arms += [Arm(f"classic_plus_{source}_{round(100 * f)}", "classic_plus", "classic_25", source, f, 0.25,
+                     augment=True) for f in classic_plus]
         arms += [Arm(f"replace_{source}_{round(100 * f)}", "replacement", "real_100", source, f) for f in replacement]
     arms.append(Arm("rare_spade_generated", "rare", "real_100", "spade_generated", 0.5))
     return {arm.name: arm for arm in arms}
 
 
 def pick_arms(names: Sequence[str] | str, catalogue: dict[str, Arm]) -> list[Arm]:
-    """The named arms (``"all"``: every one) with their references, references first."""
+    """The named arms (``"all"``: every one) with their references and theirs (``classic_plus_*`` reads classic_25,
+    which reads real_25), in the catalogue's order: references, all baselines, first."""
     names = list(catalogue) if names == "all" else list(names)
     unknown = [n for n in names if n not in catalogue]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; arms are {sorted(catalogue)}")
-    wanted = {catalogue[n].reference for n in names} | set(names)
+    wanted = set(names)
+    while {catalogue[n].reference for n in wanted} - wanted:
+        wanted |= {catalogue[n].reference for n in wanted}
     return [arm for name, arm in catalogue.items() if name in wanted]
 
 
@@ -337,7 +351,7 @@ def needed_pool_pairs(arms: Sequence[Arm], pool: Pool) -> dict[str, np.ndarray]:
     n, needed = len(pool.pairs), {}
     for arm in arms:
         count = round(arm.fraction * n)
-        if arm.experiment == "addition":
+        if arm.experiment in ADDING:
             needed.setdefault(arm.source, set()).update(pool.rest[:count].tolist())
         elif arm.experiment == "replacement":
             needed.setdefault(arm.source, set()).update(pool.order[n - count:].tolist())
@@ -412,7 +426,7 @@ def arm_training_set(arm: Arm, pool: Pool, banks: dict[str, Synthetic]) -> Train
         # another random stream.
         index = np.random.default_rng(len(base)).permutation(np.resize(base, n)) if arm.duplicate else base
         return _joined([real(index)])
-    if arm.experiment == "addition":
+    if arm.experiment in ADDING:  # classic_plus: the same tiles; its config augments every drawn batch
         count = round(arm.fraction * n)
         if count > len(pool.rest):
             raise ValueError(f"{arm.name}: {count} synthetic tiles asked for, but R75 has {len(pool.rest)} masks")
@@ -437,7 +451,7 @@ def arm_size(arm: Arm, pool: Pool) -> int:
     n = len(pool.pairs)
     if arm.experiment == "baseline":
         return n if arm.duplicate else len(pool.quarter if arm.real_share < 1 else pool.order)
-    if arm.experiment == "addition":
+    if arm.experiment in ADDING:
         return len(pool.quarter) + round(arm.fraction * n)
     if arm.experiment == "replacement":
         return n

@@ -87,7 +87,8 @@ class SegmenterStage(Stage):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arm", required=True,
-                            help="e.g. real_25, classic_100, add_joint_50, replace_spade_real_100")
+                            help="e.g. real_25, classic_100, add_joint_50, classic_plus_joint_75, "
+                                 "replace_spade_real_100")
 
     def train(self, args: argparse.Namespace, config) -> int:
         from ..config import pick_device
