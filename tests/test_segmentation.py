@@ -356,6 +356,41 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert published.loc["add_joint_75", column] == table.loc["add_joint_75", column]
 
 
+def test_per_type_pq_stands_beside_the_test_nuclei_of_each_type():
+    from histolab_utils.evaluation.segmentation import tile_counts
+    from histolab_utils.segmentation.experiments import per_type_pq, per_type_pq_view
+
+    # two 8 px tiles: 3 neoplastic, 1 inflammatory, 1 connective nucleus (id 1 in both tiles: two nuclei)
+    types, instances = np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.int32)
+    for tile, ident, kind, (y, x) in [(0, 1, 1, (0, 0)), (0, 2, 2, (0, 4)), (0, 3, 1, (4, 0)),
+                                      (1, 1, 3, (0, 0)), (1, 5, 1, (4, 4))]:
+        instances[tile, y:y + 3, x:x + 3], types[tile, y:y + 3, x:x + 3] = ident, kind
+    missed = instances.copy()
+    missed[0][missed[0] == 3] = 0  # misses one neoplastic nucleus: TP 2, FN 1, DQ 2 / 2.5, SQ 1: PQ 0.8
+
+    def counted(pred_inst):
+        return tile_counts(types, instances, np.where(pred_inst > 0, types, 0), pred_inst, NUCLEUS_CLASSES)
+
+    empty = np.zeros_like(instances)
+    counts = {("real_25", 0): counted(instances), ("real_25", 1): counted(missed),
+              ("classic_25", 0): counted(empty), ("classic_25", 1): counted(empty)}
+    arms = pick_arms(["classic_25"], arm_catalogue())
+    table = per_type_pq(counts, arms, [0, 1], types, instances)
+    assert list(table.index) == [(a, c) for a in ("real_25", "classic_25") for c in NUCLEUS_CLASSES]
+    assert table.xs("real_25")["test_nuclei"].to_dict() == {"neoplastic": 3, "inflammatory": 1, "connective": 1}
+    np.testing.assert_allclose(table.xs("real_25")["pq_mean"], [0.9, 1.0, 1.0])
+    np.testing.assert_allclose(table.xs("real_25")["pq_std"], [np.std([1, 0.8], ddof=1), 0, 0], atol=1e-12)
+    np.testing.assert_allclose(table.xs("real_25")["dq_mean"], [0.9, 1.0, 1.0])
+    np.testing.assert_allclose(table.xs("classic_25")["pq_mean"], [0, 0, 0])  # found nothing
+    view = per_type_pq_view(table)
+    assert list(view.index) == ["real_25", "classic_25"]
+    assert view.loc["real_25", "PQ neoplastic (3 test nuclei)"] == "0.900 ± 0.141"
+    other = instances.copy()
+    other[1, 7, 0:2], types[1, 7, 0:2] = 8, 2  # maps of other tiles: a second inflammatory nucleus
+    with pytest.raises(ValueError, match=r"real_25, seed 0: PQ counted \[3, 1, 1\].*hold \[3, 2, 1\]"):
+        per_type_pq(counts, arms, [0, 1], types, other)
+
+
 def _fake_run(folder, section, arm, seed, counts):
     run = folder / arm.name / f"seed-{seed}"
     (run / "model").mkdir(parents=True)

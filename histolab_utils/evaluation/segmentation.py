@@ -152,6 +152,21 @@ def tile_counts(true_types: np.ndarray, true_inst: np.ndarray, pred_types: np.nd
     return pd.DataFrame(columns)[count_columns(classes)]
 
 
+def nuclei_per_type(types: np.ndarray, instances: np.ndarray, classes: Sequence[str]) -> pd.Series:
+    """How many true nuclei of each type the tiles (type and instance maps [N, H, W]) hold, counted by instance: each
+    (tile, instance id) whose pixels carry the type once, as PQ counts them (its TP + FN for that type), so a nucleus
+    cut by a tile border counts once in each tile that shows it."""
+    types, instances = np.asarray(types, dtype=np.int64), np.asarray(instances, dtype=np.int64)
+    if types.shape != instances.shape or types.ndim != 3:
+        raise ValueError(f"type and instance maps must be [N, H, W] of one shape; got {types.shape} and "
+                         f"{instances.shape}")
+    tile = np.broadcast_to(np.arange(len(types))[:, None, None], types.shape)
+    inside = (instances > 0) & (types > 0)
+    found = np.unique(np.stack([tile[inside], instances[inside], types[inside]]), axis=1)
+    per_type = np.bincount(found[2], minlength=len(classes) + 1)[1:len(classes) + 1]
+    return pd.Series(per_type, index=list(classes), name="test_nuclei")
+
+
 def scores_from_sums(sums: Mapping[str, np.ndarray | float], classes: Sequence[str]) -> dict[str, np.ndarray]:
     """Every score from counts summed over a set of tiles (arrays broadcast, so one call can score
     many bootstrap resamples at once)."""

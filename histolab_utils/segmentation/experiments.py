@@ -46,8 +46,8 @@ from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
-from ..evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, arm_contrast, seed_summary, segmentation_scores,
-                                       tile_counts)
+from ..evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, arm_contrast, nuclei_per_type, seed_summary,
+                                       segmentation_scores, tile_counts)
 from ..paths import atomic_path, atomic_write_text
 from .hovernet import SegmenterConfig, SegmenterTrainer, segment
 
@@ -652,6 +652,41 @@ def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame],
             for (arm, s), frame in counts.items()
             for name, value in segmentation_scores(frame, NUCLEUS_CLASSES).items() if name in scores]
     return pd.DataFrame(rows)
+
+
+def per_type_pq(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
+                true_types: np.ndarray, true_instances: np.ndarray) -> pd.DataFrame:
+    """PQ of each nucleus type for each arm, beside ``test_nuclei``: how many nuclei of that type the test tiles hold
+    (:func:`~histolab_utils.evaluation.segmentation.nuclei_per_type` of their true maps ``true_types`` and
+    ``true_instances`` [N, H, W], the tiles ``counts`` were counted on). Rows (arm, type); PQ (mean and std over seeds),
+    DQ and SQ (means) are each run's pooled ``pq_<type>``, ``dq_<type>``, ``sq_<type>``, the PQs mPQ+ averages. A type
+    with few test nuclei has a noisy PQ, and mPQ+ weighs it as much as the others. Every run must have counted as many
+    true nuclei of each type (its TP + FN) as the maps hold: runs counted on other tiles are an error."""
+    nuclei = nuclei_per_type(true_types, true_instances, NUCLEUS_CLASSES)
+    rows = []
+    for arm in arms:
+        runs = [counts[(arm.name, s)] for s in seeds]
+        for s, run in zip(seeds, runs):
+            counted = [int(run[f"pq_tp_{c}"].sum() + run[f"pq_fn_{c}"].sum()) for c in NUCLEUS_CLASSES]
+            if counted != nuclei.tolist():
+                raise ValueError(f"{arm.name}, seed {s}: PQ counted {counted} true nuclei per type "
+                                 f"({', '.join(NUCLEUS_CLASSES)}), the test maps hold {nuclei.tolist()}: other tiles")
+        scores = pd.DataFrame([segmentation_scores(run, NUCLEUS_CLASSES) for run in runs])
+        for c in NUCLEUS_CLASSES:
+            rows.append({"arm": arm.name, "type": c, "test_nuclei": int(nuclei[c]),
+                         "pq_mean": scores[f"pq_{c}"].mean(), "pq_std": scores[f"pq_{c}"].std(ddof=1),
+                         "dq_mean": scores[f"dq_{c}"].mean(), "sq_mean": scores[f"sq_{c}"].mean()})
+    return pd.DataFrame(rows).set_index(["arm", "type"])
+
+
+def per_type_pq_view(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_type_pq` for reading: one row per arm, a column per nucleus type headed by its test nuclei, each
+    cell PQ's mean ± std over seeds."""
+    nuclei = table["test_nuclei"].groupby(level="type", sort=False).first()
+    text = pd.Series([f"{m:.3f} ± {s:.3f}" for m, s in zip(table["pq_mean"], table["pq_std"])], index=table.index)
+    view = text.unstack("type")[list(nuclei.index)]
+    view.columns = [f"PQ {c} ({n} test nuclei)" for c, n in nuclei.items()]
+    return view.loc[list(dict.fromkeys(table.index.get_level_values("arm")))]
 
 
 def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPairs, banks: dict[str, Synthetic],

@@ -18,7 +18,9 @@ from .base import Stage, StageRecord, register, registered
 @dataclass(frozen=True, kw_only=True)
 class SegmenterRecord(StageRecord):
     """Notebook 09's metrics (``segmentation.experiments.experiment_record``), and those of ``score segmenters``:
-    every arm's Dice, AJI+ and mPQ+ over seeds and test tiles, its contrasts after Holm, the null arm."""
+    every arm's Dice, IoU, AJI+ and mPQ+ over seeds and test tiles, its contrasts after Holm, the null arm. Records
+    that name ``scores_tested`` (in ``extra``, with the notebook's ``pq_per_type``: the published ones predate both)
+    tested those; older ones tested IoU too."""
 
     n_test_tiles: int
     seeds: list
