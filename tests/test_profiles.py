@@ -37,11 +37,13 @@ def test_cpu_extends_smoke_and_changes_what_it_makes_real():
     assert (cpu.spade.tile_size, cpu.spade.downsample) == (smoke.spade.tile_size, smoke.spade.downsample)
     assert cpu.masks.n_eval == cpu.spade.n_eval == 500 and 0.0 in cpu.masks.guidance_scales
     assert cpu.masks.train_steps > smoke.masks.train_steps and cpu.joint.train_steps > smoke.joint.train_steps
-    # 09: every tile of both grids at the generators' scale, 5 seeds (issue 25), the arms the issue names
+    # 09: every tile of split 3's grids at the generators' scale, 5 seeds (issue 25), the arms the issues name
+    # (issue 35: each add_<source>_75 also on top of classical augmentation)
     assert (cpu.segmentation.tile_size, cpu.segmentation.downsample) == (cpu.spade.tile_size, cpu.spade.downsample)
     assert cpu.segmentation.n_real == 489 and cpu.segmentation.n_test == 215 and len(cpu.segmentation.seeds) >= 5
     assert {"real_25", "classic_25", "duplicated_25", "real_100", "add_spade_real_75", "add_spade_generated_75",
-            "add_joint_75", "rare_spade_generated"} <= set(cpu.segmentation.arms)
+            "add_joint_75", "classic_plus_spade_real_75", "classic_plus_spade_generated_75", "classic_plus_joint_75",
+            "rare_spade_generated"} <= set(cpu.segmentation.arms)
     real = ("ddpm", "vqgan", "clusters", "ldm", "masks", "spade", "joint", "segmentation")  # 02-09
     for field in dataclasses.fields(smoke):
         if field.name not in ("name", *real):

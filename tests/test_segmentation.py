@@ -135,8 +135,104 @@ def test_arms_build_the_sets_they_promise():
     with pytest.raises(ValueError, match="no synthetic tile was made from pool pairs"):
         arm_training_set(catalogue["add_joint_75"], pool, {"joint": toy_bank(pool, [0])})
     assert [a.name for a in pick_arms(["add_joint_25"], catalogue)] == ["real_25", "add_joint_25"]
+    # a classic_plus arm reads classic_25, which reads real_25: both come with it
+    assert [a.name for a in pick_arms(["classic_plus_joint_75"], catalogue)] == ["real_25", "classic_25",
+                                                                                 "classic_plus_joint_75"]
     with pytest.raises(ValueError, match="unknown arm"):
         pick_arms(["add_magic_25"], catalogue)
+
+
+def _dihedral_source(tile, candidates):
+    """Which candidate image ``tile`` is, and whether it is turned or flipped (not the identity)."""
+    for k in range(4):
+        for flip in (False, True):
+            moved = np.rot90(candidates, k, axes=(1, 2))
+            moved = moved[:, :, ::-1] if flip else moved
+            found = np.flatnonzero((moved == tile).all(axis=(1, 2, 3)))
+            if found.size:
+                return int(found[0]), k > 0 or flip
+    raise AssertionError("a drawn tile is no dihedral transform of any training tile")
+
+
+def test_classic_plus_arms_augment_real_and_synthetic_tiles_and_read_classic_25(tmp_path):
+    from histolab_utils.segmentation.experiments import SOURCES
+
+    pool = toy_pool()
+    catalogue = arm_catalogue()
+    banks = {source: toy_bank(pool, pool.rest) for source in SOURCES}
+    section = load_config("smoke").segmentation
+    for source in SOURCES:
+        plus, added = catalogue[f"classic_plus_{source}_75"], catalogue[f"add_{source}_75"]
+        assert (plus.experiment, plus.reference, plus.source, plus.fraction, plus.real_share) == (
+            "classic_plus", "classic_25", source, 0.75, 0.25)
+        mine, theirs = arm_training_set(plus, pool, banks), arm_training_set(added, pool, banks)
+        # the add_ arm's tiles, R25's real ones and the synthetic ones from R75's masks ...
+        for name in ("images", "types", "instances", "origin", "pool_index"):
+            np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name))
+        assert (mine.origin == "real").sum() == 4 and (mine.origin == "synthetic").sum() == 12
+        assert arm_size(plus, pool) == len(mine)
+        # ... with classic_25's augmentation, where the add_ arm has none
+        assert segmenter_config(section, plus, 0).augment and not segmenter_config(section, added, 0).augment
+    assert sorted(n for n in catalogue if n.startswith("classic_plus_")) == sorted(
+        f"classic_plus_{s}_75" for s in SOURCES)
+    # the trainer augments every drawn tile whatever its origin: both real and synthetic tiles come out turned
+    plus = catalogue["classic_plus_joint_75"]
+    training = arm_training_set(plus, pool, banks)
+    config = SegmenterConfig(**{**segmenter_config(section, plus, 0).__dict__, "tile_size": 32,
+                                "features": (4, 4, 8, 8, 8, 4), "steps": 1, "batch_size": 2})
+    trainer = SegmenterTrainer(config, training.images, training.types, training.instances, tmp_path, progress=False)
+    drawn, _ = trainer.batches.draw(64)
+    drawn = np.rint((drawn.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
+    turned = {"real": 0, "synthetic": 0}
+    for tile in drawn:
+        index, moved = _dihedral_source(tile, training.images)
+        turned[training.origin[index]] += moved
+    assert turned["real"] > 0 and turned["synthetic"] > 0, turned
+
+
+def test_a_classic_plus_arm_is_contrasted_with_classic_25_in_its_own_table():
+    from histolab_utils.evaluation.segmentation import arm_contrast, tile_counts
+    from histolab_utils.segmentation.experiments import EXPERIMENTS, arm_results, experiment_tables
+
+    _, types, instances = blobs(12, 32)
+
+    def run(quality, seed):
+        keep = np.where(np.random.default_rng(seed).random((12, 1, 1)) < quality, instances, 0)
+        return tile_counts(types, instances, np.where(keep > 0, types, 0), keep, NUCLEUS_CLASSES)
+
+    arms = pick_arms(["classic_plus_spade_real_75"], arm_catalogue())
+    quality = {"real_25": 0.4, "classic_25": 0.6, "classic_plus_spade_real_75": 0.7}
+    counts = {(a.name, s): run(quality[a.name], 10 * s + k) for k, a in enumerate(arms) for s in range(3)}
+    results = arm_results(counts, arms, range(3), n_resamples=50)
+    assert results.loc["classic_plus_spade_real_75", "reference"] == "classic_25"
+    expected = arm_contrast([counts[("classic_plus_spade_real_75", s)] for s in range(3)],
+                            [counts[("classic_25", s)] for s in range(3)], NUCLEUS_CLASSES, "dice", 50)
+    assert results.loc["classic_plus_spade_real_75", "dice_diff"] == pytest.approx(expected["difference"])
+    tables = experiment_tables(results, arms)
+    assert list(tables[EXPERIMENTS["classic_plus"]].index) == ["classic_25", "classic_plus_spade_real_75"]
+
+
+def test_every_profiles_arms_are_known_and_classic_plus_arms_come_with_their_add_arms():
+    from histolab_utils.profiles import PROFILES
+    from histolab_utils.segmentation.experiments import SOURCES
+    from histolab_utils.stages.segmenter import SEGMENTER
+
+    assert len(arm_catalogue()) == 30  # 5 baselines, per source 3 add + 1 classic_plus + 4 replace, rare
+    for profile in PROFILES:
+        config = load_config(profile)
+        section = config.segmentation
+        catalogue = arm_catalogue(section.addition, section.replacement)
+        listed = list(catalogue) if tuple(section.arms) == ("all",) else list(section.arms)
+        assert {a.name for a in pick_arms(listed, catalogue)} >= set(listed)  # every name parses as an arm
+        for source in SOURCES:
+            if f"classic_plus_{source}_75" in listed:
+                assert f"add_{source}_75" in listed, (profile, source)
+        for name in (n for n in listed if n.startswith("classic_plus_")):
+            saved = SEGMENTER.train_config(config, 0, f"{name}/seed-0")  # as `train segmenter --arm NAME` reads it
+            assert saved.augment and saved.extra == {"arm": name}
+    cpu = load_config("cpu").segmentation.arms
+    assert {f"classic_plus_{s}_75" for s in SOURCES} <= set(cpu)  # cpu lists every add_<source>_75
+    assert sum(n.startswith("classic_plus_") for n in load_config("smoke").segmentation.arms) == 1  # smoke stays fast
 
 
 def test_every_arm_gets_the_same_optimiser_steps(tmp_path):
@@ -202,11 +298,13 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     quality = {"real_25": 0.5, "duplicated_25": 0.5, "add_joint_75": 0.95}
     counts = {(a.name, s): run(quality[a.name], 100 * s + k) for k, a in enumerate(arms) for s in range(4)}
     results = arm_results(counts, arms, range(4), n_resamples=200)
-    scores = ("dice", "iou", "aji_plus", "mpq_plus")
+    scores = ("dice", "aji_plus", "mpq_plus")  # IoU is reported, not tested: pooled, it is Dice / (2 - Dice)
     raw = [results.loc[a, f"{s}_p"] for a in ("duplicated_25", "add_joint_75") for s in scores]
     from histolab_utils.evaluation.hierarchical_bootstrap import holm
     np.testing.assert_allclose([results.loc[a, f"{s}_p_holm"] for a in ("duplicated_25", "add_joint_75") for s in scores],
-                               holm(raw))  # one family: every (arm, score) tested
+                               holm(raw))  # one family: every (arm, tested score)
+    assert results["iou_mean"].notna().all() and not results.filter(like="iou_").columns.difference(
+        ["iou_mean", "iou_std"]).size  # IoU: mean and std only, no contrast in Holm's family
     assert results.loc["add_joint_75", "dice_verdict"] == "gain" and results.loc["duplicated_25", "dice_verdict"] == "no gain"
     row = results.loc["add_joint_75"]
     assert row["dice_ci_holm_low"] <= row["dice_ci_low"] <= row["dice_diff"] <= row["dice_ci_high"] <= row["dice_ci_holm_high"]
@@ -221,7 +319,7 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     assert f"{row['dice_ci_holm_low']:+.3f}" in table.loc["add_joint_75", column]
     from histolab_utils.segmentation.experiments import EXPERIMENTS, contrasts_tested, experiment_tables, steps_taken
 
-    assert contrasts_tested(results) == 8  # two arms x four scores
+    assert contrasts_tested(results) == 6  # two arms x three tested scores
     tables = experiment_tables(results, arms)
     assert list(tables) == [EXPERIMENTS["baseline"], EXPERIMENTS["addition"]]  # no replacement or rare arm ran
     assert list(tables[EXPERIMENTS["baseline"]].index) == ["real_25", "duplicated_25"]
@@ -243,7 +341,11 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     record = experiment_record(results, arms, {"real_25": 4, "duplicated_25": 16, "add_joint_75": 16}, data_table,
                                section, device="cpu")
     assert set(HEADLINE) <= set(record) and record["real_100_dice"] is None  # real_100 was not run
-    assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 8
+    assert record["arms_with_any_gain_after_holm"] == 1 and record["contrasts_tested"] == 6
+    assert record["scores_tested"] == ["dice", "aji_plus", "mpq_plus"] and "iou" not in record["null_arm"]
+    assert "difference_from_reference" not in record["arms"]["add_joint_75"]["iou"]
+    with pytest.raises(ValueError, match="not among the reported"):
+        arm_results(counts, arms, range(4), n_resamples=10, scores=("dice",), tested=("dice", "aji_plus"))
     assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
     assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
     assert record["split"].startswith("hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 %")
@@ -252,6 +354,41 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
     published = record_table(json.loads(json.dumps(record)))  # as read back from a results file
     assert published.loc["real_25", column] == "reference" and published.loc["add_joint_75", "training tiles"] == 16
     assert published.loc["add_joint_75", column] == table.loc["add_joint_75", column]
+
+
+def test_per_type_pq_stands_beside_the_test_nuclei_of_each_type():
+    from histolab_utils.evaluation.segmentation import tile_counts
+    from histolab_utils.segmentation.experiments import per_type_pq, per_type_pq_view
+
+    # two 8 px tiles: 3 neoplastic, 1 inflammatory, 1 connective nucleus (id 1 in both tiles: two nuclei)
+    types, instances = np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.int32)
+    for tile, ident, kind, (y, x) in [(0, 1, 1, (0, 0)), (0, 2, 2, (0, 4)), (0, 3, 1, (4, 0)),
+                                      (1, 1, 3, (0, 0)), (1, 5, 1, (4, 4))]:
+        instances[tile, y:y + 3, x:x + 3], types[tile, y:y + 3, x:x + 3] = ident, kind
+    missed = instances.copy()
+    missed[0][missed[0] == 3] = 0  # misses one neoplastic nucleus: TP 2, FN 1, DQ 2 / 2.5, SQ 1: PQ 0.8
+
+    def counted(pred_inst):
+        return tile_counts(types, instances, np.where(pred_inst > 0, types, 0), pred_inst, NUCLEUS_CLASSES)
+
+    empty = np.zeros_like(instances)
+    counts = {("real_25", 0): counted(instances), ("real_25", 1): counted(missed),
+              ("classic_25", 0): counted(empty), ("classic_25", 1): counted(empty)}
+    arms = pick_arms(["classic_25"], arm_catalogue())
+    table = per_type_pq(counts, arms, [0, 1], types, instances)
+    assert list(table.index) == [(a, c) for a in ("real_25", "classic_25") for c in NUCLEUS_CLASSES]
+    assert table.xs("real_25")["test_nuclei"].to_dict() == {"neoplastic": 3, "inflammatory": 1, "connective": 1}
+    np.testing.assert_allclose(table.xs("real_25")["pq_mean"], [0.9, 1.0, 1.0])
+    np.testing.assert_allclose(table.xs("real_25")["pq_std"], [np.std([1, 0.8], ddof=1), 0, 0], atol=1e-12)
+    np.testing.assert_allclose(table.xs("real_25")["dq_mean"], [0.9, 1.0, 1.0])
+    np.testing.assert_allclose(table.xs("classic_25")["pq_mean"], [0, 0, 0])  # found nothing
+    view = per_type_pq_view(table)
+    assert list(view.index) == ["real_25", "classic_25"]
+    assert view.loc["real_25", "PQ neoplastic (3 test nuclei)"] == "0.900 ± 0.141"
+    other = instances.copy()
+    other[1, 7, 0:2], types[1, 7, 0:2] = 8, 2  # maps of other tiles: a second inflammatory nucleus
+    with pytest.raises(ValueError, match=r"real_25, seed 0: PQ counted \[3, 1, 1\].*hold \[3, 2, 1\]"):
+        per_type_pq(counts, arms, [0, 1], types, other)
 
 
 def _fake_run(folder, section, arm, seed, counts):

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from histolab_utils.evaluation.segmentation import (aji_plus, arm_contrast, match_instances, panoptic_quality,
-                                                    seed_summary, segmentation_scores, tile_counts)
+from histolab_utils.evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, aji_plus, arm_contrast,
+                                                    match_instances, nuclei_per_type, panoptic_quality, seed_summary,
+                                                    segmentation_scores, tile_counts)
 
 CLASSES = ("a", "b", "c")
 
@@ -147,3 +148,42 @@ def test_arm_contrast_finds_a_real_gain_and_no_gain_between_equals():
     with pytest.raises(ValueError, match="same seeds and the same test tiles"):
         arm_contrast(good, [bad[0]], CLASSES, "dice")
     assert isinstance(good[0], pd.DataFrame)
+
+
+def test_iou_is_dice_over_two_minus_dice_on_pooled_counts_so_holm_tests_dice_alone():
+    rng = np.random.default_rng(5)
+    true_inst = np.stack([random_instances(rng) for _ in range(6)])
+    pred_inst = np.stack([random_instances(rng) for _ in range(6)])
+    true_types, pred_types = (np.where(i > 0, 1 + i % 3, 0) for i in (true_inst, pred_inst))
+    counts = tile_counts(true_types, true_inst, pred_types, pred_inst, CLASSES)
+    dices = []
+    for subset in (slice(None), slice(0, 2), [1, 4, 5]):  # any set of tiles, its counts summed
+        scores = segmentation_scores(counts.iloc[subset], CLASSES)
+        for suffix in ("", *(f"_{c}" for c in CLASSES)):
+            dice = scores[f"dice{suffix}"]
+            assert scores[f"iou{suffix}"] == pytest.approx(dice / (2 - dice))
+            dices.append(dice)
+    assert sum(0 < d < 1 for d in dices) >= 8  # partial overlaps, not only the trivial 0 and 1
+    # so IoU is reported beside Dice but is not a second test of the same contrast in Holm's family
+    assert "iou" in REPORTED_SCORES and "iou" not in TESTED_SCORES and set(TESTED_SCORES) < set(REPORTED_SCORES)
+    assert TESTED_SCORES == ("dice", "aji_plus", "mpq_plus")
+
+
+def test_nuclei_per_type_counts_instances_per_tile_as_pq_does():
+    types, instances = np.zeros((2, 8, 8), int), np.zeros((2, 8, 8), int)
+    for tile, ident, kind, (y, x) in [(0, 1, 1, (0, 0)), (0, 2, 2, (0, 4)), (0, 3, 1, (4, 0)),
+                                      (1, 1, 3, (0, 0)), (1, 5, 1, (4, 4))]:
+        instances[tile, y:y + 3, x:x + 3], types[tile, y:y + 3, x:x + 3] = ident, kind
+    instances[0, 7, 7] = 9  # an instance without a type (background in the type map) is no nucleus
+    # instance id 1 in both tiles: two nuclei (a nucleus cut by a tile border counts in each tile)
+    assert nuclei_per_type(types, instances, CLASSES).to_dict() == {"a": 3, "b": 1, "c": 1}
+    rng = np.random.default_rng(9)
+    true_inst = np.stack([random_instances(rng, count=6) for _ in range(8)])
+    true_types = np.where(true_inst > 0, 1 + rng.integers(0, 3, true_inst.shape), 0)  # mixed types within nuclei too
+    pred_inst = np.stack([random_instances(rng) for _ in range(8)])
+    counts = tile_counts(true_types, true_inst, np.where(pred_inst > 0, 1, 0), pred_inst, CLASSES)
+    found = nuclei_per_type(true_types, true_inst, CLASSES)
+    assert found.name == "test_nuclei" and found.sum() > 8
+    assert found.to_dict() == {c: int(counts[f"pq_tp_{c}"].sum() + counts[f"pq_fn_{c}"].sum()) for c in CLASSES}
+    with pytest.raises(ValueError, match="one shape"):
+        nuclei_per_type(types, instances[:1], CLASSES)

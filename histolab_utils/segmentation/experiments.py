@@ -19,6 +19,10 @@ same batch size, scored on the held-out region's tiles, and compared with its re
   the pool's size: with equal steps and uniform batches it trains on the same tiles as ``real_25``
   in another random stream, so its difference from ``real_25`` is the noise of the comparison);
 * (a) addition, ``add_<source>_<pct>``: R25 + synthetic tiles from R75's masks, pct % of the pool;
+* (a') addition on top of classical augmentation, ``classic_plus_<source>_<pct>``: the tiles of ``add_<source>_<pct>``
+  trained with ``classic_25``'s augmentation (drawn batches are flipped, rotated and stain-jittered whatever their
+  origin, so real and synthetic tiles alike), and compared with ``classic_25``: does synthetic data add anything
+  that flips and stain jitter do not already give?
 * (b) replacement, ``replace_<source>_<pct>``: the pool with pct % of its tiles replaced by their
   synthetic versions; at 100 % these are (c), NASDM Table 5: images from the generator's own
   training masks against the real images;
@@ -42,12 +46,14 @@ from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
-from ..evaluation.segmentation import PRIMARY_SCORES, arm_contrast, seed_summary, tile_counts
+from ..evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, arm_contrast, nuclei_per_type, seed_summary,
+                                       segmentation_scores, tile_counts)
 from ..paths import atomic_path, atomic_write_text
 from .hovernet import SegmenterConfig, SegmenterTrainer, segment
 
 SOURCES = ("spade_real", "spade_generated", "joint")
 EXPERIMENTS = {"baseline": "baselines", "addition": "(a) addition, NASDM Table 3",
+               "classic_plus": "(a') addition on top of classical augmentation, against classic_25",
                "replacement": "(b) replacement, NASDM Table 4; at 100 %: (c) Table 5",
                "rare": "(d) rare-class rebalancing, Tanczos 6.6"}
 
@@ -59,7 +65,7 @@ class Arm:
 
     name: str
     experiment: str
-    reference: str  # the real-only arm it is compared with
+    reference: str  # the arm it is compared with: real-only, or classic_25 for the classic_plus arms
     source: str | None = None
     fraction: float = 0.0
     real_share: float = 1.0  # the share of the pool used as real tiles (0.25 or 1)
@@ -67,9 +73,13 @@ class Arm:
     duplicate: bool = False
 
 
+ADDING = ("addition", "classic_plus")  # the experiments whose arms add synthetic tiles from R75's masks to R25
+
+
 def arm_catalogue(addition: Sequence[float] = (0.25, 0.5, 0.75), replacement: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
-                  sources: Sequence[str] = SOURCES) -> dict[str, Arm]:
-    """Every arm, by name."""
+                  sources: Sequence[str] = SOURCES, classic_plus: Sequence[float] = (0.75,)) -> dict[str, Arm]:
+    """Every arm, by name (``classic_plus``: the fractions at which synthetic tiles are added on top of classical
+    augmentation, each arm against ``classic_25``)."""
     arms = [Arm("real_25", "baseline", "real_25", real_share=0.25),
             Arm("classic_25", "baseline", "real_25", real_share=0.25, augment=True),
             Arm("duplicated_25", "baseline", "real_25", real_share=0.25, duplicate=True),
@@ -77,18 +87,23 @@ def arm_catalogue(addition: Sequence[float] = (0.25, 0.5, 0.75), replacement: Se
             Arm("classic_100", "baseline", "real_100", augment=True)]
     for source in sources:
         arms += [Arm(f"add_{source}_{round(100 * f)}", "addition", "real_25", source, f, 0.25) for f in addition]
+        arms += [Arm(f"classic_plus_{source}_{round(100 * f)}", "classic_plus", "classic_25", source, f, 0.25,
+                     augment=True) for f in classic_plus]
         arms += [Arm(f"replace_{source}_{round(100 * f)}", "replacement", "real_100", source, f) for f in replacement]
     arms.append(Arm("rare_spade_generated", "rare", "real_100", "spade_generated", 0.5))
     return {arm.name: arm for arm in arms}
 
 
 def pick_arms(names: Sequence[str] | str, catalogue: dict[str, Arm]) -> list[Arm]:
-    """The named arms (``"all"``: every one) with their references, references first."""
+    """The named arms (``"all"``: every one) with their references and theirs (``classic_plus_*`` reads classic_25,
+    which reads real_25), in the catalogue's order: references, all baselines, first."""
     names = list(catalogue) if names == "all" else list(names)
     unknown = [n for n in names if n not in catalogue]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; arms are {sorted(catalogue)}")
-    wanted = {catalogue[n].reference for n in names} | set(names)
+    wanted = set(names)
+    while {catalogue[n].reference for n in wanted} - wanted:
+        wanted |= {catalogue[n].reference for n in wanted}
     return [arm for name, arm in catalogue.items() if name in wanted]
 
 
@@ -339,7 +354,7 @@ def needed_pool_pairs(arms: Sequence[Arm], pool: Pool) -> dict[str, np.ndarray]:
     n, needed = len(pool.pairs), {}
     for arm in arms:
         count = round(arm.fraction * n)
-        if arm.experiment == "addition":
+        if arm.experiment in ADDING:
             needed.setdefault(arm.source, set()).update(pool.rest[:count].tolist())
         elif arm.experiment == "replacement":
             needed.setdefault(arm.source, set()).update(pool.order[n - count:].tolist())
@@ -414,7 +429,7 @@ def arm_training_set(arm: Arm, pool: Pool, banks: dict[str, Synthetic]) -> Train
         # another random stream.
         index = np.random.default_rng(len(base)).permutation(np.resize(base, n)) if arm.duplicate else base
         return _joined([real(index)])
-    if arm.experiment == "addition":
+    if arm.experiment in ADDING:  # classic_plus: the same tiles; its config augments every drawn batch
         count = round(arm.fraction * n)
         if count > len(pool.rest):
             raise ValueError(f"{arm.name}: {count} synthetic tiles asked for, but R75 has {len(pool.rest)} masks")
@@ -439,7 +454,7 @@ def arm_size(arm: Arm, pool: Pool) -> int:
     n = len(pool.pairs)
     if arm.experiment == "baseline":
         return n if arm.duplicate else len(pool.quarter if arm.real_share < 1 else pool.order)
-    if arm.experiment == "addition":
+    if arm.experiment in ADDING:
         return len(pool.quarter) + round(arm.fraction * n)
     if arm.experiment == "replacement":
         return n
@@ -497,15 +512,19 @@ def run_arm(config: SegmenterConfig, training: TrainingSet, test: ImageMaskPairs
 
 
 def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
-                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = PRIMARY_SCORES,
-                confidence: float = 0.95) -> pd.DataFrame:
-    """One row per arm: mean and std over seeds of each score, and for every arm that is not its own reference the
-    contrast with it (:func:`~histolab_utils.evaluation.segmentation.arm_contrast`: seeds and test tiles resampled):
-    difference, 95 % interval, p-value, the p-value adjusted by Holm's method over every (arm, score) tested here,
-    the interval at the test's Holm level, and a verdict that reads the adjusted p-value: *gain* or *loss* only when
-    it is below 1 - ``confidence``."""
+                n_resamples: int = 2000, seed: int = 0, scores: Sequence[str] = REPORTED_SCORES,
+                confidence: float = 0.95, tested: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
+    """One row per arm: mean and std over seeds of each of ``scores``, and for every arm that is not its own reference
+    the contrast with it in each ``tested`` score (:func:`~histolab_utils.evaluation.segmentation.arm_contrast`: seeds
+    and test tiles resampled): difference, 95 % interval, p-value, the p-value adjusted by Holm's method over every
+    (arm, tested score) here, the interval at the test's Holm level, and a verdict that reads the adjusted p-value:
+    *gain* or *loss* only when it is below 1 - ``confidence``. IoU is reported, not tested (by default): pooled, it
+    is Dice / (2 - Dice), so its test would repeat Dice's and only make Holm's family larger."""
     from scipy import stats
 
+    untested = [score for score in tested if score not in scores]
+    if untested:
+        raise ValueError(f"tested scores {untested} are not among the reported {list(scores)}")
     rows = []
     for arm in arms:
         per_seed = [counts[(arm.name, s)] for s in seeds]
@@ -514,17 +533,17 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
                **seed_summary(per_seed, NUCLEUS_CLASSES, scores)}
         if arm.reference != arm.name:
             reference = [counts[(arm.reference, s)] for s in seeds]
-            for score in scores:
+            for score in tested:
                 contrast = arm_contrast(per_seed, reference, NUCLEUS_CLASSES, score, n_resamples, confidence, seed=seed)
                 row.update({f"{score}_diff": contrast["difference"], f"{score}_ci_low": contrast["ci_low"],
                             f"{score}_ci_high": contrast["ci_high"], f"{score}_se": contrast["se"],
                             f"{score}_df": contrast["df"], f"{score}_p": contrast["p_value"]})
         rows.append(row)
     table = pd.DataFrame(rows).set_index("arm")
-    tested = [(arm, score) for score in scores if f"{score}_p" in table for arm in table.index
+    family = [(arm, score) for score in tested if f"{score}_p" in table for arm in table.index
               if pd.notna(table.loc[arm, f"{score}_p"])]
-    p_values = [table.loc[arm, f"{score}_p"] for arm, score in tested]
-    for (arm, score), adjusted, level in zip(tested, holm(p_values), holm_interval_levels(p_values, confidence)):
+    p_values = [table.loc[arm, f"{score}_p"] for arm, score in family]
+    for (arm, score), adjusted, level in zip(family, holm(p_values), holm_interval_levels(p_values, confidence)):
         row = table.loc[arm]
         half = stats.t.ppf(0.5 + level / 2, row[f"{score}_df"]) * row[f"{score}_se"]
         table.loc[arm, [f"{score}_p_holm", f"{score}_ci_holm_low", f"{score}_ci_holm_high"]] = (
@@ -533,9 +552,6 @@ def arm_results(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm]
         table.loc[arm, f"{score}_verdict"] = ("gain" if significant and row[f"{score}_diff"] > 0 else
                                               "loss" if significant and row[f"{score}_diff"] < 0 else "no gain")
     return table
-
-
-CONTRASTS_SHOWN = ("dice", "aji_plus", "mpq_plus")
 
 
 def _contrast_column(score: str) -> str:
@@ -548,8 +564,8 @@ def _contrast_text(difference, low, high, p_holm, verdict) -> str:
     return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}] p={p_holm:.3f} {verdict}"
 
 
-def formatted_results(results: pd.DataFrame, scores: Sequence[str] = PRIMARY_SCORES,
-                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+def formatted_results(results: pd.DataFrame, scores: Sequence[str] = REPORTED_SCORES,
+                      contrasts: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
     """:func:`arm_results` for reading: each score as mean +- std over seeds, and each contrast as difference [interval
     at its Holm level, the one its verdict reads], Holm-adjusted p and verdict."""
     out = pd.DataFrame(index=results.index)
@@ -570,8 +586,8 @@ def contrasts_tested(results: pd.DataFrame) -> int:
     return int(results.filter(like="_p_holm").notna().to_numpy().sum())
 
 
-def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequence[str] = PRIMARY_SCORES,
-                      contrasts: Sequence[str] = CONTRASTS_SHOWN) -> dict[str, pd.DataFrame]:
+def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequence[str] = REPORTED_SCORES,
+                      contrasts: Sequence[str] = TESTED_SCORES) -> dict[str, pd.DataFrame]:
     """:func:`formatted_results` per experiment of :data:`EXPERIMENTS` that ``arms`` run, keyed by its title: its arms
     and the references they are compared with, in the arms' order."""
     tables = {}
@@ -590,8 +606,8 @@ def steps_taken(folder: str | Path, runs: Iterable[tuple[str, int]]) -> dict[tup
     return {(arm, seed): len(pd.read_csv(Path(folder) / arm / f"seed-{seed}" / "loss.csv")) for arm, seed in runs}
 
 
-def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
-                 contrasts: Sequence[str] = CONTRASTS_SHOWN) -> pd.DataFrame:
+def record_table(record: dict, scores: Sequence[str] = REPORTED_SCORES,
+                 contrasts: Sequence[str] = TESTED_SCORES) -> pd.DataFrame:
     """A published metrics record's arms (:func:`experiment_record`) as :func:`formatted_results` shows live ones,
     with each arm's training tiles."""
     rows = {}
@@ -606,7 +622,7 @@ def record_table(record: dict, scores: Sequence[str] = PRIMARY_SCORES,
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("arm")
 
 
-def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = PRIMARY_SCORES) -> dict:
+def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Sequence[str] = REPORTED_SCORES) -> dict:
     """One arm of :func:`arm_results` as a JSON-ready record (notebook 09's metrics file)."""
     row = results.loc[name]
     record = {"experiment": row["experiment"], "source": row["source"], "fraction": float(row["fraction"]),
@@ -632,14 +648,48 @@ def saved_predictions(folder: str | Path, arm: str, seed: int) -> tuple[np.ndarr
         return saved["types"], saved["instances"]
 
 
-def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame], scores: Sequence[str] = PRIMARY_SCORES) -> pd.DataFrame:
+def per_seed_scores(counts: dict[tuple[str, int], pd.DataFrame],
+                    scores: Sequence[str] = REPORTED_SCORES) -> pd.DataFrame:
     """Long table (arm, seed, score, value) of each run's pooled scores, for point plots."""
-    from ..evaluation.segmentation import segmentation_scores
-
     rows = [{"arm": arm, "seed": s, "score": name, "value": value}
             for (arm, s), frame in counts.items()
             for name, value in segmentation_scores(frame, NUCLEUS_CLASSES).items() if name in scores]
     return pd.DataFrame(rows)
+
+
+def per_type_pq(counts: dict[tuple[str, int], pd.DataFrame], arms: Sequence[Arm], seeds: Sequence[int],
+                true_types: np.ndarray, true_instances: np.ndarray) -> pd.DataFrame:
+    """PQ of each nucleus type for each arm, beside ``test_nuclei``: how many nuclei of that type the test tiles hold
+    (:func:`~histolab_utils.evaluation.segmentation.nuclei_per_type` of their true maps ``true_types`` and
+    ``true_instances`` [N, H, W], the tiles ``counts`` were counted on). Rows (arm, type); PQ (mean and std over seeds),
+    DQ and SQ (means) are each run's pooled ``pq_<type>``, ``dq_<type>``, ``sq_<type>``, the PQs mPQ+ averages. A type
+    with few test nuclei has a noisy PQ, and mPQ+ weighs it as much as the others. Every run must have counted as many
+    true nuclei of each type (its TP + FN) as the maps hold: runs counted on other tiles are an error."""
+    nuclei = nuclei_per_type(true_types, true_instances, NUCLEUS_CLASSES)
+    rows = []
+    for arm in arms:
+        runs = [counts[(arm.name, s)] for s in seeds]
+        for s, run in zip(seeds, runs):
+            counted = [int(run[f"pq_tp_{c}"].sum() + run[f"pq_fn_{c}"].sum()) for c in NUCLEUS_CLASSES]
+            if counted != nuclei.tolist():
+                raise ValueError(f"{arm.name}, seed {s}: PQ counted {counted} true nuclei per type "
+                                 f"({', '.join(NUCLEUS_CLASSES)}), the test maps hold {nuclei.tolist()}: other tiles")
+        scores = pd.DataFrame([segmentation_scores(run, NUCLEUS_CLASSES) for run in runs])
+        for c in NUCLEUS_CLASSES:
+            rows.append({"arm": arm.name, "type": c, "test_nuclei": int(nuclei[c]),
+                         "pq_mean": scores[f"pq_{c}"].mean(), "pq_std": scores[f"pq_{c}"].std(ddof=1),
+                         "dq_mean": scores[f"dq_{c}"].mean(), "sq_mean": scores[f"sq_{c}"].mean()})
+    return pd.DataFrame(rows).set_index(["arm", "type"])
+
+
+def per_type_pq_view(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`per_type_pq` for reading: one row per arm, a column per nucleus type headed by its test nuclei, each
+    cell PQ's mean ± std over seeds."""
+    nuclei = table["test_nuclei"].groupby(level="type", sort=False).first()
+    text = pd.Series([f"{m:.3f} ± {s:.3f}" for m, s in zip(table["pq_mean"], table["pq_std"])], index=table.index)
+    view = text.unstack("type")[list(nuclei.index)]
+    view.columns = [f"PQ {c} ({n} test nuclei)" for c, n in nuclei.items()]
+    return view.loc[list(dict.fromkeys(table.index.get_level_values("arm")))]
 
 
 def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPairs, banks: dict[str, Synthetic],
@@ -710,8 +760,9 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
         "downsample": section.downsample, "train_steps_per_arm": section.train_steps, "batch_size": section.batch_size,
         "bootstrap": (f"seeds and test tiles resampled (tiles shared by every seed), {section.n_resamples} resamples "
                       "each, seed-by-tile noise counted once, Satterthwaite t interval, 95 %; Holm over every "
-                      "(arm, score)"),
+                      "(arm, tested score); IoU reported, not tested (pooled, it is Dice / (2 - Dice))"),
         "contrasts_tested": contrasts_tested(results),
+        "scores_tested": [score for score in TESTED_SCORES if f"{score}_p_holm" in results],
         "arms_run": [a.name for a in arms],
         "arms": {a.name: arm_record(results, a.name, training_tiles[a.name]) for a in arms},
         **context,
@@ -722,7 +773,7 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
     }
     if "duplicated_25" in results.index:
         null = record["arms"]["duplicated_25"]
-        record["null_arm"] = {score: null[score]["difference_from_reference"] for score in PRIMARY_SCORES
+        record["null_arm"] = {score: null[score]["difference_from_reference"] for score in REPORTED_SCORES
                               if "difference_from_reference" in null[score]}
         record["null_arm_shows_a_gain"] = bool((verdicts.loc["duplicated_25"] == "gain").any())
     return record

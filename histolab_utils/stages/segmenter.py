@@ -18,7 +18,9 @@ from .base import Stage, StageRecord, register, registered
 @dataclass(frozen=True, kw_only=True)
 class SegmenterRecord(StageRecord):
     """Notebook 09's metrics (``segmentation.experiments.experiment_record``), and those of ``score segmenters``:
-    every arm's Dice, AJI+ and mPQ+ over seeds and test tiles, its contrasts after Holm, the null arm."""
+    every arm's Dice, IoU, AJI+ and mPQ+ over seeds and test tiles, its contrasts after Holm, the null arm. Records
+    that name ``scores_tested`` (in ``extra``, with the notebook's ``pq_per_type``: the published ones predate both)
+    tested those; older ones tested IoU too."""
 
     n_test_tiles: int
     seeds: list
@@ -87,7 +89,8 @@ class SegmenterStage(Stage):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arm", required=True,
-                            help="e.g. real_25, classic_100, add_joint_50, replace_spade_real_100")
+                            help="e.g. real_25, classic_100, add_joint_50, classic_plus_joint_75, "
+                                 "replace_spade_real_100")
 
     def train(self, args: argparse.Namespace, config) -> int:
         from ..config import pick_device
