@@ -249,6 +249,17 @@ def downsampled_box(box: Box, downsample: int) -> Box:
     return -(-x0 // d), -(-y0 // d), x1 // d, y1 // d
 
 
+def split_description(names: Sequence[str]) -> str:
+    """The split of ``names`` in words, for a record: each image's design and the split version."""
+    parts = []
+    for name in names:
+        design = BLOCK_DESIGNS.get(name)
+        parts.append(f"{name}: {design.grid} x {design.grid} blocks, one held-out and one validation block per row and "
+                     f"column" if design else f"{name}: right {100 * HELDOUT_FRACTION:g} % held out, bottom "
+                     f"{100 * VALIDATION_FRACTION:g} % of the rest validation")
+    return f"split {SPLIT_VERSION}; " + "; ".join(parts)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as RGB uint8, with an error that names the file when it is not an image."""
     from PIL import Image

@@ -2,7 +2,7 @@
 
 A **real pool** of image-mask pairs is a seeded set of tiles of a non-overlapping grid over the
 train region (where the generators of notebooks 06-08 trained, at their scale), and the test tiles
-are the grid over the held-out strips: no two tiles share a pixel, so each is a separate unit. A
+are the grids over the held-out region's boxes: no two tiles share a pixel, so each is a separate unit. A
 seeded permutation splits the pool into a quarter (R25) and the other three quarters (R75),
 disjoint in pixels. Every synthetic tile is made from one pool tile's masks by one **source**:
 
@@ -41,7 +41,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.datasets import HELDOUT_FRACTION, VALIDATION_FRACTION
+from ..data.datasets import split_description
 from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
@@ -146,7 +146,7 @@ def real_pool(tile_size: int, downsample: int, seed: int, n: int | None = None) 
 
 
 def heldout_tiles(tile_size: int, downsample: int, seed: int, n: int | None = None) -> ImageMaskPairs:
-    """The test tiles every arm is scored on: a non-overlapping grid over the held-out strips (every tile, or a seeded
+    """The test tiles every arm is scored on: non-overlapping grids over the held-out region's boxes (every tile, or a seeded
     ``n`` of them), so each is a separate unit for the bootstrap. No model ever trains on them."""
     return _grid_tiles(tile_size, "heldout", downsample, n, np.random.default_rng(seed + 1), "n_test")
 
@@ -751,8 +751,7 @@ def experiment_record(results: pd.DataFrame, arms: Sequence[Arm], training_tiles
     reference = results.loc["real_100"] if "real_100" in results.index else None
     record = {
         "n_test_tiles": int(data_table.loc["test", "tiles"]), "seeds": list(section.seeds),
-        "split": (f"{' + '.join(PAIR_SOURCES)}, right {100 * HELDOUT_FRACTION:g} % of each held out, bottom "
-                  f"{100 * VALIDATION_FRACTION:g} % of the rest validation"),
+        "split": split_description(PAIR_SOURCES),
         "units": "test tiles and pool tiles from non-overlapping grids; R25 and R75 disjoint in pixels",
         "distinct_nuclei": {name: int(v) for name, v in data_table["distinct nuclei"].items()},
         "tiles": {name: int(v) for name, v in data_table["tiles"].items()},
