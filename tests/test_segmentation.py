@@ -348,7 +348,7 @@ def test_arm_results_adjust_every_contrast_by_holm_and_the_record_and_table_carr
         arm_results(counts, arms, range(4), n_resamples=10, scores=("dice",), tested=("dice", "aji_plus"))
     assert record["null_arm_shows_a_gain"] is False and record["null_arm"]["dice"]["verdict"] == "no gain"
     assert record["distinct_nuclei"] == {"R25": 9, "R75": 30, "test": 50} and record["device"] == "cpu"
-    assert record["split"].startswith("hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 %")
+    assert record["split"].startswith("split 3; hgsc_nest: 4 x 4 blocks") and "hgsc_stroma: right 25 % held out" in record["split"]
     from histolab_utils.segmentation.experiments import record_table
 
     published = record_table(json.loads(json.dumps(record)))  # as read back from a results file
