@@ -38,6 +38,7 @@ model trains on either.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -241,12 +242,11 @@ class HEImage:
         return self.design.blocks(self.shape)
 
 
-def downsampled_box(box: Box, downsample: int) -> Box:
+def downsampled_box(box: Box, downsample: float) -> Box:
     """``box`` in the pixels of a ``downsample`` x downsampled image: a downsampled pixel covers
     ``downsample`` x ``downsample`` pixels and belongs to the box only when all of them do."""
     x0, y0, x1, y1 = box
-    d = int(downsample)
-    return -(-x0 // d), -(-y0 // d), x1 // d, y1 // d
+    return math.ceil(x0 / downsample), math.ceil(y0 / downsample), int(x1 // downsample), int(y1 // downsample)
 
 
 def split_description(names: Sequence[str]) -> str:

@@ -40,7 +40,7 @@ import pandas as pd
 
 from ..paths import atomic_path, data_dir
 from .annotations import AnnotationError, Annotations, rasterize, read_annotations
-from .datasets import IMAGES, HELDOUT_FRACTION, SPLIT_VERSION, VALIDATION_FRACTION, load_image
+from .datasets import IMAGES, HELDOUT_FRACTION, SPLIT_VERSION, VALIDATION_FRACTION, downsampled_box, load_image
 from .store import require_file
 
 NUCLEUS_CLASSES: tuple[str, ...] = ("neoplastic", "inflammatory", "connective")
@@ -350,9 +350,7 @@ def _draw_image_tiles(name: str, size: int, downsample: float, region: Region, n
                       root: Path | None) -> MaskTiles:
     root = Path(root) if root else data_dir()
     label, instance = _image_raster(name, downsample, root)
-    # a tile pixel covers downsample x downsample image pixels: inside the region only when all of them are
-    windows = [(int(np.ceil(x0 / downsample)), int(np.ceil(y0 / downsample)), int(x1 // downsample), int(y1 // downsample))
-               for x0, y0, x1, y1 in load_image(name, root).region_boxes(region)]
+    windows = [downsampled_box(box, downsample) for box in load_image(name, root).region_boxes(region)]
     windows = np.asarray([w for w in windows if w[2] - w[0] >= size and w[3] - w[1] >= size]).reshape(-1, 4)
     if not len(windows):
         raise ValueError(f"{name}'s {region} region has no box of {size} x {size} px at downsample {downsample}: "
