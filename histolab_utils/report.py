@@ -56,6 +56,9 @@ def hardware() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_count"] = torch.cuda.device_count()
         info["torch_threads"] = torch.get_num_threads()
+        from .engine.precision import cpu_in_words
+
+        info["cpu"] = cpu_in_words()  # the processor in words: model, cores, bf16 kind (cards and README quote it)
     except ImportError:
         pass
     return info

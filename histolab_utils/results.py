@@ -26,6 +26,7 @@ from typing import Sequence
 from .config import load_config
 from .paths import atomic_path, project_root, reports_dir, results_dir
 from .profiles import PROFILES, profile_name
+from .report import git_commit
 from .stages import stage_of_notebook
 from .stages.base import RELEASED_PROFILES
 
@@ -42,6 +43,11 @@ def training_commands(notebook: str, spec: str) -> list[list[str]]:
 def release(notebook: str, profile: str) -> list:
     """Release the models of ``notebook``'s stages in ``profile``, each with its card (``data/pretrained/``)."""
     return [folder for stage in stage_of_notebook(notebook) if stage.released for folder in stage.release(profile)]
+
+
+def rewrite_cards(notebook: str, profile: str) -> list[Path]:
+    """Regenerate the cards of the models ``notebook``'s stages released in ``profile`` from its published record."""
+    return [card for stage in stage_of_notebook(notebook) if stage.released for card in stage.rewrite_cards(profile)]
 
 
 def train(notebook: str, spec: str) -> None:
@@ -120,11 +126,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="skip the CLI training (the notebooks train)")
     parser.add_argument("--no-release", action="store_true", help="do not write data/pretrained/")
     parser.add_argument("--timeout", type=int, default=4 * 3600, help="seconds allowed per notebook cell")
+    parser.add_argument("--cards-only", action="store_true",
+                        help="only regenerate the released models' cards from their published records")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="publish from a checkout with uncommitted changes (records and cards then say -dirty)")
     args = parser.parse_args(argv)
     profile = profile_name(args.profile)
     if profile == "smoke":
         parser.error("smoke numbers are never results: use --profile cpu or full")
     notebooks = runner.numbered_notebooks(project_root() / "notebooks", args.only)
+    if args.cards_only:
+        for path in notebooks:
+            for card in rewrite_cards(path.stem, profile):
+                print(f"rewrote {card.relative_to(project_root())}")
+        return 0
+    if (git_commit() or "").endswith("-dirty") and not args.allow_dirty:
+        parser.error("the checkout has uncommitted changes, so the results could not be traced to a commit: commit "
+                     "them (or run from a clean worktree), or pass --allow-dirty")
     for path in notebooks:
         if not args.no_train:
             train(path.stem, args.profile)

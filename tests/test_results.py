@@ -137,7 +137,7 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
     pixel = stage("spade").card(typed("spade", spade), "pixel", "spade-pixel-cpu")
     for needed in ("not for diagnosis", "n = 500 held-out", "250 validation pairs", "| real-vs-real floor (train crops) | 20 |",
                    "| model, real held-out masks | 36 | 0.036 | 0.61 | 500 |", "DDPM, learned variance",
-                   "29 min of\ntraining", "MaskToImagePipeline.from_pretrained", "| recall above s = 0 | 0.800 | 0.5 | yes |",
+                   "29 min of training", "MaskToImagePipeline.from_pretrained", "| recall above s = 0 | 0.800 | 0.5 | yes |",
                    "| FID over the real-vs-real floor | <= 1.5 | 1.80 | no |", "Licence", "Shrivastava & Fletcher"):
         assert needed in pixel, needed
     latent = stage("spade").card(typed("spade", spade), "latent", "spade-latent-cpu")
@@ -207,3 +207,64 @@ def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated
     from histolab_utils.stages.segmenter import generator_folders
 
     assert generator_folders("smoke")["masks"] == runs_dir("smoke") / "masks" / "pipeline"  # never released
+
+
+def test_cards_state_the_split_failed_goals_limits_hardware_in_words_and_a_dirty_commit():
+    goals = [{"goal": "FID over the real-vs-real floor", "target": "<= 1.5", "measured": 1.8, "met": False},
+             {"goal": "recall", "target": ">= 0.5", "measured": 0.8, "met": True}]
+    published = stage("spade").read_record("cpu")
+    spade = {"profile": "cpu", "git_commit": "abc123-dirty", "split_version": 2,
+             "hardware": {"machine": "x86_64", "cpu_count": 2, "gpu": None,
+                          "cpu": "AMD EPYC, 2 cores, AVX-512 BF16 (native bf16)"},
+             "metrics": {"goals": goals, "nasdm_pixel_real_masks": {**published.nasdm_pixel_real_masks, "dice": 0.9},
+                         "fidelity_reference_real_pairs": {"dice": 0.55, "n": 500}}}
+    pixel = stage("spade").card(typed("spade", spade), "pixel", "spade-pixel-cpu")
+    latent = stage("spade").card(typed("spade", spade), "latent", "spade-latent-cpu")
+    limits = pixel[pixel.index("## Limits"):pixel.index("## Licence")]
+    assert "Made on split 2" in limits and "cannot be scored on split 3" in limits and "ONLY=07" in limits
+    assert "Failed goal: FID over the real-vs-real floor" in limits and "Failed goal: recall" not in limits
+    assert "less realism, not more" in limits, "a fidelity above real pairs' is named as a limit, not a strength"
+    assert "`abc123-dirty` had uncommitted changes" in limits
+    assert "AMD EPYC, 2 cores, AVX-512 BF16 (native bf16), no GPU" in pixel
+    assert "few small images" not in pixel and "two H&E images of one tissue" in pixel
+    assert "`hgsc_png`" in pixel and "tiatoolbox" not in pixel.split("## Licence")[1]
+    # the latent model's card: its guidance was the pixel model's choice, its VQ-GAN saw the default set
+    assert "neither was tuned for this model" in latent and "were\nchosen on" not in latent
+    assert "tiatoolbox" in latent.split("## Licence")[1] and "Failed goal" not in latent
+    older = {"profile": "cpu", "git_commit": "abc123", "split_version": 3,
+             "hardware": {"machine": "x86_64", "cpu_count": 2, "gpu": None}, "metrics": {"goals": goals}}
+    card = stage("spade").card(typed("spade", older), "pixel", "spade-pixel-cpu")
+    assert "Made on split 3" in card and "cannot be scored" not in card and "uncommitted" not in card
+    assert "2-core x86_64 CPU (its model and bf16 kind were not recorded)" in card
+
+
+def test_the_mask_generators_card_knows_its_slide_kept_its_split():
+    masks = {"profile": "cpu", "git_commit": "abc", "split_version": 2}
+    card = stage("masks").card(typed("masks", {**masks, "metrics": {}}), "", "masks-cpu")
+    assert "Made on split 2" in card and "cannot be scored" not in card
+    assert "one whole HGSC slide" in card and "few small images" not in card
+
+
+def test_cards_are_rewritten_from_their_records_without_touching_the_weights(isolated_dirs, tmp_path):
+    from histolab_utils.data.releases import read_manifest, rewrite_card
+    from histolab_utils.data.store import DataError
+
+    with pytest.raises(DataError, match="no release 'nothing-cpu'"):
+        rewrite_card("nothing-cpu", "# card", root=tmp_path)
+    folder = tmp_path / "pretrained" / "toy-cpu"
+    folder.mkdir(parents=True)
+    (folder / "weights.bin").write_bytes(b"w" * 10)
+    (folder / "README.md").write_text("old")
+    (tmp_path / "pretrained" / "manifest.json").write_text(json.dumps({"toy-cpu": {
+        "files": {"README.md": "0", "weights.bin": "1"}, "bytes": 13}}))
+    rewrite_card("toy-cpu", "# the new card\n", root=tmp_path)
+    entry = read_manifest(tmp_path)["toy-cpu"]
+    assert (folder / "README.md").read_text() == "# the new card\n" and entry["files"]["weights.bin"] == "1"
+    assert entry["files"]["README.md"] != "0" and entry["bytes"] == 10 + len("# the new card\n")
+
+
+def test_results_refuse_a_dirty_checkout_unless_told(monkeypatch, capsys):
+    monkeypatch.setattr(results, "git_commit", lambda: "abc-dirty")
+    with pytest.raises(SystemExit):
+        results.main(["--profile", "cpu", "--only", "03"])
+    assert "uncommitted changes" in capsys.readouterr().err

@@ -168,3 +168,18 @@ def release_pipeline(source: Path, name: str, card: str, root: Path | None = Non
     manifest[name] = {"files": files, "bytes": size}
     atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
     return target
+
+
+def rewrite_card(name: str, card: str, root: Path | None = None) -> Path:
+    """Replace the model card (README.md) of the release ``name`` and re-pin it in the manifest, leaving its weights
+    untouched: a card regenerated from its published record."""
+    folder = pretrained_dir(root) / name
+    manifest = read_manifest(root)
+    if name not in manifest or not folder.is_dir():
+        raise DataError(f"{folder}: no release {name!r} to rewrite the card of (released: {sorted(manifest)})")
+    readme = folder / "README.md"
+    atomic_write_text(readme, card)
+    files = {**manifest[name]["files"], "README.md": sha256_of(readme)}
+    manifest[name] = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files)}
+    atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    return readme

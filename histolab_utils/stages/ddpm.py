@@ -11,7 +11,8 @@ from typing import Any
 
 from ..paths import runs_dir
 from .base import Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, licence_section, split_section
+from .cards import (default_set_seen, hardware_in_words, licence_section, limits_section, not_for_diagnosis,
+                    split_section, training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +52,19 @@ def model_label(schedule: str, prediction: str) -> str:
     return f"{schedule} · {'ε' if prediction == 'epsilon' else 'v' if prediction == 'v_prediction' else prediction}"
 
 
+def ddpm_limits(record: DDPMRecord, rows: list[dict]) -> list[str]:
+    """What a card says one DDPM cannot do: its resolution, and its best sampler's distance from real."""
+    size, downsample, floor = record.image_size, record.downsample, record.floor["fid_train_vs_heldout"]
+    limits = [f"{size} px samples of {size * downsample} px fields: a nucleus is a few pixels across, so there is no "
+              f"nuclear or chromatin detail to judge."]
+    if rows:
+        best = min(rows, key=lambda r: r["fid_vs_heldout"])
+        limits.append(f"Its best sampler ({best['sampler']}) scores FID {best['fid_vs_heldout']:.1f} against held-out, "
+                      f"{best['fid_vs_heldout'] / floor:.2f}x the real train-vs-held-out floor, with recall "
+                      f"{best['recall']:.2f} (the share of real crops its samples cover).")
+    return limits
+
+
 def ddpm_card(record: DDPMRecord, schedule: str, prediction: str, name: str) -> str:
     """A diffusers-style model card for one DDPM of notebook 03, from its published metrics record."""
     rows = [r for r in record.rows if r["schedule"] == schedule and r["prediction"] == prediction]
@@ -64,7 +78,7 @@ def ddpm_card(record: DDPMRecord, schedule: str, prediction: str, name: str) -> 
     best = (f" It is the best of the {len(record.models)} models the run trained, by the rule below."
             if record.released_model == name else "")
     seconds = record.train_seconds.get(model_label(schedule, prediction))
-    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
+    limits = ddpm_limits(record, rows)
     return f"""---
 license: mit
 library_name: diffusers
@@ -75,9 +89,9 @@ tags: [histopathology, H&E, ddpm, teaching]
 
 A small DDPM trained by the `{record.profile}` profile of notebook 03 (`notebooks/03_ddpm_schedulers.ipynb`) of
 histolab_utils: {size} px crops of {size * downsample} px fields of real H&E (box-averaged by {downsample}),
-{wall} on {record.hardware}.{best}
+{training_time(record.train_steps, seconds, hardware_in_words(record))}.{best}
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis(default_set_seen())}
 
 ## Use
 
@@ -114,6 +128,8 @@ features (images resized to 299 px). Floors at the same n: real train vs real he
 
 Best model rule: {record.best_model_rule}. Full table, goals and the executed notebook:
 `results/{record.profile}/03_ddpm_schedulers.json` and `.ipynb`.
+
+{limits_section(record, limits)}
 
 {licence_section('Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models"; Nichol & Dhariwal (2021), '
                   '"Improved Denoising Diffusion Probabilistic Models" (cosine schedule); Salimans & Ho (2022), '

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words, score_rows
+from ..data.datasets import split_description
+from ..data.pairs import PAIR_SOURCES
+from .cards import (card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, score_rows, split_in_words,
+                    training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +109,7 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
 
     metrics = {
         "n": pairs.n_eval, "n_validation": n_validation, "device": str(device),
-        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "split": split_description(PAIR_SOURCES),
         "tile_size": pairs.tile_size, "downsample": pairs.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale,
         "validation_sweep": {f"{s:g}": {k: float(v) for k, v in r.items() if pd.notna(v)} for s, r in sweep.iterrows()},
@@ -142,6 +145,18 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     return metrics
 
 
+def joint_limits(record: JointRecord) -> list[str]:
+    """What a card says the joint model cannot do: its resolution and its best distance from real."""
+    fids = {key: row["fid"] for key, row in record.joint.items() if isinstance(row, dict) and row.get("fid") is not None}
+    limits = [f"{record.tile_size} px tiles at {record.downsample:g} image px per px, from one tissue."]
+    if fids:
+        best = min(fids, key=fids.get)
+        floor = record.floor_real_vs_real["fid"]
+        limits.append(f"Its best FID ({best}) is {fids[best]:.1f}, {fids[best] / floor:.2f}x the real-vs-real floor "
+                      f"({floor:.1f}).")
+    return limits
+
+
 def joint_card(record: JointRecord, name: str) -> str:
     """A model card for notebook 08's joint image-label model, from its published metrics record."""
     columns = ("fid", "kid", "dice", "located_fraction", "typed_fraction", "spurious_per_tile")
@@ -160,10 +175,10 @@ tags: [histopathology, joint-image-label-synthesis, nuclei, layout, classifier-f
 Notebook 08 (`notebooks/08_joint_synthesis.ipynb`) of histolab_utils in the `{record.profile}` profile: one diffusers
 `UNet2DModel` that generates RGB, one-hot nucleus types and a per-instance distance map ({record.tile_size} px at
 {record.downsample:g} image px per px) together, with per-type point maps of the layout concatenated to its input
-and the tissue context (tumour, stroma) as its class, under classifier-free guidance. {record.train_steps} steps,
-{record.train_seconds / 60:.0f} min of training on {hardware_in_words(record)}.
+and the tissue context (tumour, stroma) as its class, under classifier-free guidance.
+{training_time(record.train_steps, record.train_seconds, hardware_in_words(record))}.
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis("the train-region pairs of two H&E images of one tissue (`hgsc_nest`, `hgsc_stroma`)")}
 
 ## Use
 
@@ -180,12 +195,12 @@ out.images, out.types, out.instances  # uint8 NHWC images and their decoded labe
 
 ## Data
 
-The nest and stroma images with nucleus labels (`hgsc` wheel), split by region: the right 25 % of each image is held
-out, the bottom 25 % of the rest is the validation strip, and only train-region pairs were trained on. The guidance
+The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), split by region
+({split_in_words(record.stamp.split_version)}); only train-region pairs were trained on. The guidance
 ({record.guidance_scale:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
 n = {record.n} held-out pairs.
 
-## Scores (held-out strip, equal n)
+## Scores (held-out region, equal n)
 
 FID / KID of the images against the held-out images; Dice of a haematoxylin detector against the image's own label
 (label consistency); layout adherence (centroids inside a generated nucleus, of the right type; generated nuclei
@@ -200,7 +215,7 @@ notebook 07's pixel SPADE model.
 
 {card_footer(record, "08_joint_synthesis", 'Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
                                   'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
-                                  'Diffusion Guidance".')}"""
+                                  'Diffusion Guidance".', sources=("hgsc_png", "hgsc"), limits=joint_limits(record))}"""
 
 
 class JointStage(Stage):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .base import Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, card_footer
+from .cards import card_footer, default_set_seen, hardware_in_words, not_for_diagnosis, training_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +49,20 @@ class LDMRecord(StageRecord):
     released_model: str
 
 
+def ldm_limits(record: LDMRecord) -> list[str]:
+    """What a card says the LDM cannot do: below-floor clusters, and how its controllability was judged."""
+    limits = []
+    for cluster, row in record.per_cluster.items():
+        floor = record.floor_per_cluster.get(cluster, {}).get("fid")
+        if floor and row["fid"] < floor:
+            limits.append(f"Cluster {cluster!r} scores FID {row['fid']:.1f}, below its real floor ({floor:.1f}) at n = "
+                          f"{row['n']}: at that n the floor is too noisy to rank against, which is no win.")
+    if not any("judge" in key for key in record.to_json()["metrics"]):
+        limits.append("Its controllability filed samples with the clusters' own rule, on the VQ-GAN features the model "
+                      "generates in: nearly circular. Notebook 05 now asks an independent judge.")
+    return limits
+
+
 def ldm_card(record: LDMRecord, name: str) -> str:
     """A model card for notebook 05's cluster-conditioned LDM, from its published metrics record."""
     per_cluster = "\n".join(
@@ -60,7 +74,6 @@ def ldm_card(record: LDMRecord, name: str) -> str:
         f"| {g['goal']} | {g['target']} | {g['measured']:.2f} | {'yes' if g['met'] else 'no'} |"
         for g in record.goals]) if record.goals else "(not recorded by this run)"
     seconds = record.train_seconds
-    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
     return f"""---
 license: mit
 library_name: diffusers
@@ -71,9 +84,9 @@ tags: [histopathology, H&E, latent-diffusion, classifier-free-guidance, teaching
 Notebook 05 (`notebooks/05_conditional_ldm.ipynb`) of histolab_utils in the `{record.profile}` profile: a diffusers
 `UNet2DModel` with a class embedding, trained on the latents of the released VQ-GAN (`vqvae/`) of train-region tiles,
 conditioned on notebook 04's clusters as its labels file holds them ({", ".join(record.classes)}), with label dropout for
-classifier-free guidance; {wall} on {record.hardware}.
+classifier-free guidance; {training_time(None, seconds, hardware_in_words(record))}.
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis(default_set_seen())}
 
 ## Use
 
@@ -113,7 +126,7 @@ Goals, set before training and reported whether met or not:
 {card_footer(record, "05_conditional_ldm", 'Rumman et al. (2025), "Implementation of a Conditional Latent Diffusion-Based Generative Model to '
                                   'Synthetically Create Unlabeled Histopathological Images"; Rombach et al. (2022), "High-Resolution '
                                   'Image Synthesis with Latent Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion '
-                                  'Guidance".', sources=None)}"""
+                                  'Guidance".', sources=None, limits=ldm_limits(record))}"""
 
 
 class LatentTrainingSet(NamedTuple):

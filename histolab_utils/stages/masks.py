@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words
+from .cards import card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, training_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,9 +116,9 @@ Notebook 06 (`notebooks/06_nuclei_masks.ipynb`) of histolab_utils in the `{recor
 `UNet2DModel` whose class embedding is a linear map of the condition [types present (neoplastic, inflammatory,
 connective) | tissue context | null flag], added to the time embedding as in NASDM; it draws {record.tile_size} px
 masks (one-hot background and types plus an instance-boundary channel) at {record.downsample:g} slide px per mask px.
-{record.train_steps} steps, {record.train_seconds / 60:.0f} min of training on {hardware_in_words(record)}.
+{training_time(record.train_steps, record.train_seconds, hardware_in_words(record))}.
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis("the nucleus polygons of the train region of one whole HGSC slide (one tissue, one patient)")}
 
 ## Use
 
@@ -134,8 +134,8 @@ out.types, out.instances  # decoded type and instance maps
 
 ## Data
 
-The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region: the right 25 % is held out, the bottom
-25 % of the rest is the validation strip, and only train-region tiles ({record.tile_size} px, with at least one
+The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region (the slide keeps its strips in every
+split since 2: the right 25 % held out, the bottom 25 % of the rest validation); only train-region tiles ({record.tile_size} px, with at least one
 nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_scale:g}) was chosen on
 {record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.
 
@@ -148,7 +148,12 @@ nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_sc
 {checks_and_goals(record, "tests/test_nuclei_masks.py")}
 
 {card_footer(record, "06_nuclei_masks", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
-                                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".')}"""
+                                  'Diffusion Models"; Ho & Salimans (2022), "Classifier-Free Diffusion Guidance".',
+             limits=[f"{record.tile_size} px masks at {record.downsample:g} slide px per mask px, from one slide of one "
+                     f"tissue: other tissues' nuclei are unseen.",
+                     "Its morphology distance counts and covers nuclei but does not compare whole-nucleus areas; "
+                     "notebook 08 measured generated whole nuclei at about half the real area on split 2."],
+             unchanged_since=2)}"""
 
 
 class MasksStage(Stage):

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, card_footer, checks_and_goals, hardware_in_words, score_rows
+from ..data.datasets import split_description
+from ..data.pairs import PAIR_SOURCES
+from .cards import (card_footer, checks_and_goals, default_set_seen, default_set_sources, hardware_in_words,
+                    not_for_diagnosis, score_rows, split_in_words, training_time)
 
 SPACES = ("pixel", "latent")
 
@@ -87,7 +90,7 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     repaint_keys = ("t_T", "jump_length", "jump_n_sample")
     metrics = {
         "n": section.n_eval, "n_validation": n_validation,
-        "split": "hgsc_nest + hgsc_stroma, right 25 % of each held out, bottom 25 % of the rest validation",
+        "split": split_description(PAIR_SOURCES),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
         "mask_guidance_scale": mask_guidance_scale,
@@ -123,6 +126,21 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     return metrics
 
 
+def spade_limits(record: SpadeRecord, space: str) -> list[str]:
+    """What a card says one SPADE model cannot do: its resolution, its distance from real, and what its mask
+    fidelity means."""
+    scores = record.nasdm_pixel_real_masks if space == "pixel" else record.latent_real_masks
+    floor, reference = record.floor_real_vs_real, record.fidelity_reference_real_pairs
+    limits = [f"{record.tile_size} px tiles at {record.downsample:g} image px per px, from one tissue.",
+              f"FID {scores['fid']:.1f} on real held-out masks, {scores['fid'] / floor['fid']:.2f}x the real-vs-real "
+              f"floor ({floor['fid']:.1f}) at n = {int(scores.get('n', record.n))}."]
+    if scores.get("dice") is not None and scores["dice"] > reference["dice"]:
+        limits.append(f"Its mask fidelity (Dice {scores['dice']:.2f}) is above real pairs' ({reference['dice']:.2f}): its "
+                      f"nuclei are easier for a haematoxylin detector to find than real ones (darker, more uniform), which "
+                      f"is less realism, not more.")
+    return limits
+
+
 def spade_card(record: SpadeRecord, space: str, name: str) -> str:
     """A model card for one of notebook 07's mask-to-image models, from its published metrics record."""
     guidance_scale, sampler = record.guidance_scale, record.sampler if space == "pixel" else "DDIM"
@@ -134,6 +152,13 @@ def spade_card(record: SpadeRecord, space: str, name: str) -> str:
             **{label: getattr(record, key) for label, key in keys.items()},
             "real pairs (fidelity reference)": record.fidelity_reference_real_pairs,
             "mismatched real pairs (fidelity floor)": record.fidelity_floor_mismatched_pairs}
+    seen = ("the train-region pairs of two H&E images of one tissue (`hgsc_nest`, `hgsc_stroma`), and through its VQ-GAN "
+            f"{default_set_seen()}" if space == "latent" else
+            "the train-region pairs of two H&E images of one tissue (`hgsc_nest`, `hgsc_stroma`)")
+    chosen = (f"The guidance ({guidance_scale:g}) and the sampler ({sampler}, {record.sampler_steps} network calls) were "
+              f"chosen on {record.n_validation} validation pairs." if space == "pixel" else
+              f"It samples with the pixel model's guidance ({guidance_scale:g}), chosen on validation pairs for the pixel "
+              f"model, and DDIM with {record.sampler_steps} steps; neither was tuned for this model.")
     vq = (" on the 8 x 8 latents of the released 4-channel VQ-GAN (`vqgan-4ch-cpu`, packed inside as `vqvae`)"
           if space == "latent" else " on pixels")
     return f"""---
@@ -146,10 +171,9 @@ tags: [histopathology, semantic-image-synthesis, spade, nuclei, classifier-free-
 Notebook 07 (`notebooks/07_mask_to_image.ipynb`) of histolab_utils in the `{record.profile}` profile: MONAI's
 SPADE diffusion UNet (as a diffusers model) that paints {record.tile_size} px H&E{vq}, conditioned on the mask's
 one-hot background and nucleus types plus its instance edges, trained with NASDM's hybrid loss (learned variance) and
-classifier-free guidance. {record.train_steps[space]} steps, {record.train_seconds[space] / 60:.0f} min of
-training on {hardware_in_words(record)}.
+classifier-free guidance. {training_time(record.train_steps[space], record.train_seconds[space], hardware_in_words(record))}.
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis(seen)}
 
 ## Use
 
@@ -164,13 +188,11 @@ images = pipeline(types, instances, guidance_scale={guidance_scale:g}, num_infer
 
 ## Data
 
-The nest and stroma images with nucleus labels (`hgsc` wheel), {record.tile_size} px pairs at
-{record.downsample:g} image px per px, split by region: the right 25 % of each image is held out, the bottom 25 %
-of the rest is the validation strip, and only train-region pairs were trained on. The guidance ({guidance_scale:g}) and the
-sampler ({sampler}, {record.sampler_steps} network calls) were chosen on {record.n_validation} validation pairs;
-the scores below are on n = {record.n} held-out pairs.
+The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), {record.tile_size} px pairs at
+{record.downsample:g} image px per px, split by region ({split_in_words(record.stamp.split_version)}); only
+train-region pairs were trained on. {chosen} The scores below are on n = {record.n} held-out pairs.
 
-## Scores (held-out strip, equal n)
+## Scores (held-out region, equal n)
 
 FID / KID against the held-out images (Inception features); Dice of a haematoxylin detector (colour deconvolution,
 Otsu threshold fitted on train-region images) against the mask each image was drawn for.
@@ -183,7 +205,9 @@ Otsu threshold fitted on train-region images) against the mask each image was dr
 
 {card_footer(record, "07_mask_to_image", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
                                   'Diffusion Models"; Wang et al. (2022), "Semantic Image Synthesis via Diffusion Models"; Park et al. '
-                                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".')}"""
+                                  '(2019), "Semantic Image Synthesis with Spatially-Adaptive Normalization".',
+             sources=(*default_set_sources(), "hgsc") if space == "latent" else ("hgsc_png", "hgsc"), limits=spade_limits(record, space),
+             failed_goals=space == "pixel")}"""
 
 
 class SpadeStage(Stage):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .base import Stage, StageRecord, config_from_section, register
-from .cards import NOT_FOR_DIAGNOSIS, licence_section, split_section
+from .cards import (default_set_seen, hardware_in_words, licence_section, limits_section, not_for_diagnosis,
+                    split_section, training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +55,8 @@ def vqgan_card(record: VQGANRecord, channels: int, name: str) -> str:
                       f"{cell(r.get('codebook_usage'), '.2f')} | {cell(r.get('perplexity'), '.1f')} |"
                       for r in record.by_model)
     seconds = record.train_seconds.get(str(channels), record.train_seconds.get(channels))
-    wall = f"{seconds / 60:.0f} min of training" if seconds else "training time not recorded"
+    limits = [f"Its {size} px crops of {size * downsample} px fields are reconstructed to PSNR {record.psnr:.1f} dB and rFID "
+              f"{record.rfid:.1f} (n = {record.n_eval} held-out crops): fine chromatin texture is lost."]
     return f"""---
 license: mit
 library_name: diffusers
@@ -64,9 +66,9 @@ tags: [histopathology, H&E, vqgan, vq-vae, teaching]
 
 A small VQ-GAN (diffusers `VQModel` + a PatchGAN critic while training) made by the `{record.profile}` profile of
 notebook 02 (`notebooks/02_vqgan.ipynb`) of histolab_utils: {size} px crops of {size * downsample} px fields of real
-H&E, {wall} on {record.hardware}. Notebooks 04 and 05 cluster and generate in its latent space.
+H&E; {training_time(record.train_steps, seconds, hardware_in_words(record))}. Notebooks 04 and 05 cluster and generate in its latent space.
 
-{NOT_FOR_DIAGNOSIS}
+{not_for_diagnosis(default_set_seen())}
 
 ## Use
 
@@ -100,6 +102,8 @@ Floor at the same n: real train vs real held-out FID **{record.rfid_floor_train_
 {rows}
 
 Full table and the executed notebook: `results/{record.profile}/02_vqgan.json` and `.ipynb`.
+
+{limits_section(record, limits)}
 
 {licence_section('van den Oord, Vinyals & Kavukcuoglu (2017), "Neural Discrete Representation Learning"; Esser, '
                   'Rombach & Ommer (2021), "Taming Transformers for High-Resolution Image Synthesis".')}"""
