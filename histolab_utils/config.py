@@ -64,6 +64,16 @@ class DiffusionTraining:
     checkpoint_every: int
     compile: bool = False  # torch.compile (worth it on a GPU; under 5 % on a CPU)
     mixed_precision: str = "auto"  # "auto": bf16 on a GPU or a CPU with native bf16, else fp32; or "no", "bf16"
+    # the training recipe by name (diffusion/recipes.py): it fills the settings below that neither the section nor
+    # [training] sets
+    recipe: str = "baseline"
+    loss_weighting: str = "uniform"  # "uniform" or "min_snr"
+    snr_gamma: float = 5.0
+    preconditioning: str = "none"  # "none" or "edm"
+    lr_schedule: str = "cosine"  # after the warm-up: "cosine" or "constant"
+    ema: str = "diffusers"  # "diffusers" or "power"
+    ema_gamma: float = 6.94
+    norm_num_groups: int = 0  # GroupNorm groups; 0: the narrow-UNet rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,6 +284,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ProfileError(f"{where} must be {_type_name(hint)}, got {value!r}")
 
 
+def _recipe_of(table: dict, defaults: dict, fields: dict, sources: dict, section: str, origin: Path) -> dict:
+    """The settings of the training recipe a section names (its own ``recipe`` or ``[training]``'s), for the fields
+    the section has; an unknown recipe is a ProfileError naming the file and table."""
+    if "recipe" not in fields:
+        return {}
+    where = ("training", "recipe") if "recipe" not in table else (section, "recipe")
+    name = table.get("recipe", defaults.get("recipe", fields["recipe"].default))
+    from .diffusion.recipes import recipe_settings
+
+    try:
+        settings = recipe_settings(name)
+    except ValueError as error:
+        raise ProfileError(f"{sources.get(where, origin)}: [{where[0]}] recipe: {error}") from None
+    return {key: value for key, value in settings.items() if key in fields}
+
+
 def _section(cls: type, table: dict, defaults: dict, sources: dict, section: str, origin: Path) -> Any:
     """One frozen section from its TOML table, the [training] defaults filling the fields it leaves out."""
     hints = typing.get_type_hints(cls)
@@ -284,11 +310,14 @@ def _section(cls: type, table: dict, defaults: dict, sources: dict, section: str
         raise ProfileError(f"{where}: [{section}] has no key {unknown[0]!r}{_unknown_key(unknown[0], fields)}; its keys "
                            f"are {', '.join(fields)}")
     values = {}
+    recipe = _recipe_of(table, defaults, fields, sources, section, origin)
     for name, field in fields.items():
         if name in table:
             key, value = (section, name), table[name]
         elif name in defaults:
             key, value = ("training", name), defaults[name]
+        elif name in recipe:  # a recipe fills only what neither the section nor [training] set
+            key, value = (section, "recipe"), recipe[name]
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ProfileError(f"{origin}: [{section}] lacks {name!r} ({_type_name(hints[name])}), and no "
                                f"file it extends sets it")

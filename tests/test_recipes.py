@@ -178,3 +178,49 @@ def test_a_table_of_another_split_is_not_reused(tmp_path):
     table.write_text(json.dumps({"split_version": benchmark.SPLIT_VERSION - 1,
                                  "runs": [{"recipe": "today", "seed": 0, "steps": 10, "rows": []}]}))
     assert benchmark.published_run("today", 0, 10, table) is None
+
+
+# -- recipes by name (diffusion/recipes.py), as profiles name them ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(__import__("histolab_utils.diffusion.recipes", fromlist=["x"]).TRAINING_RECIPES))
+def test_each_named_recipe_trains_and_saves(tmp_path, crops, name):
+    from histolab_utils.diffusion.recipes import recipe_settings
+    from histolab_utils.diffusion.training import check_recipe
+
+    config = TrainConfig(steps=2, schedule="cosine", prediction_type="v_prediction",
+                         **{**TINY, "block_out_channels": (32, 32), **recipe_settings(name)})
+    check_recipe(config)
+    trainer = DiffusionTrainer(config, crops, tmp_path / name, progress=False)
+    trainer.train()
+    assert trainer.step == 2 and np.isfinite(trainer.log[-1]["loss"])
+    saved = trainer.save_pipeline()
+    assert (Path(saved) / "unet" / "config.json").is_file()
+
+
+def test_an_unknown_recipe_is_named_with_the_known_ones():
+    from histolab_utils.diffusion.recipes import recipe_settings
+
+    with pytest.raises(ValueError, match="unknown training recipe 'min-snr'.*baseline, min_snr"):
+        recipe_settings("min-snr")
+
+
+def test_a_profile_names_a_recipe_once_and_explicit_settings_win(tmp_path):
+    from histolab_utils import config
+    from histolab_utils.profiles import ProfileError
+    from histolab_utils.stages import stage
+
+    path = tmp_path / "p.toml"
+    path.write_text('extends = "cpu"\n\n[training]\nrecipe = "min_snr"\n\n[masks]\nloss_weighting = "uniform"\n\n'
+                    '[joint]\nrecipe = "power_ema"\n')
+    loaded = config.read_config(str(path))
+    for section in ("ddpm", "ldm", "spade"):
+        assert getattr(loaded, section).recipe == "min_snr" and getattr(loaded, section).loss_weighting == "min_snr"
+    assert loaded.masks.loss_weighting == "uniform", "a section's own setting beats the recipe"
+    assert loaded.joint.ema == "power" and loaded.joint.loss_weighting == "uniform", "a section names its own recipe"
+    for name in ("ddpm", "spade"):  # the trainer gets what the profile says (the LDM's config also needs its data)
+        assert stage(name).train_config(loaded).loss_weighting == "min_snr", name
+    assert stage("joint").train_config(loaded).ema == "power" and stage("masks").train_config(loaded).ema == "diffusers"
+    path.write_text('extends = "cpu"\n\n[training]\nrecipe = "min_snr"\nloss_weighting = "uniform"\n')
+    assert config.read_config(str(path)).ddpm.loss_weighting == "uniform", "[training]'s own setting beats its recipe"
+    path.write_text('extends = "cpu"\n\n[training]\nrecipe = "min-snr"\n')
+    with pytest.raises(ProfileError, match=r"p.toml: \[training\] recipe: unknown training recipe 'min-snr'"):
+        config.read_config(str(path))

@@ -10,5 +10,6 @@
 * ``sampling``: DDPM, DDIM and DPM-Solver++ sampling with guidance, to uint8 images;
 * ``inpainting``: RePaint inpainting and its DDIM variant;
 * ``pipelines``: loading a saved or released diffusers pipeline the way the notebooks sample it;
-* ``training``: the diffusion trainer, its config and recipes, on the engine (``histolab_utils.engine``).
+* ``training``: the diffusion trainer, its config and recipe settings, on the engine (``histolab_utils.engine``);
+* ``recipes``: training recipes by name (a loss weighting, preconditioning, schedule, EMA), as profiles name them.
 """
