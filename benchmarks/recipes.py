@@ -37,6 +37,7 @@ from histolab_utils.config import load_config  # noqa: E402
 from histolab_utils.data import CropSampler, load_images, training_crops  # noqa: E402
 from histolab_utils.data.datasets import SPLIT_VERSION  # noqa: E402
 from histolab_utils.engine.configs import config_from_section  # noqa: E402
+from histolab_utils.diffusion.recipes import TRAINING_RECIPES  # noqa: E402
 from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig  # noqa: E402
 from histolab_utils.engine.precision import cpu_in_words, resolve_mixed_precision  # noqa: E402
 from histolab_utils.paths import atomic_write_text  # noqa: E402
@@ -56,24 +57,18 @@ class Recipe:
     space: str = "pixel"  # "pixel", or "latent": the released VQ-GAN's latents, decoded to be scored
 
 
+def named(name: str, **extra) -> "Recipe":
+    """A recipe the package names (``diffusion/recipes.py``, what profiles select), as a row of the study."""
+    recipe = TRAINING_RECIPES[name]
+    return Recipe(recipe.description, recipe.source, {**recipe.settings, **extra})
+
+
+# "today" is the package's "baseline": the name the published tables of splits 1 and 2 use for it
 RECIPES: dict[str, Recipe] = {
-    "today": Recipe(
-        "v-prediction MSE, uniform t, cosine schedule, cosine LR decay: the cpu profile as shipped",
-        "Ho, Jain & Abbeel 2020 (DDPM); Nichol & Dhariwal 2021 (cosine schedule); Salimans & Ho 2022 (v-prediction)"),
-    "min_snr": Recipe(
-        "today's, with min-SNR-5 loss weights written for v-prediction: min(SNR, 5) / (SNR + 1)",
-        "Hang, Gu, Li, Bao, Chen, Hu, Geng & Guo 2023 (Min-SNR weighting, ICCV)",
-        {"loss_weighting": "min_snr", "snr_gamma": 5.0}),
-    "plain_loop": Recipe(
-        "the pilot's plain diffusers loop through our trainer: 2 layers per block, 32 norm groups, constant LR "
-        "after warm-up",
-        "diffusers' train_unconditional example (von Platen et al., diffusers)",
-        {"layers_per_block": 2, "norm_num_groups": 32, "lr_schedule": "constant"}),
-    "edm": Recipe(
-        "EDM preconditioning (c_skip, c_out, c_in, c_noise), log-normal sigma (P_mean -1.2, P_std 1.2), its "
-        "Karras-rho-7 samplers",
-        "Karras, Aittala, Aila & Laine 2022 (EDM, NeurIPS)",
-        {"preconditioning": "edm"}),
+    "today": named("baseline"),
+    "min_snr": named("min_snr"),
+    "plain_loop": named("plain_loop"),
+    "edm": named("edm"),
     "latent": Recipe(
         "today's recipe on the released 4-channel VQ-GAN's 8 x 8 latents (the cpu LDM's UNet 64/128, 2 layers, "
         "batch 64), decoded to be scored",
@@ -83,10 +78,7 @@ RECIPES: dict[str, Recipe] = {
         "today's, with self-attention in the 16 x 16 level (as DDPM's UNet has at 16 x 16)",
         "Ho, Jain & Abbeel 2020 (DDPM's architecture)",
         {"attention": True}),
-    "power_ema": Recipe(
-        "today's, with a power-function EMA (1 - 1/t)^(gamma + 1), gamma = 6.94 (sigma_rel = 0.10)",
-        "Karras, Aittala, Lehtinen, Hellsten, Aila & Laine 2024 (EDM2, CVPR)",
-        {"ema": "power", "ema_gamma": 6.94}),
+    "power_ema": named("power_ema"),
     "min_snr_plain_loop": Recipe(
         "the plain loop's settings with min-SNR-5: the pilot's best row, through our trainer",
         "Hang et al. 2023; diffusers' train_unconditional example",
@@ -101,7 +93,7 @@ def recipe_config(name: str, seed: int, steps: int = 0) -> TrainConfig:
     ddpm = load_config("cpu").ddpm
     config = config_from_section(TrainConfig, ddpm, seed, own={"schedule": SCHEDULE, "prediction_type": PREDICTION, "extra": {
         "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops, "recipe": name}})
-    changes = dict(recipe.changes)
+    changes = {**TRAINING_RECIPES["baseline"].settings, **recipe.changes}  # from the baseline, whatever the profile adopts
     if recipe.space == "latent":
         changes.update(in_channels=4, image_size=ddpm.image_size // 4)
     return replace(config, **changes, checkpoint_every=250, **({"steps": steps} if steps else {}))
