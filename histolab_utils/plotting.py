@@ -53,6 +53,23 @@ def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray
     return (out * 255).round().astype(np.uint8)
 
 
+def type_legend_handles(names: Sequence[str] | dict[int, str], colours: dict = NUCLEUS_COLOURS) -> list:
+    """Legend handles (matplotlib patches) naming each nucleus type in the colour ``colours`` paints it, so that a
+    legend is read off the palette a picture used and cannot name other colours: pass the same ``colours`` to
+    :func:`mask_image`, :func:`type_overlay` or :func:`layout_image` and here.
+
+    ``names``: the type names in id order from 1 (``data.nuclei.NUCLEUS_CLASSES``), or a dict type id -> name (a
+    dataset's ``type_names``). A type the palette has no colour for is an error naming it."""
+    from matplotlib.patches import Patch
+
+    named = dict(names) if isinstance(names, dict) else dict(enumerate(names, start=1))
+    missing = {type_id: name for type_id, name in named.items() if int(type_id) not in colours}
+    if missing:
+        raise KeyError(f"the palette has no colour for types {missing}; its type ids are {sorted(colours)}")
+    return [Patch(facecolor=colours[int(type_id)], edgecolor="none", label=str(name))
+            for type_id, name in sorted(named.items())]
+
+
 def layout_image(points: np.ndarray, size: int, colours: dict = NUCLEUS_COLOURS) -> np.ndarray:
     """A nucleus layout (int [M, 3] rows of y, x, type id) as uint8 RGB: a dot per centroid in its
     type's colour on light grey."""

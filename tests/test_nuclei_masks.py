@@ -525,3 +525,86 @@ def test_notebook_06s_masks_for_pairs_follow_their_conditions_and_the_chosen_gui
     (metrics_dir("smoke") / "06_nuclei_masks.json").write_text(json.dumps(
         {"split_version": SPLIT_VERSION, "metrics": {"guidance_scale": config.masks.guidance_scale + 1.5}}))
     assert MASKS.masks_for(pairs, folder, config)[1] == config.masks.guidance_scale + 1.5
+
+
+# -- whole-nucleus area (notebook 06's area goal) --------------------------------------------------------------------
+def _eroded_by_one_px(instances: np.ndarray) -> np.ndarray:
+    """Every nucleus eroded by a 1 px disc: at 2 slide px per mask px whole nuclei keep about 60 % of their area."""
+    from skimage.morphology import disk, erosion
+
+    out = np.zeros_like(instances)
+    for tile, labels in zip(out, instances):
+        for label in np.unique(labels)[1:]:
+            tile[erosion(labels == label, disk(1))] = label
+    return out
+
+
+@pytest.fixture(scope="module")
+def slide_areas(real_data):
+    """Notebook 06's geometry (the smoke profile's tile size and downsample): two independent draws of train-region
+    tiles, A (the floor's real train masks) and B (a second real draw), and held-out tiles (the reference); B's
+    nuclei eroded by 1 px (too small) and grown by 2 px (too large), and an untrained generator's masks for the
+    held-out tiles' conditions, each scored by area_distribution."""
+    from histolab_utils.config import load_config
+    from histolab_utils.diffusion.schedules import make_scheduler
+    from histolab_utils.diffusion.unets import build_unet
+    from histolab_utils.evaluation.nucleus_appearance import area_distribution
+    from skimage.segmentation import expand_labels
+
+    section = load_config("smoke").masks
+    a, b, heldout = (mask_tiles("wsi", section.tile_size, region, 300, seed=seed, downsample=section.downsample,
+                                cache=False) for region, seed in (("train", 5), ("train", 8), ("heldout", 6)))
+    instances = b.instances.astype(np.int32)
+    eroded, grown = _eroded_by_one_px(instances), np.stack([expand_labels(tile, 2) for tile in instances])
+    torch.manual_seed(0)
+    config = _tiny_config()
+    pipeline = mg.NucleiMaskPipeline(build_unet(config), make_scheduler("ddim", config.schedule, clip_sample=True,
+                                                                        prediction_type=config.prediction_type))
+    pipeline.set_progress_bar_config(disable=True)
+    untrained = mg.generate_masks(pipeline, mg.tile_conditions(heldout.subset(np.arange(48))),
+                                  2.0, 5, seed=0, size=section.tile_size)
+    sets = {"real B": (b.types, instances), "eroded": (b.types * (eroded > 0), eroded),
+            "grown": (np.stack([expand_labels(tile, 2) for tile in b.types]) * (grown > 0), grown),
+            "untrained": (untrained.types, untrained.instances)}  # typed: nuclei are drawn with held-out types
+    areas = area_distribution(sets, (a.types, a.instances), (heldout.types, heldout.instances), seed=0)
+    print(areas.round(3).to_string())
+    return areas
+
+
+def test_a_second_real_draw_meets_the_area_goal_and_half_area_masks_do_not(slide_areas):
+    from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW, appearance_goals
+
+    areas = slide_areas
+    assert areas.loc[FLOOR_ROW, "n"] >= 50 and areas.loc[FLOOR_ROW, "over_floor"] == 1
+    met = appearance_goals(areas, k=1.5).set_index("goal")["met"]
+    assert met[met.index.str.contains("real B")].all()
+    assert areas.loc["eroded", "area_median"] <= 0.65 * areas.loc["real B", "area_median"]
+    assert areas.loc["eroded", "over_floor"] > 2.0 and not met[met.index.str.contains("eroded")].any()
+
+
+def test_the_area_goal_is_two_sided_and_fails_an_untrained_generator(slide_areas):
+    from histolab_utils.evaluation.nucleus_appearance import appearance_goals
+
+    areas = slide_areas
+    assert areas.loc["grown", "area_median"] >= 1.5 * areas.loc["real B", "area_median"]  # too large ...
+    met = appearance_goals(areas, ["grown", "untrained"], k=1.5)["met"]
+    assert not met.any()  # ... fails like too small, and so does an untrained UNet's noise
+    assert areas.loc["untrained", "over_floor"] > 3.0
+
+
+def test_the_legend_names_the_colours_the_masks_and_overlays_are_painted_in():
+    from histolab_utils.plotting import NUCLEUS_COLOURS, mask_image, type_legend_handles, type_overlay
+
+    types = np.repeat(np.arange(len(NUCLEUS_CLASSES) + 1, dtype=np.uint8), 4)[None].repeat(4, axis=0)  # 4 px per type
+    instances = types.astype(np.int32)
+    painted = mask_image(types, instances)
+    overlay = type_overlay(np.zeros((*types.shape, 3), np.uint8), instances, types, alpha=1.0, colours=NUCLEUS_COLOURS)
+    handles = type_legend_handles(NUCLEUS_CLASSES)
+    assert [h.get_label() for h in handles] == list(NUCLEUS_CLASSES)
+    for type_id, handle in enumerate(handles, start=1):
+        expected = np.round(np.asarray(handle.get_facecolor()[:3]) * 255)
+        assert (overlay[types == type_id] == expected).all(), NUCLEUS_CLASSES[type_id - 1]
+        assert (painted[1:3, 4 * type_id + 1: 4 * type_id + 3] == expected).all(), NUCLEUS_CLASSES[type_id - 1]
+    assert [h.get_label() for h in type_legend_handles({2: "lymphocyte"})] == ["lymphocyte"]
+    with pytest.raises(KeyError, match="no colour for types {4: 'dead'}"):
+        type_legend_handles([*NUCLEUS_CLASSES, "dead"])

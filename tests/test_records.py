@@ -18,6 +18,7 @@ import pytest
 from histolab_utils.config import NotebookContext, load_config
 from histolab_utils.data.layouts import Layouts
 from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
+from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW
 from histolab_utils.report import row_values, table_records
 from histolab_utils.stages import stage
 
@@ -68,11 +69,14 @@ def masks_inputs(**changes):
     per_type = pd.DataFrame({"requested": [4, 3], "present": [4, 2], "recall": [1.0, 2 / 3], "precision": [0.8, 1.0]},
                             index=pd.MultiIndex.from_tuples([(CHOSEN, "neoplastic"), (CHOSEN, "connective")],
                                                             names=["set", "type"]))
+    areas = pd.DataFrame({"n": [6, 6, pd.NA], "w_area": [0.9, 0.3, math.nan], "over_floor": [3.0, 1.0, math.nan],
+                          "area_median": [20.0, 50.0, 48.0], "whole": [30, 40, 35], "fragments": [9, 20, 18]},
+                         index=[CHOSEN, FLOOR_ROW, "real held-out"]).astype({"n": "Int64"})
     checks, goals = checks_and_goals()
     inputs = dict(split_x=1234.4, validation_y=567.6, n_validation=8, guidance_scale=2.0, sweep=sweep, scores=scores,
                   per_type_accuracy=per_type, matching=pd.Series({"exact": 7, "nearest": 1}, name="rows"),
                   checks=checks, goals=goals, round_trip_recall=0.99, trainer=trainer(), run_folder=MASKS.run_folder("x"),
-                  chosen=CHOSEN, unguided=UNGUIDED, ceiling=CEILING, floor=FLOOR, baseline=BASELINE)
+                  chosen=CHOSEN, unguided=UNGUIDED, ceiling=CEILING, floor=FLOOR, baseline=BASELINE, areas=areas)
     return {**inputs, **changes}
 
 
@@ -86,7 +90,9 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert record.stamp.headline == [*MasksRecord.HEADLINE, "n", "guidance_scale"]
     assert record.headline_values() == {"overall_recall": 0.9, "overall_precision": 0.8, "ceiling_recall": 1.0,
                                         "unguided_recall": 0.6, "morphology_fd": 3.0, "floor_morphology_fd": 1.0,
-                                        "baseline_morphology_fd": 9.0}
+                                        "baseline_morphology_fd": 9.0, "area_over_floor": 3.0}
+    assert (record.area_median, record.heldout_area_median) == (20.0, 48.0)
+    assert record.nucleus_area["real held-out"]["n"] is None and record.nucleus_area[FLOOR_ROW]["whole"] == 40
     assert record.split.startswith("HGSC slide, right 25 % held out (level-0 x >= 1234)") and "(y >= 568)" in record.split
     assert record.heldout_scores[FLOOR]["edge_dice"] is None and record.heldout_scores[CHOSEN]["edge_dice"] == 0.7
     assert list(record.validation_sweep) == ["0.0", "2.0"] and record.n_validation == 8
@@ -103,6 +109,16 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")
 
 
+def test_the_masks_card_shows_the_whole_nucleus_area_beside_its_floor_when_the_record_has_it(isolated_dirs):
+    record = MASKS.save_metrics(context("06_nuclei_masks", "cpu"), **masks_inputs())
+    card = MASKS.card(record, "", "masks-cpu")
+    assert "## Whole-nucleus area" in card
+    assert f"| {CHOSEN} | 6 | 0.900 | 3.00 | 20 | 30 | 9 |" in card and f"| {FLOOR_ROW} | 6 | 0.300 | 1.00 |" in card
+    older = MasksRecord.from_json({**record.to_json(), "metrics": {
+        k: v for k, v in record.to_json()["metrics"].items() if k not in MasksRecord.ADDED_SINCE_PUBLISHED}})
+    assert "Whole-nucleus area" not in MASKS.card(older, "", "masks-cpu")
+
+
 def test_the_masks_record_names_a_missing_input(isolated_dirs):
     ctx = context("06_nuclei_masks", "smoke")
     inputs = masks_inputs()
@@ -111,6 +127,8 @@ def test_the_masks_record_names_a_missing_input(isolated_dirs):
         MASKS.save_metrics(ctx, **inputs)
     with pytest.raises(KeyError, match="baseline: ellipses"):
         MASKS.save_metrics(ctx, **masks_inputs(scores=masks_inputs()["scores"].drop(index=BASELINE)))
+    with pytest.raises(KeyError, match="whole-nucleus area table lacks the rows"):
+        MASKS.save_metrics(ctx, **masks_inputs(areas=masks_inputs()["areas"].drop(index="real held-out")))
     assert not (isolated_dirs / "reports" / "smoke" / "metrics" / "06_nuclei_masks.json").exists()
 
 

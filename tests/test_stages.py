@@ -123,7 +123,8 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     record = s.read_record("cpu")
     assert record.to_json() == json.loads(path.read_text())
     assert record.profile == "cpu" and record.stamp.notebook == s.notebook
-    assert not record.absent, f"{path} lacks {sorted(record.absent)}"
+    # a metric declared after the cpu run was made may be absent until that run is made again, and no other
+    assert record.absent <= type(record).ADDED_SINCE_PUBLISHED, f"{path} lacks {sorted(record.absent)}"
 
 
 def test_records_scored_elsewhere_load_typed_too():

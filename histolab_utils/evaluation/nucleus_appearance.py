@@ -39,7 +39,11 @@ condition-matched floor of :func:`~histolab_utils.evaluation.floors.condition_ma
 smaller in smaller tiles (a large nucleus touches an edge more often), so compare sets cut at one tile size.
 
 Goals (:func:`appearance_goals`): the mean distance within k x the floor's, and each feature's within k x its own
-floor's (a mean over five features dilutes one that is far off).
+floor's (a mean over five features dilutes one that is far off). Every distance is two-sided, so a goal "within k x
+the floor" fails nuclei too small and too large alike.
+
+Masks alone (notebook 06): :func:`area_distribution` scores the whole-nucleus area of generated masks against real
+held-out masks beside the floor, and :func:`whole_areas` gives the areas themselves for a plot.
 """
 
 from __future__ import annotations
@@ -316,6 +320,20 @@ def area_distribution(sets: Mapping[str, object], real_train, real_heldout, *, n
     summary = pd.DataFrame(summary).T.astype({"whole": int, "fragments": int})
     table = scores.join(summary, how="outer").loc[[*tables, FLOOR_ROW, "real held-out"]]
     return table.astype({"n": "Int64", "draws": "Int64"}).rename_axis("set")  # the held-out row has no n
+
+
+def whole_areas(sets: Mapping[str, object]) -> pd.DataFrame:
+    """The area (px) of every whole nucleus (one not touching its crop's border) of each named set of masks, as a long
+    table with columns ``set`` and ``area`` for plotting (``seaborn.ecdfplot(data=..., x="area", hue="set")``).
+    ``sets`` maps a name to masks as :func:`area_distribution` takes them: an instance map stack [N, H, W] or a
+    (types, instances) pair. A set without a whole nucleus is an error naming it."""
+    frames = []
+    for name, masks in sets.items():
+        table = _whole(_masks(masks, f"sets[{name!r}]"), f"sets[{name!r}]", True)
+        frames.append(pd.DataFrame({"set": name, "area": table["area"].to_numpy(np.float64)}))
+    if not frames:
+        raise ValueError("sets is empty: name at least one set of masks")
+    return pd.concat(frames, ignore_index=True)
 
 
 def appearance_goals(scores: pd.DataFrame, chosen: str | Sequence[str] | None = None, k: float = 1.5, *,

@@ -58,6 +58,9 @@ class StageRecord:
     absent: frozenset = frozenset()
 
     HEADLINE: ClassVar[tuple[str, ...]] = ()  # the metrics the run summary shows first
+    # metrics declared after the published cpu record was made: that record may lack them (written back without
+    # them) until the cpu run is made again, and then this set is emptied
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset()
 
     def headline_values(self) -> dict[str, Any]:
         """The headline scores of this run, by name."""

@@ -45,15 +45,25 @@ class MasksRecord(StageRecord):
     floor_morphology_fd: float
     baseline_morphology_fd: float
     train_seconds_source: str | None = None
+    # the whole-nucleus area (border fragments left out) of every set against real held-out masks at equal n, beside
+    # the real train-vs-held-out floor (evaluation.nucleus_appearance.area_distribution), and the chosen set's
+    nucleus_area: dict | None = None
+    area_over_floor: float | None = None
+    area_median: float | None = None
+    heldout_area_median: float | None = None
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
-                                           "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd")
+                                           "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd",
+                                           "area_over_floor")
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset(
+        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median"})
 
 
 
 def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance_scale: float,
                   sweep, scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer,
-                  run_folder, chosen: str, unguided: str, ceiling: str, floor: str, baseline: str) -> dict[str, Any]:
+                  run_folder, chosen: str, unguided: str, ceiling: str, floor: str, baseline: str,
+                  areas) -> dict[str, Any]:
     """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``); ``sweep`` the validation guidance sweep and ``scores`` the held-out
@@ -61,8 +71,11 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
     ``floor`` and ``baseline`` name the model at the chosen guidance, at s = 0, the round trip, the condition-matched
     real floor and the ellipse baseline; ``per_type_accuracy`` the per-type conditioning table (index: set, type);
     ``matching`` how the floor's rows were matched; ``checks`` and ``goals`` the two tables the notebook showed;
-    ``trainer`` the mask generator's trainer (its ``step`` and ``train_seconds``). A set the score table lacks is a
-    KeyError naming it. In a released profile (cpu) the record names the release ``make results`` makes."""
+    ``trainer`` the mask generator's trainer (its ``step`` and ``train_seconds``); ``areas`` the whole-nucleus area
+    table (``evaluation.nucleus_appearance.area_distribution``: a ``chosen`` row, the floor row and the ``real
+    held-out`` row). A set either table lacks is a KeyError naming it. In a released profile (cpu) the record names
+    the release ``make results`` makes."""
+    from ..evaluation.nucleus_appearance import FLOOR_ROW
     from ..report import table_records
 
     section = config.masks
@@ -70,6 +83,9 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
     missing = {role: name for role, name in named.items() if name not in scores.index}
     if missing:
         raise KeyError(f"the held-out score table lacks the sets {missing}; its rows are {list(scores.index)}")
+    missing = [name for name in (chosen, FLOOR_ROW, "real held-out") if name not in areas.index]
+    if missing:
+        raise KeyError(f"the whole-nucleus area table lacks the rows {missing}; its rows are {list(areas.index)}")
     metrics = {
         "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
                                        f"the rest validation (y >= {validation_y:.0f})"),
@@ -96,8 +112,35 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
         "overall_recall": score(chosen, "recall"), "overall_precision": score(chosen, "precision"),
         "ceiling_recall": score(ceiling, "recall"), "unguided_recall": score(unguided, "recall"),
         "morphology_fd": score(chosen, "morphology_fd"), "floor_morphology_fd": score(floor, "morphology_fd"),
-        "baseline_morphology_fd": score(baseline, "morphology_fd")})
+        "baseline_morphology_fd": score(baseline, "morphology_fd"),
+        "nucleus_area": table_records(areas.astype(float)),
+        "area_over_floor": float(areas.loc[chosen, "over_floor"]), "area_median": float(areas.loc[chosen, "area_median"]),
+        "heldout_area_median": float(areas.loc["real held-out", "area_median"])})
     return metrics
+
+
+def area_section(record: MasksRecord) -> str:
+    """The card's whole-nucleus area table (empty for a record made before notebook 06 measured it)."""
+    if not record.nucleus_area:
+        return ""
+
+    def cell(row: dict, column: str, form: str) -> str:
+        return "" if row.get(column) is None else format(row[column], form)
+
+    rows = "\n".join(f"| {name} | {cell(row, 'n', '.0f')} | {cell(row, 'w_area', '.3f')} | {cell(row, 'over_floor', '.2f')} "
+                     f"| {cell(row, 'area_median', '.0f')} | {cell(row, 'whole', '.0f')} | {cell(row, 'fragments', '.0f')} |"
+                     for name, row in record.nucleus_area.items())
+    return f"""
+## Whole-nucleus area (held-out strip, equal n)
+
+Nuclei touching a tile's border are fragments and are left out. The distance is the 1-D Wasserstein distance of
+the areas from the real held-out nuclei's, over their robust scale, at one n; the real train region's nuclei give
+the floor. Too small and too large both score far.
+
+| set | n | area distance | over floor | median area (px) | whole nuclei | fragments |
+|---|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def masks_card(record: MasksRecord, name: str) -> str:
@@ -144,7 +187,7 @@ nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_sc
 | set | recall | precision | morphology FD | single-type instances | coverage |
 |---|---|---|---|---|---|
 {rows}
-
+{area_section(record)}
 {checks_and_goals(record, "tests/test_nuclei_masks.py")}
 
 {card_footer(record, "06_nuclei_masks", 'Shrivastava & Fletcher (2023), "NASDM: Nuclei-Aware Semantic Histopathology Image Generation Using '
