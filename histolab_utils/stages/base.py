@@ -56,11 +56,12 @@ class StageRecord:
     stamp: Stamp
     extra: dict = field(default_factory=dict)
     absent: frozenset = frozenset()
+    training_recipe: str | None = None  # a diffusion model's recipe (diffusion/recipes.py); None: not one, or older
 
     HEADLINE: ClassVar[tuple[str, ...]] = ()  # the metrics the run summary shows first
     # metrics declared after the published cpu record was made: that record may lack them (written back without
     # them) until the cpu run is made again, and then this set is emptied
-    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset()
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset({"training_recipe"})  # subclasses add to it
 
     def headline_values(self) -> dict[str, Any]:
         """The headline scores of this run, by name."""
@@ -260,6 +261,9 @@ class Stage:
         if self.build_metrics is None:
             raise NotImplementedError(f"stage {self.name!r} builds no metrics record")
         metrics = self.build_metrics(ctx.config, ctx.device, **computed)
+        section = self.profile_section(ctx.config)
+        if getattr(section, "recipe", None):  # a diffusion model: the recipe it trained with, for its card
+            metrics = {**metrics, "training_recipe": section.recipe}
         path = ctx.save_metrics(metrics, headline=[*self.record_type.HEADLINE, *self.headline_extras])
         print("wrote", path)
         return self.record_type.from_json(path)

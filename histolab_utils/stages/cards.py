@@ -65,7 +65,7 @@ def limits_section(record: Any, limits: Sequence[str], unchanged_since: int = 3,
     if made_on < unchanged_since:
         lines.append(f"  Today's split is {SPLIT_VERSION}, whose held-out region overlaps this model's training pixels: "
                      f"it cannot be scored on split {SPLIT_VERSION}, and notebooks refuse it until it is trained again "
-                     f"(`make results PROFILE={record.profile} ONLY={record.stamp.notebook[:2]}`).")
+                     f"(`make results PROFILE={record.profile} ONLY={record.stamp.notebook}`).")
     failed = [g for g in (getattr(record, "goals", None) or []) if g.get("met") is False] if failed_goals else []
     lines += [f"- Failed goal: {g['goal']} (target {g['target']}, measured {g['measured']:.2f})." for g in failed]
     lines += [f"- {limit}" for limit in limits]
@@ -117,11 +117,21 @@ def hardware_in_words(record: Any) -> str:
     return f"{hardware['gpu']} with {cpu}" if hardware.get("gpu") else f"{cpu}, no GPU"
 
 
+def training_recipe(record: Any) -> str:
+    """The card's line on how the model trained: the recipe its record names (``Stage.save_metrics`` stamps it), or,
+    for records made before recipes had names, the baseline, the only recipe there was."""
+    name = getattr(record, "training_recipe", None)
+    return (f"Training recipe: `{name}` (`histolab_utils/diffusion/recipes.py`)." if name else
+            "Training recipe: `baseline` (`histolab_utils/diffusion/recipes.py`), the only one before the recipe "
+            "study; the record predates recipe names.")
+
+
 def card_footer(record: Any, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",),
                 limits: Sequence[str] = (), unchanged_since: int = 3, failed_goals: bool = True) -> str:
     """The end of a card: where the full tables are, the commit, its limits (:func:`limits_section`) and the
     licences (``sources``: the data wheels the model trained on; None: the default set's)."""
-    return f"""Full tables and the executed notebook: `results/{record.profile}/{notebook}.json` and `.ipynb`.
+    return f"""{training_recipe(record)}
+Full tables and the executed notebook: `results/{record.profile}/{notebook}.json` and `.ipynb`.
 Commit: `{record.stamp.git_commit}`{" (with uncommitted changes: see Limits)" if (record.stamp.git_commit or "").endswith("-dirty") else ""}.
 
 {limits_section(record, limits, unchanged_since, failed_goals)}

@@ -12,7 +12,7 @@ from typing import Any
 from ..paths import runs_dir
 from .base import Stage, StageRecord, config_from_section, register
 from .cards import (default_set_seen, hardware_in_words, licence_section, limits_section, not_for_diagnosis,
-                    split_section, training_time)
+                    split_section, training_recipe, training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +111,7 @@ The scheduler carries the model's own betas (`trained_betas`) and prediction typ
 
 {split_section(record.n_train_crops, downsample, size, record.stamp.split_version)}
 - Model: diffusers `UNet2DModel`, 1,000 training timesteps, {schedule} schedule, {prediction}.
+- {training_recipe(record)}
 - Steps: {record.train_steps} optimiser steps of {record.batch_size} crops (AdamW, warm-up then cosine
   learning rate, EMA of the weights, which are what is released).
 - Configuration: `histolab_train_config.json` beside the weights, and the `{record.profile}` profile

@@ -55,7 +55,7 @@ class MasksRecord(StageRecord):
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
                                            "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd",
                                            "area_over_floor")
-    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset(
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
         {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median"})
 
 
