@@ -123,7 +123,9 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     record = s.read_record("cpu")
     assert record.to_json() == json.loads(path.read_text())
     assert record.profile == "cpu" and record.stamp.notebook == s.notebook
-    assert not record.absent, f"{path} lacks {sorted(record.absent)}"
+    # older records may lack what a record type names anew or added later, and say so (VQGANRecord)
+    explained = record.explained_absences() if hasattr(record, "explained_absences") else frozenset()
+    assert not record.absent - explained, f"{path} lacks {sorted(record.absent - explained)}"
 
 
 def test_records_scored_elsewhere_load_typed_too():

@@ -171,7 +171,8 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     assert score.main(["vqgans", str(out / "heldout_reconstructions.npz"), "--out", str(result_path)]) == 0
     result = json.loads(result_path.read_text())
     assert set(result["runs"]["vqgan-4ch"]) >= {"psnr", "ssim", "rfid", "perplexity", "n", "config"}
-    assert result["floor"]["n"] == 6 and len(result["baselines"]) == 2
+    assert result["real_vs_real"]["n"] == 6 and len(result["baselines"]) == 2
+    assert result["jpeg_reference"]["quality"] == 75 and result["jpeg_reference"]["n"] == 6
     tampered = dict(np.load(out / "heldout_reconstructions.npz"))
     tampered["seed"] = np.array(5)
     np.savez(tmp_path / "vqgan-4ch" / "tampered.npz", **tampered)
