@@ -123,8 +123,7 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     record = s.read_record("cpu")
     assert record.to_json() == json.loads(path.read_text())
     assert record.profile == "cpu" and record.stamp.notebook == s.notebook
-    # older records may lack what a record type names anew or added later, and say so (VQGANRecord)
-    explained = record.explained_absences() if hasattr(record, "explained_absences") else frozenset()
+    explained = record.explained_absences()  # renamed or added since the record was made, as its type declares
     assert not record.absent - explained, f"{path} lacks {sorted(record.absent - explained)}"
 
 

@@ -58,6 +58,16 @@ class StageRecord:
     absent: frozenset = frozenset()
 
     HEADLINE: ClassVar[tuple[str, ...]] = ()  # the metrics the run summary shows first
+    # metrics renamed since records were published (new -> old name) and metrics added since: an older record lacks
+    # them, holds the old names in ``extra``, and is read and written back as it is (see VQGANRecord)
+    OLD_NAMES: ClassVar[dict[str, str]] = {}
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
+
+    def explained_absences(self) -> frozenset[str]:
+        """The metrics this record lacks because it was made before they were renamed (:attr:`OLD_NAMES`, the old
+        name present) or added (:attr:`ADDED_LATER`)."""
+        renamed = {new for new, old in self.OLD_NAMES.items() if old in self.extra}
+        return frozenset(self.absent & (renamed | self.ADDED_LATER))
 
     def headline_values(self) -> dict[str, Any]:
         """The headline scores of this run, by name."""

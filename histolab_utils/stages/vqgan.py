@@ -24,7 +24,7 @@ class VQGANRecord(StageRecord):
     The FID of real train against real held-out crops (``fid_real_train_vs_heldout``, in ``real_vs_real``) measures
     the shift between two regions of real tissue; it is no floor of rFID, which is 0 for a perfect reconstruction.
     ``jpeg_reference`` scores the same crops recompressed as JPEG: a reconstruction a student can judge. Records made
-    before these names hold the FID as ``rfid_floor_train_vs_heldout`` and the dict as ``floor`` (:data:`OLD_NAMES`),
+    before these names hold the FID as ``rfid_floor_train_vs_heldout`` and the dict as ``floor`` (``OLD_NAMES``),
     and have no JPEG reference; they are read as they are and written back unchanged."""
 
     psnr: float
@@ -53,12 +53,6 @@ class VQGANRecord(StageRecord):
     OLD_NAMES: ClassVar[dict[str, str]] = {"fid_real_train_vs_heldout": "rfid_floor_train_vs_heldout",
                                            "real_vs_real": "floor"}
     ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"jpeg_reference"})  # records made before it lack it
-
-    def explained_absences(self) -> frozenset[str]:
-        """The metrics this record lacks because it was made before they were named so (:data:`OLD_NAMES`) or
-        added (:data:`ADDED_LATER`)."""
-        renamed = {new for new, old in self.OLD_NAMES.items() if old in self.extra}
-        return frozenset(self.absent & (renamed | self.ADDED_LATER))
 
     @classmethod
     def from_json(cls, source: "dict | str | Path") -> "VQGANRecord":
