@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from histolab_utils.diffusion.prediction import PREDICTION_TYPES
-from histolab_utils.diffusion.sampling import sample, sample_grid, sample_solvers, sample_timed
+from histolab_utils.diffusion.sampling import sample, sample_grid, same_noise_distance, sample_solvers, sample_timed
 from histolab_utils.diffusion.schedules import SAMPLERS, SCHEDULES, make_betas, make_scheduler, schedule_table
 
 
@@ -117,6 +117,13 @@ def test_sample_solvers_times_every_solver_at_every_step_count_and_refuses_bad_n
         sample_solvers(oracle(x0, scheduler), "cosine", ("euler",), (10,), n=1, image_size=4)
     with pytest.raises(ValueError, match=r"steps must be positive ints, got \(0,\)"):
         sample_solvers(oracle(x0, scheduler), "cosine", ("dpm",), (0,), n=1, image_size=4)
+
+
+def test_same_noise_distance_by_hand():
+    reference = np.stack([np.full((2, 2, 3), 0, np.uint8), np.full((2, 2, 3), 100, np.uint8)])
+    assert same_noise_distance(reference + 3, reference) == {"same_noise": 3.0, "other_noise": 100.0}
+    with pytest.raises(ValueError, match="two sets of one shape with n >= 2"):
+        same_noise_distance(reference[:1], reference[:1])
 
 
 def test_sample_grid():

@@ -146,6 +146,18 @@ def sample_solvers(denoiser: Denoiser, schedule: str, solvers: tuple[str, ...], 
             for name in solvers for k in steps}
 
 
+def same_noise_distance(images: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean absolute difference (grey levels of 255) of each image to the ``reference`` image drawn from the same
+    initial noise (row by row), and to the reference of the next row (another noise). Two deterministic samplers
+    that solve the same ODE land close from the same noise: ``same_noise`` far below ``other_noise``."""
+    images, reference = np.asarray(images, np.float64), np.asarray(reference, np.float64)
+    if images.shape != reference.shape or len(images) < 2:
+        raise ValueError(f"images and reference must be two sets of one shape with n >= 2, got {images.shape} and "
+                         f"{reference.shape}")
+    return {"same_noise": float(np.abs(images - reference).mean()),
+            "other_noise": float(np.abs(images - np.roll(reference, 1, axis=0)).mean())}
+
+
 def sample_grid(images: np.ndarray, ncols: int = 8) -> np.ndarray:
     """Tile uint8 NHWC images into one uint8 image (rows of ``ncols``), padding with white."""
     n, h, w, c = images.shape
