@@ -100,6 +100,9 @@ class DDPMConfig(DiffusionTraining):
     models: tuple[tuple[str, str], ...]
     zero_terminal_snr: bool = False
     ancestral_steps: int = 0  # > 0: the best model is also sampled with ancestral DDPM at this many steps
+    # the best model is also sampled with each of these fast solvers at each of these step counts (cost and quality)
+    fast_solvers: tuple[str, ...] = ("dpm", "unipc")
+    fast_solver_steps: tuple[int, ...] = (10, 20)
     downsample: int = 1  # DOWNSAMPLE: 2 = 32 px crops of 64 px fields, box-averaged
     diagnostic_timesteps: tuple[int, ...] = (0, 100, 250, 500, 650, 800, 900, 950, 990, 999)
 

@@ -198,17 +198,16 @@ def cluster_gallery(tiles: np.ndarray, cluster_ids: np.ndarray, names: Sequence[
                     seed: int = 0):
     """One row per cluster (``names[c]`` for id ``c``): up to ``per_cluster`` of its uint8 NHWC ``tiles``, drawn at
     random without replacement (one seeded generator, clusters in order), titled with the name and the cluster's
-    size. Returns the figure."""
+    size (:func:`~histolab_utils.latent.clustering.draw_per_cluster`). Returns the figure."""
     import matplotlib.pyplot as plt
 
     from .diffusion.sampling import sample_grid
+    from .latent.clustering import draw_per_cluster
 
-    rng = np.random.default_rng(seed)
+    drawn = draw_per_cluster(cluster_ids, range(len(names)), per_cluster, seed)
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 0.95 * len(names)), squeeze=False)
     for ax, (c, name) in zip(axes[:, 0], enumerate(names)):
-        members = np.flatnonzero(np.asarray(cluster_ids) == c)
-        pick = rng.choice(members, size=min(per_cluster, len(members)), replace=False)
-        ax.imshow(sample_grid(tiles[pick], ncols=per_cluster)); ax.axis("off")
-        ax.set_title(f"{name}: {len(members)} tiles", fontsize=8, loc="left")
+        ax.imshow(sample_grid(tiles[drawn[c]], ncols=per_cluster)); ax.axis("off")
+        ax.set_title(f"{name}: {int((np.asarray(cluster_ids) == c).sum())} tiles", fontsize=8, loc="left")
     plt.tight_layout()
     return fig

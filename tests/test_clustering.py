@@ -138,6 +138,39 @@ def test_choose_k_takes_the_majority_of_the_indices_and_the_smaller_k_on_ties():
         choose_k(best, "ward")
 
 
+def test_the_vote_is_told_as_it_went_with_its_tie_break():
+    from histolab_utils.latent.clustering import describe_vote, k_votes
+
+    best = pd.DataFrame({"method": ["kmeans"] * 7 + ["gmm"] * 2,
+                         "index": ["silhouette", "dunn", "c_index", "mcclain_rao", "hartigan", "davies_bouldin",
+                                   "calinski_harabasz", "a", "b"],
+                         "best_k": [2, 2, 3, 3, 9, 5, 10, 4, 4]})
+    votes = k_votes(best, "kmeans")
+    assert votes.to_dict("records") == [{"k": 2, "votes": 2, "indices": "dunn, silhouette"},
+                                        {"k": 3, "votes": 2, "indices": "c_index, mcclain_rao"},
+                                        {"k": 5, "votes": 1, "indices": "davies_bouldin"},
+                                        {"k": 10, "votes": 1, "indices": "calinski_harabasz"}]
+    told = describe_vote(best, "kmeans")
+    assert told.startswith("kmeans: 6 indices voted (hartigan does not vote: it grows with k): k = 2 by dunn, silhouette (2 votes); ")
+    assert told.endswith("The most votes (2) went to k = 2 and k = 3; the tie goes to the smaller k: k = 2.")
+    assert "k = 5 by davies_bouldin (1 vote);" in told
+    assert describe_vote(best, "gmm").endswith("k = 4 has the most votes (2).")
+
+
+def test_draw_per_cluster_is_a_seeded_random_draw_of_members_without_replacement():
+    from histolab_utils.latent.clustering import draw_per_cluster
+
+    labels = np.array(["a"] * 50 + ["b"] * 3)
+    drawn = draw_per_cluster(labels, ["b", "a"], per_cluster=16, seed=3)
+    assert list(drawn) == ["b", "a"] and sorted(drawn["b"]) == [50, 51, 52]
+    assert len(set(drawn["a"])) == 16 and (labels[drawn["a"]] == "a").all()
+    assert sorted(drawn["a"]) != list(range(16))  # not the first tiles in grid order
+    assert all((x == y).all() for x, y in zip(drawn.values(), draw_per_cluster(labels, ["b", "a"], 16, 3).values()))
+    assert any((x != y).any() for x, y in zip(drawn.values(), draw_per_cluster(labels, ["b", "a"], 16, 4).values()))
+    with pytest.raises(ValueError, match="per_cluster must be at least 1, got 0"):
+        draw_per_cluster(labels, ["a"], 0)
+
+
 def test_smoke_runs_never_write_the_full_profile_expert_file(isolated_dirs, monkeypatch):
     from histolab_utils.latent.clustering import expert_labels_path
 

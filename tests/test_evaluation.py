@@ -57,13 +57,16 @@ def test_ldm_goals_judge_controllability_against_its_ceiling_and_each_clusters_f
     assert not ldm_goals(scores, floor, accuracy=0.5, ceiling=0.9)["met"].iloc[0]
 
 
-def test_vqgan_goals_compare_rfid_with_the_floor_codebook_use_and_the_baselines():
-    scores = pd.DataFrame({"rfid": [50.0, 120.0, 80.0], "codebook_usage": [0.95, np.nan, np.nan]},
-                          index=["VQ-GAN, 4 channels", "mean colour per tile", "bicubic down/up x4"])
+def test_vqgan_goals_compare_psnr_rfid_with_the_region_shift_codebook_use_and_the_baselines():
+    scores = pd.DataFrame({"psnr": [25.0, 15.0, 22.0, 29.0], "rfid": [40.0, 120.0, 80.0, 20.0],
+                           "codebook_usage": [0.95, np.nan, np.nan, np.nan]},
+                          index=["VQ-GAN, 4 channels", "mean colour per tile", "bicubic down/up x4",
+                                 "JPEG quality 75, 4:2:0 (reference)"])
     goals = vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")
-    assert goals["met"].all() and goals["measured"].tolist() == pytest.approx([50 / 60, 0.95, 50.0])
-    scores.loc["VQ-GAN, 4 channels"] = [90.0, 0.5]
-    assert not vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")["met"].any()
+    assert goals["met"].all() and goals["measured"].tolist() == pytest.approx([25.0, 40 / 60, 0.95, 40.0])
+    assert goals["target"].iloc[3] == "< 80.0"  # the JPEG reference is not a baseline the VQ-GAN must beat
+    scores.loc["VQ-GAN, 4 channels"] = [23.0, 50.0, 0.5]  # 50 / 60 is over 0.75
+    assert not vqgan_goals(scores, {"fid_train_vs_heldout": 60.0}, "VQ-GAN, 4 channels")["met"].iloc[:3].any()
 
 
 def test_condition_matched_floor_rows_have_the_wanted_conditions():

@@ -156,18 +156,42 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
         assert needed in card, needed
 
 
+def test_an_older_vqgan_record_is_read_under_its_old_key_names_and_one_without_them_is_refused():
+    """Records made before the rename hold the train-vs-held-out FID as ``rfid_floor_train_vs_heldout`` (and the
+    dict as ``floor``): read, carded with that value, and written back unchanged; one with neither name is refused."""
+    s = stage("vqgan")
+    old = json.loads(s.record_path("cpu").read_text())
+    old["metrics"]["rfid_floor_train_vs_heldout"] = 61.5
+    old["metrics"]["floor"] = {"fid_train_vs_heldout": 61.5}
+    for new in ("fid_real_train_vs_heldout", "real_vs_real", "jpeg_reference"):
+        old["metrics"].pop(new, None)
+    record = s.record_type.from_json(old)
+    assert record.to_json() == old and record.renamed("fid_real_train_vs_heldout") == 61.5
+    assert "**61.5**" in s.card(record, "4ch", "vqgan-4ch-cpu")
+    del old["metrics"]["rfid_floor_train_vs_heldout"]
+    with pytest.raises(ValueError, match="metrics lack 'fid_real_train_vs_heldout' \\(called "
+                                         "'rfid_floor_train_vs_heldout' in older records\\), which a VQGANRecord needs"):
+        s.record_type.from_json(old)
+
+
 def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
     vq = {"profile": "cpu", "git_commit": "abc", "metrics": {
         "image_size": 32, "downsample": 2, "n_train_crops": 8192, "hardware": "CPU (2 cores)", "n_eval": 500,
-        "train_seconds": {"4": 1620.0}, "train_steps": 2000, "rfid_floor_train_vs_heldout": 60.0,
+        "train_seconds": {"4": 1620.0}, "train_steps": 2000, "fid_real_train_vs_heldout": 60.0,
+        "jpeg_reference": {"quality": 75, "chroma_subsampling": "4:2:0", "psnr": 29.4, "ssim": 0.91, "rfid": 12.0},
         "by_model": [{"model": "VQ-GAN, 4 channels", "psnr": 25.0, "ssim": 0.8, "rfid": 55.0, "codebook_usage": 0.93,
                       "perplexity": 200.0},
                      {"model": "mean colour per tile", "psnr": 15.0, "ssim": 0.1, "rfid": 300.0, "codebook_usage": None,
-                      "perplexity": None}]}}
+                      "perplexity": None},
+                     {"model": "JPEG quality 75, 4:2:0 (reference)", "psnr": 29.4, "ssim": 0.91, "rfid": 12.0,
+                      "codebook_usage": None, "perplexity": None}]}}
     card = stage("vqgan").card(typed("vqgan", vq), "4ch", "vqgan-4ch-cpu")
     for needed in ("not for diagnosis", "n = 500", "**60.0**", "| VQ-GAN, 4 channels | 25.00 | 0.800 | 55.0 | 0.93 |",
-                   "| mean colour per tile | 15.00 | 0.100 | 300.0 |  |  |", "27 min of training", "VQModel.from_pretrained", "Licence"):
+                   "| mean colour per tile | 15.00 | 0.100 | 300.0 |  |  |", "27 min of training", "VQModel.from_pretrained",
+                   "Licence", "| JPEG quality 75, 4:2:0 (reference) | 29.40 | 0.910 | 12.0 |", "not a floor",
+                   "saved as JPEG and decoded"):
         assert needed in card, needed
+    assert "Floor" not in card
     ldm = {"profile": "cpu", "git_commit": "abc", "metrics": {
         "classes": ["stroma", "tumour"], "hardware": "CPU (2 cores)", "train_seconds": 1800.0, "guidance_scale": 2.0,
         "sampler": "dpm", "sampler_steps": 20, "per_cluster": {"stroma": {"n": 40, "fid": 90.0}},

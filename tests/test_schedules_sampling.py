@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from histolab_utils.diffusion.prediction import PREDICTION_TYPES
-from histolab_utils.diffusion.sampling import sample, sample_grid, sample_timed
+from histolab_utils.diffusion.sampling import sample, sample_grid, same_noise_distance, sample_solvers, sample_timed
 from histolab_utils.diffusion.schedules import SAMPLERS, SCHEDULES, make_betas, make_scheduler, schedule_table
 
 
@@ -56,7 +56,8 @@ def recovers_the_answer(scheduler, steps: int) -> bool:
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20)])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20), ("dpm", 10), ("unipc", 20),
+                                           ("unipc", 10)])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_every_sampler_recovers_the_answer_of_an_exact_denoiser(schedule, sampler, steps, prediction_type):
     scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type)
@@ -64,7 +65,7 @@ def test_every_sampler_recovers_the_answer_of_an_exact_denoiser(schedule, sample
 
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20)])
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50), ("dpm", 20), ("unipc", 10)])
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_zero_terminal_snr_schedules_sample_the_answer_too(schedule, sampler, steps, prediction_type):
     scheduler = make_scheduler(sampler, schedule, prediction_type=prediction_type, zero_terminal_snr=True)
@@ -101,6 +102,28 @@ def test_sample_timed_counts_function_evaluations():
     assert info["nfe"] == 10 and info["seconds_per_image"] > 0 and images.shape == (3, 4, 4, 3)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_scheduler("euler", "linear")
+
+
+def test_sample_solvers_times_every_solver_at_every_step_count_and_refuses_bad_names():
+    x0 = torch.full((1, 3, 4, 4), 0.5)
+    scheduler = make_scheduler("unipc", "cosine", prediction_type="v_prediction")
+    runs = sample_solvers(oracle(x0, scheduler), "cosine", ("dpm", "unipc"), (10, 20), n=2, image_size=4,
+                          prediction_type="v_prediction")
+    assert list(runs) == [("dpm", 10), ("dpm", 20), ("unipc", 10), ("unipc", 20)]
+    for (name, steps), (images, info) in runs.items():
+        assert info["nfe"] == steps and info["seconds_per_image"] > 0, name
+        assert images.shape == (2, 4, 4, 3) and np.abs(images.astype(int) - 191).max() <= 2, name  # 0.5 -> 191
+    with pytest.raises(ValueError, match="unknown sampler 'euler' in solvers"):
+        sample_solvers(oracle(x0, scheduler), "cosine", ("euler",), (10,), n=1, image_size=4)
+    with pytest.raises(ValueError, match=r"steps must be positive ints, got \(0,\)"):
+        sample_solvers(oracle(x0, scheduler), "cosine", ("dpm",), (0,), n=1, image_size=4)
+
+
+def test_same_noise_distance_by_hand():
+    reference = np.stack([np.full((2, 2, 3), 0, np.uint8), np.full((2, 2, 3), 100, np.uint8)])
+    assert same_noise_distance(reference + 3, reference) == {"same_noise": 3.0, "other_noise": 100.0}
+    with pytest.raises(ValueError, match="two sets of one shape with n >= 2"):
+        same_noise_distance(reference[:1], reference[:1])
 
 
 def test_sample_grid():

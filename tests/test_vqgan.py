@@ -171,7 +171,8 @@ def test_cli_trains_saves_and_the_scorer_reads_its_eval_file(tmp_path, real_data
     assert score.main(["vqgans", str(out / "heldout_reconstructions.npz"), "--out", str(result_path)]) == 0
     result = json.loads(result_path.read_text())
     assert set(result["runs"]["vqgan-4ch"]) >= {"psnr", "ssim", "rfid", "perplexity", "n", "config"}
-    assert result["floor"]["n"] == 6 and len(result["baselines"]) == 2
+    assert result["real_vs_real"]["n"] == 6 and len(result["baselines"]) == 2
+    assert result["jpeg_reference"]["quality"] == 75 and result["jpeg_reference"]["n"] == 6
     tampered = dict(np.load(out / "heldout_reconstructions.npz"))
     tampered["seed"] = np.array(5)
     np.savez(tmp_path / "vqgan-4ch" / "tampered.npz", **tampered)
@@ -260,3 +261,33 @@ def test_two_processes_restart_the_same_codes_with_the_same_vectors(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     assert ranks[0]["restarted"] == ranks[1]["restarted"] and sum(ranks[0]["restarted"]) > 0
     assert torch.equal(ranks[0]["codebook"], ranks[1]["codebook"])
+
+
+def test_jpeg_reference_is_near_perfect_at_quality_100_and_far_worse_at_10(real_data):
+    """The JPEG reference of notebook 02, scored as reconstructions are: quality 100 without chroma subsampling is
+    almost the crop itself (PSNR above 45 dB, an rFID of a few units at n = 24, where FID's bias is large), quality 10 is
+    far worse on every score."""
+    from histolab_utils.data import heldout_eval_crops
+    from histolab_utils.models.vqgan import jpeg_recompress, jpeg_reference
+
+    crops = heldout_eval_crops(32, 24, seed=0, downsample=2)
+    best, worst = jpeg_reference(crops, 100, "4:4:4"), jpeg_reference(crops, 10)
+    assert best["psnr"] > 45 and best["ssim"] > 0.99 and best["rfid"] < 5.0
+    assert worst["psnr"] < best["psnr"] - 15 and worst["ssim"] < 0.9 and worst["rfid"] > 20 * max(best["rfid"], 1.0)
+    assert best["quality"] == 100 and worst["chroma_subsampling"] == "4:2:0" and best["n"] == 24
+    assert jpeg_recompress(crops[:2], 75).shape == (2, 32, 32, 3)
+
+
+@pytest.mark.parametrize("quality", [0, 101, 75.0, "75", True])
+def test_a_bad_jpeg_quality_is_named(quality):
+    from histolab_utils.models.vqgan import jpeg_recompress
+
+    with pytest.raises(ValueError, match=r"quality must be an int from 1 to 100 \(JPEG quality\), got"):
+        jpeg_recompress(np.zeros((1, 8, 8, 3), np.uint8), quality)
+
+
+def test_a_bad_chroma_subsampling_is_named():
+    from histolab_utils.models.vqgan import jpeg_recompress
+
+    with pytest.raises(ValueError, match=r"chroma_subsampling must be one of \['4:2:0', '4:2:2', '4:4:4'\], got '4:1:1'"):
+        jpeg_recompress(np.zeros((1, 8, 8, 3), np.uint8), 75, "4:1:1")

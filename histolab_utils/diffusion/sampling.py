@@ -1,4 +1,4 @@
-"""Sampling from a trained diffusion model with DDPM, DDIM or DPM-Solver++, to uint8 images."""
+"""Sampling from a trained diffusion model with DDPM, DDIM, DPM-Solver++ or UniPC, to uint8 images."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ from .schedules import make_scheduler
 def unet_denoiser(unet) -> Denoiser:
     """Wrap a diffusers ``UNet2DModel`` as ``denoiser(x, t) -> prediction``."""
     return lambda x, t: unet(x, t).sample
+
+
+def scheduler_step(scheduler, prediction: torch.Tensor, t, x: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One step of ``scheduler`` from ``x`` at ``t``; the generator goes to the samplers that draw noise (DDPM, DDIM,
+    DPM-Solver++ take one; UniPC, deterministic, has no such argument)."""
+    import inspect
+
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return scheduler.step(prediction, t, x, generator=generator).prev_sample
+    return scheduler.step(prediction, t, x).prev_sample
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -39,7 +50,7 @@ def sample_model_space(denoiser: Denoiser, scheduler, n: int, image_size: int, s
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(x, t)
             prediction = denoiser(model_input, t.to(device))
-            x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
+            x = scheduler_step(scheduler, prediction.to(x.dtype), t, x, generator)
         out.append(x.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, channels, image_size, image_size))
 
@@ -93,7 +104,7 @@ def guided_denoise(unet, scheduler, x: torch.Tensor, condition: torch.Tensor, nu
         prediction = guided_prediction(unet, model_input, t, condition, null, guidance_scale)
         if prediction.shape[1] == 2 * x.shape[1] and not learned:
             prediction = prediction[:, : x.shape[1]]
-        x = scheduler.step(prediction.to(x.dtype), t, x, generator=generator).prev_sample
+        x = scheduler_step(scheduler, prediction.to(x.dtype), t, x, generator)
     return x
 
 
@@ -115,6 +126,36 @@ def sample_timed(denoiser: Denoiser, sampler: str, schedule: str, n: int, image_
     seconds = time.perf_counter() - started
     batches = max(1, -(-n // kwargs.get("batch_size", 64)))
     return images, {"nfe": calls // batches, "seconds_per_image": seconds / max(n, 1)}
+
+
+def sample_solvers(denoiser: Denoiser, schedule: str, solvers: tuple[str, ...], steps: tuple[int, ...], n: int,
+                   image_size: int, prediction_type: str = DEFAULT_PREDICTION_TYPE, **kwargs
+                   ) -> dict[tuple[str, int], tuple[np.ndarray, dict]]:
+    """One model sampled with every solver of ``solvers`` (names of ``make_scheduler``, e.g. ``"dpm"``, ``"unipc"``)
+    at every step count of ``steps``, from the same seed: {(solver, steps): (images, {"nfe", "seconds_per_image"})}
+    (:func:`sample_timed`; the seconds are this machine's, measured now). Unknown names and step counts below 1
+    are refused before any sampling."""
+    from .schedules import SAMPLERS
+
+    unknown = [name for name in solvers if name not in SAMPLERS]
+    if unknown:
+        raise ValueError(f"unknown sampler {unknown[0]!r} in solvers; use names of {SAMPLERS}")
+    if not steps or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in steps):
+        raise ValueError(f"steps must be positive ints, got {steps!r}")
+    return {(name, int(k)): sample_timed(denoiser, name, schedule, n, image_size, int(k), prediction_type, **kwargs)
+            for name in solvers for k in steps}
+
+
+def same_noise_distance(images: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean absolute difference (grey levels of 255) of each image to the ``reference`` image drawn from the same
+    initial noise (row by row), and to the reference of the next row (another noise). Two deterministic samplers
+    that solve the same ODE land close from the same noise: ``same_noise`` far below ``other_noise``."""
+    images, reference = np.asarray(images, np.float64), np.asarray(reference, np.float64)
+    if images.shape != reference.shape or len(images) < 2:
+        raise ValueError(f"images and reference must be two sets of one shape with n >= 2, got {images.shape} and "
+                         f"{reference.shape}")
+    return {"same_noise": float(np.abs(images - reference).mean()),
+            "other_noise": float(np.abs(images - np.roll(reference, 1, axis=0)).mean())}
 
 
 def sample_grid(images: np.ndarray, ncols: int = 8) -> np.ndarray:

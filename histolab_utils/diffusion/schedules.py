@@ -35,7 +35,7 @@ import pandas as pd
 from .prediction import DEFAULT_PREDICTION_TYPE, check_prediction_type
 
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "sigmoid")
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm")
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm", "unipc")
 MAX_BETA = 0.999
 
 
@@ -100,7 +100,7 @@ def make_scheduler(
     zero_terminal_snr: bool = False,
     clip_sample: bool = True,
 ):
-    """A diffusers scheduler (DDPM, DDIM or DPM-Solver++) over the betas of ``schedule``, for a
+    """A diffusers scheduler (DDPM, DDIM, DPM-Solver++ or UniPC) over the betas of ``schedule``, for a
     network that predicts ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``).
 
     * DDPM: ancestral sampling, x0 estimates clipped to [-1, 1] (``clip_sample``).
@@ -112,6 +112,8 @@ def make_scheduler(
     * DPM-Solver++ (2nd order, multistep) with ``lambda_min_clipped`` = -5.1: with cosine-like
       schedules alpha_bar at the last step is ~0, the log-SNR runs to minus infinity, and the
       solver's first x0 estimate blows up unless the log-SNR is clipped.
+    * UniPC (Zhao et al. 2023; ``unipc``): a 2nd-order multistep predictor with a corrector (bh2,
+      x0-prediction form), diffusers' defaults otherwise (linspace spacing); deterministic.
 
     ``clip_sample`` clips DDPM's and DDIM's x0 estimates to [-1, 1]: right for images, wrong for
     latents, which have unit variance rather than bounds (a latent diffusion model passes False).
@@ -120,7 +122,7 @@ def make_scheduler(
     ``rescale_betas_zero_snr``, so a config saved with the model reproduces it; DPM-Solver++ then
     sets ᾱ_T to 2^-24 rather than 0 to keep its log-SNR finite), and DDIM uses trailing spacing.
     """
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     check_prediction_type(prediction_type)
     if zero_terminal_snr and prediction_type == "epsilon":
@@ -137,4 +139,6 @@ def make_scheduler(
     if sampler == "dpm":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            lambda_min_clipped=dpm_lambda_min_clipped)
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(**common, solver_order=2, solver_type="bh2", predict_x0=True)
     raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")

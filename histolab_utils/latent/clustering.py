@@ -145,15 +145,55 @@ def best_k(table: pd.DataFrame) -> pd.DataFrame:
 NON_VOTING = ("hartigan",)  # log(B/W) grows with k by construction: its "best" is always the largest k
 
 
+def k_votes(best: pd.DataFrame, method: str) -> pd.DataFrame:
+    """How ``method``'s indices voted in :func:`best_k`'s table: one row per k that got a vote (ascending k), with
+    the number of votes and the indices that cast them. Indices that move monotonically with k (``NON_VOTING``) do
+    not vote."""
+    voting = best[(best["method"] == method) & ~best["index"].isin(NON_VOTING)]
+    if voting.empty:
+        raise ValueError(f"no indices for method {method!r}; methods are {sorted(best['method'].unique())}")
+    return (voting.groupby("best_k")["index"].agg(votes="size", indices=lambda names: ", ".join(sorted(names)))
+            .rename_axis("k").reset_index())
+
+
 def choose_k(best: pd.DataFrame, method: str) -> int:
     """A vote: the k that most of ``method``'s indices prefer in :func:`best_k`'s table (ties go to
     the smaller k, the simpler model). One index alone is easy to fool; several rarely agree by chance.
     Indices that move monotonically with k (``NON_VOTING``) do not vote."""
-    votes = best.loc[(best["method"] == method) & ~best["index"].isin(NON_VOTING), "best_k"]
-    if votes.empty:
-        raise ValueError(f"no indices for method {method!r}; methods are {sorted(best['method'].unique())}")
-    counts = votes.value_counts()
-    return int(min(counts[counts == counts.max()].index))
+    votes = k_votes(best, method)
+    return int(votes.loc[votes["votes"] == votes["votes"].max(), "k"].min())
+
+
+def describe_vote(best: pd.DataFrame, method: str) -> str:
+    """The vote of :func:`k_votes` in words, with how a tie was broken: e.g. "kmeans: 6 indices voted (hartigan does
+    not vote: it grows with k): k = 2 by dunn, silhouette (2 votes); k = 3 by ... The most votes (2) went to k = 2 and
+    k = 3; the tie goes to the smaller k: k = 2."."""
+    votes = k_votes(best, method)
+    top = votes[votes["votes"] == votes["votes"].max()]
+    each = "; ".join(f"k = {row.k} by {row.indices} ({row.votes} vote{'s' if row.votes > 1 else ''})"
+                     for row in votes.itertuples())
+    chosen = choose_k(best, method)
+    if len(top) == 1:
+        outcome = f"k = {chosen} has the most votes ({top['votes'].iloc[0]})"
+    else:
+        tied = " and ".join(f"k = {k}" for k in top["k"])
+        outcome = f"The most votes ({top['votes'].iloc[0]}) went to {tied}; the tie goes to the smaller k: k = {chosen}"
+    return (f"{method}: {int(votes['votes'].sum())} indices voted ({', '.join(NON_VOTING)} does not vote: it grows with k): {each}. "
+            f"{outcome}.")
+
+
+def draw_per_cluster(labels: Sequence, clusters: Sequence, per_cluster: int, seed: int = 0) -> dict:
+    """For each cluster of ``clusters`` (in that order), up to ``per_cluster`` indices of the tiles whose ``labels``
+    entry is that cluster, drawn at random without replacement from one seeded generator: a fair look at a cluster,
+    where its first tiles in grid order would show one corner of one image."""
+    if per_cluster < 1:
+        raise ValueError(f"per_cluster must be at least 1, got {per_cluster}")
+    labels, rng = np.asarray(labels), np.random.default_rng(seed)
+    drawn = {}
+    for cluster in clusters:
+        members = np.flatnonzero(labels == cluster)
+        drawn[cluster] = rng.choice(members, size=min(per_cluster, len(members)), replace=False)
+    return drawn
 
 
 def expert_labels_path(profile: str) -> Path:

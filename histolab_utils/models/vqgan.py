@@ -365,6 +365,47 @@ def bicubic_baseline(tiles: np.ndarray, factor: int) -> np.ndarray:
     return back.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
+JPEG_REFERENCE_QUALITY = 75  # Pillow's default quality, the usual web setting
+CHROMA_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}  # Pillow's codes
+
+
+def jpeg_reference_name(quality: int, chroma_subsampling: str = "4:2:0") -> str:
+    """The score table's row name of a JPEG recompression reference."""
+    return f"JPEG quality {quality}, {chroma_subsampling} (reference)"
+
+
+def jpeg_recompress(tiles: np.ndarray, quality: int = JPEG_REFERENCE_QUALITY,
+                    chroma_subsampling: str = "4:2:0") -> np.ndarray:
+    """Each uint8 NHWC tile saved as a baseline JPEG (Pillow, ``quality`` 1-100, the given chroma subsampling;
+    75 and 4:2:0 are Pillow's defaults) and decoded again: a lossy reconstruction everyone has judged by eye, the
+    reference of a VQ-GAN's PSNR, SSIM and rFID."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an int from 1 to 100 (JPEG quality), got {quality!r}")
+    if chroma_subsampling not in CHROMA_SUBSAMPLING:
+        raise ValueError(f"chroma_subsampling must be one of {sorted(CHROMA_SUBSAMPLING)}, got {chroma_subsampling!r}")
+    check_tiles(tiles)
+    decoded = np.empty_like(tiles)
+    for i, tile in enumerate(tiles):
+        buffer = io.BytesIO()
+        Image.fromarray(tile).save(buffer, format="JPEG", quality=int(quality),
+                                   subsampling=CHROMA_SUBSAMPLING[chroma_subsampling])
+        decoded[i] = np.asarray(Image.open(buffer).convert("RGB"))
+    return decoded
+
+
+def jpeg_reference(originals: np.ndarray, quality: int = JPEG_REFERENCE_QUALITY, chroma_subsampling: str = "4:2:0",
+                   original_features: np.ndarray | None = None) -> dict:
+    """PSNR, SSIM and rFID of ``originals`` recompressed as JPEG (:func:`jpeg_recompress`), scored exactly as a
+    VQ-GAN's reconstructions are (:func:`score_reconstructions`), with the quality and chroma subsampling."""
+    recompressed = jpeg_recompress(originals, quality, chroma_subsampling)
+    return {"quality": int(quality), "chroma_subsampling": chroma_subsampling,
+            **score_reconstructions(originals, recompressed, original_features=original_features)}
+
+
 def score_reconstructions(originals: np.ndarray, reconstructions: np.ndarray, codes: np.ndarray | None = None,
                           codebook_size: int | None = None, original_features: np.ndarray | None = None) -> dict:
     """PSNR, SSIM and rFID (Inception features, equal n) of a reconstruction set; with ``codes``,

@@ -59,9 +59,17 @@ class StageRecord:
     training_recipe: str | None = None  # a diffusion model's recipe (diffusion/recipes.py); None: not one, or older
 
     HEADLINE: ClassVar[tuple[str, ...]] = ()  # the metrics the run summary shows first
-    # metrics declared after the published cpu record was made: that record may lack them (written back without
-    # them) until the cpu run is made again, and then this set is emptied
+    # metrics declared after the published cpu record was made (that record lacks them, and is written back without
+    # them until the cpu run is made again, when the set is emptied), and metrics renamed since (new -> old name: an
+    # older record holds the old name in ``extra``, see VQGANRecord)
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = frozenset({"training_recipe"})  # subclasses add to it
+    OLD_NAMES: ClassVar[dict[str, str]] = {}
+
+    def explained_absences(self) -> frozenset[str]:
+        """The metrics this record lacks because it was made before they were renamed (:attr:`OLD_NAMES`, the old
+        name present) or added (:attr:`ADDED_SINCE_PUBLISHED`)."""
+        renamed = {new for new, old in self.OLD_NAMES.items() if old in self.extra}
+        return frozenset(self.absent & (renamed | self.ADDED_SINCE_PUBLISHED))
 
     def headline_values(self) -> dict[str, Any]:
         """The headline scores of this run, by name."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..paths import runs_dir
 from .base import Stage, StageRecord, config_from_section, register
@@ -45,6 +45,9 @@ class DDPMRecord(StageRecord):
     best_schedule: str
     best_prediction: str
     floor_fid_train_vs_heldout: float
+    fast_solvers: list | None = None  # the best model with each fast solver at each step count, cost measured
+
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset({"fast_solvers"})
 
 
 def model_label(schedule: str, prediction: str) -> str:
