@@ -135,17 +135,20 @@ def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, fid_ratio: floa
 
     ``scores`` and ``floor`` are :func:`~histolab_utils.models.ldm.per_class_scores` tables (columns ``class``,
     ``name``, ``fid``) of the samples and of real train tiles, each against the cluster's held-out tiles at equal n;
-    ``accuracy`` is the controllability at that guidance and ``ceiling`` the same rule's accuracy on real held-out
-    tiles. One FID row per scored cluster (class ``-1``, the pooled row, is left out)."""
+    ``accuracy`` is the independent judge's controllability at that guidance (:mod:`.cluster_judge`) and
+    ``ceiling`` the same judge's accuracy on real held-out tiles. One FID row per scored cluster (class ``-1``, the
+    pooled row, is left out). The FID goal is two-sided: the ratio to the floor must lie within ``fid_ratio`` of 1
+    either way, since a sample set far *closer* to the held-out tiles than real train tiles are is no win: it says
+    the floor is a poor reference (few tiles, or train tiles of the cluster unlike its held-out ones)."""
     import pandas as pd
 
     floor_fid = floor.set_index("class")["fid"]
-    goals = [("controllability over its real-tile ceiling", f">= {control_ratio:g}", accuracy / ceiling,
-              accuracy / ceiling >= control_ratio)]
+    goals = [("controllability by the independent judge over its real ceiling", f">= {control_ratio:g}",
+              accuracy / ceiling, accuracy / ceiling >= control_ratio)]
     for _, row in scores[(scores["class"] >= 0) & scores["fid"].notna()].iterrows():
         ratio = row["fid"] / floor_fid.get(row["class"], float("nan"))
-        goals.append((f"FID of cluster '{row['name']}' over its real floor", f"<= {fid_ratio:g}", ratio,
-                      bool(ratio <= fid_ratio)))
+        goals.append((f"FID of cluster '{row['name']}' over its real floor", f"{1 / fid_ratio:.2f} to {fid_ratio:g}",
+                      ratio, bool(1 / fid_ratio <= ratio <= fid_ratio)))
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
 
 
