@@ -39,7 +39,7 @@ def test_real_heldout_tiles_reach_the_ceiling_and_a_fresh_real_draw_matches_it(j
     scores = judged_controllability(judge, heldout, {"copies": heldout, "fresh real": fresh})
     ceiling = scores.at(CEILING)
     assert 0.6 < ceiling["accuracy"] < 0.95, "overlapping clusters: the judge misfiles some real tiles"
-    assert scores.at("copies")["of_ceiling"] == 1.0
+    assert scores.at("copies")["of_ceiling"] == 1.0 and scores.at("copies")["over_chance"] == 1.0
     real = scores.at("fresh real")
     assert real["ci_low"] <= ceiling["accuracy"] <= real["ci_high"]
     assert real["of_ceiling_low"] <= 1.0 <= real["of_ceiling_high"]
@@ -55,6 +55,7 @@ def test_shuffled_labels_score_chance_and_fail_the_goal(judge):
     row = judged_controllability(judge, heldout, {"label-blind": (features, shuffled)}).at("label-blind")
     assert row["ci_low"] <= 1 / K <= row["ci_high"] and abs(row["accuracy"] - 1 / K) < 0.05
     assert row["of_ceiling_high"] < 0.8, "a label-blind generator must not reach 0.8 of the ceiling"
+    assert abs(row["over_chance"]) < 0.1  # no margin over chance
 
 
 def _tiles(cluster: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,7 +86,7 @@ def test_an_untrained_generator_noise_or_one_colour_scores_no_better_than_chance
     for name in ("noise", "grey"):
         row = scores.at(name)
         assert row["accuracy"] <= row["chance_majority"] + 1e-9, name  # at most one cluster's share
-        assert row["of_ceiling_high"] < 0.8, name
+        assert row["of_ceiling_high"] < 0.8 and row["over_chance"] <= 1e-9, name
 
 
 def test_bad_input_is_named(judge):

@@ -57,6 +57,12 @@ def test_ldm_goals_judge_controllability_against_its_ceiling_and_each_clusters_f
     assert not goals.loc["FID of cluster 'b' over its real floor", "met"]  # 90 / 50 = 1.8
     assert not goals.loc["FID of cluster 'c' over its real floor", "met"]  # 30 / 60 = 0.5: below the floor, no win
     assert not ldm_goals(scores, floor, accuracy=0.5, ceiling=0.9)["met"].iloc[0]
+    # a label-blind generator that always draws the commonest cluster (58 %) reaches 0.83 of a weak judge's 0.7
+    blind = ldm_goals(scores, floor, accuracy=0.58, ceiling=0.7, chance=0.58).set_index("goal")
+    assert blind.loc[control, "met"]
+    margin = "controllability's margin over chance, as a share of the ceiling's"
+    assert blind.loc[margin, "measured"] == pytest.approx(0.0) and not blind.loc[margin, "met"]
+    assert ldm_goals(scores, floor, accuracy=0.68, ceiling=0.7, chance=0.58).set_index("goal").loc[margin, "met"]
 
 
 def test_vqgan_goals_compare_rfid_with_the_floor_codebook_use_and_the_baselines():

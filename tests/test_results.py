@@ -182,13 +182,14 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
     ldm["metrics"].update(judge={"features": "inception"}, judged_ceiling=0.8, judged_chance=0.5,
                           judged_chance_majority=0.55, judged_controllability=[
                               {"set": "real held-out tiles (ceiling)", "n": 80, "accuracy": 0.8, "ci_low": 0.7,
-                               "ci_high": 0.88, "of_ceiling": 1.0},
-                              {"set": "2.0", "n": 80, "accuracy": 0.6, "ci_low": 0.5, "ci_high": 0.7, "of_ceiling": 0.75}])
+                               "ci_high": 0.88, "of_ceiling": 1.0, "over_chance": 1.0},
+                              {"set": "2.0", "n": 80, "accuracy": 0.6, "ci_low": 0.5, "ci_high": 0.7, "of_ceiling": 0.75,
+                               "over_chance": 0.2}])
     card = stage("ldm").card(typed("ldm", ldm), "", "ldm-cpu")
     for needed in ("not for diagnosis", "| stroma | 40 | 90.0 | 70.0 |", "| 2.0 | 80 | 0.75 (0.65-0.84) |",
                    "own space (near-circular)", "chance is\n0.50", "ceiling (real held-out tiles) is 0.90", "subfolder",
                    "30 min of training", "logistic regression on inception features",
-                   "| 2.0 | 80 | 0.60 (0.50-0.70) | 0.75 |", "on real held-out tiles, 0.80); chance is 0.50 (1/k) or\n0.55",
+                   "| 2.0 | 80 | 0.60 (0.50-0.70) | 0.75 | 0.20 |", "on real held-out tiles, 0.80); chance is 0.50 (1/k) or\n0.55",
                    "| controllability by the independent judge over its real ceiling | >= 0.8 | 0.75 | no |"):
         assert needed in card, needed
 

@@ -58,12 +58,13 @@ class LDMRecord(StageRecord):
     judged_of_ceiling: float | None = None
     judged_chance: float | None = None
     judged_chance_majority: float | None = None
+    judged_over_chance: float | None = None  # the margin over chance_majority as a share of the ceiling's margin
 
     # fields newer than the published cpu record (results/cpu was made on an earlier split): absent from it until the
     # cpu run is made again; tests/test_stages lets a published record lack these and no others
     NEWER_THAN_PUBLISHED: ClassVar[frozenset[str]] = frozenset({
         "judge", "judged_controllability", "judged_per_cluster", "judged_at_guidance", "judged_ceiling",
-        "judged_of_ceiling", "judged_chance", "judged_chance_majority"})
+        "judged_of_ceiling", "judged_chance", "judged_chance_majority", "judged_over_chance"})
 
 
 def judge_metrics(judge, judged, guidance_scale: float) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def judge_metrics(judge, judged, guidance_scale: float) -> dict[str, Any]:
         "judged_per_cluster": judged.per_cluster.astype({"set": str}).to_dict("records"),
         "judged_at_guidance": float(at["accuracy"]), "judged_ceiling": float(ceiling["accuracy"]),
         "judged_of_ceiling": float(at["of_ceiling"]), "judged_chance": float(ceiling["chance"]),
-        "judged_chance_majority": float(ceiling["chance_majority"]),
+        "judged_chance_majority": float(ceiling["chance_majority"]), "judged_over_chance": float(at["over_chance"]),
     }
 
 
@@ -157,15 +158,17 @@ def _judged_section(record: LDMRecord) -> str:
         return "Controllability by an independent judge: not recorded by this run (made before the judge existed)."
     judge = record.judge or {}
     rows = "\n".join(f"| {row['set']} | {row['n']} | {row['accuracy']:.2f} ({row['ci_low']:.2f}-{row['ci_high']:.2f}) | "
-                     f"{row['of_ceiling']:.2f} |" for row in record.judged_controllability)
+                     f"{row['of_ceiling']:.2f} | {row.get('over_chance', float('nan')):.2f} |"
+                     for row in record.judged_controllability)
     return f"""Controllability by an independent judge: a logistic regression on {judge.get('features', '?')} features (not
 the VQ-GAN's), trained on real train tiles' cluster labels and chosen on the validation region, files each sample;
 accuracy against the cluster asked for (95 % bootstrap interval), and its share of the judge's ceiling (its accuracy
 on real held-out tiles, {record.judged_ceiling:.2f}); chance is {record.judged_chance:.2f} (1/k) or
-{record.judged_chance_majority:.2f} (always the commonest cluster).
+{record.judged_chance_majority:.2f} (always the commonest cluster, the most a generator blind to its label reaches);
+"over chance" is the margin over that, as a share of the ceiling's.
 
-| set | n | accuracy | of ceiling |
-|---|---|---|---|
+| set | n | accuracy | of ceiling | over chance |
+|---|---|---|---|---|
 {rows}"""
 
 
