@@ -123,6 +123,8 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     record = s.read_record("cpu")
     assert record.to_json() == json.loads(path.read_text())
     assert record.profile == "cpu" and record.stamp.notebook == s.notebook
+    added = type(record).ADDED_SINCE_PUBLISHED
+    assert added <= set(s.record_type.metric_names()), f"{name}: ADDED_SINCE_PUBLISHED names undeclared fields"
     explained = record.explained_absences()  # renamed or added since the record was made, as its type declares
     assert not record.absent - explained, f"{path} lacks {sorted(record.absent - explained)}"
 

@@ -4,7 +4,10 @@
   standard Inception features);
 * ``floors``: generated samples scored against real crops, with the real-vs-real floors beside them;
 * ``choices``: settings (a guidance scale, say) chosen on the validation strip only;
-* ``controllability``: whether a class-conditional generator makes the class it was asked for;
+* ``controllability``: whether a class-conditional generator makes the class it was asked for, filed by the rule that
+  made the classes (in the generator's own space when it made them: near-circular);
+* ``cluster_judge``: the same question asked by an independent judge (a classifier on features the generator
+  never saw, chosen on validation), beside chance and its ceiling on real held-out tiles;
 * ``morphology``: nuclei-mask morphology features, distances between two sets of masks, validity of decoded
   instances, and a random-ellipse baseline;
 * ``mask_conditioning``: whether a generated mask holds the nucleus types it was asked for, and only those;

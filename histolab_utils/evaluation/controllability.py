@@ -12,6 +12,11 @@ references at the same rule:
 
 The interval is a percentile bootstrap over samples (each sample is an independent draw), by
 ``scipy.stats.bootstrap``.
+
+When the clusters were made in the generator's own feature space (notebook 05: the VQ-GAN latents its LDM
+generates in), this score is near-circular: the generator is filed by the features it was trained to reproduce.
+:mod:`.cluster_judge` asks the same question with an independent judge; this module stays as the secondary,
+own-space number.
 """
 
 from __future__ import annotations

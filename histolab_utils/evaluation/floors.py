@@ -135,24 +135,33 @@ def vqgan_goals(scores, real_vs_real: dict, model: str, *, min_psnr: float = 24.
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
 
 
-def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, fid_ratio: float = 1.5,
+def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, chance: float | None = None, fid_ratio: float = 1.5,
               control_ratio: float = 0.8):
     """The goals notebook 05 sets its conditional LDM at the chosen guidance, measured: a pandas table of goal,
     target, measured, met.
 
     ``scores`` and ``floor`` are :func:`~histolab_utils.models.ldm.per_class_scores` tables (columns ``class``,
     ``name``, ``fid``) of the samples and of real train tiles, each against the cluster's held-out tiles at equal n;
-    ``accuracy`` is the controllability at that guidance and ``ceiling`` the same rule's accuracy on real held-out
-    tiles. One FID row per scored cluster (class ``-1``, the pooled row, is left out)."""
+    ``accuracy`` is the independent judge's controllability at that guidance (:mod:`.cluster_judge`) and
+    ``ceiling`` the same judge's accuracy on real held-out tiles; ``chance``, when given, the most a label-blind
+    generator reaches on the same requests (the commonest cluster's share), adds the goal on the margin over chance
+    (a label-blind generator can reach ``control_ratio`` of a weak judge's ceiling). One FID row per scored cluster (class ``-1``, the
+    pooled row, is left out). The FID goal is two-sided: the ratio to the floor must lie within ``fid_ratio`` of 1
+    either way, since a sample set far *closer* to the held-out tiles than real train tiles are is no win: it says
+    the floor is a poor reference (few tiles, or train tiles of the cluster unlike its held-out ones)."""
     import pandas as pd
 
     floor_fid = floor.set_index("class")["fid"]
-    goals = [("controllability over its real-tile ceiling", f">= {control_ratio:g}", accuracy / ceiling,
-              accuracy / ceiling >= control_ratio)]
+    goals = [("controllability by the independent judge over its real ceiling", f">= {control_ratio:g}",
+              accuracy / ceiling, accuracy / ceiling >= control_ratio)]
+    if chance is not None:
+        over = (accuracy - chance) / (ceiling - chance) if ceiling > chance else float("nan")
+        goals.append(("controllability's margin over chance, as a share of the ceiling's", f">= {control_ratio:g}",
+                      over, bool(over >= control_ratio)))
     for _, row in scores[(scores["class"] >= 0) & scores["fid"].notna()].iterrows():
         ratio = row["fid"] / floor_fid.get(row["class"], float("nan"))
-        goals.append((f"FID of cluster '{row['name']}' over its real floor", f"<= {fid_ratio:g}", ratio,
-                      bool(ratio <= fid_ratio)))
+        goals.append((f"FID of cluster '{row['name']}' over its real floor", f"{1 / fid_ratio:.2f} to {fid_ratio:g}",
+                      ratio, bool(1 / fid_ratio <= ratio <= fid_ratio)))
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
 
 
