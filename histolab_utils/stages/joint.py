@@ -30,7 +30,7 @@ class JointRecord(StageRecord):
     validation_sweep: dict
     spade_guidance_scale: float
     mask_guidance_scale: float
-    slide_area_scale: float
+    slide_area_scale: float  # a linear size ratio despite its name: sqrt of the median whole-nucleus area ratio
     slide_downsample: float
     checks: list
     goals: list
