@@ -123,7 +123,9 @@ def test_every_published_record_loads_typed_and_writes_back_untouched(name):
     record = s.read_record("cpu")
     assert record.to_json() == json.loads(path.read_text())
     assert record.profile == "cpu" and record.stamp.notebook == s.notebook
-    assert not record.absent, f"{path} lacks {sorted(record.absent)}"
+    # fields a record type gained after its last published run (None until the profile is run again) may be absent
+    newer = set(getattr(type(record), "NEWER_THAN_PUBLISHED", ()))
+    assert not record.absent - newer, f"{path} lacks {sorted(record.absent - newer)}"
 
 
 def test_records_scored_elsewhere_load_typed_too():
