@@ -327,20 +327,67 @@ def test_the_checks_pass_real_pairs_and_fail_an_untrained_joint_model():
     assert (~broken["passes"]).sum() >= 2, broken
 
 
-def test_the_goals_need_both_the_label_dice_and_the_fid_against_each_two_stage_route():
+def test_the_goals_are_about_realism_and_a_route_closer_to_real_wins():
+    """Notebook 08's goals: the joint set's nuclei within 1.5 x the real floor (the mean and each feature), and no
+    farther from real than each two-stage route; no Dice in them. A set the appearance table could not score misses."""
     import pandas as pd
 
     from histolab_utils.evaluation.layout_adherence import joint_synthesis_goals
+    from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW
 
-    table = pd.DataFrame({"joint": {"dice": 0.55, "fid": 30.0}, "oracle": {"dice": 0.60, "fid": 35.0},
-                          "blind": {"dice": 0.70, "fid": 28.0}}).T
-    goals = joint_synthesis_goals(table, "joint", ["oracle", "blind"]).set_index("goal")
-    assert goals.loc["label Dice over oracle's", "measured"] == pytest.approx(0.55 / 0.60)
-    assert goals.loc["label Dice over oracle's", "met"] and goals.loc["FID over oracle's (goal met: both rows)", "met"]
-    assert not goals.loc["label Dice over blind's", "met"]  # 0.79 of its Dice
-    assert not goals.loc["FID over blind's (goal met: both rows)", "met"]  # worse FID, and the Dice half missed
-    table.loc["joint", "fid"] = 36.0  # Dice close enough to the oracle's, FID now worse: the goal is missed
-    assert not joint_synthesis_goals(table, "joint", ["oracle"])["met"].iloc[1]
+    def row(distance, area):
+        return {"n": 40, "distance": distance, "w_area": area, "w_h_mean": distance}
+
+    appearance = pd.DataFrame({"joint": row(0.6, 0.7), "oracle": row(0.5, 0.1), "disks": row(2.0, 3.0),
+                               FLOOR_ROW: row(0.5, 0.5), "unscored": row(float("nan"), float("nan"))}).T
+    goals = joint_synthesis_goals(appearance, "joint", ["oracle", "disks"]).set_index("goal")
+    assert goals["met"].tolist() == [True, True, True, False, True]  # mean, area, h_mean, vs oracle, vs disks
+    assert goals.loc["mean appearance distance over oracle's", "measured"] == pytest.approx(0.6 / 0.5)
+    assert not any("dice" in goal.lower() for goal in goals.index)
+    assert not joint_synthesis_goals(appearance, "unscored", ["disks"])["met"].any()
+    with pytest.raises(KeyError, match="missing route"):
+        joint_synthesis_goals(appearance, "joint", ["missing route"])
+
+
+@pytest.fixture(scope="module")
+def realism_pairs():
+    """Real held-out pairs (the reference) and twice as many real train pairs (the floor) at notebook 08's smoke
+    geometry, and the images an untrained joint model makes for the held-out layouts, with their labels."""
+    from histolab_utils.models.joint_synthesis import joint_label_without_layout
+
+    heldout = image_mask_pairs(32, "heldout", 48, seed=1, downsample=2)
+    train = image_mask_pairs(32, "train", 96, seed=2, downsample=2)
+    torch.manual_seed(0)
+    pipeline = JointSynthesisPipeline(build_unet(tiny_config(image_size=32)).eval(),
+                                      make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
+    pipeline.set_progress_bar_config(disable=True)
+    layouts = layouts_from_masks(heldout.types, heldout.instances)
+    out = pipeline(layouts, heldout.contexts, 2.0, 5, torch.Generator().manual_seed(0))
+    return heldout, train, (out.images, *joint_label_without_layout(out.samples))
+
+
+def test_the_realism_goal_has_a_known_answer_for_real_pairs_and_fails_an_untrained_model(realism_pairs):
+    """The held-out pairs scored against themselves at n = all their whole nuclei are at distance 0 (every draw
+    holds every nucleus); an untrained joint model (its images with its own label), noise or a constant image under
+    the real masks all miss the mean goal."""
+    from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW, appearance_goals, pairs_appearance_scores
+
+    heldout, train, untrained = realism_pairs
+    whole = int(pairs_appearance_scores({}, train, heldout, draws=1).loc[FLOOR_ROW, "whole"])
+    itself = pairs_appearance_scores({"held-out pairs": heldout}, train, heldout, n=None, draws=3)
+    n_all = int(itself.loc["held-out pairs", "whole"])
+    assert whole > n_all  # the floor has nuclei to spare, so n can be all of the held-out ones
+    exact = pairs_appearance_scores({"held-out pairs": heldout}, train, heldout, n=n_all, draws=3)
+    assert exact.loc["held-out pairs", [c for c in exact.columns if c.startswith("w_")]].eq(0).all()
+    assert exact.loc["held-out pairs", "distance"] == 0 < exact.loc[FLOOR_ROW, "distance"]
+    assert appearance_goals(exact, "held-out pairs")["met"].all()
+    noise = np.random.default_rng(0).integers(0, 256, heldout.images.shape, dtype=np.uint8)
+    constant = np.full_like(heldout.images, (200, 150, 190))
+    broken = pairs_appearance_scores({"untrained joint model": untrained, "noise": (noise, heldout.types, heldout.instances),
+                                      "constant": (constant, heldout.types, heldout.instances)}, train, heldout)
+    goals = appearance_goals(broken, ["untrained joint model", "noise", "constant"])
+    assert not goals[goals["goal"].str.startswith("mean appearance")]["met"].any(), broken
+    assert (broken.loc[["untrained joint model", "noise", "constant"], "over_floor"] > 2).all(), broken
 
 
 def test_head_to_head_decodes_every_route_without_its_layout():

@@ -173,3 +173,49 @@ def test_an_untrained_generator_fails_the_goal(nest):
     mean_rows = goals[goals["goal"].str.startswith("mean appearance")]
     assert len(mean_rows) == 2 and not mean_rows["met"].any()
     assert scores.loc["noise", "over_floor"] > 4.0
+
+
+# -- routes ranked by realism ---------------------------------------------------------------------------------------
+def _scores(distances: dict[str, float]) -> pd.DataFrame:
+    """An appearance_scores-like table: each set's distance, a narrow interval, over the floor's 0.5."""
+    table = pd.DataFrame({name: {"distance": d, "distance_lo": d - 0.05, "distance_hi": d + 0.05}
+                          for name, d in {**distances, FLOOR_ROW: 0.5}.items()}).T
+    return table.assign(over_floor=table["distance"] / 0.5)
+
+
+def test_the_ranking_does_not_reward_a_fidelity_above_real_pairs():
+    """Notebook 08's head to head: painted routes far above the real pairs' Dice (0.82-0.85 against 0.60) rank by how
+    real their nuclei are, not by their Dice; raising a Dice past real changes no rank and is flagged; a route whose
+    image ignores its label (Dice at the mismatched floor) ranks last however real its nuclei."""
+    from histolab_utils.evaluation.nucleus_appearance import realism_ranking
+
+    scores = _scores({"joint": 0.7, "oracle": 1.1, "disks": 2.4, "blind": 1.0, "ignores label": 0.55})
+    fidelity = {"joint": 0.605, "oracle": 0.821, "disks": 0.852, "blind": 0.84, "ignores label": 0.30}
+    ranking = realism_ranking(scores, fidelity, reference=0.60, floor=0.31)
+    assert ranking.index.tolist() == ["joint", "blind", "oracle", "disks", "ignores label", FLOOR_ROW]
+    assert ranking["rank"].iloc[:-1].tolist() == [1, 2, 3, 4, 5] and pd.isna(ranking.loc[FLOOR_ROW, "rank"])
+    flagged = ranking["fidelity"].str.startswith("flagged")
+    assert flagged[["oracle", "disks", "blind"]].all() and not flagged[["joint", "ignores label"]].any()
+    assert not ranking.loc["ignores label", "follows_label"]
+    assert ranking.loc["disks", "dice_over_real_pairs"] == pytest.approx(0.852 / 0.60)
+    higher = realism_ranking(scores, {**fidelity, "disks": 0.99, "joint": 0.62}, reference=0.60, floor=0.31)
+    assert higher.index.tolist() == ranking.index.tolist()  # more Dice past real: no rank gained
+    with pytest.raises(ValueError, match="must exceed the mismatched floor"):
+        realism_ranking(scores, fidelity, reference=0.3, floor=0.31)
+    with pytest.raises(ValueError, match="lack"):
+        realism_ranking(scores, {"nowhere": 0.5}, reference=0.6, floor=0.3)
+
+
+def test_pairs_scores_leave_a_set_with_too_few_nuclei_unscored():
+    from histolab_utils.evaluation.nucleus_appearance import pairs_appearance_scores
+
+    image, instances, types = drawn()
+    images, inst, typ = (np.stack([a] * 8) for a in (image, instances, types))
+    empty = (images, typ * 0, inst * 0)
+    scores = pairs_appearance_scores({"same": (images, typ, inst), "empty": empty}, (images, typ, inst),
+                                     (images, typ, inst), min_nuclei=4, draws=2)
+    assert scores.loc["same", "distance"] == 0 and scores.loc["same", "whole"] == 16
+    assert np.isnan(scores.loc["empty", "distance"]) and scores.loc["empty", "whole"] == 0
+    assert not appearance_goals(scores, "empty")["met"].any()
+    with pytest.raises(ValueError, match=r"sets\['bad'\] must be an \(images, types, instances\) triple"):
+        pairs_appearance_scores({"bad": images}, empty, empty)

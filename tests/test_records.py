@@ -215,7 +215,9 @@ def joint_inputs(tmp_path, **changes):
     table = pd.DataFrame(rng.uniform(0.1, 0.9, (len(names), 6)), index=names,
                          columns=["fid", "kid", "dice", "located_fraction", "typed_fraction", "spurious_per_tile"])
     table.loc[[REFERENCE_PAIRS, FLOOR_MISMATCHED], ["fid", "kid", "located_fraction"]] = math.nan
+    table.loc[[REFERENCE_PAIRS, FLOOR_MISMATCHED], "dice"] = [0.6, 0.3]
     table["n"] = 8
+    appearance, ranking = joint_appearance([*joint, *two_stage], table)
     sweep = pd.DataFrame({"fid": [50.0, 40.0], "kid": [0.05, 0.04], "dice": [0.3, math.nan], "n": [4, 4]},
                          index=[0.0, 2.0])
     layouts = Layouts((np.array([[1, 2, 1], [3, 3, 2]]), np.zeros((0, 3), np.int64)), 8)
@@ -227,8 +229,23 @@ def joint_inputs(tmp_path, **changes):
                   detector=SimpleNamespace(threshold=0.25), disk_radius=2.5, trainer=trainer(500, 30.0),
                   sampling_seconds=4.0, mask_pipeline=saved_model(tmp_path / "masks" / "pipeline", 400),
                   spade_pipeline=saved_model(tmp_path / "spade-pixel" / "pipeline", 300),
-                  sources={"(a) held-out real": (layouts, np.array([0, 1]))}, gallery=tmp_path / "gallery.png")
+                  sources={"(a) held-out real": (layouts, np.array([0, 1]))}, gallery=tmp_path / "gallery.png",
+                  appearance=appearance, ranking=ranking)
     return {**inputs, **changes}
+
+
+def joint_appearance(names, table):
+    """A pairs_appearance_scores-like table for the routes ``names`` (the last one unscored: too few nuclei) and the
+    routes ranked by realism, with the label Dice of ``table`` as the check."""
+    from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW, realism_ranking
+
+    distance = np.linspace(0.4, 1.6, len(names) + 1)
+    appearance = pd.DataFrame({"n": 30, "draws": 20, "distance": distance, "distance_lo": distance - 0.1,
+                               "distance_hi": distance + 0.1, "over_floor": distance / distance[-1],
+                               "w_area": distance / 2, "whole": 40}, index=[*names, FLOOR_ROW])
+    appearance.loc[names[-1], ["n", "distance", "distance_lo", "distance_hi", "over_floor", "w_area"]] = math.nan
+    ranking = realism_ranking(appearance, table.loc[names, "dice"].to_dict(), 0.6, 0.3)
+    return appearance, ranking
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu"])
@@ -252,6 +269,25 @@ def test_the_joint_record_is_built_written_and_typed(isolated_dirs, profile):
     assert record.empty_layout_spurious_per_tile == 0.25 and record.tile_size == load_config(profile).spade.tile_size
     assert record.released_model == (JOINT.release_name("cpu") if profile == "cpu" else None)
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")
+    appearance = inputs["appearance"]
+    assert record.appearance_distance == appearance.loc[HEADLINE_SET, "distance"]
+    assert record.appearance_floor == appearance.iloc[-1]["distance"]
+    assert record.appearance["two-stage, notebook 06 mask (layout-blind)"]["distance"] is None  # unscored: None
+    assert list(record.realism_ranking) == list(inputs["ranking"].index)  # in rank order, the floor last
+    first = record.realism_ranking[inputs["ranking"].index[0]]
+    assert first["rank"] == 1.0 and isinstance(first["follows_label"], bool) and isinstance(first["fidelity"], str)
+    assert "Realism: nucleus appearance" in JOINT.card(record, "", "joint-test")
+
+
+def test_a_joint_record_made_before_the_appearance_score_still_loads(isolated_dirs):
+    """Records published before the nucleus appearance score hold none of its keys: they load, with None."""
+    record = JOINT.save_metrics(context("08_joint_synthesis", "cpu"), **joint_inputs(isolated_dirs))
+    old = record.to_json()
+    for key in ("appearance", "realism_ranking", "appearance_distance", "appearance_floor"):
+        del old["metrics"][key]
+    loaded = JointRecord.from_json(old)
+    assert loaded.appearance is None and loaded.appearance_distance is None and loaded.to_json() == old
+    assert "Realism" not in JOINT.card(loaded, "", "joint-test")
 
 
 def test_the_joint_record_names_a_missing_input(isolated_dirs):

@@ -366,3 +366,72 @@ def appearance_goals(scores: pd.DataFrame, chosen: str | Sequence[str] | None = 
                 what = f"{features[0]} distance" if len(features) == 1 else "mean appearance distance"
             rows.append((f"{what} over the real floor ({name}, n = {n})", f"<= {k:g}", ratio, bool(ratio <= k)))
     return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])
+
+
+# -- image-label pairs, and routes ranked by realism ----------------------------------------------------------------
+MIN_NUCLEI = 10  # whole nuclei a set needs to be scored; one with fewer gets NaN distances (and fails every goal)
+FIDELITY_MARGIN = 0.2  # mask fidelity more than this share above the real pairs' is flagged
+
+
+def pairs_appearance_scores(sets: Mapping[str, tuple], real_train: tuple, real_heldout: tuple, *,
+                            min_nuclei: int = MIN_NUCLEI, n: int | None = None, seed: int = 0,
+                            draws: int = DRAWS) -> pd.DataFrame:
+    """:func:`appearance_scores` of image-label pairs: ``sets``, ``real_train`` and ``real_heldout`` are (uint8 images
+    [N, H, W, 3], type maps [N, H, W] or None, instance maps [N, H, W]) triples, or objects with those three
+    attributes (:class:`~histolab_utils.data.pairs.ImageMaskPairs`), each scored on its own label (a generated
+    pair's nuclei are the ones its label says). Adds ``whole``, each set's count of whole nuclei. A set
+    with fewer than ``min_nuclei`` (an untrained model's label holds none, or nuclei everywhere in one blob) keeps a
+    row of NaN distances, which fails every :func:`appearance_goals` goal, and does not set ``n``; ``n`` defaults to
+    the smallest count of the other sets and the real ones."""
+    def features(triple, name):
+        if all(hasattr(triple, a) for a in ("images", "types", "instances")):
+            triple = (triple.images, triple.types, triple.instances)
+        if not isinstance(triple, tuple) or len(triple) != 3:
+            raise ValueError(f"{name} must be an (images, types, instances) triple or pairs; got {type(triple).__name__}")
+        images, types, instances = triple
+        return nucleus_features(images, np.asarray(instances).astype(np.int32, copy=False), types)
+
+    tables = {name: features(triple, f"sets[{name!r}]") for name, triple in sets.items()}
+    train, heldout = features(real_train, "real_train"), features(real_heldout, "real_heldout")
+    whole = {name: int((~table["touches_border"]).sum()) for name, table in tables.items()}
+    scored = {name: table for name, table in tables.items() if whole[name] >= min_nuclei}
+    scores = appearance_scores(scored, train, heldout, n=n, seed=seed, draws=draws)
+    scores = scores.reindex([*tables, FLOOR_ROW]).assign(whole=pd.Series(
+        {**whole, FLOOR_ROW: int((~train["touches_border"]).sum())}))
+    return scores.astype({"n": "Int64", "draws": "Int64"}).rename_axis("set")
+
+
+def realism_ranking(scores: pd.DataFrame, fidelity: Mapping[str, float], reference: float, floor: float, *,
+                    margin: float = FIDELITY_MARGIN) -> pd.DataFrame:
+    """Sets ranked by realism, with mask fidelity as a check beside the real pairs' value, never a reward.
+
+    ``scores`` is an :func:`appearance_scores` table (its ``FLOOR_ROW`` too); ``fidelity`` maps each set to its
+    mask-fidelity Dice (the image shows nuclei where its label says, :mod:`~histolab_utils.evaluation.
+    mask_fidelity`); ``reference`` is the real held-out pairs' Dice and ``floor`` the mismatched real pairs'. A set
+    ranks by its appearance distance to real held-out nuclei (two-sided: lower is more real), and a set whose Dice is
+    not above ``floor`` (its image ignores its label) ranks after every set whose Dice is. A Dice above the real
+    pairs' earns nothing: past ``(1 + margin) x reference`` it is flagged, as nuclei easier to find than real ones
+    (uniform dark paint, say). One row per set (rank 1 is the most real), then ``FLOOR_ROW`` unranked; columns
+    ``rank``, the distance and its interval, ``over_floor``, ``dice``, ``dice_over_real_pairs``, ``follows_label``
+    and ``fidelity``, the check in words."""
+    if FLOOR_ROW not in scores.index:
+        raise ValueError(f"scores has no {FLOOR_ROW!r} row: pass an appearance_scores table")
+    missing = [name for name in fidelity if name not in scores.index]
+    if missing:
+        raise ValueError(f"fidelity names sets the scores lack: {missing}; rows: {list(scores.index)}")
+    if not reference > floor:
+        raise ValueError(f"the real pairs' Dice ({reference}) must exceed the mismatched floor's ({floor}), or the "
+                         "detector cannot tell a followed label from chance and no fidelity check means anything")
+    table = scores.loc[list(fidelity), ["distance", "distance_lo", "distance_hi", "over_floor"]].astype(float)
+    table["dice"] = pd.Series(fidelity, dtype=float)
+    table["dice_over_real_pairs"] = table["dice"] / reference
+    table["follows_label"] = table["dice"] > floor
+    far = table["dice"] > (1 + margin) * reference
+    table["fidelity"] = np.where(~table["follows_label"], f"at or below the mismatched floor ({floor:.3f}): label ignored",
+                                 np.where(far, f"flagged: above {1 + margin:g} x the real pairs' ({reference:.3f})",
+                                          f"follows its label (real pairs: {reference:.3f})"))
+    ranked = table.assign(unscored=table["distance"].isna()).sort_values(
+        ["follows_label", "unscored", "distance"], ascending=[False, True, True], kind="stable")
+    ranked.insert(0, "rank", pd.array(range(1, len(ranked) + 1), dtype="Int64"))
+    floor_row = scores.loc[[FLOOR_ROW], ["distance", "distance_lo", "distance_hi", "over_floor"]].astype(float)
+    return pd.concat([ranked.drop(columns="unscored"), floor_row]).rename_axis("set")

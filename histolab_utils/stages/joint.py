@@ -33,7 +33,7 @@ class JointRecord(StageRecord):
     validation_sweep: dict
     spade_guidance_scale: float
     mask_guidance_scale: float
-    slide_area_scale: float
+    slide_area_scale: float  # a linear size ratio despite its name: sqrt of the median whole-nucleus area ratio
     slide_downsample: float
     checks: list
     goals: list
@@ -64,10 +64,19 @@ class JointRecord(StageRecord):
     typed_fraction: float
     spurious_per_tile: float
     two_stage_oracle_fid: float
+    # nucleus appearance (realism of the nuclei against real held-out nuclei, beside the real train-vs-held-out
+    # floor at equal n); records made before it hold none
+    appearance: dict | None = None
+    realism_ranking: dict | None = None
+    appearance_distance: float | None = None
+    appearance_floor: float | None = None
 
-    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "label_dice", "label_dice_reference", "label_dice_floor",
-                                           "located_fraction", "typed_fraction", "spurious_per_tile",
-                                           "two_stage_oracle_fid")
+    # made after the published cpu record (split 2): it lacks them until the cpu profile runs again
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
+        {"appearance", "realism_ranking", "appearance_distance", "appearance_floor"})
+    HEADLINE: ClassVar[tuple[str, ...]] = ("appearance_distance", "appearance_floor", "fid", "floor_fid", "label_dice",
+                                           "label_dice_reference", "label_dice_floor", "located_fraction",
+                                           "typed_fraction", "spurious_per_tile", "two_stage_oracle_fid")
 
 
 
@@ -82,10 +91,23 @@ def trained_steps(folder: str | Path) -> int:
     return json.loads(path.read_text())["steps"]
 
 
+def _json_value(value: Any) -> Any:
+    """A table cell as a record keeps it: None for a missing value, bool and str as they are, numbers as float."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return None
+    return bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
+
+
 def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, sweep, spade_guidance_scale: float,
                   mask_guidance_scale: float, slide_area_scale: float, slide_downsample: float, checks, goals, table, runs,
                   headline_set: str, head_to_head_sets, empty_adherence, detector, disk_radius: float, trainer,
-                  sampling_seconds: float, mask_pipeline, spade_pipeline, sources: dict, gallery) -> dict[str, Any]:
+                  sampling_seconds: float, mask_pipeline, spade_pipeline, sources: dict, gallery, appearance,
+                  ranking) -> dict[str, Any]:
     """Notebook 08's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``; the pairs are its ``[spade]`` section's); ``sweep`` the validation
@@ -95,12 +117,16 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     two-stage routes); ``empty_adherence`` the layout adherence of empty layouts; ``detector`` the haematoxylin
     detector; ``trainer`` the joint trainer; ``mask_pipeline`` and ``spade_pipeline`` the folders of notebooks 06 and
     07's models the two-stage route used; ``sources`` the layout sources (name -> (layouts, contexts)); ``gallery``
-    the gallery's PNG. A set the table lacks is a KeyError naming it. In a released profile (cpu) the record names
+    the gallery's PNG; ``appearance`` the held-out sets' nucleus appearance (a :func:`~histolab_utils.evaluation.
+    nucleus_appearance.pairs_appearance_scores` table, its floor row too) and ``ranking`` the route comparison ranked
+    by realism (:func:`~histolab_utils.evaluation.nucleus_appearance.realism_ranking`), kept as ``appearance`` and
+    ``realism_ranking`` (``{set: {column: value}}``, in rank order). A set the tables lack is a KeyError naming it. In a released profile (cpu) the record names
     the release ``make results`` makes."""
     import pandas as pd
 
     from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
-    from ..report import row_values
+    from ..evaluation.nucleus_appearance import FLOOR_ROW
+    from ..report import row_values, table_records
 
     section, pairs = config.joint, config.spade
 
@@ -132,6 +158,8 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
         "layout_sources": {name: {"tiles": len(lay), "nuclei": int(lay.counts.sum())}
                            for name, (lay, _) in sources.items()},
         "gallery": str(gallery),
+        "appearance": table_records(appearance),
+        "realism_ranking": {str(name): {str(k): _json_value(v) for k, v in r.items()} for name, r in ranking.iterrows()},
     }
     if config.name in RELEASED_PROFILES:  # make results releases the model under this name
         metrics["released_model"] = JOINT.release_name(config.name)
@@ -141,7 +169,9 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
                     "label_dice_reference": metrics["label_consistency_reference_real_pairs"]["dice"],
                     "label_dice_floor": metrics["label_consistency_floor_mismatched_pairs"]["dice"],
                     "located_fraction": chosen["located_fraction"], "typed_fraction": chosen["typed_fraction"],
-                    "spurious_per_tile": chosen["spurious_per_tile"], "two_stage_oracle_fid": row(ORACLE)["fid"]})
+                    "spurious_per_tile": chosen["spurious_per_tile"], "two_stage_oracle_fid": row(ORACLE)["fid"],
+                    "appearance_distance": row_values(appearance, headline_set).get("distance", float("nan")),
+                    "appearance_floor": row_values(appearance, FLOOR_ROW)["distance"]})
     return metrics
 
 
@@ -155,6 +185,29 @@ def joint_limits(record: JointRecord) -> list[str]:
         limits.append(f"Its best FID ({best}) is {fids[best]:.1f}, {fids[best] / floor:.2f}x the real-vs-real floor "
                       f"({floor:.1f}).")
     return limits
+
+
+def realism_section(record: JointRecord) -> str:
+    """The card's realism table: every route ranked by its nuclei's appearance distance to real held-out nuclei,
+    beside the real train-vs-held-out floor, with mask fidelity as a check; empty for records made before it."""
+    if not record.realism_ranking:
+        return ""
+    rows = "\n".join(f"| {'' if r.get('rank') is None else int(r['rank'])} | {name} | {r['distance']:.3f} "
+                      f"[{r['distance_lo']:.3f}, {r['distance_hi']:.3f}] | {r['over_floor']:.2f} | "
+                      f"{'' if r.get('dice') is None else format(r['dice'], '.3f')} | {r.get('fidelity') or ''} |"
+                      for name, r in record.realism_ranking.items() if r.get("distance") is not None)
+    return f"""## Realism: nucleus appearance (held-out strip, equal n)
+
+The distance of each route's whole nuclei (area, eccentricity, haematoxylin density and texture, ring contrast; the
+mean of robust-scaled 1-D Wasserstein distances, 5-95 % interval over draws) to real held-out nuclei, beside real
+train-region nuclei (the floor): lower is more real, from either side. Label Dice is a check that the image follows
+its label, not a score: above the real pairs' it is flagged.
+
+| rank | set | distance [interval] | over floor | label Dice | fidelity check |
+|---|---|---|---|---|---|
+{rows}
+
+"""
 
 
 def joint_card(record: JointRecord, name: str) -> str:
@@ -211,7 +264,7 @@ notebook 07's pixel SPADE model.
 |---|---|---|---|---|---|---|
 {score_rows(sets, columns)}
 
-{checks_and_goals(record, "tests/test_joint_synthesis.py")}
+{realism_section(record)}{checks_and_goals(record, "tests/test_joint_synthesis.py")}
 
 {card_footer(record, "08_joint_synthesis", 'Min, Oh & Jeong (2024), "Co-synthesis of Histopathology Nuclei Image-Label Pairs using a '
                                   'Context-Conditioned Joint Diffusion Model" (CoSyn); Ho & Salimans (2022), "Classifier-Free '
