@@ -19,6 +19,7 @@ import time
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.layouts import Layouts, layout_maps
@@ -174,5 +175,58 @@ def context_names(contexts: np.ndarray) -> dict[str, float]:
     return {name: float(c / counts.sum()) for name, c in zip(TISSUE_CONTEXTS, counts) if c}
 
 
-__all__ = ["Canvas", "NO_CONTEXT", "context_names", "generate_canvas_masks", "mask_conditions", "paint_joint",
-           "paint_spade", "random_crops", "window_contexts"]
+def method_steps(method: str, size: int, tile: int, steps: int, stride: int | None, equal_cost: bool,
+                 seed: int = 0) -> int:
+    """Steps ``method`` takes on a ``size`` px canvas: ``steps``, or with ``equal_cost`` as many as spend the network
+    pixels independent tiles spend in ``steps``."""
+    from ..diffusion.tiled_sampling import steps_at_equal_cost
+
+    return steps_at_equal_cost(method, size, size, tile, steps, stride) if equal_cost else steps
+
+
+def canvas_seams(images: dict[str, Sequence[np.ndarray]], tile: int) -> pd.DataFrame:
+    """Per set of uint8 images (canvases, or real crops): the mean tile-border seam ratio over its images
+    (:func:`~histolab_utils.evaluation.seams.tile_seam_score` at the ``tile`` px grid), its spread and n."""
+    from ..evaluation.seams import tile_seam_score
+
+    rows = {}
+    for name, group in images.items():
+        ratios = np.array([tile_seam_score(image, tile)["ratio"] for image in group])
+        rows[name] = {"seam ratio": float(ratios.mean()), "std": float(ratios.std()), "n": len(ratios)}
+    return pd.DataFrame(rows).T
+
+
+def crop_scores(sets: dict[str, np.ndarray], heldout: np.ndarray) -> pd.DataFrame:
+    """FID and KID of each set of uint8 crops [n, S, S, 3] against the held-out crops (equal n is the caller's:
+    every set should hold as many crops as ``heldout``)."""
+    from ..evaluation.metrics import fid, inception_features, kid
+
+    reference = inception_features(heldout)
+    rows = {}
+    for name, crops in sets.items():
+        features = inception_features(crops)
+        rows[name] = {"fid": fid(reference, features), "kid": kid(reference, features)[0], "n": len(crops)}
+    return pd.DataFrame(rows).T
+
+
+def large_region_goals(seams: pd.DataFrame, best: str, real: str, fid_canvas: float, fid_tiles: float,
+                       seconds_512: float, adherence_canvas: float, adherence_tiles: float) -> pd.DataFrame:
+    """Notebook 10's goals, reported met or not: the ``best`` method's seam ratio within 10 % of the ``real`` images'
+    while independent tiles' is further off than 10 %; canvas-crop FID within 10 % of tile-level FID; a 512 px canvas
+    in at most 10 min; layout adherence (F1) over the canvas at least 0.9 x the tile-level figure."""
+    off = {name: abs(float(seams.loc[name, "seam ratio"]) / float(seams.loc[real, "seam ratio"]) - 1)
+           for name in (best, "tiles")}
+    rows = [(f"seam ratio of {best} within 10 % of the real images'", "<= 0.10", off[best], off[best] <= 0.10),
+            ("independent tiles' seam ratio off the real images' by more than 10 %", "> 0.10", off["tiles"],
+             off["tiles"] > 0.10),
+            ("canvas-crop FID over tile-level FID (tile size)", "<= 1.10", fid_canvas / fid_tiles,
+             fid_canvas / fid_tiles <= 1.10),
+            ("seconds for a 512 px canvas (scaled by pixels)", "<= 600", seconds_512, seconds_512 <= 600),
+            ("layout adherence F1 over the canvas / tile-level", ">= 0.90", adherence_canvas / adherence_tiles,
+             adherence_canvas / adherence_tiles >= 0.90)]
+    return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"]).astype({"met": bool})
+
+
+__all__ = ["Canvas", "NO_CONTEXT", "canvas_seams", "context_names", "crop_scores", "generate_canvas_masks",
+           "large_region_goals", "mask_conditions", "method_steps", "paint_joint", "paint_spade", "random_crops",
+           "window_contexts"]
