@@ -522,4 +522,4 @@ def densest_field(region: Region, size: int, downsample: float, candidates: int 
     xs, ys = rng.uniform(rx0, rx1 - span, candidates), rng.uniform(ry0, ry1 - span, candidates)
     hits, _ = wsi_nuclei(root)._tree.query(shapely.box(xs, ys, xs + span, ys + span), predicate="intersects")
     best = int(np.bincount(hits, minlength=candidates).argmax())
-    return float(np.floor(xs[best])), float(np.floor(ys[best]))
+    return float(xs[best]), float(ys[best])
