@@ -134,8 +134,9 @@ def generate_canvas_masks(pipeline, field_types: np.ndarray, field_instances: np
                           method: str, tile: int, steps: int, guidance_scale: float, stride: int | None = None,
                           seed: int = 0) -> Canvas:
     """A canvas of nuclei masks from notebook 06's generator by ``method``: each window asks for the types the slide's
-    field holds under it, in its tissue context (a window of an all-background field asks for no nuclei, the
-    generator's exact empty answer is not used here: the canvas is decoded once, as a whole)."""
+    field holds under it, in its tissue context, and the canvas is decoded once, as a whole. A window over a field
+    without nuclei asks for none: a request the generator never trained on (its pipeline answers it with an exact
+    empty tile, which a window shared with its neighbours cannot be), so such windows show what the model guesses."""
     size = _check_square(field_types, tile)
     unet = pipeline.unet
     field_types, field_instances = np.asarray(field_types), np.asarray(field_instances)
