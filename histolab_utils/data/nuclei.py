@@ -475,7 +475,8 @@ def tissue_context_map(box: Sequence[float], shape: tuple[int, int], root: Path 
     height, width = shape
     rows = ((y0 + (np.arange(height) + 0.5) * (y1 - y0) / height - oy) // cell).astype(np.int64)
     cols = ((x0 + (np.arange(width) + 0.5) * (x1 - x0) / width - ox) // cell).astype(np.int64)
-    inside = (rows[:, None] >= 0) & (rows[:, None] < labels.shape[0]) & (cols[None] >= 0) & (cols[None] < labels.shape[1])
+    inside = ((rows[:, None] >= 0) & (rows[:, None] < labels.shape[0])
+              & (cols[None] >= 0) & (cols[None] < labels.shape[1]))
     read = labels[np.clip(rows, 0, labels.shape[0] - 1)][:, np.clip(cols, 0, labels.shape[1] - 1)]
     label = np.where(inside, read, 0)
     return np.where(label == 0, NO_CONTEXT, label.astype(np.int64) - 1)
