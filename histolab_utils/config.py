@@ -230,6 +230,22 @@ class SegmentationSection:
 
 
 @dataclass(frozen=True)
+class LargeRegionsSection:
+    """Notebook 10: canvases many tiles wide, painted by notebooks 06-08's generators (it trains nothing; the
+    generators' tile size, scale and samplers are theirs: [masks], [spade], [joint])."""
+
+    canvas_size: int  # px of a canvas at the generators' scale: 512 at [spade] downsample 2 is 1,024 slide px
+    n_canvases: int  # held-out fields of the slide painted per method; FID crops are drawn from them
+    n_crops: int  # random crops per set for FID / KID, at the tile size and at twice it; floors at the same n
+    steps: int  # sampler steps of independent tiles; with equal_cost the other methods take as many network pixels
+    stride: int  # MultiDiffusion's window stride in px (0: half a tile)
+    methods: tuple[str, ...]  # of "tiles", "whole", "multidiffusion", "shifted" (diffusion.tiled_sampling.METHODS)
+    equal_cost: bool  # True: every method gets independent tiles' network pixels; False: `steps` steps each
+    field_candidates: int  # seeded positions per field; the one with the most nuclei is painted
+    real_size: int  # px of hgsc_nest's held-out block painted beside its real pixels (0: the whole block)
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """Every size and step count of every notebook, for one profile."""
 
@@ -245,6 +261,7 @@ class ProfileConfig:
     spade: SpadeSection
     joint: JointSection
     segmentation: SegmentationSection
+    large_regions: LargeRegionsSection
 
 
 # Every section's ``downsample`` means one thing, DOWNSAMPLE: source-image pixels per model pixel (box-averaged; 1 is

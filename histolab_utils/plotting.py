@@ -211,3 +211,15 @@ def cluster_gallery(tiles: np.ndarray, cluster_ids: np.ndarray, names: Sequence[
         ax.set_title(f"{name}: {int((np.asarray(cluster_ids) == c).sum())} tiles", fontsize=8, loc="left")
     plt.tight_layout()
     return fig
+
+
+def density_thumbnail(counts: np.ndarray, colours: dict = NUCLEUS_COLOURS) -> np.ndarray:
+    """uint8 RGB [rows, bins, 3] overview of a slide from its nuclei per bin and type (``data.nuclei.wsi_density``):
+    white glass, each type's colour mixed in by its density (each type scaled to its own 99th percentile)."""
+    counts = np.asarray(counts, dtype=float)
+    rgb = np.ones((*counts.shape[1:], 3))
+    for k, layer in enumerate(counts):
+        scale = max(np.percentile(layer[layer > 0], 99), 1.0) if (layer > 0).any() else 1.0
+        share = np.clip(layer / scale, 0, 1)[..., None]
+        rgb -= share * (1 - np.asarray(colours[k + 1])) / len(counts) * 2
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)

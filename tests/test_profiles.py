@@ -44,7 +44,10 @@ def test_cpu_extends_smoke_and_changes_what_it_makes_real():
     assert {"real_25", "classic_25", "duplicated_25", "real_100", "add_spade_real_75", "add_spade_generated_75",
             "add_joint_75", "classic_plus_spade_real_75", "classic_plus_spade_generated_75", "classic_plus_joint_75",
             "rare_spade_generated"} <= set(cpu.segmentation.arms)
-    real = ("ddpm", "vqgan", "clusters", "ldm", "masks", "spade", "joint", "segmentation")  # 02-09
+    # 10: canvases of at least 1,024 x 1,024 slide px, at the generators' scale (issue 38)
+    assert cpu.large_regions.canvas_size * cpu.spade.downsample >= 1024
+    assert cpu.large_regions.canvas_size % cpu.spade.tile_size == 0 and cpu.large_regions.real_size == 0
+    real = ("ddpm", "vqgan", "clusters", "ldm", "masks", "spade", "joint", "segmentation", "large_regions")  # 02-10
     for field in dataclasses.fields(smoke):
         if field.name not in ("name", *real):
             assert getattr(cpu, field.name) == getattr(smoke, field.name), field.name

@@ -464,3 +464,63 @@ def as_multi_hot(types: Sequence[str] | np.ndarray) -> np.ndarray:
         raise ValueError(f"a multi-hot type vector has {len(NUCLEUS_CLASSES)} entries of 0 or 1 "
                          f"({', '.join(NUCLEUS_CLASSES)}); got {vector.tolist()}")
     return vector.astype(bool)
+
+
+# -- fields larger than a tile (notebook 10) ---------------------------------------------------
+def tissue_context_map(box: Sequence[float], shape: tuple[int, int], root: Path | None = None) -> np.ndarray:
+    """int [H, W]: the tissue context (index into ``TISSUE_CONTEXTS``) at each pixel of a level-0 ``box``
+    (x0, y0, x1, y1) drawn at ``shape``, read from the slide's coarse tissue raster (nearest cell)."""
+    labels, (ox, oy), cell = wsi_tissue_raster(root)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    height, width = shape
+    rows = ((y0 + (np.arange(height) + 0.5) * (y1 - y0) / height - oy) // cell).astype(np.int64)
+    cols = ((x0 + (np.arange(width) + 0.5) * (x1 - x0) / width - ox) // cell).astype(np.int64)
+    inside = ((rows[:, None] >= 0) & (rows[:, None] < labels.shape[0])
+              & (cols[None] >= 0) & (cols[None] < labels.shape[1]))
+    read = labels[np.clip(rows, 0, labels.shape[0] - 1)][:, np.clip(cols, 0, labels.shape[1] - 1)]
+    label = np.where(inside, read, 0)
+    return np.where(label == 0, NO_CONTEXT, label.astype(np.int64) - 1)
+
+
+def wsi_field(x0: float, y0: float, size: int, downsample: float, root: Path | None = None) -> MaskTiles:
+    """One square field of the slide's polygons: ``size`` px at ``downsample`` (so ``size * downsample`` level-0 px)
+    from level-0 (x0, y0), as a one-tile :class:`MaskTiles` (its context: the majority one), rasterised like every
+    mask tile. An error names a field that leaves the slide."""
+    sx0, sy0, sx1, sy1 = wsi_extent(root)
+    span = size * downsample
+    if x0 < sx0 or y0 < sy0 or x0 + span > sx1 or y0 + span > sy1:
+        raise ValueError(f"the field ({x0:.0f}, {y0:.0f}) + {span:.0f} px leaves the slide's extent "
+                         f"({sx0:.0f}, {sy0:.0f}, {sx1:.0f}, {sy1:.0f})")
+    box = (float(x0), float(y0), float(x0 + span), float(y0 + span))
+    types, instances = _raster_tile(wsi_nuclei(root), box, size)
+    boxes = np.asarray([box], dtype=np.float64)
+    return MaskTiles(types[None], instances[None], tissue_context(boxes, root), boxes, "wsi",
+                     region_of_box(box, root), downsample)
+
+
+def region_of_box(box: Sequence[float], root: Path | None = None) -> str:
+    """The split region a level-0 box lies wholly inside, or an error naming the regions it straddles."""
+    x0, y0, x1, y1 = box
+    for region in REGIONS:
+        rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
+        if rx0 <= x0 and ry0 <= y0 and x1 <= rx1 and y1 <= ry1:
+            return region
+    raise ValueError(f"the box {tuple(round(v) for v in box)} straddles the slide's split regions; fields lie in one")
+
+
+def densest_field(region: Region, size: int, downsample: float, candidates: int = 64, seed: int = 0,
+                  root: Path | None = None) -> tuple[float, float]:
+    """Level-0 (x0, y0) of the field of ``size`` px at ``downsample`` with the most nuclei among ``candidates``
+    seeded positions wholly inside ``region`` (a field of tissue, not of glass)."""
+    import shapely
+
+    rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
+    span = size * downsample
+    if rx1 - rx0 < span or ry1 - ry0 < span:
+        raise ValueError(f"the slide's {region} region ({rx1 - rx0:.0f} x {ry1 - ry0:.0f} px) is smaller than a "
+                         f"{span:.0f} px field")
+    rng = np.random.default_rng(seed)
+    xs, ys = rng.uniform(rx0, rx1 - span, candidates), rng.uniform(ry0, ry1 - span, candidates)
+    hits, _ = wsi_nuclei(root)._tree.query(shapely.box(xs, ys, xs + span, ys + span), predicate="intersects")
+    best = int(np.bincount(hits, minlength=candidates).argmax())
+    return float(xs[best]), float(ys[best])
