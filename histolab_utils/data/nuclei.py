@@ -301,15 +301,21 @@ def _raster_tile(annotations, box, size: int) -> tuple[np.ndarray, np.ndarray]:
     return _relabelled(raster["label"], raster["instance"])
 
 
+def _region_box_holding(region: Region, span: float, what: str, root: Path | None) -> tuple[float, ...]:
+    """The slide's ``region`` box (level 0), refused when a square ``what`` of ``span`` px cannot fit in it."""
+    rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
+    if rx1 - rx0 < span or ry1 - ry0 < span:
+        raise ValueError(f"the slide's {region} region ({rx1 - rx0:.0f} x {ry1 - ry0:.0f} px) is smaller than a "
+                         f"{span:.0f} px {what}")
+    return rx0, ry0, rx1, ry1
+
+
 def _draw_wsi_tiles(size: int, downsample: float, region: Region, n: int, seed: int, root: Path | None) -> MaskTiles:
     import shapely
 
     annotations = wsi_nuclei(root)
-    rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
     span = size * downsample
-    if rx1 - rx0 < span or ry1 - ry0 < span:
-        raise ValueError(f"the slide's {region} region ({rx1 - rx0:.0f} x {ry1 - ry0:.0f} px) is smaller than a "
-                         f"{span:.0f} px tile")
+    rx0, ry0, rx1, ry1 = _region_box_holding(region, span, "tile", root)
     rng = np.random.default_rng(seed)
     types, instances, boxes = [], [], []
     tree = annotations._tree
@@ -514,11 +520,8 @@ def densest_field(region: Region, size: int, downsample: float, candidates: int 
     seeded positions wholly inside ``region`` (a field of tissue, not of glass)."""
     import shapely
 
-    rx0, ry0, rx1, ry1 = wsi_region_box(region, root)
     span = size * downsample
-    if rx1 - rx0 < span or ry1 - ry0 < span:
-        raise ValueError(f"the slide's {region} region ({rx1 - rx0:.0f} x {ry1 - ry0:.0f} px) is smaller than a "
-                         f"{span:.0f} px field")
+    rx0, ry0, rx1, ry1 = _region_box_holding(region, span, "field", root)
     rng = np.random.default_rng(seed)
     xs, ys = rng.uniform(rx0, rx1 - span, candidates), rng.uniform(ry0, ry1 - span, candidates)
     hits, _ = wsi_nuclei(root)._tree.query(shapely.box(xs, ys, xs + span, ys + span), predicate="intersects")
