@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +51,21 @@ def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray
     edges = find_boundaries(inst_mask, mode="inner") & (type_mask > 0)
     out[edges] = np.asarray([colours.get(int(t), (1, 1, 1)) for t in type_mask[edges]]).reshape(-1, 3)
     return (out * 255).round().astype(np.uint8)
+
+
+def type_legend_handles(colours: Mapping[int, tuple] = TYPE_COLOURS, names: Sequence[str] | None = None) -> list:
+    """Legend handles (matplotlib patches) naming the colour of each nucleus type as a palette draws it, so that a
+    figure's legend comes from the colours it was drawn with: ``colours`` maps a type id to RGB in [0, 1] (default
+    :func:`type_overlay`'s; pass ``NUCLEUS_COLOURS`` for :func:`mask_image`'s) and ``names[i]`` names type id i + 1
+    (default the project's vocabulary, ``data.nuclei.NUCLEUS_CLASSES``). Use: ``fig.legend(handles=...)``."""
+    from matplotlib.patches import Patch
+
+    if names is None:
+        from .data.nuclei import NUCLEUS_CLASSES as names
+    missing = [i + 1 for i in range(len(names)) if i + 1 not in colours]
+    if missing:
+        raise ValueError(f"the palette has no colour for type ids {missing}; it has {sorted(colours)}")
+    return [Patch(facecolor=colours[i + 1], edgecolor="black", label=name) for i, name in enumerate(names)]
 
 
 def layout_image(points: np.ndarray, size: int, colours: dict = NUCLEUS_COLOURS) -> np.ndarray:
