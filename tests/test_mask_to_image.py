@@ -272,6 +272,24 @@ def test_seam_score_sees_a_step_on_the_border():
     assert seam_score(seam, region)["ratio"] > 5
 
 
+def test_the_colour_step_sees_a_pale_square_of_busy_texture_the_gradient_ratio_misses():
+    """A region repainted paler (by 60 grey levels) and grainier than the tissue around it: its busy inside hides the
+    step from the gradient ratio (near 1, as for no seam at all), but the colour step across the outline is the
+    paling; the untouched image has almost no step."""
+    from histolab_utils.evaluation.seams import colour_step
+
+    region = np.zeros((64, 64), bool)
+    region[16:48, 16:48] = True
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(80, 140, (64, 64, 1)).repeat(3, axis=2).astype(np.uint8)  # mean 110
+    pale = tissue.copy()
+    pale[region] = rng.integers(110, 230, (int(region.sum()), 1)).repeat(3, axis=1)  # mean 170, grainier
+    assert seam_score(pale, region)["ratio"] < 1.3  # the gradient ratio barely sees it
+    assert colour_step(pale, region) == pytest.approx(60, abs=5)
+    assert colour_step(tissue, region) < 5
+    assert seam_score(pale, region)["step"] == colour_step(pale, region)
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_repaint_with_an_oracle_denoiser_recovers_the_image(eta):
     from histolab_utils.diffusion.inpainting import repaint
@@ -444,17 +462,20 @@ def test_the_appearance_goal_fails_an_untrained_generator_and_meets_real_pairs(a
     """Notebook 07's goals (mask_to_image_goals): a second draw of real pairs meets every appearance goal (the known
     answer: about the floor), and images of an untrained generator under the real masks fail the mean."""
     from histolab_utils.evaluation.mask_fidelity import FLOOR_REAL, mask_to_image_goals
+    from histolab_utils.evaluation.nucleus_appearance import appearance_goals
 
     scores, shifts = appearance_of_07
     fid = pd.DataFrame({"fid": [20.0, 25.0]}, index=[FLOOR_REAL, "real pairs"])
-    goals = mask_to_image_goals(fid, "real pairs", scores, ["real pairs"])
+    goals = mask_to_image_goals(fid, "real pairs", appearance_goals(scores, "real pairs"))
     assert goals["met"].all(), goals
     assert len(goals) == 1 + 1 + 3  # FID, the mean and each image feature: no fidelity goal
     assert 0.5 < scores.loc["real pairs", "over_floor"] < 1.5
     for name in ("untrained SPADE", "noise", "flat"):
-        broken = mask_to_image_goals(fid.rename(index={"real pairs": name}), name, scores, [name])
+        broken = mask_to_image_goals(fid.rename(index={"real pairs": name}), name, appearance_goals(scores, name))
         assert not broken.loc[broken["goal"].str.startswith("mean appearance"), "met"].any(), broken
         assert scores.loc[name, "over_floor"] > 2.0, scores
+    with pytest.raises(ValueError, match="appearance_goals table"):
+        mask_to_image_goals(fid, "real pairs", scores)
     assert "more textured" in shifts.loc["noise", "reading"] and "more uniform" in shifts.loc["flat", "reading"]
     assert (shifts.loc["real pairs", [c for c in shifts if c.startswith("shift_")]].abs() < 1).all(), shifts
 

@@ -18,7 +18,6 @@ to detect than real vesicular nuclei and score above the reference. Realism of t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,26 +172,27 @@ def mask_to_image_checks(scores, chosen: str, unguided: str, images: np.ndarray,
     return pd.DataFrame(rows, columns=["check", "measured", "bar", "passes"]).astype({"passes": bool})
 
 
-def mask_to_image_goals(scores, chosen: str, appearance, appearance_sets: Sequence[str], fid_ratio: float = 1.5,
-                        k: float = 1.5):
+def mask_to_image_goals(scores, chosen: str, appearance_goals, fid_ratio: float = 1.5):
     """The goals of notebook 07, measured (reported whether met or not): FID at most ``fid_ratio`` x the
-    real-vs-real floor (``scores``, a :func:`synthesis_scores` table, row ``chosen``), and for each of
-    ``appearance_sets`` the nucleus appearance goals (``appearance``, an
-    :func:`~histolab_utils.evaluation.nucleus_appearance.appearance_scores` table): the mean distance from real
-    held-out nuclei and each feature's within ``k`` x the real train-vs-held-out floor's.
+    real-vs-real floor (``scores``, a :func:`synthesis_scores` table, row ``chosen``), then the nucleus appearance
+    goals (``appearance_goals``, the table of
+    :func:`~histolab_utils.evaluation.nucleus_appearance.appearance_goals` for the sets judged: the mean distance
+    from real held-out nuclei and each feature's within k x the real train-vs-held-out floor's; two-sided, so nuclei
+    too dark, too pale, too uniform or too textured all miss it).
 
     Mask fidelity is no goal: a detector finds uniform dark ovals more easily than real vesicular nuclei, so a Dice
     above the real pairs' can mean less realism. It stays a check (above the mismatched-pair floor,
-    :func:`mask_to_image_checks`), reported beside the real pairs' value. The appearance distances are two-sided:
-    nuclei too dark, too pale, too uniform or too textured all score far."""
+    :func:`mask_to_image_checks`), reported beside the real pairs' value."""
     import pandas as pd
 
-    from .nucleus_appearance import appearance_goals
-
+    columns = ["goal", "target", "measured", "met"]
+    if list(appearance_goals.columns) != columns:
+        raise ValueError(f"appearance_goals must be an appearance_goals table ({columns}); "
+                         f"got columns {list(appearance_goals.columns)}")
     ratio = float(scores.loc[chosen, "fid"]) / float(scores.loc[FLOOR_REAL, "fid"])
     fid = pd.DataFrame([(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio,
-                         ratio <= fid_ratio)], columns=["goal", "target", "measured", "met"])
-    return pd.concat([fid, appearance_goals(appearance, list(appearance_sets), k=k)], ignore_index=True)
+                         ratio <= fid_ratio)], columns=columns)
+    return pd.concat([fid, appearance_goals], ignore_index=True)
 
 
 def fidelity_beside_real_pairs(detector: HaematoxylinDetector, made: dict[str, tuple[np.ndarray, np.ndarray]],
