@@ -124,7 +124,8 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
                            "kid": [0.01, math.nan, math.nan, 0.04, 0.06, 0.05, 0.05, 0.05],
                            "dice": [math.nan, 0.7, 0.3, 0.5, 0.35, 0.45, 0.4, 0.4], "n": [8] * 8}, index=names)
     sweep = pd.DataFrame({"fid": [60.0, 40.0], "kid": [0.06, 0.04], "dice": [0.35, 0.5], "n": [4, 4],
-                          "dice_std": [0.1, 0.1]}, index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
+                          "dice_std": [0.1, 0.1], "appearance": [3.0, 1.2]},
+                         index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
     samplers = pd.DataFrame({"fid": [40.0, 42.0], "kid": [0.04, 0.05], "dice": [0.5, 0.5], "n": [4, 4],
                              "dice_std": [0.1, 0.1]}, index=["DDIM", "DDPM (learned variance)"])
     inpainting = pd.DataFrame({"seam ratio": [1.1, 1.3], "edit margin": [0.2, 0.1], "seconds per image": [9.0, 3.0]},
@@ -165,8 +166,9 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
     # a set's NaN scores are left out of its row; the validation tables keep their four columns, NaN as None
     assert record.fidelity_reference_real_pairs == {"dice": 0.7, "n": 8.0}
     assert record.floor_real_vs_real == {"fid": 10.0, "kid": 0.01, "n": 8.0}
-    assert record.validation_guidance_sweep == {"0.0": {"fid": 60.0, "kid": 0.06, "dice": 0.35, "n": 4.0},
-                                                "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "n": 4.0}}
+    assert record.validation_guidance_sweep == {
+        "0.0": {"fid": 60.0, "kid": 0.06, "dice": 0.35, "appearance": 3.0, "n": 4.0},
+        "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "appearance": 1.2, "n": 4.0}}
     assert list(record.validation_samplers) == ["DDIM", "DDPM (learned variance)"]
     assert record.inpainting["pixel | RePaint | add inflammatory"]["seconds per image"] == 9.0
     assert record.repaint == dict(zip(("t_T", "jump_length", "jump_n_sample"), load_config(profile).spade.repaint))

@@ -80,7 +80,7 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
-    and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
+    (with its ``appearance`` over the floor, the choice's criterion, where the notebook scored it) and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
     named ``"<space>, <real|generated> masks, s = <guidance scale>"`` beside the floors and the fidelity reference;
     ``appearance`` the nucleus appearance table (``evaluation.nucleus_appearance.appearance_scores``) with the
     rows ``"<space>, real masks, s = <guidance scale>"`` of both spaces and ``appearance_shifts`` its
@@ -101,7 +101,8 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
         "mask_guidance_scale": mask_guidance_scale,
-        "validation_guidance_sweep": table_records(sweep[columns].astype(float)),
+        "validation_guidance_sweep": table_records(sweep[[*columns[:3], *(["appearance"] if "appearance" in sweep else []),
+                                                          "n"]].astype(float)),
         "validation_samplers": table_records(sampler_scores[columns].astype(float)),
         "floor_real_vs_real": row_values(scores, FLOOR_REAL),
         "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance_scale:g}"),
