@@ -71,6 +71,8 @@ class SpadeRecord(StageRecord):
     HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "appearance_over_floor", "appearance_over_floor_latent",
                                            "fidelity_dice", "fidelity_dice_reference", "fidelity_dice_floor",
                                            "inpainting_speed_ratio_pixel")
+    PENDING: ClassVar[tuple[str, ...]] = ("appearance", "appearance_shifts", "appearance_over_floor",
+                                          "appearance_over_floor_latent")
 
 
 
