@@ -523,3 +523,18 @@ def test_the_type_legend_names_the_colours_each_palette_draws():
     assert to_rgb(handles[0].get_facecolor()) == pytest.approx(TYPE_COLOURS[1])
     with pytest.raises(ValueError, match="no colour for type ids \\[4\\]"):
         type_legend_handles({1: (1, 0, 0), 2: (0, 1, 0), 3: (0, 0, 1)}, ["a", "b", "c", "d"])
+
+
+def test_the_guidance_is_chosen_among_scales_that_follow_the_mask():
+    """Notebook 07's rule: the most real nuclei (lowest appearance over the floor) among scales whose Dice is above the
+    mismatched floor and whose FID is within 10 % of the best of those; s = 0, which ignores the mask and scores the
+    best appearance here, never competes."""
+    from histolab_utils.evaluation.choices import choose_guidance_scale
+
+    sweep = pd.DataFrame({"fid": [100.0, 104.0, 101.0, 130.0], "dice": [0.06, 0.45, 0.56, 0.75],
+                          "appearance": [1.1, 1.8, 1.4, 1.2]}, index=[0.0, 1.0, 1.5, 3.0])
+    assert choose_guidance_scale(sweep, "appearance", higher_is_better=False, within=("fid", 1.1)) == 0.0
+    assert choose_guidance_scale(sweep, "appearance", higher_is_better=False, within=("fid", 1.1),
+                                 above=("dice", 0.11)) == 1.5  # s = 3: most real, but its FID is 29 % off
+    with pytest.raises(ValueError, match="none passes the check"):
+        choose_guidance_scale(sweep, "appearance", higher_is_better=False, above=("dice", 0.9))
