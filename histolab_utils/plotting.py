@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -53,20 +53,22 @@ def type_overlay(image: np.ndarray, inst_mask: np.ndarray, type_mask: np.ndarray
     return (out * 255).round().astype(np.uint8)
 
 
-def type_legend_handles(names: Sequence[str] | dict[int, str], colours: dict = NUCLEUS_COLOURS) -> list:
+def type_legend_handles(*, colours: Mapping[int, tuple], names: Sequence[str] | Mapping[int, str] | None = None) -> list:
     """Legend handles (matplotlib patches) naming each nucleus type in the colour ``colours`` paints it, so that a
-    legend is read off the palette a picture used and cannot name other colours: pass the same ``colours`` to
-    :func:`mask_image`, :func:`type_overlay` or :func:`layout_image` and here.
-
-    ``names``: the type names in id order from 1 (``data.nuclei.NUCLEUS_CLASSES``), or a dict type id -> name (a
-    dataset's ``type_names``). A type the palette has no colour for is an error naming it."""
+    legend is read off the palette a picture used and cannot name other colours. ``colours`` (required: two palettes
+    exist) is what the picture was drawn with: ``TYPE_COLOURS`` for :func:`type_overlay`'s default, ``NUCLEUS_COLOURS``
+    for :func:`mask_image`'s (or whatever was passed to either). ``names``: the type names in id order from 1 (default
+    the project's vocabulary, ``data.nuclei.NUCLEUS_CLASSES``), or a dict type id -> name (a dataset's
+    ``type_names``). A type the palette has no colour for is an error naming it. Use: ``fig.legend(handles=...)``."""
     from matplotlib.patches import Patch
 
-    named = dict(names) if isinstance(names, dict) else dict(enumerate(names, start=1))
+    if names is None:
+        from .data.nuclei import NUCLEUS_CLASSES as names
+    named = dict(names) if isinstance(names, Mapping) else dict(enumerate(names, start=1))
     missing = {type_id: name for type_id, name in named.items() if int(type_id) not in colours}
     if missing:
-        raise KeyError(f"the palette has no colour for types {missing}; its type ids are {sorted(colours)}")
-    return [Patch(facecolor=colours[int(type_id)], edgecolor="none", label=str(name))
+        raise ValueError(f"the palette has no colour for types {missing}; its type ids are {sorted(colours)}")
+    return [Patch(facecolor=colours[int(type_id)], edgecolor="black", label=str(name))
             for type_id, name in sorted(named.items())]
 
 

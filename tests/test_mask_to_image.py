@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -271,6 +272,24 @@ def test_seam_score_sees_a_step_on_the_border():
     assert seam_score(seam, region)["ratio"] > 5
 
 
+def test_the_colour_step_sees_a_pale_square_of_busy_texture_the_gradient_ratio_misses():
+    """A region repainted paler (by 60 grey levels) and grainier than the tissue around it: its busy inside hides the
+    step from the gradient ratio (near 1, as for no seam at all), but the colour step across the outline is the
+    paling; the untouched image has almost no step."""
+    from histolab_utils.evaluation.seams import colour_step
+
+    region = np.zeros((64, 64), bool)
+    region[16:48, 16:48] = True
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(80, 140, (64, 64, 1)).repeat(3, axis=2).astype(np.uint8)  # mean 110
+    pale = tissue.copy()
+    pale[region] = rng.integers(110, 230, (int(region.sum()), 1)).repeat(3, axis=1)  # mean 170, grainier
+    assert seam_score(pale, region)["ratio"] < 1.3  # the gradient ratio barely sees it
+    assert colour_step(pale, region) == pytest.approx(60, abs=5)
+    assert colour_step(tissue, region) < 5
+    assert seam_score(pale, region)["step"] == colour_step(pale, region)
+
+
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_repaint_with_an_oracle_denoiser_recovers_the_image(eta):
     from histolab_utils.diffusion.inpainting import repaint
@@ -413,3 +432,109 @@ def test_a_released_models_fidelity_sits_beside_real_and_mismatched_pairs_with_i
     assert (table["n"] == 4).all()
     with pytest.raises(ValueError, match="real pairs"):
         fidelity_beside_real_pairs(detector, {"real pairs": (real, types)}, real, types)
+
+
+@pytest.fixture(scope="module")
+def appearance_of_07():
+    """Notebook 07's nucleus appearance at its smoke geometry (32 px pairs at half resolution): real held-out nuclei
+    the reference, a train-region draw the floor, a second train-region draw the known answer (real pairs), and
+    images an untrained generator makes under the held-out masks: the untrained SPADE UNet, uniform noise and one
+    flat colour."""
+    from histolab_utils.evaluation.nucleus_appearance import (FLOOR_ROW, IMAGE_FEATURES, appearance_scores,
+                                                              appearance_shifts, nucleus_features)
+    from histolab_utils.models.mask_to_image import synthesise
+
+    heldout = image_mask_pairs(32, "heldout", 200, seed=1, downsample=2)
+    floor, second = (image_mask_pairs(32, "train", 200, seed=seed, downsample=2) for seed in (2, 3))
+    untrained = synthesise(tiny_pipeline(), heldout.types, heldout.instances, 1.5, 5, seed=0)
+    made = {"untrained SPADE": untrained,
+            "noise": np.random.default_rng(0).integers(0, 256, heldout.images.shape, dtype=np.uint8),
+            "flat": np.full_like(heldout.images, (200, 150, 190))}
+    tables = {name: nucleus_features(images, heldout.instances, heldout.types) for name, images in made.items()}
+    tables["real pairs"] = nucleus_features(second.images, second.instances, second.types)
+    real = nucleus_features(heldout.images, heldout.instances, heldout.types)
+    train = nucleus_features(floor.images, floor.instances, floor.types)
+    scores = appearance_scores(tables, train, real, seed=0, features=IMAGE_FEATURES)
+    return scores, appearance_shifts({**tables, FLOOR_ROW: train}, real, IMAGE_FEATURES)
+
+
+def test_the_appearance_goal_fails_an_untrained_generator_and_meets_real_pairs(appearance_of_07):
+    """Notebook 07's goals (mask_to_image_goals): a second draw of real pairs meets every appearance goal (the known
+    answer: about the floor), and images of an untrained generator under the real masks fail the mean."""
+    from histolab_utils.evaluation.mask_fidelity import FLOOR_REAL, mask_to_image_goals
+    from histolab_utils.evaluation.nucleus_appearance import appearance_goals
+
+    scores, shifts = appearance_of_07
+    fid = pd.DataFrame({"fid": [20.0, 25.0]}, index=[FLOOR_REAL, "real pairs"])
+    goals = mask_to_image_goals(fid, "real pairs", appearance_goals(scores, "real pairs"))
+    assert goals["met"].all(), goals
+    assert len(goals) == 1 + 1 + 3  # FID, the mean and each image feature: no fidelity goal
+    assert 0.5 < scores.loc["real pairs", "over_floor"] < 1.5
+    for name in ("untrained SPADE", "noise", "flat"):
+        broken = mask_to_image_goals(fid.rename(index={"real pairs": name}), name, appearance_goals(scores, name))
+        assert not broken.loc[broken["goal"].str.startswith("mean appearance"), "met"].any(), broken
+        assert scores.loc[name, "over_floor"] > 2.0, scores
+    with pytest.raises(ValueError, match="appearance_goals table"):
+        mask_to_image_goals(fid, "real pairs", scores)
+    assert "more textured" in shifts.loc["noise", "reading"] and "more uniform" in shifts.loc["flat", "reading"]
+    assert (shifts.loc["real pairs", [c for c in shifts if c.startswith("shift_")]].abs() < 1).all(), shifts
+
+
+def test_the_gallery_takes_crops_that_do_not_overlap():
+    """Ranked by nuclei, random held-out crops pile up on one crowded spot; ``apart`` keeps the ranking and skips
+    every crop overlapping one taken from the same image (an overlap in another image is none)."""
+    from histolab_utils.data.pairs import ImageMaskPairs
+
+    boxes = np.array([[0, 0, 32, 32], [16, 16, 48, 48], [32, 0, 64, 32], [0, 0, 32, 32], [100, 100, 132, 132]], float)
+    sources = np.array(["a", "a", "a", "b", "a"])
+    blank = np.zeros((5, 32, 32), np.uint8)
+    pairs = ImageMaskPairs(np.zeros((5, 32, 32, 3), np.uint8), blank, blank.astype(np.uint16), np.zeros(5, int),
+                           sources, boxes, "heldout")
+    assert pairs.apart([0, 1, 2, 3, 4], 5).tolist() == [0, 2, 3, 4]  # 1 overlaps 0; 2 only touches 0's edge
+    assert pairs.apart([1, 0, 2, 3, 4], 2).tolist() == [1, 3]  # the ranking decides; count caps
+    real = image_mask_pairs(32, "heldout", 48, seed=1, downsample=2)
+    picked = real.apart(np.argsort(-(real.types > 0).sum(axis=(1, 2))), 8)
+    for k, i in enumerate(picked):
+        for j in picked[:k]:
+            x0, y0, x1, y1 = real.boxes[i]
+            assert real.sources[i] != real.sources[j] or not (x0 < real.boxes[j][2] and real.boxes[j][0] < x1 and
+                                                              y0 < real.boxes[j][3] and real.boxes[j][1] < y1)
+    with pytest.raises(ValueError, match="outside"):
+        pairs.apart([5], 1)
+
+
+def test_the_type_legend_names_the_colours_each_palette_draws():
+    """The legend comes from the palette a figure was drawn with: type_overlay's draws neoplastic (id 1) in its
+    colour 1, and a legend from mask_image's palette names mask_image's colours."""
+    from matplotlib.colors import to_rgb
+
+    from histolab_utils.data.nuclei import NUCLEUS_CLASSES
+    from histolab_utils.plotting import NUCLEUS_COLOURS, TYPE_COLOURS, mask_image, type_legend_handles, type_overlay
+
+    types = np.zeros((8, 8), np.uint8)
+    types[2:6, 2:6] = 1
+    overlay = type_overlay(np.zeros((8, 8, 3), np.uint8), (types > 0).astype(np.int32), types, alpha=1.0)
+    handles = type_legend_handles(colours=TYPE_COLOURS)
+    assert [h.get_label() for h in handles] == list(NUCLEUS_CLASSES)
+    assert np.allclose(overlay[3, 3] / 255, to_rgb(handles[0].get_facecolor()), atol=0.01)
+    drawn = mask_image(types, (types > 0).astype(np.int32))
+    mask_handles = type_legend_handles(colours=NUCLEUS_COLOURS)
+    assert np.allclose(drawn[3, 3] / 255, to_rgb(mask_handles[0].get_facecolor()), atol=0.01)
+    assert to_rgb(handles[0].get_facecolor()) == pytest.approx(TYPE_COLOURS[1])
+    with pytest.raises(ValueError, match="no colour for types {4: 'd'}"):
+        type_legend_handles(colours={1: (1, 0, 0), 2: (0, 1, 0), 3: (0, 0, 1)}, names=["a", "b", "c", "d"])
+
+
+def test_the_guidance_is_chosen_among_scales_that_follow_the_mask():
+    """Notebook 07's rule: the most real nuclei (lowest appearance over the floor) among scales whose Dice is above the
+    mismatched floor and whose FID is within 10 % of the best of those; s = 0, which ignores the mask and scores the
+    best appearance here, never competes."""
+    from histolab_utils.evaluation.choices import choose_guidance_scale
+
+    sweep = pd.DataFrame({"fid": [100.0, 104.0, 101.0, 130.0], "dice": [0.06, 0.45, 0.56, 0.75],
+                          "appearance": [1.1, 1.8, 1.4, 1.2]}, index=[0.0, 1.0, 1.5, 3.0])
+    assert choose_guidance_scale(sweep, "appearance", higher_is_better=False, within=("fid", 1.1)) == 0.0
+    assert choose_guidance_scale(sweep, "appearance", higher_is_better=False, within=("fid", 1.1),
+                                 above=("dice", 0.11)) == 1.5  # s = 3: most real, but its FID is 29 % off
+    with pytest.raises(ValueError, match="none passes the check"):
+        choose_guidance_scale(sweep, "appearance", higher_is_better=False, above=("dice", 0.9))

@@ -599,12 +599,12 @@ def test_the_legend_names_the_colours_the_masks_and_overlays_are_painted_in():
     instances = types.astype(np.int32)
     painted = mask_image(types, instances)
     overlay = type_overlay(np.zeros((*types.shape, 3), np.uint8), instances, types, alpha=1.0, colours=NUCLEUS_COLOURS)
-    handles = type_legend_handles(NUCLEUS_CLASSES)
+    handles = type_legend_handles(colours=NUCLEUS_COLOURS, names=NUCLEUS_CLASSES)
     assert [h.get_label() for h in handles] == list(NUCLEUS_CLASSES)
     for type_id, handle in enumerate(handles, start=1):
         expected = np.round(np.asarray(handle.get_facecolor()[:3]) * 255)
         assert (overlay[types == type_id] == expected).all(), NUCLEUS_CLASSES[type_id - 1]
         assert (painted[1:3, 4 * type_id + 1: 4 * type_id + 3] == expected).all(), NUCLEUS_CLASSES[type_id - 1]
-    assert [h.get_label() for h in type_legend_handles({2: "lymphocyte"})] == ["lymphocyte"]
-    with pytest.raises(KeyError, match="no colour for types {4: 'dead'}"):
-        type_legend_handles([*NUCLEUS_CLASSES, "dead"])
+    assert [h.get_label() for h in type_legend_handles(colours=NUCLEUS_COLOURS, names={2: "lymphocyte"})] == ["lymphocyte"]
+    with pytest.raises(ValueError, match="no colour for types {4: 'dead'}"):
+        type_legend_handles(colours=NUCLEUS_COLOURS, names=[*NUCLEUS_CLASSES, "dead"])

@@ -10,9 +10,12 @@ from skimage.draw import disk, ellipse
 
 from histolab_utils.evaluation.nucleus_appearance import (
     FLOOR_ROW,
+    HELDOUT_ROW,
+    IMAGE_FEATURES,
     appearance_distance,
     appearance_goals,
     appearance_scores,
+    appearance_shifts,
     area_distribution,
     mask_features,
     nucleus_features,
@@ -98,6 +101,28 @@ def test_bad_input_is_named():
         appearance_distance(mask_features(instances), table, features=("h_mean",))
     with pytest.raises(ValueError, match="names the floor row"):
         appearance_scores({FLOOR_ROW: table}, table, table)
+
+
+def test_the_shifts_say_which_way_a_set_differs_in_words():
+    """Nuclei painted darker than the reference and flat read "darker" and "more uniform"; the reference itself
+    reads "as real" with zero shifts; the area of nuclei drawn under the same masks does not move."""
+    image, instances, types = drawn()
+    rng = np.random.default_rng(0)
+    textured = np.clip(image.astype(int) + rng.integers(-40, 41, image.shape), 0, 255).astype(np.uint8)
+    real = nucleus_features(textured, instances, types)
+    darker = textured.copy()
+    darker[instances > 0] = (30, 10, 80)
+    shifts = appearance_shifts({"dark and flat": nucleus_features(darker, instances, types)}, real)
+    assert list(shifts.index) == ["dark and flat", HELDOUT_ROW]
+    assert shifts.loc["dark and flat", "shift_h_mean"] > 0 and shifts.loc["dark and flat", "shift_h_std"] < 0
+    assert shifts.loc["dark and flat", "shift_area"] == 0.0
+    assert "darker" in shifts.loc["dark and flat", "reading"] and "more uniform" in shifts.loc["dark and flat", "reading"]
+    assert (shifts.loc[HELDOUT_ROW, [f"shift_{f}" for f in IMAGE_FEATURES]] == 0).all()
+    assert shifts.loc[HELDOUT_ROW, "reading"] == "as real"
+    only_image = appearance_shifts({"a": real}, real, IMAGE_FEATURES)
+    assert [c for c in only_image if c.startswith("shift_")] == [f"shift_{f}" for f in IMAGE_FEATURES]
+    with pytest.raises(ValueError, match="reference row"):
+        appearance_shifts({HELDOUT_ROW: real}, real)
 
 
 # -- real nuclei: hgsc_nest's annotated regions ---------------------------------------------------------------------

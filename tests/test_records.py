@@ -19,6 +19,7 @@ from histolab_utils.config import NotebookContext, load_config
 from histolab_utils.data.layouts import Layouts
 from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
 from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW
+from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW as APPEARANCE_FLOOR
 from histolab_utils.report import row_values, table_records
 from histolab_utils.stages import stage
 
@@ -141,15 +142,26 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
                            "kid": [0.01, math.nan, math.nan, 0.04, 0.06, 0.05, 0.05, 0.05],
                            "dice": [math.nan, 0.7, 0.3, 0.5, 0.35, 0.45, 0.4, 0.4], "n": [8] * 8}, index=names)
     sweep = pd.DataFrame({"fid": [60.0, 40.0], "kid": [0.06, 0.04], "dice": [0.35, 0.5], "n": [4, 4],
-                          "dice_std": [0.1, 0.1]}, index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
+                          "dice_std": [0.1, 0.1], "appearance": [3.0, 1.2]},
+                         index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
     samplers = pd.DataFrame({"fid": [40.0, 42.0], "kid": [0.04, 0.05], "dice": [0.5, 0.5], "n": [4, 4],
                              "dice_std": [0.1, 0.1]}, index=["DDIM", "DDPM (learned variance)"])
     inpainting = pd.DataFrame({"seam ratio": [1.1, 1.3], "edit margin": [0.2, 0.1], "seconds per image": [9.0, 3.0]},
                               index=pd.MultiIndex.from_tuples([("pixel", "RePaint", "add inflammatory"),
                                                                ("pixel", "DDIM variant", "add inflammatory")]))
+    appearance = pd.DataFrame({"n": [30] * 3, "draws": [20] * 3, "distance": [0.8, 1.2, 0.4],
+                               "distance_lo": [0.7, 1.0, 0.3], "distance_hi": [0.9, 1.4, 0.5],
+                               "over_floor": [2.0, 3.0, 1.0], "w_h_mean": [0.5, 0.9, 0.3]},
+                              index=pd.Index([f"pixel, real masks, s = {g}", f"latent, real masks, s = {g}",
+                                              APPEARANCE_FLOOR], name="set"))
+    shifts = pd.DataFrame({"whole": [40, 40, 35, 50], "h_mean": [0.3, 0.2, 0.15, 0.16],
+                           "shift_h_mean": [2.5, 0.7, -0.2, 0.0],
+                           "reading": ["darker (+2.5)", "darker (+0.7)", "as real", "as real"]},
+                          index=[*appearance.index, "real held-out"])
     checks, goals = checks_and_goals()
     inputs = dict(n_validation=4, guidance_scale=guidance_scale, sampler="DDIM", mask_guidance_scale=2.0, sweep=sweep,
-                  sampler_scores=samplers, scores=scores, detector=SimpleNamespace(threshold=0.25), checks=checks,
+                  sampler_scores=samplers, scores=scores, appearance=appearance, appearance_shifts=shifts,
+                  detector=SimpleNamespace(threshold=0.25), checks=checks,
                   goals=goals, inpainting=inpainting, speed_ratio={"pixel": 3.0, "latent": 2.5},
                   trainers={"pixel": trainer(300, 20.0), "latent": trainer(200, 10.0)},
                   gallery=tmp_path / "07_mask_to_image-gallery.png")
@@ -162,14 +174,19 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
     assert isinstance(record, SpadeRecord)
     assert_round_trips(record, SpadeRecord, isolated_dirs / "reports" / profile / "metrics" / "07_mask_to_image.json")
     assert record.stamp.headline == [*SpadeRecord.HEADLINE, "n", "guidance_scale", "sampler"]
-    assert record.headline_values() == {"fid": 40.0, "floor_fid": 10.0, "fidelity_dice": 0.5,
+    assert record.headline_values() == {"fid": 40.0, "floor_fid": 10.0, "appearance_over_floor": 2.0,
+                                        "appearance_over_floor_latent": 3.0, "fidelity_dice": 0.5,
                                         "fidelity_dice_reference": 0.7, "fidelity_dice_floor": 0.3,
                                         "inpainting_speed_ratio_pixel": 3.0}
+    assert record.appearance[APPEARANCE_FLOOR]["distance"] == 0.4 and record.appearance[APPEARANCE_FLOOR]["n"] == 30.0
+    assert record.appearance_shifts["pixel, real masks, s = 1.5"] == {"whole": 40.0, "h_mean": 0.3,
+                                                                      "shift_h_mean": 2.5, "reading": "darker (+2.5)"}
     # a set's NaN scores are left out of its row; the validation tables keep their four columns, NaN as None
     assert record.fidelity_reference_real_pairs == {"dice": 0.7, "n": 8.0}
     assert record.floor_real_vs_real == {"fid": 10.0, "kid": 0.01, "n": 8.0}
-    assert record.validation_guidance_sweep == {"0.0": {"fid": 60.0, "kid": 0.06, "dice": 0.35, "n": 4.0},
-                                                "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "n": 4.0}}
+    assert record.validation_guidance_sweep == {
+        "0.0": {"fid": 60.0, "kid": 0.06, "dice": 0.35, "appearance": 3.0, "n": 4.0},
+        "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "appearance": 1.2, "n": 4.0}}
     assert list(record.validation_samplers) == ["DDIM", "DDPM (learned variance)"]
     assert record.inpainting["pixel | RePaint | add inflammatory"]["seconds per image"] == 9.0
     assert record.repaint == dict(zip(("t_T", "jump_length", "jump_n_sample"), load_config(profile).spade.repaint))
@@ -188,6 +205,9 @@ def test_the_spade_record_names_a_missing_input(isolated_dirs):
     scores = spade_inputs(isolated_dirs)["scores"].drop(index="latent, generated masks, s = 1.5")
     with pytest.raises(KeyError, match="latent, generated masks, s = 1.5"):
         SPADE.save_metrics(ctx, **spade_inputs(isolated_dirs, scores=scores))
+    appearance = spade_inputs(isolated_dirs)["appearance"].drop(index="latent, real masks, s = 1.5")
+    with pytest.raises(KeyError, match="latent, real masks, s = 1.5"):
+        SPADE.save_metrics(ctx, **spade_inputs(isolated_dirs, appearance=appearance))
     assert not (isolated_dirs / "reports" / "smoke" / "metrics" / "07_mask_to_image.json").exists()
 
 

@@ -133,15 +133,26 @@ def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_u
         "nasdm_pixel_real_masks": scores(36.0, 0.61), "pixel_unguided": scores(40.0, 0.5),
         "nasdm_pp_pixel_generated_masks": scores(45.0, 0.6), "latent_real_masks": scores(50.0, 0.55),
         "latent_generated_masks": scores(55.0, 0.5), "fidelity_reference_real_pairs": scores(None, 0.6),
-        "fidelity_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals}}
+        "fidelity_floor_mismatched_pairs": scores(None, 0.2), "checks": checks, "goals": goals,
+        "appearance": {"pixel, real masks, s = 1.5": {"n": 300.0, "distance": 0.9, "distance_lo": 0.8,
+                                                      "distance_hi": 1.0, "over_floor": 2.25, "w_h_mean": 1.5},
+                       "latent, real masks, s = 1.5": {"n": 300.0, "distance": 1.2, "distance_lo": 1.1,
+                                                       "distance_hi": 1.3, "over_floor": 3.0, "w_h_mean": 2.5},
+                       "real (train vs held-out)": {"n": 300.0, "distance": 0.4, "distance_lo": 0.3,
+                                                    "distance_hi": 0.5, "over_floor": 1.0, "w_h_mean": 0.3}},
+        "appearance_shifts": {"pixel, real masks, s = 1.5": {"reading": "darker (+1.9)"}}}}
     pixel = stage("spade").card(typed("spade", spade), "pixel", "spade-pixel-cpu")
     for needed in ("not for diagnosis", "n = 500 held-out", "250 validation pairs", "| real-vs-real floor (train crops) | 20 |",
                    "| model, real held-out masks | 36 | 0.036 | 0.61 | 500 |", "DDPM, learned variance",
                    "29 min of training", "MaskToImagePipeline.from_pretrained", "| recall above s = 0 | 0.800 | 0.5 | yes |",
-                   "| FID over the real-vs-real floor | <= 1.5 | 1.80 | no |", "Licence", "Shrivastava & Fletcher"):
+                   "| FID over the real-vs-real floor | <= 1.5 | 1.80 | no |", "Licence", "Shrivastava & Fletcher",
+                   "| model, real held-out masks | 0.900 | 0.800-1.000 | 2.25 | 1.500 | 300 |",
+                   "| real (train vs held-out) | 0.400 | 0.300-0.500 | 1.00 | 0.300 | 300 |", "read: darker (+1.9)",
+                   "no realism score"):
         assert needed in pixel, needed
     latent = stage("spade").card(typed("spade", spade), "latent", "spade-latent-cpu")
     assert "| model, notebook 06's generated masks | 55 |" in latent and "vqvae" in latent and "spade-pixel-cpu" in latent
+    assert "| model, real held-out masks | 1.200 | 1.100-1.300 | 3.00 | 2.500 | 300 |" in latent
     joint = {"profile": "cpu", "git_commit": "abc", "hardware": "CPU (2 cores)", "metrics": {
         "tile_size": 32, "downsample": 2, "guidance_scale": 2.0, "sampler_steps": 25, "n": 500, "n_validation": 250,
         "train_steps": 3000, "train_seconds": 1920.0, "floor_real_vs_real": scores(20.0, None),

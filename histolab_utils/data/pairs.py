@@ -64,6 +64,25 @@ class ImageMaskPairs:
         return ImageMaskPairs(self.images[index], self.types[index], self.instances[index], self.contexts[index],
                               self.sources[index], self.boxes[index], self.region, self.downsample)
 
+    def apart(self, order, count: int) -> np.ndarray:
+        """Up to ``count`` pair indices taken in ``order`` (a ranking of the pairs, best first), skipping every pair
+        whose box overlaps one already taken in the same source image: crops that show different tissue (a gallery
+        of random crops ranked by their nuclei otherwise shows one crowded spot several times)."""
+        order = np.asarray(order, dtype=np.int64).ravel()
+        if order.size and (order.min() < 0 or order.max() >= len(self)):
+            raise ValueError(f"order holds indices outside 0..{len(self) - 1}")
+        if int(count) != count or count < 0:
+            raise ValueError(f"count must be a whole number >= 0; got {count}")
+        taken: list[int] = []
+        for i in order:
+            if len(taken) == count:
+                break
+            x0, y0, x1, y1 = self.boxes[i]
+            if not any(self.sources[j] == self.sources[i] and x0 < self.boxes[j][2] and self.boxes[j][0] < x1
+                       and y0 < self.boxes[j][3] and self.boxes[j][1] < y1 for j in taken):
+                taken.append(int(i))
+        return np.array(taken, dtype=np.int64)
+
 
 def _vocabulary_lut(name: str) -> np.ndarray:
     """Source type id -> project type id (0 for background and for classes the vocabulary leaves out)."""

@@ -12,11 +12,20 @@ import pandas as pd
 
 
 def choose_guidance_scale(sweep: pd.DataFrame, column: str = "f1", higher_is_better: bool = True,
-                          within: tuple[str, float] | None = None) -> float:
+                          within: tuple[str, float] | None = None, above: tuple[str, float] | None = None) -> float:
     """The guidance scale (the index of ``sweep``) with the best ``column``, the smallest such scale on a tie.
-    With ``within=(other, ratio)``, only scales whose ``other`` (lower is better, an FID say) is at most
-    ``ratio`` x the sweep's best ``other`` compete: the trade-off made explicit. Call it on validation scores
-    only."""
+    With ``above=(check, bar)``, only scales whose ``check`` exceeds ``bar`` compete (a check each must pass: the
+    fidelity Dice above the mismatched-pair floor, say, so that an image that ignores its mask is never chosen);
+    none passing is an error. With ``within=(other, ratio)``, only scales whose ``other`` (lower is better, an FID
+    say) is at most ``ratio`` x the best ``other`` among those compete: the trade-off made explicit. Call it on
+    validation scores only."""
+    if above is not None:
+        check, bar = above
+        passing = sweep[sweep[check].astype(float) > bar]
+        if passing.empty:
+            raise ValueError(f"no guidance scale has {check} above {bar:g} (the sweep's: "
+                             f"{sweep[check].astype(float).round(4).to_dict()}): none passes the check")
+        sweep = passing
     values = sweep[column].astype(float)
     if within is not None:
         other, ratio = within

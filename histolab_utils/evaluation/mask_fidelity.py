@@ -11,6 +11,9 @@ Score: the Dice coefficient between the detected foreground and the mask's nucle
 2|A ∩ B| / (|A| + |B|) (1 when both are empty). The same score for real held-out (image, mask)
 pairs is the reference a perfect generator would reach with this detector; for real images with
 another image's mask (mismatched pairs) it is the floor: the overlap that chance layout gives.
+Fidelity is a check of following the mask (above the floor), never a realism goal: uniform dark ovals are easier
+to detect than real vesicular nuclei and score above the reference. Realism of the nuclei is
+:mod:`~histolab_utils.evaluation.nucleus_appearance`'s.
 """
 
 from __future__ import annotations
@@ -169,16 +172,27 @@ def mask_to_image_checks(scores, chosen: str, unguided: str, images: np.ndarray,
     return pd.DataFrame(rows, columns=["check", "measured", "bar", "passes"]).astype({"passes": bool})
 
 
-def mask_to_image_goals(scores, chosen: str, fid_ratio: float = 1.5):
-    """The goals set for notebook 07's cpu results, measured (reported whether met or not): FID at most
-    ``fid_ratio`` x the real-vs-real floor, and fidelity Dice at least the real-pair reference's."""
+def mask_to_image_goals(scores, chosen: str, appearance_goals, fid_ratio: float = 1.5):
+    """The goals of notebook 07, measured (reported whether met or not): FID at most ``fid_ratio`` x the
+    real-vs-real floor (``scores``, a :func:`synthesis_scores` table, row ``chosen``), then the nucleus appearance
+    goals (``appearance_goals``, the table of
+    :func:`~histolab_utils.evaluation.nucleus_appearance.appearance_goals` for the sets judged: the mean distance
+    from real held-out nuclei and each feature's within k x the real train-vs-held-out floor's; two-sided, so nuclei
+    too dark, too pale, too uniform or too textured all miss it).
+
+    Mask fidelity is no goal: a detector finds uniform dark ovals more easily than real vesicular nuclei, so a Dice
+    above the real pairs' can mean less realism. It stays a check (above the mismatched-pair floor,
+    :func:`mask_to_image_checks`), reported beside the real pairs' value."""
     import pandas as pd
 
+    columns = ["goal", "target", "measured", "met"]
+    if list(appearance_goals.columns) != columns:
+        raise ValueError(f"appearance_goals must be an appearance_goals table ({columns}); "
+                         f"got columns {list(appearance_goals.columns)}")
     ratio = float(scores.loc[chosen, "fid"]) / float(scores.loc[FLOOR_REAL, "fid"])
-    dice_ratio = float(scores.loc[chosen, "dice"]) / float(scores.loc[REFERENCE_PAIRS, "dice"])
-    rows = [(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio, ratio <= fid_ratio),
-            (f"fidelity Dice over the real-pair reference ({chosen})", ">= 1", dice_ratio, dice_ratio >= 1.0)]
-    return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])
+    fid = pd.DataFrame([(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio,
+                         ratio <= fid_ratio)], columns=columns)
+    return pd.concat([fid, appearance_goals], ignore_index=True)
 
 
 def fidelity_beside_real_pairs(detector: HaematoxylinDetector, made: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -44,6 +44,12 @@ the floor" fails nuclei too small and too large alike.
 
 Masks alone (notebook 06): :func:`area_distribution` scores the whole-nucleus area of generated masks against real
 held-out masks beside the floor, and :func:`whole_areas` gives the areas themselves for a plot.
+
+Images painted under given masks (notebook 07): ``area`` and ``eccentricity`` are then the mask's, the same for
+the generated set as for the real held-out nuclei it is drawn against, so they score near zero by construction while
+the floor's train nuclei do not: score such images on ``IMAGE_FEATURES`` (what the image decides), and read the
+masks' shape from notebook 06. The distances are unsigned; :func:`appearance_shifts` gives each feature's signed
+shift from real (darker, more uniform, ...) in words, the *why* beside the *how far*.
 """
 
 from __future__ import annotations
@@ -435,3 +441,42 @@ def realism_ranking(scores: pd.DataFrame, fidelity: Mapping[str, float], referen
     ranked.insert(0, "rank", pd.array(range(1, len(ranked) + 1), dtype="Int64"))
     floor_row = scores.loc[[FLOOR_ROW], ["distance", "distance_lo", "distance_hi", "over_floor"]].astype(float)
     return pd.concat([ranked.drop(columns="unscored"), floor_row]).rename_axis("set")
+
+
+# -- why a set is far: the signed shift of each feature ------------------------------------------------------------
+IMAGE_FEATURES: tuple[str, ...] = ("h_mean", "h_std", "ring_contrast")  # what an image painted under a mask decides
+SHIFT_WORDS: dict[str, tuple[str, str]] = {  # (below real, above real) in words
+    "area": ("smaller", "larger"), "eccentricity": ("rounder", "more elongated"),
+    "solidity": ("more ragged", "more convex"), "h_mean": ("paler", "darker"),
+    "h_std": ("more uniform", "more textured"), "ring_contrast": ("less contrast", "more contrast"),
+}
+SHIFT_READ = 0.5  # |shift| in real spreads from which a feature is named in the reading
+HELDOUT_ROW = "real held-out"
+
+
+def appearance_shifts(tables: Mapping[str, pd.DataFrame], real_heldout: pd.DataFrame,
+                      features: Sequence[str] | None = None, *, whole_only: bool = True,
+                      read_from: float = SHIFT_READ) -> pd.DataFrame:
+    """Which way each set's nuclei differ from real held-out ones, the sign the distances of
+    :func:`appearance_scores` leave out: one row per table (feature tables of :func:`nucleus_features`) and a last
+    row ``HELDOUT_ROW``, with each feature's median over whole nuclei (``<feature>``), its shift from the held-out
+    median in units of the held-out robust scale (``shift_<feature>``: positive is larger, more elongated, darker,
+    more textured or more contrasted) and a ``reading`` in words of every shift of at least ``read_from`` real
+    spreads (for example ``"darker (+1.2), more uniform (-0.8)"``; ``"as real"`` when none is)."""
+    heldout = _whole(real_heldout, "real_heldout", whole_only)
+    tables = {name: _whole(table, f"tables[{name!r}]", whole_only) for name, table in tables.items()}
+    if HELDOUT_ROW in tables:
+        raise ValueError(f"{HELDOUT_ROW!r} names the reference row: rename that table")
+    features = _features({**tables, "real_heldout": heldout}, features)
+    centre = {f: float(np.nanmedian(heldout[f])) for f in features}
+    scale = {f: robust_scale(heldout[f]) for f in features}
+    rows = {}
+    for name, table in {**tables, HELDOUT_ROW: heldout}.items():
+        medians = {f: float(np.nanmedian(table[f])) for f in features}
+        shifts = {f: (medians[f] - centre[f]) / scale[f] for f in features}
+        words = [f"{SHIFT_WORDS.get(f, (f'lower {f}', f'higher {f}'))[int(s > 0)]} ({s:+.1f})"
+                 for f, s in shifts.items() if abs(s) >= read_from]
+        rows[name] = {"whole": len(table), **medians, **{f"shift_{f}": s for f, s in shifts.items()},
+                      "reading": ", ".join(words) or "as real"}
+    return pd.DataFrame(rows).T.astype({"whole": int, **{f: float for f in features},
+                                        **{f"shift_{f}": float for f in features}}).rename_axis("set")

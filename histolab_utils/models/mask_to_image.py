@@ -287,8 +287,9 @@ def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], images: np.n
                          methods: dict[str, RePaintSettings], guidance_scale: float, detector,
                          edit_names: Sequence[str], seed: int = 3):
     """Repaint each image's region for its edited mask with every pipeline (pixel, latent) and every method
-    (RePaint, its DDIM variant), and score each result: time, network calls, the seam ratio (1 = no visible
-    seam) and the edit's success (:func:`~histolab_utils.evaluation.mask_fidelity.edit_success`: haematoxylin
+    (RePaint, its DDIM variant), and score each result: time, network calls, the seam ratio (1 = no edge along the
+    region's outline), the colour step across it (grey levels: a region repainted paler or in another tint than its
+    surroundings; :func:`~histolab_utils.evaluation.seams.seam_score`) and the edit's success (:func:`~histolab_utils.evaluation.mask_fidelity.edit_success`: haematoxylin
     Dice inside the region against the edited mask, against the original one, and their margin).
 
     Returns ``(painted, table)``: the images per (space, method), and one row per (space, method, edit)."""
@@ -312,8 +313,9 @@ def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], images: np.n
             painted[(space, method)] = out
             success = edit_success(detector, out, regions, edited_types, original_types)
             for k, name in enumerate(edit_names):
+                seam = seam_score(out[k], regions[k])
                 rows.append({"space": space, "method": method, "edit": name, "network calls": model_evaluations(settings),
-                             "seconds per image": seconds, "seam ratio": seam_score(out[k], regions[k])["ratio"],
+                             "seconds per image": seconds, "seam ratio": seam["ratio"], "colour step": seam["step"],
                              **success.iloc[k].to_dict()})
     return painted, pd.DataFrame(rows).set_index(["space", "method", "edit"])
 

@@ -21,7 +21,9 @@ SPACES = ("pixel", "latent")
 
 @dataclass(frozen=True, kw_only=True)
 class SpadeRecord(StageRecord):
-    """notebook 07's metrics: FID, KID and fidelity Dice per set beside floors; inpainting; checks; goals."""
+    """notebook 07's metrics: FID, KID and fidelity Dice per set beside floors; nucleus appearance beside its real
+    floor; inpainting; checks; goals. The appearance fields are None in records written before notebook 07 scored
+    it (the appearance goal replaced "fidelity Dice at least the real pairs'")."""
 
     n: int
     n_validation: int
@@ -64,20 +66,30 @@ class SpadeRecord(StageRecord):
     fidelity_dice_floor: float
     inpainting_speed_ratio_pixel: float
     train_seconds_source: str | None = None
+    appearance: dict | None = None  # the appearance_scores table by set (the floor row included)
+    appearance_shifts: dict | None = None  # each set's signed feature shifts from real held-out nuclei, in words too
+    appearance_over_floor: float | None = None  # the pixel model's mean appearance distance over the real floor
+    appearance_over_floor_latent: float | None = None
 
-    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "fidelity_dice", "fidelity_dice_reference",
-                                           "fidelity_dice_floor", "inpainting_speed_ratio_pixel")
+    HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "appearance_over_floor", "appearance_over_floor_latent",
+                                           "fidelity_dice", "fidelity_dice_reference", "fidelity_dice_floor",
+                                           "inpainting_speed_ratio_pixel")
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
+        {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent"})
 
 
 
 def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, sampler: str,
-                  mask_guidance_scale: float, sweep, sampler_scores, scores, detector, checks, goals, inpainting, speed_ratio: dict, trainers: dict,
-                  gallery) -> dict[str, Any]:
+                  mask_guidance_scale: float, sweep, sampler_scores, scores, appearance, appearance_shifts, detector,
+                  checks, goals, inpainting, speed_ratio: dict, trainers: dict, gallery) -> dict[str, Any]:
     """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
 
     ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
-    and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
+    (with its ``appearance`` over the floor, the choice's criterion, where the notebook scored it) and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
     named ``"<space>, <real|generated> masks, s = <guidance scale>"`` beside the floors and the fidelity reference;
+    ``appearance`` the nucleus appearance table (``evaluation.nucleus_appearance.appearance_scores``) with the
+    rows ``"<space>, real masks, s = <guidance scale>"`` of both spaces and ``appearance_shifts`` its
+    ``appearance_shifts`` table;
     ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
     ``inpainting`` the inpainting benchmark (index: space, method, edit) and ``speed_ratio`` RePaint's time over the
     DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG. A set the
@@ -94,7 +106,8 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
         "mask_guidance_scale": mask_guidance_scale,
-        "validation_guidance_sweep": table_records(sweep[columns].astype(float)),
+        "validation_guidance_sweep": table_records(sweep[[*columns[:3], *(["appearance"] if "appearance" in sweep else []),
+                                                          "n"]].astype(float)),
         "validation_samplers": table_records(sampler_scores[columns].astype(float)),
         "floor_real_vs_real": row_values(scores, FLOOR_REAL),
         "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance_scale:g}"),
@@ -115,6 +128,11 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
         "train_steps": {space: t.step for space, t in trainers.items()},
         "train_seconds": {space: t.train_seconds for space, t in trainers.items()}, "device": str(device),
         "learned_variance": section.learned_variance, "gallery": str(gallery),
+        "appearance": table_records(appearance.astype(float)),
+        "appearance_shifts": {str(name): {str(k): (v if isinstance(v, str) else float(v)) for k, v in row.items()}
+                              for name, row in appearance_shifts.iterrows()},
+        **{key: row_values(appearance, f"{space}, real masks, s = {guidance_scale:g}")["over_floor"]
+           for key, space in (("appearance_over_floor", "pixel"), ("appearance_over_floor_latent", "latent"))},
     }
     if config.name in RELEASED_PROFILES:  # make results releases both models under these names
         metrics["released_model"] = {space: SPADE.release_name(config.name, space) for space in trainers}
@@ -139,6 +157,31 @@ def spade_limits(record: SpadeRecord, space: str) -> list[str]:
                       f"nuclei are easier for a haematoxylin detector to find than real ones (darker, more uniform), which "
                       f"is less realism, not more.")
     return limits
+
+
+def appearance_section(record: SpadeRecord, space: str) -> str:
+    """The card's nucleus appearance table (the model's row beside the real floor), or nothing for a record written
+    before notebook 07 scored it."""
+    from ..evaluation.nucleus_appearance import FLOOR_ROW
+
+    if not record.appearance:
+        return ""
+    own = f"{space}, real masks, s = {record.guidance_scale:g}"
+    features = [key[2:] for key in record.appearance[FLOOR_ROW] if key.startswith("w_")]
+    rows = {"model, real held-out masks": record.appearance[own], FLOOR_ROW: record.appearance[FLOOR_ROW]}
+    reading = (record.appearance_shifts or {}).get(own, {}).get("reading", "")
+    return f"""
+
+Nucleus appearance (haematoxylin inside each whole nucleus and its contrast with the ring around it): the
+Wasserstein distance of each feature's distribution from real held-out nuclei in real spreads, at equal n, beside
+real train nuclei against the same held-out ones (the floor); the goal is the floor's, two-sided. The model's nuclei
+read: {reading or "n/a"}.
+
+| set | distance | 5-95 % | over floor | {" | ".join(features)} | n |
+|---|---|---|---|{"---|" * len(features)}---|
+""" + "\n".join(f"| {name} | {row['distance']:.3f} | {row['distance_lo']:.3f}-{row['distance_hi']:.3f} | "
+                f"{row['over_floor']:.2f} | " + " | ".join(f"{row['w_' + f]:.3f}" for f in features)
+                + f" | {row['n']:.0f} |" for name, row in rows.items())
 
 
 def spade_card(record: SpadeRecord, space: str, name: str) -> str:
@@ -200,6 +243,9 @@ Otsu threshold fitted on train-region images) against the mask each image was dr
 | set | FID | KID | Dice | n |
 |---|---|---|---|---|
 {score_rows(sets, ("fid", "kid", "dice", "n"))}
+
+The Dice checks that the image follows its mask (above the mismatched pairs); it is no realism score: a painter of
+uniform dark ovals beats the real pairs on it.{appearance_section(record, space)}
 
 {checks_and_goals(record, "tests/test_mask_to_image.py") if space == "pixel" else "The checks and goals of notebook 07 are the pixel model's: see `spade-pixel-" + record.profile + "`."}
 
