@@ -113,10 +113,12 @@ def training_data(name: str, seed: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def released_vqgan():
-    from histolab_utils.data.releases import pretrained
+    """The cpu profile's 4-channel VQ-GAN of today's split: the release, or this machine's run of notebook 02 when the
+    release was made on an earlier split (whose VQ-GAN saw today's validation and held-out pixels: refused)."""
     from histolab_utils.models.vqgan import load_vqmodel
+    from histolab_utils.stages import stage
 
-    return load_vqmodel(pretrained("vqgan-4ch-cpu")).float().eval()
+    return load_vqmodel(stage("vqgan").model_or_release("cpu", "4ch")).float().eval()
 
 
 def seconds_per_step(name: str, data: np.ndarray, timing_steps: int, folder: Path) -> float:

@@ -268,7 +268,7 @@ def test_cards_state_the_split_failed_goals_limits_hardware_in_words_and_a_dirty
     limits = pixel[pixel.index("## Limits"):pixel.index("## Licence")]
     assert "Made on split 2" in limits and "cannot be scored on split 3" in limits and "ONLY=07" in limits
     assert "Failed goal: FID over the real-vs-real floor" in limits and "Failed goal: recall" not in limits
-    assert "less realism, not more" in limits, "a fidelity above real pairs' is named as a limit, not a strength"
+    assert "past real, a higher Dice is no better" in limits, "a fidelity above real pairs' is named as a limit, not a strength"
     assert "`abc123-dirty` had uncommitted changes" in limits
     assert "AMD EPYC, 2 cores, AVX-512 BF16 (native bf16), no GPU" in pixel
     assert "few small images" not in pixel and "two H&E images of one tissue" in pixel
