@@ -164,6 +164,28 @@ def test_spade_paints_a_canvas_by_every_method_at_the_cost_it_reports():
         paint_spade(pipeline, types[:, :20], instances[:, :20], "tiles", 16, 2, 1.5)
 
 
+def test_the_joint_canvas_keeps_its_raw_sample_for_the_layout_blind_decoder():
+    """Notebook 10 scores the joint canvas's label decoded without the layout, as notebook 08 scores: the canvas
+    keeps the sample that decoder reads, the same one its image and drawn label come from."""
+    from histolab_utils.data.layouts import Layouts
+    from histolab_utils.diffusion.schedules import make_scheduler
+    from histolab_utils.models.joint_synthesis import (JOINT_CHANNELS, JointSynthesisPipeline,
+                                                       joint_label_without_layout)
+    from histolab_utils.models.large_regions import paint_joint
+    from histolab_utils.diffusion.unets import build_unet
+    from test_joint_synthesis import tiny_config
+
+    torch.manual_seed(0)
+    pipeline = JointSynthesisPipeline(build_unet(tiny_config()).eval(),
+                                      make_scheduler("ddim", "cosine", prediction_type="v_prediction", clip_sample=True))
+    layout = Layouts((np.array([[5, 6, 1], [20, 25, 2]]),), 32)
+    canvas = paint_joint(pipeline, layout, np.zeros((32, 32), np.int64), "multidiffusion", 16, 2, 1.5)
+    assert canvas.samples.shape == (JOINT_CHANNELS, 32, 32) and np.abs(canvas.samples).max() <= 1
+    assert np.abs(canvas.image.astype(float) / 127.5 - 1 - canvas.samples[:3].transpose(1, 2, 0)).max() < 0.01
+    types, instances = joint_label_without_layout(canvas.samples[None])
+    assert types.shape == instances.shape == (1, 32, 32)
+
+
 def test_window_conditions_read_the_field_under_each_window():
     from histolab_utils.data.nuclei import NUCLEUS_CLASSES, TISSUE_CONTEXTS
     from histolab_utils.models.large_regions import mask_conditions, window_contexts

@@ -19,7 +19,8 @@ Averaging
 MultiDiffusion takes one sampler step in every window and sets each pixel to the (weighted) mean of the windows'
 results. Here the windows' *network outputs* are averaged with per-pixel weights that sum to one, and one sampler
 step is taken over the whole canvas. For a step that is affine in the network output at a fixed x_t (DDIM, and
-the mean of a DDPM step) the two agree exactly; an ancestral step's fresh noise is then drawn once per pixel, not
+the mean of a DDPM step, both without x0 clipping) the two agree exactly; with ``clip_sample`` the step is not affine
+where the clip is active, and there the two differ. An ancestral step's fresh noise is drawn once per pixel, not
 once per window, so averaging does not shrink its variance. With a partition (``"tiles"``, one window per pixel)
 the same loop is exactly independent sampling of every tile.
 

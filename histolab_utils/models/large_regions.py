@@ -36,7 +36,9 @@ from .mask_to_image import MaskToImagePipeline, condition_maps
 class Canvas:
     """One painted canvas: ``image`` uint8 [H, W, 3] (None for masks), ``types`` and ``instances`` [H, W] (the
     label: the input mask, the joint model's decoded label, or the generated mask), the ``method``, its ``steps``,
-    ``seconds`` of wall-clock time and ``network_pixels`` (pixels the network evaluated, both guidance halves)."""
+    ``seconds`` of wall-clock time and ``network_pixels`` (pixels the network evaluated, both guidance halves);
+    ``samples`` the joint model's raw output [3 + K + 1, H, W] (None otherwise), to decode its label without the
+    layout for scoring (:func:`~histolab_utils.models.joint_synthesis.joint_label_without_layout`)."""
 
     image: np.ndarray | None
     types: np.ndarray
@@ -45,6 +47,7 @@ class Canvas:
     steps: int
     seconds: float
     network_pixels: int
+    samples: np.ndarray | None = None
 
 
 def _noise(channels: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Generator]:
@@ -96,7 +99,7 @@ def paint_joint(pipeline, layout: Layouts, contexts: np.ndarray, method: str, ti
                 guidance_scale: float, stride: int | None = None, seed: int = 0) -> Canvas:
     """Paint one canvas-sized ``layout`` (a one-layout :class:`Layouts` of S px) with notebook 08's joint pipeline by
     ``method``, each window's context the majority of ``contexts`` [S, S] under it; the label is decoded once over
-    the canvas (watershed seeded at the layout's centroids)."""
+    the canvas (watershed seeded at the layout's centroids: for drawing; score ``samples`` decoded without it)."""
     if len(layout) != 1:
         raise ValueError(f"paint one canvas layout at a time; got {len(layout)} layouts")
     contexts = np.asarray(contexts)
@@ -116,7 +119,7 @@ def paint_joint(pipeline, layout: Layouts, contexts: np.ndarray, method: str, ti
                       stride, generator, seed)
     out = decode_joint(x, layout)
     return Canvas(out.images[0], out.types[0], out.instances[0], method, steps, time.perf_counter() - started,
-                  _cost(method, layout.size, tile, steps, stride, guidance_scale, seed))
+                  _cost(method, layout.size, tile, steps, stride, guidance_scale, seed), out.samples[0])
 
 
 def mask_conditions(types: np.ndarray, instances: np.ndarray, contexts: np.ndarray,
