@@ -543,8 +543,8 @@ def _eroded_by_one_px(instances: np.ndarray) -> np.ndarray:
 def slide_areas(real_data):
     """Notebook 06's geometry (the smoke profile's tile size and downsample): two independent draws of train-region
     tiles, A (the floor's real train masks) and B (a second real draw), and held-out tiles (the reference); B's
-    nuclei eroded by 1 px (too small) and grown by 2 px (too large), and an untrained generator's masks for the
-    held-out tiles' conditions, each scored by area_distribution."""
+    nuclei eroded by 1 px (too small) and grown by 2 px (too large), an untrained generator's masks for the
+    held-out tiles' conditions and the held-out masks' encode / decode round trip, each scored by area_distribution."""
     from histolab_utils.config import load_config
     from histolab_utils.diffusion.schedules import make_scheduler
     from histolab_utils.diffusion.unets import build_unet
@@ -556,6 +556,7 @@ def slide_areas(real_data):
                                 cache=False) for region, seed in (("train", 5), ("train", 8), ("heldout", 6)))
     instances = b.instances.astype(np.int32)
     eroded, grown = _eroded_by_one_px(instances), np.stack([expand_labels(tile, 2) for tile in instances])
+    round_trip = mg.decode_masks(mg.encode_masks(heldout.types, heldout.instances))
     torch.manual_seed(0)
     config = _tiny_config()
     pipeline = mg.NucleiMaskPipeline(build_unet(config), make_scheduler("ddim", config.schedule, clip_sample=True,
@@ -565,7 +566,8 @@ def slide_areas(real_data):
                                   2.0, 5, seed=0, size=section.tile_size)
     sets = {"real B": (b.types, instances), "eroded": (b.types * (eroded > 0), eroded),
             "grown": (np.stack([expand_labels(tile, 2) for tile in b.types]) * (grown > 0), grown),
-            "untrained": (untrained.types, untrained.instances)}  # typed: nuclei are drawn with held-out types
+            "untrained": (untrained.types, untrained.instances),  # typed: nuclei are drawn with held-out types
+            "round trip": (round_trip.types, round_trip.instances)}  # notebook 06's ceiling
     areas = area_distribution(sets, (a.types, a.instances), (heldout.types, heldout.instances), seed=0)
     print(areas.round(3).to_string())
     return areas
@@ -580,6 +582,8 @@ def test_a_second_real_draw_meets_the_area_goal_and_half_area_masks_do_not(slide
     assert met[met.index.str.contains("real B")].all()
     assert areas.loc["eroded", "area_median"] <= 0.65 * areas.loc["real B", "area_median"]
     assert areas.loc["eroded", "over_floor"] > 2.0 and not met[met.index.str.contains("eroded")].any()
+    # notebook 06's ceiling: real held-out masks through encode / decode keep their nuclei's size
+    assert areas.loc["round trip", "over_floor"] <= 1.5
 
 
 def test_the_area_goal_is_two_sided_and_fails_an_untrained_generator(slide_areas):

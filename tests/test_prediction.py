@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from histolab_utils.diffusion.prediction import (PREDICTION_TYPES, as_model_space, channel_mean, predicted_x0, training_target,
-                                                 x0_error_by_t)
+                                                 x0_error_by_t, zero_output_x0_mse)
 from histolab_utils.diffusion.sampling import unet_denoiser
 from histolab_utils.diffusion.schedules import make_scheduler
 from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
@@ -21,6 +21,27 @@ def test_the_x0_estimate_inverts_the_training_target(prediction_type):
     x_t = scheduler.add_noise(x0, noise, t)
     target = training_target(scheduler, x0, noise, t)
     assert torch.allclose(predicted_x0(scheduler, target, x_t, t), x0, atol=2e-3)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_the_zero_output_x0_error_matches_a_network_that_outputs_zeros(prediction_type):
+    """The closed form against the diagnostic of a network that returns zeros, on data with a nonzero mean."""
+    scheduler = make_scheduler("ddpm", "linear", prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(1)
+    latents = (torch.randn((64, 4, 8, 8), generator=generator) * 0.9 + 0.3).numpy()
+    timesteps = (250, 500, 800)
+    table = x0_error_by_t(lambda x_t, t: torch.zeros_like(x_t), scheduler, latents, timesteps=timesteps, seed=2)
+    expected = zero_output_x0_mse(scheduler, timesteps, float((latents ** 2).mean()))
+    assert expected.shape == (3,)
+    np.testing.assert_allclose(table["x0_mse"], expected, rtol=0.05)
+
+
+def test_the_zero_output_x0_error_rejects_bad_input():
+    scheduler = make_scheduler("ddpm", "linear", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="second_moment"):
+        zero_output_x0_mse(scheduler, [500], -1.0)
+    with pytest.raises(ValueError, match="t must lie"):
+        zero_output_x0_mse(scheduler, [1000], 1.0)
 
 
 def test_the_diagnostic_of_an_exact_model_has_no_x0_error_and_reports_the_mean_predictor():

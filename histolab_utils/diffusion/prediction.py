@@ -171,6 +171,31 @@ def x0_error_by_t(
     return pd.DataFrame(rows)
 
 
+def zero_output_x0_mse(scheduler, t, second_moment: float) -> np.ndarray:
+    """The expected MSE of x̂₀ at each step ``t`` for a network that always outputs zeros, under the scheduler's
+    ``prediction_type``, on data whose mean square is ``second_moment`` (E[x₀²] in model space) and unit noise:
+
+        ε: (1 − ᾱ) / ᾱ      v: (1 − ᾱ)² E[x₀²] + ᾱ (1 − ᾱ)      x₀: E[x₀²]
+
+    A model that learned nothing (an untrained UNet's output is near 0) scores about this; a trained one must
+    score below it wherever the data has structure to learn. For v on zero-mean unit-variance data it equals the
+    best estimator that ignores spatial structure, so the gap is what the network learned beyond that.
+    """
+    if not np.isfinite(second_moment) or second_moment < 0:
+        raise ValueError(f"second_moment must be a finite mean square >= 0, got {second_moment}")
+    steps = len(scheduler.alphas_cumprod)
+    t = np.asarray(t, dtype=np.int64)
+    if ((t < 0) | (t >= steps)).any():
+        raise ValueError(f"t must lie in 0..{steps - 1}, got {t.tolist()}")
+    alpha_bar = scheduler.alphas_cumprod.double().numpy()[t]
+    prediction_type = check_prediction_type(scheduler.config.prediction_type)
+    if prediction_type == "epsilon":
+        return (1 - alpha_bar) / alpha_bar
+    if prediction_type == "v_prediction":
+        return (1 - alpha_bar) ** 2 * second_moment + alpha_bar * (1 - alpha_bar)
+    return np.full(alpha_bar.shape, float(second_moment))
+
+
 def x0_error_amplification(alpha_bar: np.ndarray) -> pd.DataFrame:
     """How much an error of size 1 in the network's output grows in x̂₀, per prediction type:
     ``sqrt((1 - ᾱ) / ᾱ)`` for ε, ``sqrt(1 - ᾱ)`` for v, 1 for x₀ (see the module docstring)."""

@@ -21,8 +21,8 @@ other eyes:
 Controllability is the share of samples the judge files under the cluster that was requested, with a 95 %
 percentile bootstrap interval over samples; its ratio to the ceiling has an interval that resamples samples and
 held-out tiles independently. The ratio alone flatters a weak judge: a label-blind generator reaches
-``chance_majority / ceiling`` of it (0.58 / 0.7 = 0.83 with two clusters of 58 % and 42 %), so the table also
-has ``over_chance``, the accuracy's margin over ``chance_majority`` as a share of the ceiling's margin (0 for the
+``chance_majority / ceiling`` of it (with a ceiling of, say, 0.70 and two clusters of 58 % and 42 %:
+0.58 / 0.70 = 0.83), so the table also has ``over_chance``, the accuracy's margin over ``chance_majority`` as a share of the ceiling's margin (0 for the
 best label-blind generator, 1 at the ceiling).
 """
 
