@@ -144,6 +144,10 @@ def _copy_fp16(source: Path, target: Path) -> None:
             model.save_pretrained(target / folder.relative_to(source), safe_serialization=True)
 
 
+def _write_manifest(manifest: dict, root: Path | None) -> None:
+    atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+
+
 def release_pipeline(source: Path, name: str, card: str, root: Path | None = None) -> Path:
     """Copy a saved diffusers pipeline (ours too, such as the class-conditional LDM) or a single diffusers model
     (a ``VQModel``) into ``data/pretrained/<name>`` with fp16 safetensors and the model ``card`` as README.md, and
@@ -166,7 +170,7 @@ def release_pipeline(source: Path, name: str, card: str, root: Path | None = Non
     staging.rename(target)
     manifest = read_manifest(root)
     manifest[name] = {"files": files, "bytes": size}
-    atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    _write_manifest(manifest, root)
     return target
 
 
@@ -181,5 +185,5 @@ def rewrite_card(name: str, card: str, root: Path | None = None) -> Path:
     atomic_write_text(readme, card)
     files = {**manifest[name]["files"], "README.md": sha256_of(readme)}
     manifest[name] = {"files": files, "bytes": sum((folder / f).stat().st_size for f in files)}
-    atomic_write_text(pretrained_dir(root) / MANIFEST, json.dumps(dict(sorted(manifest.items())), indent=2) + "\n")
+    _write_manifest(manifest, root)
     return readme

@@ -71,6 +71,11 @@ class StageRecord:
         renamed = {new for new, old in self.OLD_NAMES.items() if old in self.extra}
         return frozenset(self.absent & (renamed | self.ADDED_SINCE_PUBLISHED))
 
+    def renamed(self, name: str) -> Any:
+        """The metric ``name`` of :attr:`OLD_NAMES`, under its new name or, in an older record, its old one."""
+        value = getattr(self, name)
+        return self.extra[self.OLD_NAMES[name]] if value is None else value
+
     def headline_values(self) -> dict[str, Any]:
         """The headline scores of this run, by name."""
         return {name: getattr(self, name) for name in self.HEADLINE}
@@ -106,6 +111,10 @@ class StageRecord:
         values = {name: metrics.pop(name) for name in declared if name in metrics}
         stamp = Stamp(**{k: v for k, v in source.items() if k != "metrics"},
                       absent=frozenset(stamp_keys - set(source)))
+        for new, old in cls.OLD_NAMES.items():  # a renamed metric must be there under one of its names
+            if new not in values and old not in metrics:
+                raise ValueError(f"{where}: metrics lack {new!r} (called {old!r} in older records), which a "
+                                 f"{cls.__name__} needs")
         return cls(stamp=stamp, extra=metrics, absent=frozenset(set(declared) - set(values)), **values)
 
     def to_json(self) -> dict:

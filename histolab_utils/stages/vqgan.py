@@ -53,24 +53,7 @@ class VQGANRecord(StageRecord):
 
     OLD_NAMES: ClassVar[dict[str, str]] = {"fid_real_train_vs_heldout": "rfid_floor_train_vs_heldout",
                                            "real_vs_real": "floor"}
-    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset({"jpeg_reference"})  # records made before it lack it
-
-    @classmethod
-    def from_json(cls, source: "dict | str | Path") -> "VQGANRecord":
-        """:meth:`StageRecord.from_json`, which also refuses a record that holds a renamed metric under neither
-        name."""
-        record = super().from_json(source)
-        for new, old in cls.OLD_NAMES.items():
-            if new in record.absent and old not in record.extra:
-                where = "a metrics record" if isinstance(source, dict) else str(source)
-                raise ValueError(f"{where}: metrics lack {new!r} (called {old!r} in older records), which a "
-                                 f"{cls.__name__} needs")
-        return record
-
-    def renamed(self, name: str) -> Any:
-        """The metric ``name`` of :data:`OLD_NAMES`, under its new name or, in an older record, its old one."""
-        value = getattr(self, name)
-        return self.extra[self.OLD_NAMES[name]] if value is None else value
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset({"jpeg_reference"})
 
 
 def vqgan_card(record: VQGANRecord, channels: int, name: str) -> str:
