@@ -89,3 +89,19 @@ def test_progress_bars_come_from_tqdm_auto():
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"\bfrom tqdm import\b|^\s*import tqdm\b|from tqdm\.(std|notebook) import", line)]
     assert plain == [], f"use tqdm.auto: {plain}"
+
+
+def test_every_widget_cell_the_browser_test_drives_is_in_its_notebook():
+    """The browser test (``make ui-test``, not in every run) finds its cells by a line of their code; the line must
+    be run by exactly one code cell, so renaming or splitting a widget cell fails here, without a browser."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cells = runpy.run_path(str(root / "tests" / "ui" / "widget_cells.py"))["WIDGET_CELLS"]
+    for name, code in cells.items():
+        notebook = json.loads((root / "notebooks" / f"{name}.ipynb").read_text())
+        running = [i for i, cell in enumerate(notebook["cells"])
+                   if cell["cell_type"] == "code" and code in "".join(cell["source"])]
+        assert len(running) == 1, f"{name}.ipynb: {len(running)} code cells run {code!r}, the browser test needs one"

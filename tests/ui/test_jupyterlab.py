@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from widget_cells import WIDGET_CELLS  # tests/ui/ is on sys.path (rootdir-relative imports)
+
 REPORTS = Path(os.environ.get("HISTO_UI_REPORTS", Path(__file__).resolve().parents[2] / "reports" / "ui"))
 
 WIDGET_ERROR = re.compile(r"widget|jupyter-widgets|ipywidgets|model not found|\bcomm\b", re.IGNORECASE)
@@ -27,6 +29,15 @@ class Notebook:
                      "return !!(p && p.sessionContext && p.sessionContext.session && p.sessionContext.session.kernel"
                      " && p.content && p.content.widgets.length > 0)", 90, "the notebook and its kernel to open")
         self.wait_idle(90)
+
+    def cell_running(self, code: str) -> int:
+        """The index of the one code cell whose source holds ``code``: tests name a widget's cell by what it runs,
+        never by a position that an added markdown cell shifts."""
+        found = self.js("return window.jupyterapp.shell.currentWidget.content.widgets.map((c, i) => [c, i])"
+                        ".filter(([c, i]) => c.model.type === 'code' && c.model.sharedModel.getSource()"
+                        ".includes(arguments[0])).map(([c, i]) => i)", code)
+        assert len(found) == 1, f"{self.name}: {len(found)} code cells run {code!r}, not one: {found}"
+        return found[0]
 
     def js(self, script: str, *args):
         return self.driver.execute_script(script, *args)
@@ -165,14 +176,15 @@ def select_other(element) -> str:
     return other
 
 
-EXPLORER_CELL = 20
+EXPLORER_CELL = WIDGET_CELLS["04_latent_clusters"]
 
 
 @pytest.fixture(scope="class")
 def explorer(browser, lab, smoke_expert_labels):
     """Notebook 04 run through its explorer cell, shared by the explorer's tests (the smoke labels copied before)."""
     notebook = Notebook(browser, lab, "04_latent_clusters")
-    notebook.run_through(EXPLORER_CELL)
+    notebook.explorer_cell = notebook.cell_running(EXPLORER_CELL)
+    notebook.run_through(notebook.explorer_cell)
     return notebook
 
 
@@ -183,12 +195,12 @@ class TestTheClusterExplorer:
     def test_redraws_and_the_expert_panel_saves(self, browser, explorer, smoke_expert_labels):
         notebook = explorer
         assert notebook.errors() == []
-        before = notebook.plot_source(EXPLORER_CELL)
-        notebook.save("explorer-before", notebook.plot_png(EXPLORER_CELL))
-        notebook.save_output(EXPLORER_CELL, "explorer-panel")
+        before = notebook.plot_source(notebook.explorer_cell)
+        notebook.save("explorer-before", notebook.plot_png(notebook.explorer_cell))
+        notebook.save_output(notebook.explorer_cell, "explorer-panel")
 
         new_name = "nest edge (ui test)"
-        name_box = notebook.control(EXPLORER_CELL, "text", "new name")
+        name_box = notebook.control(notebook.explorer_cell, "text", "new name")
         name_box.clear()
         name_box.send_keys(new_name)
         # ipywidgets holds keystrokes back while an update is pending: click only once the kernel has the whole name
@@ -196,17 +208,17 @@ class TestTheClusterExplorer:
         while notebook.kernel_value('explorer.controls["name"].value') != repr(new_name):
             assert time.monotonic() < deadline, "the typed name never reached the kernel"
             time.sleep(0.3)
-        notebook.button(EXPLORER_CELL, "rename").click()
+        notebook.button(notebook.explorer_cell, "rename").click()
         notebook.wait_js("return document.body.innerText.includes('saved to')", 60, "the rename to be saved")
         assert new_name in smoke_expert_labels.read_text(), "the rename did not reach the smoke label CSV"
 
-        colouring = select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
-        after = notebook.wait_for_new_plot(EXPLORER_CELL, before)
+        colouring = select_other(notebook.control(notebook.explorer_cell, "dropdown", "colour by"))
+        after = notebook.wait_for_new_plot(notebook.explorer_cell, before)
         notebook.save("explorer-after", after)
         notebook.screenshot(f"explorer-coloured-by-{colouring.replace(' ', '_')}")
 
-        notebook.run_through(EXPLORER_CELL)  # the cell loads the saved file again: the new name is in the explorer
-        options = [o.text for o in _options(notebook.control(EXPLORER_CELL, "dropdown", "cluster"))]
+        notebook.run_through(notebook.explorer_cell)  # the cell loads the saved file again: the new name is in the explorer
+        options = [o.text for o in _options(notebook.control(notebook.explorer_cell, "dropdown", "cluster"))]
         assert any(new_name in option for option in options), options
         assert notebook.errors() == []
         assert widget_console_errors(browser) == []
@@ -218,10 +230,10 @@ class TestTheClusterExplorer:
         notebook.js("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.requestExecute({code: "
                     "'explorer.draw = lambda *args, **kwargs: 1 / 0', silent: true})")
         notebook.wait_idle(30)
-        before = notebook.plot_source(EXPLORER_CELL)
-        select_other(notebook.control(EXPLORER_CELL, "dropdown", "colour by"))
+        before = notebook.plot_source(notebook.explorer_cell)
+        select_other(notebook.control(notebook.explorer_cell, "dropdown", "colour by"))
         with pytest.raises(AssertionError, match="did not change"):
-            notebook.wait_for_new_plot(EXPLORER_CELL, before, seconds=8)
+            notebook.wait_for_new_plot(notebook.explorer_cell, before, seconds=8)
         assert any("ZeroDivisionError" in error for error in notebook.errors()), notebook.errors()
 
 
@@ -232,8 +244,8 @@ def _options(select_element):
 
 
 def test_the_sampling_widget_draws_new_samples_for_another_cluster(browser, lab):
-    widget_cell = 25
     notebook = Notebook(browser, lab, "05_conditional_ldm")
+    widget_cell = notebook.cell_running(WIDGET_CELLS["05_conditional_ldm"])
     notebook.run_through(widget_cell)
     assert notebook.errors() == []
     before, before_png = notebook.plot_source(widget_cell), notebook.plot_png(widget_cell)
@@ -246,13 +258,22 @@ def test_the_sampling_widget_draws_new_samples_for_another_cluster(browser, lab)
     assert widget_console_errors(browser) == []
 
 
-@pytest.mark.parametrize("name, cell, box", [("06_nuclei_masks", 29, "inflammatory")])
-def test_a_mask_widget_of_06_to_08_responds(browser, lab, name, cell, box):
+@pytest.mark.parametrize("name, control", [
+    ("06_nuclei_masks", ("checkbox", "inflammatory")),
+    ("10_large_regions", ("dropdown", "method")),
+])
+def test_a_layout_widget_responds(browser, lab, name, control):
+    """Notebook 06's mask widget (a nucleus type ticked) and notebook 10's canvas widget (another tiling method)."""
     notebook = Notebook(browser, lab, name)
+    cell = notebook.cell_running(WIDGET_CELLS[name])
     notebook.run_through(cell)
     assert notebook.errors() == []
     before, before_png = notebook.plot_source(cell), notebook.plot_png(cell)
-    notebook.control(cell, "checkbox", box).click()
+    kind, label = control
+    if kind == "checkbox":
+        notebook.control(cell, kind, label).click()
+    else:
+        select_other(notebook.control(cell, kind, label))
     after = notebook.wait_for_new_plot(cell, before)
     notebook.save("widget-before", before_png)
     notebook.save("widget-after", after)
