@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -278,14 +279,17 @@ def table(records: list[dict], refs_floor: dict) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-def best_by_validation(records: list[dict], count: int = 2) -> list[str]:
-    """The ``count`` recipes whose seed-0 run has the lowest validation FID (best sampler): they get a second seed."""
-    scores = {r["recipe"]: min(row["fid_vs_validation"] for row in r["rows"]) for r in records if r["seed"] == 0}
+def best_by_validation(records: list[dict], count: int = 2, exclude: Sequence[str] = ()) -> list[str]:
+    """The ``count`` recipes whose seed-0 run has the lowest validation FID (best sampler): they get a second seed.
+    ``exclude``: recipes whose validation FID is not an independent score (a latent row whose autoencoder was trained
+    on an earlier split that put today's validation strip in its training region), so it cannot choose."""
+    scores = {r["recipe"]: min(row["fid_vs_validation"] for row in r["rows"]) for r in records
+              if r["seed"] == 0 and r["recipe"] not in exclude}
     return sorted(scores, key=scores.get)[:count]
 
 
 def write_table(path: Path, records: list[dict], refs: References, minutes: float, order: list[str],
-                timing: dict) -> None:
+                timing: dict, exclude: Sequence[str] = ()) -> None:
     from histolab_utils.report import git_commit
 
     frame = table(records, refs.floor)
@@ -296,8 +300,9 @@ def write_table(path: Path, records: list[dict], refs: References, minutes: floa
                           "crops at the same n; validation FID chose the second seeds",
         "floor": refs.floor, "real_colour": refs.colour, "timed_seconds_per_step": timing,
         "recipes": {name: asdict(RECIPES[name]) for name in order},
-        "second_seed_for": best_by_validation(records) if all(
+        "second_seed_for": best_by_validation(records, exclude=exclude) if all(
             any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order) else None,
+        "not_eligible_for_a_second_seed": list(exclude),
         "rows": frame.to_dict(orient="records"), "runs": records,
     }
     atomic_write_text(path, json.dumps(document, indent=2, default=list))
@@ -310,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(RECIPES), help="comma-separated recipes, in the order to run")
     parser.add_argument("--n", type=int, default=500, help="samples per sampler, and real crops per reference set")
     parser.add_argument("--second-seeds", type=int, default=2, help="how many of the best get a second seed")
+    parser.add_argument("--not-chosen-by-validation", default="", metavar="RECIPES",
+                        help="comma-separated recipes whose validation FID cannot choose (their model saw the "
+                             "validation strip, e.g. latent on an earlier split's VQ-GAN); they are scored, not chosen")
     parser.add_argument("--timing-steps", type=int, default=30)
     # one folder and one table per split, so that a study never mixes two splits' crops, floors and checkpoints
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / f"recipes-split{SPLIT_VERSION}")
@@ -318,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true", help="write the table from finished runs; train nothing")
     args = parser.parse_args(argv)
     order = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in order if name not in RECIPES]
+    exclude = [name.strip() for name in args.not_chosen_by_validation.split(",") if name.strip()]
+    unknown = [name for name in order + exclude if name not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -351,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         records.append(run_recipe(name, seed, steps, timing[name], args.out, refs, args.table))
         print(f"{name} seed {seed}: {steps} steps, done in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-        write_table(args.table, records, refs, args.minutes, order, timing)
+        write_table(args.table, records, refs, args.minutes, order, timing, exclude)
 
     for name in order:
         if name in timing:
             run(name, 0)
     if all(any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order):
-        for name in best_by_validation(records, args.second_seeds):
+        for name in best_by_validation(records, args.second_seeds, exclude):
             run(name, 1)
     return 0
 

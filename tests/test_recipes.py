@@ -224,3 +224,11 @@ def test_a_profile_names_a_recipe_once_and_explicit_settings_win(tmp_path):
     path.write_text('extends = "cpu"\n\n[training]\nrecipe = "min-snr"\n')
     with pytest.raises(ProfileError, match=r"p.toml: \[training\] recipe: unknown training recipe 'min-snr'"):
         config.read_config(str(path))
+
+
+def test_a_recipe_whose_validation_score_is_not_independent_is_never_chosen_for_a_second_seed():
+    benchmark = load_benchmark()
+    records = [{"recipe": name, "seed": 0, "rows": [{"fid_vs_validation": fid}]}
+               for name, fid in [("today", 120.0), ("min_snr", 110.0), ("latent", 90.0), ("edm", 130.0)]]
+    assert benchmark.best_by_validation(records) == ["latent", "min_snr"]
+    assert benchmark.best_by_validation(records, exclude=["latent"]) == ["min_snr", "today"]
