@@ -5,7 +5,8 @@ import pytest
 
 import pandas as pd
 
-from histolab_utils.evaluation.floors import ddpm_goals, floors, ldm_goals, real_reference, score_samples, vqgan_goals
+from histolab_utils.evaluation.floors import (ddpm_goals, floors, heldout_fid, ldm_goals, real_reference, score_samples,
+                                             vqgan_goals)
 
 
 def test_scores_and_floors_on_real_crops(real_data):
@@ -23,26 +24,61 @@ def test_scores_and_floors_on_real_crops(real_data):
     assert score_samples(noise, reference, training_crops=trained_on)["near_copy_fraction"] == 3 / 8
     with pytest.raises(ValueError, match="same n"):
         score_samples(noise[:4], reference)
+    # the headline alone, for a second scoring of one model: the same number as score_samples'
+    assert heldout_fid(noise, reference) == pytest.approx(scores["fid_vs_heldout"])
+    with pytest.raises(ValueError, match="same n"):
+        heldout_fid(noise[:4], reference)
 
 
 def _ddpm_rows(fid_ddim: float, fid_dpm: float, colour: tuple[float, float, float], copies: float) -> pd.DataFrame:
     rows = []
     for schedule, prediction in (("cosine", "v_prediction"), ("linear", "epsilon")):
-        for sampler, fid in (("ddim", fid_ddim), ("dpm", fid_dpm)):
+        for sampler, steps, fid in (("ddim", 50, fid_ddim), ("dpm", 20, fid_dpm)):
             worse = 3.0 if prediction == "epsilon" else 1.0  # the other model is much worse: never the one judged
-            rows.append({"schedule": schedule, "prediction": prediction, "sampler": sampler, "fid_vs_heldout": fid * worse,
-                         "colour_r": colour[0], "colour_g": colour[1], "colour_b": colour[2],
-                         "near_copy_fraction": copies})
+            rows.append({"schedule": schedule, "prediction": prediction, "sampler": sampler, "steps": steps,
+                         "fid_vs_heldout": fid * worse, "colour_r": colour[0], "colour_g": colour[1],
+                         "colour_b": colour[2], "near_copy_fraction": copies})
     return pd.DataFrame(rows)
+
+
+# The train region is darker than the held-out strip (split 3 measured about 9 levels): a property of the split.
+TRAIN = {"mean_r": 170.0, "mean_g": 120.0, "mean_b": 182.0}
+HELDOUT = {"mean_r": 179.0, "mean_g": 129.0, "mean_b": 187.0}
+BEST = ("cosine", "v_prediction")
 
 
 def test_ddpm_goals_judge_the_best_model_against_each_target():
     floor = {"fid_train_vs_heldout": 60.0}
-    real = {"mean_r": 180.0, "mean_g": 130.0, "mean_b": 190.0}
-    met = ddpm_goals(_ddpm_rows(70.0, 75.0, (175, 128, 185), 0.0), floor, ("cosine", "v_prediction"), real)
-    assert met["met"].all() and met["measured"].tolist() == pytest.approx([70 / 60, 5.0, 75 / 70 - 1, 0.0])
-    missed = ddpm_goals(_ddpm_rows(90.0, 110.0, (160, 128, 185), 0.02), floor, ("cosine", "v_prediction"), real)
-    assert not missed["met"].any()
+    # colours within 2 levels of the training crops, 7 to 11 off the held-out ones: met (the old goal against
+    # held-out at 8 levels failed this model, which learned its training data)
+    met = ddpm_goals(_ddpm_rows(70.0, 75.0, (172, 118, 184), 0.0), floor, BEST, TRAIN, HELDOUT, plain_fid=74.0)
+    goals = met[met["met"].notna()]
+    assert goals["met"].astype(bool).all() and len(goals) == 7
+    assert goals["measured"].tolist() == pytest.approx([70 / 60, 2.0, -2.0, 2.0, 75 / 70 - 1, 74 / 70 - 1, 0.0])
+    assert all(goals["goal"].str.contains("training crops'")[1:4])
+    missed = ddpm_goals(_ddpm_rows(90.0, 110.0, (160, 128, 190), 0.02), floor, BEST, TRAIN, HELDOUT, plain_fid=70.0)
+    assert not missed[missed["met"].notna()]["met"].astype(bool).any()
+
+
+def test_ddpm_goals_fail_a_model_that_matches_the_heldout_colour_and_report_the_splits_offset_beside_it():
+    rows = _ddpm_rows(70.0, 75.0, (179, 129, 187), 0.0)  # the held-out strip's colour, not the training data's
+    goals = ddpm_goals(rows, {"fid_train_vs_heldout": 60.0}, BEST, TRAIN, HELDOUT, plain_fid=70.0)
+    colour = goals[goals["goal"].str.startswith("mean ") & goals["met"].notna()]
+    assert colour["measured"].tolist() == pytest.approx([9.0, 9.0, 5.0])
+    assert colour["met"].tolist() == [False, False, True]
+    split = goals[goals["met"].isna()]  # reported, never judged: the regions' own difference
+    assert split["measured"].tolist() == pytest.approx([9.0, 9.0, 5.0]) and (split["target"] == "reported").all()
+    assert split["goal"].str.contains("the split's own offset, not a goal").all()
+
+
+def test_ddpm_goals_plain_diffusers_agreement_is_two_sided_and_a_missing_model_is_named():
+    rows = _ddpm_rows(70.0, 75.0, (170, 120, 182), 0.0)
+    plain = "plain-diffusers ddim-50 FID of the saved best model over the package's, minus 1"
+    for plain_fid, agrees in ((76.0, True), (63.5, True), (78.0, False), (60.0, False)):
+        goals = ddpm_goals(rows, {"fid_train_vs_heldout": 60.0}, BEST, TRAIN, HELDOUT, plain_fid).set_index("goal")
+        assert goals.loc[plain, "met"] is agrees and goals.loc[plain, "measured"] == pytest.approx(plain_fid / 70 - 1)
+    with pytest.raises(ValueError, match="best_model"):
+        ddpm_goals(rows, {"fid_train_vs_heldout": 60.0}, ("sigmoid", "v_prediction"), TRAIN, HELDOUT, 70.0)
 
 
 def test_ldm_goals_judge_controllability_against_its_ceiling_and_each_clusters_fid_against_its_floor_both_ways():

@@ -46,8 +46,12 @@ class DDPMRecord(StageRecord):
     best_prediction: str
     floor_fid_train_vs_heldout: float
     fast_solvers: list | None = None  # the best model with each fast solver at each step count, cost measured
+    # the saved best model sampled by plain diffusers (DDPMPipeline + DDIMScheduler), scored against the same held-out
+    # crops: fid_vs_heldout, package_fid_vs_heldout, sampler, steps, n, seed
+    plain_diffusers: dict | None = None
 
-    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset({"fast_solvers"})
+    ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = (StageRecord.ADDED_SINCE_PUBLISHED
+                                                       | frozenset({"fast_solvers", "plain_diffusers"}))
 
 
 def model_label(schedule: str, prediction: str) -> str:
