@@ -51,20 +51,25 @@ class MasksRecord(StageRecord):
     area_over_floor: float | None = None
     area_median: float | None = None
     heldout_area_median: float | None = None
+    heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
                                            "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd",
                                            "area_over_floor")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median"})
+        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median", "heldout"})
 
 
 
-def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance_scale: float,
-                  sweep, scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer,
-                  run_folder, chosen: str, unguided: str, ceiling: str, floor: str, baseline: str,
-                  areas) -> dict[str, Any]:
+def masks_metrics(config, device, *, heldout: dict, split_x: float, validation_y: float, n_validation: int,
+                  guidance_scale: float, sweep, scores, per_type_accuracy, matching, checks, goals,
+                  round_trip_recall: float, trainer, run_folder, chosen: str, unguided: str, ceiling: str, floor: str,
+                  baseline: str, areas) -> dict[str, Any]:
     """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
+
+    ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
+    its ``n``, overlapping pairs, distinct nuclei and a sentence); the record's ``n`` is its size, which every scored
+    set shares (a non-overlapping grid may hold fewer tiles than the profile's ``n_eval``).
 
     ``config`` is the profile (``ctx.config``); ``sweep`` the validation guidance sweep and ``scores`` the held-out
     score table (``evaluation.mask_generation.score_mask_sets``), whose rows ``chosen``, ``unguided``, ``ceiling``,
@@ -87,8 +92,9 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
     if missing:
         raise KeyError(f"the whole-nucleus area table lacks the rows {missing}; its rows are {list(areas.index)}")
     metrics = {
-        "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
-                                       f"the rest validation (y >= {validation_y:.0f})"),
+        "n": heldout["n"], "heldout": heldout,
+        "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of the rest validation "
+                  f"(y >= {validation_y:.0f})"),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "validation_sweep": table_records(sweep.astype(float)),
         "n_validation": n_validation, "heldout_scores": table_records(scores.astype(float)),
