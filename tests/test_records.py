@@ -121,6 +121,7 @@ def test_the_masks_card_shows_the_whole_nucleus_area_beside_its_floor_when_the_r
     older = MasksRecord.from_json({**record.to_json(), "metrics": {
         k: v for k, v in record.to_json()["metrics"].items() if k not in MasksRecord.ADDED_SINCE_PUBLISHED}})
     assert "Whole-nucleus area" not in MASKS.card(older, "", "masks-cpu")
+    assert f"The held-out set: {HELDOUT['statement']}." in card and "The held-out set" not in MASKS.card(older, "", "masks-cpu")
 
 
 def test_the_masks_record_names_a_missing_input(isolated_dirs):
@@ -304,6 +305,7 @@ def test_the_joint_record_is_built_written_and_typed(isolated_dirs, profile):
     first = record.realism_ranking[inputs["ranking"].index[0]]
     assert first["rank"] == 1.0 and isinstance(first["follows_label"], bool) and isinstance(first["fidelity"], str)
     assert "Realism: nucleus appearance" in JOINT.card(record, "", "joint-test")
+    assert f"The held-out set: {HELDOUT['statement']}." in JOINT.card(record, "", "joint-test")
 
 
 def test_a_joint_record_made_before_the_appearance_score_still_loads(isolated_dirs):

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
 from ..data.datasets import split_description
 from ..data.pairs import PAIR_SOURCES
-from .cards import (card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, score_rows, split_in_words,
-                    training_time)
+from .cards import (card_footer, checks_and_goals, hardware_in_words, heldout_in_words, not_for_diagnosis, score_rows,
+                    split_in_words, training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -257,7 +257,7 @@ out.images, out.types, out.instances  # uint8 NHWC images and their decoded labe
 The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), split by region
 ({split_in_words(record.stamp.split_version)}); only train-region pairs were trained on. The guidance
 ({record.guidance_scale:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
-n = {record.n} held-out pairs.
+n = {record.n} held-out pairs.{heldout_in_words(record)}
 
 ## Scores (held-out region, equal n)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
-from .cards import card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, training_time
+from .cards import card_footer, checks_and_goals, hardware_in_words, heldout_in_words, not_for_diagnosis, training_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,7 +186,7 @@ out.types, out.instances  # decoded type and instance maps
 The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region (the slide keeps its strips in every
 split since 2: the right 25 % held out, the bottom 25 % of the rest validation); only train-region tiles ({record.tile_size} px, with at least one
 nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_scale:g}) was chosen on
-{record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.
+{record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.{heldout_in_words(record)}
 
 ## Scores (held-out strip, equal n)
 

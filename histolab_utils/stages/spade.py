@@ -14,7 +14,7 @@ from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, re
 from ..data.datasets import split_description
 from ..data.pairs import PAIR_SOURCES
 from .cards import (card_footer, checks_and_goals, default_set_seen, default_set_sources, hardware_in_words,
-                    not_for_diagnosis, score_rows, split_in_words, training_time)
+                    heldout_in_words, not_for_diagnosis, score_rows, split_in_words, training_time)
 
 SPACES = ("pixel", "latent")
 
@@ -240,7 +240,7 @@ images = pipeline(types, instances, guidance_scale={guidance_scale:g}, num_infer
 
 The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), {record.tile_size} px pairs at
 {record.downsample:g} image px per px, split by region ({split_in_words(record.stamp.split_version)}); only
-train-region pairs were trained on. {chosen} The scores below are on n = {record.n} held-out pairs.
+train-region pairs were trained on. {chosen} The scores below are on n = {record.n} held-out pairs.{heldout_in_words(record)}
 
 ## Scores (held-out region, equal n)
 
