@@ -24,6 +24,9 @@ spatial and fixed: the right ``HELDOUT_FRACTION`` (25 %) of the slide's extent, 
 (the region split of every other notebook), is held out; the bottom ``VALIDATION_FRACTION`` of the
 rest is the validation strip; a tile lies wholly inside one of the three regions.
 The held-out nest and stroma masks are the segmentation test set: no model trains on them.
+:func:`mask_tiles` draws random windows, which may overlap; :func:`grid_mask_tiles` cuts the tiles of a
+non-overlapping grid instead (held-out sets, whose tiles a bootstrap and a floor treat as separate units), and
+:func:`distinct_mask_nuclei` counts the nuclei a set of tiles shows, each once.
 """
 
 from __future__ import annotations
