@@ -184,7 +184,8 @@ class SpadeSection(GuidedDiffusion):
     latent_copies: int  # dihedral copies of each pair encoded for the latent model
     vqgan_latent_channels: int  # which of notebook 02's VQ-GANs: runs/<profile>/vqgan-<c>ch
     gallery_size: int
-    inpaint_size: int  # px of the inpainting demo's image
+    inpaint_size: int  # px of each inpainted image: non-overlapping held-out tiles of this size (at downsample)
+    n_inpaint: int  # held-out tiles each inpainting edit is applied to (fewer where fewer qualify)
     repaint: tuple[int, int, int]  # RePaint's (t_T, jump_length, jump_n_sample)
     repaint_fast: tuple[int, int, int]  # the DDIM variant's
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histolab_utils.evaluation.hierarchical_bootstrap import hierarchical_contrast, holm, holm_interval_levels
+from histolab_utils.evaluation.hierarchical_bootstrap import (hierarchical_contrast, holm, holm_interval_levels,
+                                                              mean_interval)
 
 
 def dice(sums: np.ndarray) -> np.ndarray:
@@ -67,3 +68,19 @@ def test_holm_matches_a_hand_calculation_and_leaves_untested_out():
     np.testing.assert_allclose(holm(p), [0.03, 0.06, 0.06, 0.02, np.nan])
     np.testing.assert_allclose(holm_interval_levels(p), [1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2, 1 - 0.05 / 4, np.nan])
     assert holm([]).size == 0 and holm([0.2])[0] == 0.2 and holm([0.6, 0.7])[1] == 1.0
+
+
+def test_the_mean_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = [low <= 1.0 <= high for k in range(200)
+               for _, low, high in [mean_interval(rng.normal(1.0, 2.0, 40), 500, seed=k)]]
+    assert 0.88 <= np.mean(covered) <= 0.99
+
+
+def test_the_mean_interval_of_degenerate_samples_and_bad_arguments():
+    assert mean_interval([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)  # no spread to resample
+    assert mean_interval([0.2]) == (0.2, 0.2, 0.2)
+    assert mean_interval([1.0, np.nan, 3.0], seed=1)[0] == 2.0  # NaN left out
+    assert all(np.isnan(mean_interval([])))
+    with pytest.raises(ValueError, match="confidence"):
+        mean_interval([1.0, 2.0], confidence=95)

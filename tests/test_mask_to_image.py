@@ -12,6 +12,7 @@ import torch
 from histolab_utils.data import load_image
 from histolab_utils.data.crops import DIHEDRAL_TRANSFORMS as DIHEDRAL
 from histolab_utils.data.pairs import image_mask_pairs, pair_rasters
+from histolab_utils.data.nuclei import NUCLEUS_CLASSES
 from histolab_utils.diffusion.hybrid_loss import model_log_variance, normal_kl, posterior, vlb_terms
 from histolab_utils.diffusion.inpainting import RePaintSettings, check_region, jump_schedule, model_evaluations
 from histolab_utils.diffusion.schedules import make_scheduler
@@ -501,6 +502,134 @@ def test_the_gallery_takes_crops_that_do_not_overlap():
                                                               y0 < real.boxes[j][3] and real.boxes[j][1] < y1)
     with pytest.raises(ValueError, match="outside"):
         pairs.apart([5], 1)
+
+
+# -- non-overlapping held-out sets and inpainting edits on them ------------------------------------
+def test_a_grid_subset_keeps_at_most_n_grid_tiles_and_a_floor_takes_the_same_share_of_sources():
+    from histolab_utils.data.nuclei import overlapping_pairs
+    from histolab_utils.data.pairs import grid_pairs, source_counts
+
+    full = grid_pairs(32, "heldout", downsample=2)
+    some = grid_pairs(32, "heldout", downsample=2, n=40, seed=1)
+    assert len(some) == 40 and overlapping_pairs(some.boxes, some.sources) == 0
+    cells = {(name, tuple(box)) for name, box in zip(full.sources, full.boxes)}
+    assert all((name, tuple(box)) in cells for name, box in zip(some.sources, some.boxes))
+    assert (grid_pairs(32, "heldout", downsample=2, n=40, seed=1).boxes == some.boxes).all()
+    assert not (grid_pairs(32, "heldout", downsample=2, n=40, seed=2).boxes == some.boxes).all()
+    assert len(grid_pairs(32, "heldout", downsample=2, n=10 * len(full), seed=1)) == len(full)  # the size there is
+    floor = grid_pairs(32, "train", downsample=2, n=source_counts(some), seed=2)
+    assert source_counts(floor) == source_counts(some) and floor.region == "train"
+    with pytest.raises(ValueError, match="lizard"):
+        grid_pairs(32, "heldout", downsample=2, n={"lizard": 3})
+    with pytest.raises(ValueError, match="whole number"):
+        grid_pairs(32, "heldout", downsample=2, n=2.5)
+
+
+def test_the_pairs_summary_counts_overlaps_and_each_nucleus_once():
+    from histolab_utils.data.pairs import grid_pairs, pairs_summary
+
+    grid = grid_pairs(32, "heldout", sources=("hgsc_nest",), downsample=2)
+    summary = pairs_summary(grid)
+    assert summary["n"] == len(grid) and summary["overlapping_pairs"] == 0 and "non-overlapping" in summary["statement"]
+    per_tile = sum(len(set(np.unique(i).tolist()) - {0}) for i in grid.instances)
+    assert summary["distinct_nuclei"] < per_tile  # a nucleus cut by the border of two tiles counts once
+    twice = pairs_summary(grid.subset([0, 0, 1]))
+    assert twice["overlapping_pairs"] == 1 and "1 pairs of them overlapping" in twice["statement"]
+    assert twice["distinct_nuclei"] == pairs_summary(grid.subset([0, 1]))["distinct_nuclei"]
+    random_crops = pairs_summary(image_mask_pairs(32, "heldout", 48, seed=1, downsample=2))
+    assert random_crops["overlapping_pairs"] > 0  # what the grid replaces: random held-out crops overlap
+
+
+def test_each_edit_changes_its_tiles_inside_its_region_only_and_skips_tiles_it_cannot_change():
+    from histolab_utils.data.pairs import grid_pairs
+    from histolab_utils.models.mask_to_image import centre_square, edit_batch, notebook_edits
+
+    pairs = grid_pairs(32, "heldout", downsample=2)
+    edits = notebook_edits(pairs, 16, seed=0)
+    for name, edit in edits.items():
+        assert len(edit) == 16 and len(set(edit.tiles.tolist())) == 16, name
+        changed = edit.edited_types != edit.types
+        assert changed.any(axis=(1, 2)).all() and not (changed & ~edit.regions).any(), name
+    add, remove = edits["add inflammatory"], edits["remove neoplastic"]
+    inflammatory, neoplastic = NUCLEUS_CLASSES.index("inflammatory") + 1, NUCLEUS_CLASSES.index("neoplastic") + 1
+    assert ((add.edited_types == inflammatory) & (add.types == 0)).any(axis=(1, 2)).all()
+    assert ((remove.types == neoplastic) & (remove.edited_types == 0)).any(axis=(1, 2)).all()
+    assert not ((remove.edited_types > 0) & (remove.types == 0)).any()  # removing adds nothing
+    stroma = pairs.subset(np.flatnonzero(pairs.sources == "hgsc_stroma"))
+    np.testing.assert_array_equal(add.images, stroma.images[add.tiles])  # the tiles' own images and masks
+    np.testing.assert_array_equal(add.types, stroma.types[add.tiles])
+    with pytest.raises(ValueError, match="changes none"):
+        edit_batch("nothing", pairs, 4, 0, lambda types, instances: (types, instances, centre_square(32)))
+
+
+@pytest.mark.parametrize("profile", ["cpu", "full"])
+def test_each_inpainting_edit_rests_on_at_least_16_non_overlapping_held_out_tiles(profile):
+    """Issue 37: the inpainting scores rest on at least 16 images per edit, in the profiles that publish them."""
+    from histolab_utils.config import load_config
+    from histolab_utils.data.pairs import grid_pairs
+    from histolab_utils.models.mask_to_image import notebook_edits
+
+    section = load_config(profile).spade
+    pairs = grid_pairs(section.inpaint_size, "heldout", downsample=section.downsample)
+    assert section.n_inpaint >= 16
+    assert {name: len(edit) for name, edit in notebook_edits(pairs, section.n_inpaint).items()} == {
+        "add inflammatory": section.n_inpaint, "remove neoplastic": section.n_inpaint}
+
+
+class _EditPainter:
+    """A stand-in pipeline that paints the edited mask into the region (dark nuclei on pale ground), or leaves the
+    image as it was (``follow=False``)."""
+
+    def __init__(self, follow: bool):
+        self.follow = follow
+
+    def inpaint(self, images, types, instances, regions, settings, guidance_scale, generator=None):
+        out = images.copy()
+        if self.follow:
+            out[regions & (types > 0)] = (60, 30, 120)
+            out[regions & (types == 0)] = (235, 200, 220)
+        return out
+
+
+def test_the_inpainting_benchmark_scores_every_image_and_the_summary_gives_each_edit_an_interval():
+    from histolab_utils.data.pairs import grid_pairs
+    from histolab_utils.evaluation.mask_fidelity import edit_summary
+    from histolab_utils.models.mask_to_image import inpainting_benchmark, notebook_edits
+
+    edits = notebook_edits(grid_pairs(32, "heldout", downsample=2), 6, seed=0)
+    settings = {"RePaint": RePaintSettings(10, 5, 2, eta=1.0)}
+    detector = lambda images: np.asarray(images).mean(axis=-1) < 100  # noqa: E731  the painter's nuclei are dark
+    painted, table = inpainting_benchmark({"follows": _EditPainter(True), "ignores": _EditPainter(False)}, edits,
+                                          settings, 1.5, detector)
+    assert list(table.index.names) == ["space", "method", "edit", "image"] and len(table) == 3 * 12
+    assert set(painted) == {("follows", "RePaint"), ("ignores", "RePaint")}
+    assert painted[("follows", "RePaint")]["add inflammatory"].shape == edits["add inflammatory"].images.shape
+    summary = edit_summary(table, seed=0)
+    assert (summary["n"] == 6).all() and len(summary) == 6  # untouched real images, then both spaces, per edit
+    followed = summary.loc[("follows", "RePaint")]
+    assert (followed["margin"] > 0.3).all() and (followed["margin_lo"] > 0).all()
+    assert ((summary["margin_lo"] <= summary["margin"]) & (summary["margin"] <= summary["margin_hi"])).all()
+    assert (summary.loc[("real", "untouched"), "network calls"] == 0).all()
+    assert (followed["network calls"] == model_evaluations(settings["RePaint"])).all()
+    np.testing.assert_allclose(summary.loc[("ignores", "RePaint"), "margin"],
+                               summary.loc[("real", "untouched"), "margin"])  # left as it was: the untouched score
+
+
+def test_edit_summary_by_hand():
+    from histolab_utils.evaluation.mask_fidelity import edit_summary
+
+    index = pd.MultiIndex.from_tuples([("pixel", "RePaint", "add", k) for k in range(4)]
+                                      + [("pixel", "RePaint", "remove", k) for k in range(3)],
+                                      names=["space", "method", "edit", "image"])
+    table = pd.DataFrame({"margin": [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.5], "dice_edited": 0.6, "dice_original": 0.3,
+                          "seam ratio": 1.0, "colour step": 2.0, "seconds per image": 1.0, "network calls": 10},
+                         index=index)
+    summary = edit_summary(table, seed=0)
+    add, remove = summary.loc[("pixel", "RePaint", "add")], summary.loc[("pixel", "RePaint", "remove")]
+    assert add["n"] == 4 and add["margin"] == pytest.approx(0.25) and 0.1 <= add["margin_lo"] < 0.25 < add["margin_hi"] <= 0.4
+    assert remove["margin_lo"] == remove["margin_hi"] == 0.5  # no spread to resample
+    with pytest.raises(ValueError, match="per-image table"):
+        edit_summary(table.droplevel("image"))
 
 
 def test_the_type_legend_names_the_colours_each_palette_draws():

@@ -201,6 +201,46 @@ def test_tiles_are_seeded_and_cached(real_data):
 
 
 # -- morphology and conditioning metrics ------------------------------------------------------------
+def test_grid_tiles_lie_on_a_grid_in_the_region_hold_nuclei_and_never_overlap(real_data):
+    tiles = nuclei.grid_mask_tiles("wsi", 32, "heldout", 60, seed=1, downsample=2.0, cache=False)
+    rx0, ry0, rx1, ry1 = nuclei.wsi_region_box("heldout")
+    assert len(tiles) == 60 and nuclei.overlapping_pairs(tiles.boxes) == 0
+    offsets = (tiles.boxes[:, :2] - [rx0, ry0]) / 64  # 32 px at downsample 2: cells of 64 level-0 px
+    np.testing.assert_allclose(offsets, np.round(offsets))
+    assert (tiles.boxes[:, 0] >= rx0).all() and (tiles.boxes[:, 2] <= rx1).all() and (tiles.boxes[:, 3] <= ry1).all()
+    assert (tiles.instances.reshape(60, -1).max(axis=1) > 0).all()  # every tile has a nucleus, as mask_tiles'
+    assert tiles.source == "wsi" and tiles.region == "heldout" and tiles.types.shape == (60, 32, 32)
+    again = nuclei.grid_mask_tiles("wsi", 32, "heldout", 60, seed=1, downsample=2.0, cache=False)
+    other = nuclei.grid_mask_tiles("wsi", 32, "heldout", 60, seed=2, downsample=2.0, cache=False)
+    assert (again.boxes == tiles.boxes).all() and not (other.boxes == tiles.boxes).all()
+    assert not (np.diff(tiles.boxes[:, 1]) >= 0).all()  # a random order: the first k are no grid rows
+    summary = nuclei.tiles_summary(tiles)
+    assert summary["n"] == 60 and summary["overlapping_pairs"] == 0 and "non-overlapping" in summary["statement"]
+
+
+def test_an_image_grid_gives_every_tile_with_nuclei_and_counts_each_nucleus_once(real_data):
+    every = nuclei.grid_mask_tiles("hgsc_nest", 32, "heldout", downsample=2.0, cache=False)
+    more = nuclei.grid_mask_tiles("hgsc_nest", 32, "heldout", 10_000, seed=3, downsample=2.0, cache=False)
+    assert len(more) == len(every) > 50  # a grid smaller than n: every tile there is
+    assert set(map(tuple, more.boxes)) == set(map(tuple, every.boxes))
+    assert nuclei.overlapping_pairs(every.boxes) == 0 and (every.instances.reshape(len(every), -1).max(1) > 0).all()
+    per_tile = sum(len(set(np.unique(i).tolist()) - {0}) for i in every.instances)
+    assert nuclei.distinct_mask_nuclei(every) < per_tile  # a nucleus cut by the border of two tiles counts once
+    pair = nuclei.distinct_mask_nuclei(every.subset([0, 1]))
+    assert nuclei.distinct_mask_nuclei(every.subset([0, 0, 1])) == pair  # a tile seen twice adds no nucleus
+    assert nuclei.tiles_summary(every.subset([0, 0, 1]))["overlapping_pairs"] == 1
+    with pytest.raises(ValueError, match="unknown mask-tile source"):
+        nuclei.grid_mask_tiles("lizard", 32, "heldout")
+    with pytest.raises(ValueError, match="too small"):
+        nuclei.grid_mask_tiles("hgsc_nest", 512, "heldout", downsample=1.0, cache=False)
+
+
+def test_overlapping_pairs_by_hand():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [10, 0, 20, 10], [0, 0, 10, 10]], float)
+    assert nuclei.overlapping_pairs(boxes) == 4  # 0-1, 0-3, 1-2, 1-3; touching edges (0-2) do not overlap
+    assert nuclei.overlapping_pairs(boxes, ["a", "a", "a", "b"]) == 2  # 0-1 and 1-2: box 3 lies in another image
+
+
 def test_morphology_features_and_distances():
     types, inst = _two_touching_nuclei()
     nuclei_table, tiles = morphology.morphology_features(types, inst)

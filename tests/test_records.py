@@ -55,6 +55,8 @@ def assert_round_trips(record, record_type, path):
 
 
 # -- notebook 06 ---------------------------------------------------------------------------------------------------
+# what a held-out grid smaller than the profile's n_eval rests on (data.pairs.pairs_summary's keys)
+HELDOUT = {"n": 7, "overlapping_pairs": 0, "distinct_nuclei": 31, "statement": "7 heldout pairs of 32 px, non-overlapping"}
 CHOSEN, UNGUIDED, CEILING, FLOOR, BASELINE = ("generated, s = 2", "generated, s = 0", "ceiling: round trip",
                                               "floor: matched real", "baseline: ellipses")
 
@@ -74,7 +76,7 @@ def masks_inputs(**changes):
                           "area_median": [20.0, 50.0, 48.0], "whole": [30, 40, 35], "fragments": [9, 20, 18]},
                          index=[CHOSEN, FLOOR_ROW, "real held-out"]).astype({"n": "Int64"})
     checks, goals = checks_and_goals()
-    inputs = dict(split_x=1234.4, validation_y=567.6, n_validation=8, guidance_scale=2.0, sweep=sweep, scores=scores,
+    inputs = dict(heldout=HELDOUT, split_x=1234.4, validation_y=567.6, n_validation=8, guidance_scale=2.0, sweep=sweep, scores=scores,
                   per_type_accuracy=per_type, matching=pd.Series({"exact": 7, "nearest": 1}, name="rows"),
                   checks=checks, goals=goals, round_trip_recall=0.99, trainer=trainer(), run_folder=MASKS.run_folder("x"),
                   chosen=CHOSEN, unguided=UNGUIDED, ceiling=CEILING, floor=FLOOR, baseline=BASELINE, areas=areas)
@@ -103,8 +105,9 @@ def test_the_masks_record_is_built_written_and_typed(isolated_dirs, capsys, prof
     assert (record.train_steps, record.train_seconds, record.device) == (400, 12.5, "cpu")
     assert record.pipeline.endswith("masks/pipeline")
     section = load_config(profile).masks
-    assert (record.n, record.tile_size, record.profile_guidance_scale) == (section.n_eval, section.tile_size,
-                                                                           section.guidance_scale)
+    assert (record.tile_size, record.profile_guidance_scale) == (section.tile_size, section.guidance_scale)
+    # n is the held-out set's size (a grid may hold fewer tiles than n_eval), beside what it rests on
+    assert record.n == 7 != section.n_eval and record.heldout == HELDOUT
     # only a released profile's record names the release make results makes of it
     assert record.released_model == (MASKS.release_name("cpu") if profile == "cpu" else None)
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")
@@ -118,6 +121,7 @@ def test_the_masks_card_shows_the_whole_nucleus_area_beside_its_floor_when_the_r
     older = MasksRecord.from_json({**record.to_json(), "metrics": {
         k: v for k, v in record.to_json()["metrics"].items() if k not in MasksRecord.ADDED_SINCE_PUBLISHED}})
     assert "Whole-nucleus area" not in MASKS.card(older, "", "masks-cpu")
+    assert f"The held-out set: {HELDOUT['statement']}." in card and "The held-out set" not in MASKS.card(older, "", "masks-cpu")
 
 
 def test_the_masks_record_names_a_missing_input(isolated_dirs):
@@ -146,7 +150,8 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
                          index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
     samplers = pd.DataFrame({"fid": [40.0, 42.0], "kid": [0.04, 0.05], "dice": [0.5, 0.5], "n": [4, 4],
                              "dice_std": [0.1, 0.1]}, index=["DDIM", "DDPM (learned variance)"])
-    inpainting = pd.DataFrame({"seam ratio": [1.1, 1.3], "edit margin": [0.2, 0.1], "seconds per image": [9.0, 3.0]},
+    inpainting = pd.DataFrame({"n": [16, 16], "margin": [0.2, 0.1], "margin_lo": [0.1, -0.05], "margin_hi": [0.3, 0.2],
+                               "seam ratio": [1.1, 1.3], "seconds per image": [9.0, 3.0]},
                               index=pd.MultiIndex.from_tuples([("pixel", "RePaint", "add inflammatory"),
                                                                ("pixel", "DDIM variant", "add inflammatory")]))
     appearance = pd.DataFrame({"n": [30] * 3, "draws": [20] * 3, "distance": [0.8, 1.2, 0.4],
@@ -159,7 +164,7 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
                            "reading": ["darker (+2.5)", "darker (+0.7)", "as real", "as real"]},
                           index=[*appearance.index, "real held-out"])
     checks, goals = checks_and_goals()
-    inputs = dict(n_validation=4, guidance_scale=guidance_scale, sampler="DDIM", mask_guidance_scale=2.0, sweep=sweep,
+    inputs = dict(heldout=HELDOUT, n_validation=4, guidance_scale=guidance_scale, sampler="DDIM", mask_guidance_scale=2.0, sweep=sweep,
                   sampler_scores=samplers, scores=scores, appearance=appearance, appearance_shifts=shifts,
                   detector=SimpleNamespace(threshold=0.25), checks=checks,
                   goals=goals, inpainting=inpainting, speed_ratio={"pixel": 3.0, "latent": 2.5},
@@ -189,6 +194,8 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
         "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "appearance": 1.2, "n": 4.0}}
     assert list(record.validation_samplers) == ["DDIM", "DDPM (learned variance)"]
     assert record.inpainting["pixel | RePaint | add inflammatory"]["seconds per image"] == 9.0
+    assert record.inpainting["pixel | RePaint | add inflammatory"]["margin_lo"] == 0.1
+    assert record.n == 7 and record.heldout["distinct_nuclei"] == 31
     assert record.repaint == dict(zip(("t_T", "jump_length", "jump_n_sample"), load_config(profile).spade.repaint))
     assert record.train_steps == {"pixel": 300, "latent": 200} and record.detector_threshold == 0.25
     assert record.released_model == ({s: SPADE.release_name("cpu", s) for s in ("pixel", "latent")}
@@ -242,7 +249,7 @@ def joint_inputs(tmp_path, **changes):
                          index=[0.0, 2.0])
     layouts = Layouts((np.array([[1, 2, 1], [3, 3, 2]]), np.zeros((0, 3), np.int64)), 8)
     checks, goals = checks_and_goals()
-    inputs = dict(n_validation=4, guidance_scale=2.0, sweep=sweep, spade_guidance_scale=1.5, mask_guidance_scale=2.0,
+    inputs = dict(heldout=HELDOUT, n_validation=4, guidance_scale=2.0, sweep=sweep, spade_guidance_scale=1.5, mask_guidance_scale=2.0,
                   slide_area_scale=1.05, slide_downsample=2.0, checks=checks, goals=goals, table=table,
                   runs={name: None for name in [*joint, *two_stage]}, headline_set=HEADLINE_SET,
                   head_to_head_sets=[HEADLINE_SET, *two_stage], empty_adherence={"spurious_per_tile": np.float64(0.25)},
@@ -287,6 +294,7 @@ def test_the_joint_record_is_built_written_and_typed(isolated_dirs, profile):
     assert record.two_stage_models == {"masks (06)": 400, "spade pixel (07)": 300}
     assert record.layout_sources == {"(a) held-out real": {"tiles": 2, "nuclei": 2}}
     assert record.empty_layout_spurious_per_tile == 0.25 and record.tile_size == load_config(profile).spade.tile_size
+    assert record.n == 7 and record.heldout == HELDOUT
     assert record.released_model == (JOINT.release_name("cpu") if profile == "cpu" else None)
     assert ("released_model" in record.to_json()["metrics"]) == (profile == "cpu")
     appearance = inputs["appearance"]
@@ -297,6 +305,7 @@ def test_the_joint_record_is_built_written_and_typed(isolated_dirs, profile):
     first = record.realism_ranking[inputs["ranking"].index[0]]
     assert first["rank"] == 1.0 and isinstance(first["follows_label"], bool) and isinstance(first["fidelity"], str)
     assert "Realism: nucleus appearance" in JOINT.card(record, "", "joint-test")
+    assert f"The held-out set: {HELDOUT['statement']}." in JOINT.card(record, "", "joint-test")
 
 
 def test_a_joint_record_made_before_the_appearance_score_still_loads(isolated_dirs):

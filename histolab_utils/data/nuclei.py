@@ -24,6 +24,9 @@ spatial and fixed: the right ``HELDOUT_FRACTION`` (25 %) of the slide's extent, 
 (the region split of every other notebook), is held out; the bottom ``VALIDATION_FRACTION`` of the
 rest is the validation strip; a tile lies wholly inside one of the three regions.
 The held-out nest and stroma masks are the segmentation test set: no model trains on them.
+:func:`mask_tiles` draws random windows, which may overlap; :func:`grid_mask_tiles` cuts the tiles of a
+non-overlapping grid instead (held-out sets, whose tiles a bootstrap and a floor treat as separate units), and
+:func:`distinct_mask_nuclei` counts the nuclei a set of tiles shows, each once.
 """
 
 from __future__ import annotations
@@ -382,33 +385,23 @@ def _draw_image_tiles(name: str, size: int, downsample: float, region: Region, n
                      downsample)
 
 
-def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *, downsample: float = 1.0,
-               root: Path | None = None, cache: bool = True) -> MaskTiles:
-    """``n`` seeded tiles of ``size`` px, each with at least one nucleus, from ``source`` (``"wsi"``,
-    ``"hgsc_nest"`` or ``"hgsc_stroma"``), wholly inside ``region`` of the fixed spatial split.
-
-    A tile covers ``size * downsample`` level-0 px (``downsample=2`` halves the slide's resolution).
-    Tiles are cached under ``data/cache/mask_tiles/`` by their parameters: the first call builds
-    them, later ones load them.
-    """
+def _check_tile_request(source: str, size: int, region: str, n: int | None, downsample: float) -> None:
     if source not in MASK_SOURCES:
         raise ValueError(f"unknown mask-tile source {source!r}; use one of {list(MASK_SOURCES)}")
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, not {region!r}")
-    if size <= 0 or n < 0 or downsample <= 0:
+    if size <= 0 or (n is not None and n < 0) or downsample <= 0:
         raise ValueError(f"need size > 0, n >= 0 and downsample > 0; got size={size}, n={n}, downsample={downsample}")
 
-    def build() -> MaskTiles:
-        if source == "wsi":
-            return _draw_wsi_tiles(size, downsample, region, n, seed, root)
-        return _draw_image_tiles(source, size, downsample, region, n, seed, root)
 
+def _cached_tiles(name: str, key: dict, build, source: str, region: str, downsample: float, root: Path | None,
+                  cache: bool) -> MaskTiles:
+    """Tiles built by ``build()``, cached under ``data/cache/mask_tiles/`` by ``key`` (``name`` starts the file name)."""
     if not cache:
         return build()
-    key = json.dumps({"v": _CACHE_VERSION, "source": source, "size": size, "region": region, "n": n, "seed": seed,
-                      "downsample": downsample, "split": SPLIT_VERSION}, sort_keys=True)
-    name = f"{source}-{region}-{size}px-x{downsample:g}-n{n}-seed{seed}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    path = (Path(root) if root else data_dir()) / "cache" / "mask_tiles" / f"{name}.npz"
+    text = json.dumps(key, sort_keys=True)
+    path = (Path(root) if root else data_dir()) / "cache" / "mask_tiles" / \
+        f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:8]}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return MaskTiles(stored["types"], stored["instances"], stored["contexts"], stored["boxes"], source, region,
@@ -418,6 +411,164 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
         np.savez_compressed(tmp, types=tiles.types, instances=tiles.instances, contexts=tiles.contexts,
                             boxes=tiles.boxes)
     return tiles
+
+
+def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *, downsample: float = 1.0,
+               root: Path | None = None, cache: bool = True) -> MaskTiles:
+    """``n`` seeded tiles of ``size`` px, each with at least one nucleus, from ``source`` (``"wsi"``,
+    ``"hgsc_nest"`` or ``"hgsc_stroma"``), wholly inside ``region`` of the fixed spatial split.
+
+    A tile covers ``size * downsample`` level-0 px (``downsample=2`` halves the slide's resolution).
+    Tiles are cached under ``data/cache/mask_tiles/`` by their parameters: the first call builds
+    them, later ones load them. They are random crops and may overlap one another: for units that must be
+    independent (held-out sets that a bootstrap or a floor treats as separate tiles) use :func:`grid_mask_tiles`.
+    """
+    _check_tile_request(source, size, region, n, downsample)
+
+    def build() -> MaskTiles:
+        if source == "wsi":
+            return _draw_wsi_tiles(size, downsample, region, n, seed, root)
+        return _draw_image_tiles(source, size, downsample, region, n, seed, root)
+
+    key = {"v": _CACHE_VERSION, "source": source, "size": size, "region": region, "n": n, "seed": seed,
+           "downsample": downsample, "split": SPLIT_VERSION}
+    name = f"{source}-{region}-{size}px-x{downsample:g}-n{n}-seed{seed}"
+    return _cached_tiles(name, key, build, source, region, downsample, root, cache)
+
+
+# -- non-overlapping grids: independent tiles -------------------------------------------------------
+def _grid_boxes(box: Sequence[float], span: float) -> np.ndarray:
+    """float [M, 4]: the cells (x0, y0, x1, y1) of a grid of ``span`` px laid from the top-left corner of ``box``,
+    row by row; the border the grid does not fill is left out."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    xs = x0 + span * np.arange(int((x1 - x0) // span))
+    ys = y0 + span * np.arange(int((y1 - y0) // span))
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([gx.ravel(), gy.ravel(), gx.ravel() + span, gy.ravel() + span], axis=1).reshape(-1, 4)
+
+
+def _grid_order(count: int, n: int | None, seed: int) -> np.ndarray:
+    """The order in which grid cells are tried: grid order for every cell, a seeded permutation for a subset."""
+    return np.arange(count) if n is None else np.random.default_rng(seed).permutation(count)
+
+
+def _grid_wsi_tiles(size: int, downsample: float, region: Region, n: int | None, seed: int,
+                    root: Path | None) -> MaskTiles:
+    import shapely
+
+    annotations = wsi_nuclei(root)
+    cells = _grid_boxes(_region_box_holding(region, size * downsample, "tile", root), size * downsample)
+    hits, _ = annotations._tree.query(shapely.box(*cells.T), predicate="intersects")
+    candidates = np.unique(hits)  # cells whose box meets a polygon; a raster may still hold none of its pixels
+    types, instances, boxes = [], [], []
+    for cell in candidates[_grid_order(len(candidates), n, seed)]:
+        if n is not None and len(types) == n:
+            break
+        typ, inst = _raster_tile(annotations, tuple(cells[cell]), size)
+        if inst.any():
+            types.append(typ)
+            instances.append(inst)
+            boxes.append(cells[cell])
+    return _tiles_or_none(types, instances, np.asarray(boxes, np.float64).reshape(-1, 4), None, "wsi", region,
+                          downsample, size, root)
+
+
+def _grid_image_tiles(name: str, size: int, downsample: float, region: Region, n: int | None, seed: int,
+                      root: Path | None) -> MaskTiles:
+    root = Path(root) if root else data_dir()
+    label, instance = _image_raster(name, downsample, root)
+    windows = [downsampled_box(box, downsample) for box in load_image(name, root).region_boxes(region)]
+    cells = np.concatenate([_grid_boxes((x0, y0, min(x1, label.shape[1]), min(y1, label.shape[0])), size)
+                            for x0, y0, x1, y1 in windows]).astype(np.int64)
+    if not len(cells):
+        raise ValueError(f"{name}'s {region} region has no box of {size} x {size} px at downsample {downsample}: "
+                         f"too small for {size} px tiles")
+    types, instances, boxes = [], [], []
+    for x0, y0, x1, y1 in cells[_grid_order(len(cells), n, seed)]:
+        if n is not None and len(types) == n:
+            break
+        if instance[y0:y1, x0:x1].any():
+            typ, inst = _relabelled(label[y0:y1, x0:x1], instance[y0:y1, x0:x1])
+            types.append(typ)
+            instances.append(inst)
+            boxes.append([x0 * downsample, y0 * downsample, x1 * downsample, y1 * downsample])
+    contexts = np.full(len(types), TISSUE_CONTEXTS.index(IMAGE_CONTEXTS[name]), dtype=np.int64)
+    return _tiles_or_none(types, instances, np.asarray(boxes, np.float64).reshape(-1, 4), contexts, name, region,
+                          downsample, size, root)
+
+
+def _tiles_or_none(types: list, instances: list, boxes: np.ndarray, contexts: np.ndarray | None, source: str,
+                   region: str, downsample: float, size: int, root: Path | None) -> MaskTiles:
+    """MaskTiles of what a grid gave (contexts read from the slide when ``None``); an error when it gave no tile."""
+    if not types:
+        raise ValueError(f"the {size} px grid over {source}'s {region} region holds no tile with a nucleus")
+    if contexts is None:
+        contexts = tissue_context(boxes, root)
+    return MaskTiles(np.stack(types), np.stack(instances), contexts, boxes, source, region, downsample)
+
+
+def grid_mask_tiles(source: str, size: int, region: Region, n: int | None = None, seed: int = 0, *,
+                    downsample: float = 1.0, root: Path | None = None, cache: bool = True) -> MaskTiles:
+    """Tiles of a non-overlapping grid of ``size`` px over ``region`` of ``source`` (``"wsi"``, ``"hgsc_nest"`` or
+    ``"hgsc_stroma"``), each with at least one nucleus, in the format of :func:`mask_tiles`.
+
+    The grid is laid from the top-left corner of each box of the region (the slide's region is one box), and the
+    border it does not fill is left out: no pixel lies in two tiles, so the tiles are separate units for a bootstrap
+    and a floor. ``n``: a seeded subset of at most ``n`` of the grid's tiles with nuclei, in a seeded random order (so
+    any first k of them are a random draw too); fewer when the grid holds fewer. ``None``: every such tile, in grid
+    order (the whole slide's held-out region holds about 10^5 at 64 level-0 px: ask for ``n``). Cached like
+    :func:`mask_tiles`; :func:`distinct_mask_nuclei` counts the nuclei the tiles show.
+    """
+    _check_tile_request(source, size, region, n, downsample)
+
+    def build() -> MaskTiles:
+        if source == "wsi":
+            return _grid_wsi_tiles(size, downsample, region, n, seed, root)
+        return _grid_image_tiles(source, size, downsample, region, n, seed, root)
+
+    key = {"v": _CACHE_VERSION, "grid": True, "source": source, "size": size, "region": region, "n": n, "seed": seed,
+           "downsample": downsample, "split": SPLIT_VERSION}
+    name = f"grid-{source}-{region}-{size}px-x{downsample:g}-n{n if n is not None else 'all'}-seed{seed}"
+    return _cached_tiles(name, key, build, source, region, downsample, root, cache)
+
+
+def distinct_mask_nuclei(tiles: MaskTiles, root: Path | None = None) -> int:
+    """How many different nuclei of the source the tiles show (at least one pixel in some tile): a nucleus seen by
+    two overlapping tiles, or cut by the border of two neighbouring ones, counts once. Random tiles that overlap
+    show fewer distinct nuclei than their nuclei per tile suggest; a grid's count is the number of units a nucleus
+    score rests on."""
+    seen: set[int] = set()
+    if tiles.source == "wsi":
+        annotations = wsi_nuclei(root)
+        for box in tiles.boxes:
+            seen.update(np.unique(rasterize(annotations, tuple(box), (tiles.size, tiles.size))["instance"]).tolist())
+    else:
+        instance = _image_raster(tiles.source, tiles.downsample, Path(root) if root else data_dir())[1]
+        for x0, y0, x1, y1 in np.rint(tiles.boxes / tiles.downsample).astype(np.int64):
+            seen.update(np.unique(instance[y0:y1, x0:x1]).tolist())
+    seen.discard(0)
+    return len(seen)
+
+
+def overlapping_pairs(boxes: np.ndarray, groups: Sequence | None = None) -> int:
+    """How many pairs of boxes [N, 4] (x0, y0, x1, y1) share area (within one group: boxes of different ``groups``,
+    e.g. source images, never overlap). 0 for the tiles of a grid."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    same = np.ones((len(boxes), len(boxes)), bool) if groups is None else \
+        np.asarray(groups)[:, None] == np.asarray(groups)[None, :]
+    overlap = ((boxes[:, None, 0] < boxes[None, :, 2]) & (boxes[None, :, 0] < boxes[:, None, 2])
+               & (boxes[:, None, 1] < boxes[None, :, 3]) & (boxes[None, :, 1] < boxes[:, None, 3]) & same)
+    return int(np.triu(overlap, k=1).sum())
+
+
+def tiles_summary(tiles: MaskTiles, root: Path | None = None) -> dict:
+    """What a set of mask tiles (a held-out set) rests on, measured: its ``n`` tiles, how many pairs of them overlap, the
+    distinct nuclei they show (:func:`distinct_mask_nuclei`) and a sentence saying so (printed, and kept in records)."""
+    overlaps, distinct = overlapping_pairs(tiles.boxes), distinct_mask_nuclei(tiles, root)
+    design = "non-overlapping (no two share a pixel)" if overlaps == 0 else f"{overlaps} pairs of them overlapping"
+    return {"n": len(tiles), "overlapping_pairs": overlaps, "distinct_nuclei": distinct,
+            "statement": f"{len(tiles)} {tiles.region} mask tiles of {tiles.size} px from {tiles.source}, {design}, "
+                         f"showing {distinct:,} distinct nuclei"}
 
 
 def split_table(root: Path | None = None) -> pd.DataFrame:

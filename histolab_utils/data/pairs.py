@@ -23,7 +23,8 @@ import numpy as np
 
 from ..paths import data_dir
 from .datasets import IMAGES, Box, Region, downsampled_box, load_image
-from .nuclei import IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, renumber_instances, vocabulary_name
+from .nuclei import (IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, overlapping_pairs, renumber_instances,
+                     vocabulary_name)
 
 PAIR_SOURCES = ("hgsc_nest", "hgsc_stroma")
 
@@ -179,12 +180,16 @@ def image_mask_pairs(size: int, region: Region, n: int, seed: int = 0, *, source
     return _joined(parts, region, downsample)
 
 
-def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: int = 1,
+def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: int = 1, n=None, seed: int = 0,
                root: Path | None = None) -> ImageMaskPairs:
     """Every tile of non-overlapping ``size`` px grids, one laid from the top-left corner of each box of ``region``
     in each of ``sources`` (row by row, box after box, source after source): no pixel lies in two tiles, so tiles
     are separate units for a bootstrap, and any split of them is disjoint in pixels. The border a grid does not
-    fill is left out."""
+    fill is left out.
+
+    ``n`` keeps a seeded subset, still in grid order: an int keeps at most ``n`` tiles of the whole grid (every tile
+    when it holds fewer: a held-out set scored at the size there is); a dict {source: count} keeps at most that many
+    of each source's tiles (a floor drawn with another set's share of sources, :func:`source_counts`)."""
     if size <= 0:
         raise ValueError(f"need size > 0; got size={size}")
     parts = []
@@ -193,7 +198,29 @@ def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: i
             ys, xs = np.meshgrid(np.arange(y0, y1 - size + 1, size), np.arange(x0, x1 - size + 1, size),
                                  indexing="ij")
             parts.append(_crops(name, xs.ravel(), ys.ravel(), size, downsample, root))
-    return _joined(parts, region, downsample)
+    tiles = _joined(parts, region, downsample)
+    return tiles if n is None else tiles.subset(_seeded_subset(tiles.sources, n, seed))
+
+
+def _seeded_subset(sources: np.ndarray, n, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset: at most ``n`` of all (an int), or at most ``n[name]`` of each source's."""
+    rng = np.random.default_rng(seed)
+    if isinstance(n, dict):
+        unknown = set(n) - set(sources.tolist())
+        if unknown or any(int(c) != c or c < 0 for c in n.values()):
+            raise ValueError(f"n must map sources of these tiles ({sorted(set(sources.tolist()))}) to whole numbers "
+                             f">= 0; got {n}")
+        picked = [rng.choice(where, min(int(n[name]), len(where)), replace=False)
+                  for name in n for where in [np.flatnonzero(sources == name)]]
+        return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a whole number >= 0, a dict {{source: count}} or None; got {n!r}")
+    return np.sort(rng.choice(len(sources), min(int(n), len(sources)), replace=False))
+
+
+def source_counts(pairs: ImageMaskPairs) -> dict[str, int]:
+    """How many tiles of ``pairs`` come from each source (``grid_pairs(n=...)`` draws a floor with the same share)."""
+    return {str(name): int(count) for name, count in zip(*np.unique(pairs.sources.astype(str), return_counts=True))}
 
 
 def distinct_nuclei(pairs: ImageMaskPairs, root: Path | None = None) -> dict[str, int]:
@@ -210,3 +237,15 @@ def distinct_nuclei(pairs: ImageMaskPairs, root: Path | None = None) -> dict[str
         counts[name] = len(seen)
     counts["all"] = sum(counts.values())
     return counts
+
+
+def pairs_summary(pairs: ImageMaskPairs, root: Path | None = None) -> dict:
+    """What a set of pairs (a held-out set, its floor) rests on, measured: its ``n`` tiles (per source), how many pairs of them overlap,
+    the distinct nuclei they show (:func:`distinct_nuclei`) and a sentence saying so (printed, and kept in records)."""
+    overlaps, distinct = overlapping_pairs(pairs.boxes, pairs.sources), distinct_nuclei(pairs, root)["all"]
+    design = "non-overlapping (no two share a pixel)" if overlaps == 0 else f"{overlaps} pairs of them overlapping"
+    per_source = ", ".join(f"{count} {name}" for name, count in source_counts(pairs).items())
+    return {"n": len(pairs), "per_source": source_counts(pairs), "overlapping_pairs": overlaps,
+            "distinct_nuclei": distinct,
+            "statement": f"{len(pairs)} {pairs.region} pairs of {pairs.size} px ({per_source}), {design}, showing "
+                         f"{distinct:,} distinct nuclei"}

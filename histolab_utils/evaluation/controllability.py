@@ -64,14 +64,9 @@ class ClusterAssigner:
 
 
 def _accuracy_interval(hits: np.ndarray, n_resamples: int, seed: int) -> tuple[float, float]:
-    from scipy.stats import bootstrap
+    from .hierarchical_bootstrap import mean_interval
 
-    if len(hits) < 2 or hits.min() == hits.max():  # a constant sample has a degenerate interval
-        value = float(hits.mean()) if len(hits) else float("nan")
-        return value, value
-    result = bootstrap((hits.astype(float),), np.mean, n_resamples=n_resamples, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return mean_interval(hits, n_resamples, seed=seed)[1:]
 
 
 def controllability(requested: np.ndarray, assigned: np.ndarray, n_classes: int, *, n_resamples: int = 1000,

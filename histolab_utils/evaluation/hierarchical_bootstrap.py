@@ -31,6 +31,9 @@ hierarchical data, and Owen 2007 on crossed designs).
 Many (arm, score) contrasts are tested at once; :func:`holm` adjusts their p-values (Holm 1979), controlling the
 family-wise error rate without assuming independence. statsmodels has it too; it is five lines, and not worth a
 dependency.
+
+Where the units are one level deep (independent images, non-overlapping tiles), :func:`mean_interval` is the plain
+percentile bootstrap of their mean (Efron & Tibshirani 1993, Ch. 13), by ``scipy.stats.bootstrap``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,25 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
+
+
+def mean_interval(values, n_resamples: int = 2000, confidence: float = 0.95,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of independent ``values`` and its percentile bootstrap interval at ``confidence``.
+    NaN values are left out; a constant sample, or one of fewer than two values, gets the mean as both ends (no
+    spread to resample), and an empty one NaN."""
+    from scipy.stats import bootstrap
+
+    sample = np.asarray(values, dtype=float).ravel()
+    sample = sample[~np.isnan(sample)]
+    if not 0 < confidence < 1 or n_resamples < 1:
+        raise ValueError(f"need 0 < confidence < 1 and n_resamples >= 1; got {confidence}, {n_resamples}")
+    if len(sample) < 2 or sample.min() == sample.max():
+        mean = float(sample.mean()) if len(sample) else float("nan")
+        return mean, mean, mean
+    result = bootstrap((sample,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                       method="percentile", random_state=np.random.default_rng(seed))
+    return float(sample.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _linearised(counts: np.ndarray, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -100,6 +100,30 @@ def edit_success(detector: HaematoxylinDetector, images: np.ndarray, regions: np
     return pd.DataFrame({"dice_edited": edited, "dice_original": original, "margin": edited - original})
 
 
+def edit_summary(table: "pd.DataFrame", n_resamples: int = 2000, seed: int = 0) -> "pd.DataFrame":
+    """Each edit's scores over its images, from the per-image table of
+    :func:`~histolab_utils.models.mask_to_image.inpainting_benchmark` (index: space, method, edit, image): ``n``
+    images, the edit **margin** (the edit score: Dice against the edited mask minus against the original, per
+    image) as its mean with a 95 % percentile bootstrap interval over the images (``margin_lo``, ``margin_hi``; each
+    image an independent unit), and the means of the seam ratio, the colour step, both Dice and the time."""
+    import pandas as pd
+
+    from .hierarchical_bootstrap import mean_interval
+
+    if list(table.index.names) != ["space", "method", "edit", "image"]:
+        raise ValueError(f"need the per-image table (index: space, method, edit, image); got {table.index.names}")
+    rows = {}
+    for key, group in table.groupby(level=["space", "method", "edit"], sort=False):
+        mean, low, high = mean_interval(group["margin"], n_resamples, seed=seed)
+        rows[key] = {"n": len(group), "margin": mean, "margin_lo": low, "margin_hi": high,
+                     **{column: float(group[column].mean()) for column in ("dice_edited", "dice_original",
+                                                                           "seam ratio", "colour step",
+                                                                           "seconds per image", "network calls")}}
+    summary = pd.DataFrame(rows).T.astype({"n": int})
+    summary.index.names = ["space", "method", "edit"]
+    return summary
+
+
 def fidelity_table(detector: HaematoxylinDetector, sets: dict[str, tuple[np.ndarray, np.ndarray]]):
     """One row per named (images, type maps) set: mean, std and n of the per-image Dice."""
     import pandas as pd

@@ -282,42 +282,128 @@ def remove_nuclei(types: np.ndarray, instances: np.ndarray, region: np.ndarray,
     return types, instances, grown
 
 
-def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], images: np.ndarray, edited_types: np.ndarray,
-                         edited_instances: np.ndarray, regions: np.ndarray, original_types: np.ndarray,
-                         methods: dict[str, RePaintSettings], guidance_scale: float, detector,
-                         edit_names: Sequence[str], seed: int = 3):
-    """Repaint each image's region for its edited mask with every pipeline (pixel, latent) and every method
-    (RePaint, its DDIM variant), and score each result: time, network calls, the seam ratio (1 = no edge along the
-    region's outline), the colour step across it (grey levels: a region repainted paler or in another tint than its
-    surroundings; :func:`~histolab_utils.evaluation.seams.seam_score`) and the edit's success (:func:`~histolab_utils.evaluation.mask_fidelity.edit_success`: haematoxylin
-    Dice inside the region against the edited mask, against the original one, and their margin).
+@dataclasses.dataclass(frozen=True)
+class EditBatch:
+    """One edit applied to several real tiles: the tiles' ``images`` uint8 [N, S, S, 3], their own ``types`` and
+    ``instances``, the edited masks ``edited_types`` / ``edited_instances`` [N, S, S], the ``regions`` to repaint
+    (bool [N, S, S]) and ``tiles``, each image's index in the pairs it was cut from."""
 
-    Returns ``(painted, table)``: the images per (space, method), and one row per (space, method, edit)."""
+    name: str
+    images: np.ndarray
+    types: np.ndarray
+    instances: np.ndarray
+    edited_types: np.ndarray
+    edited_instances: np.ndarray
+    regions: np.ndarray
+    tiles: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def centre_square(size: int) -> np.ndarray:
+    """bool [size, size]: the centre square of half the side, the region an edit repaints."""
+    if size < 4:
+        raise ValueError(f"an edit's tile needs at least 4 px a side; got {size}")
+    region = np.zeros((size, size), bool)
+    region[size // 4:3 * size // 4, size // 4:3 * size // 4] = True
+    return region
+
+
+def edit_batch(name: str, pairs: ImageMaskPairs, n: int, seed: int, edit) -> EditBatch:
+    """``edit`` applied to up to ``n`` tiles of ``pairs``: a seeded random draw among the tiles whose mask the edit
+    changes (an edit that changes nothing tests nothing), fewer when fewer qualify. ``edit(types, instances)`` returns
+    the edited (types, instances, region) of one tile."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"an edit needs n >= 1 images; got {n}")
+    kept: list[tuple[int, tuple]] = []
+    for index in np.random.default_rng(seed).permutation(len(pairs)):
+        if len(kept) == n:
+            break
+        edited = edit(pairs.types[index], pairs.instances[index])
+        if (edited[0] != pairs.types[index]).any():
+            kept.append((int(index), edited))
+    if not kept:
+        raise ValueError(f"the edit {name!r} changes none of the {len(pairs)} tiles it was offered")
+    tiles = np.array([index for index, _ in kept])
+    return EditBatch(name, pairs.images[tiles], pairs.types[tiles], pairs.instances[tiles],
+                     *(np.stack([edited[k] for _, edited in kept]) for k in range(3)), tiles)
+
+
+def notebook_edits(pairs: ImageMaskPairs, n: int, seed: int = 0, count: int = 8) -> dict[str, EditBatch]:
+    """Notebook 07's two edits on up to ``n`` tiles each of ``pairs`` (tiles that must not overlap: a non-overlapping
+    grid, :func:`~histolab_utils.data.pairs.grid_pairs`): **add inflammatory**, up to ``count`` round inflammatory
+    nuclei (radius 4 slide px, at least 2 px) on background in the centre square of stroma tiles, and **remove
+    neoplastic**, the neoplastic nuclei whose centre lies in the centre square of nest tiles (the region grown to
+    cover them whole). Each edit keeps only the tiles it changes."""
+    from ..data.nuclei import NUCLEUS_CLASSES
+
+    centre = centre_square(pairs.size)
+    inflammatory, neoplastic = NUCLEUS_CLASSES.index("inflammatory") + 1, NUCLEUS_CLASSES.index("neoplastic") + 1
+    radius = max(2.0, 4.0 / pairs.downsample)
+
+    def add(types, instances):
+        return (*add_nuclei(types, instances, centre, inflammatory, count=count, radius=radius, seed=seed), centre)
+
+    def remove(types, instances):
+        return remove_nuclei(types, instances, centre, neoplastic)
+
+    stroma, nest = (pairs.subset(np.flatnonzero(pairs.sources == name)) for name in ("hgsc_stroma", "hgsc_nest"))
+    return {"add inflammatory": edit_batch("add inflammatory", stroma, n, seed, add),
+            "remove neoplastic": edit_batch("remove neoplastic", nest, n, seed + 1, remove)}
+
+
+def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], edits: dict[str, EditBatch],
+                         methods: dict[str, RePaintSettings], guidance_scale: float, detector, seed: int = 3):
+    """Repaint every edit's regions for its edited masks with every pipeline (pixel, latent) and every method
+    (RePaint, its DDIM variant), and score each image: time, network calls, the seam ratio (1 = no edge along the
+    region's outline), the colour step across it (grey levels: a region repainted paler or in another tint than its
+    surroundings; :func:`~histolab_utils.evaluation.seams.seam_score`) and the edit's success
+    (:func:`~histolab_utils.evaluation.mask_fidelity.edit_success`: haematoxylin Dice inside the region against the
+    edited mask, against the original one, and their margin). The untouched real images are scored too (space
+    ``"real"``, method ``"untouched"``: an edit that did nothing).
+
+    Returns ``(painted, table)``: the images per (space, method) and edit, and one row per (space, method, edit,
+    image); :func:`~histolab_utils.evaluation.mask_fidelity.edit_summary` gives each edit's mean and interval."""
     import time
 
+    import pandas as pd
+
+    painted, frames = {}, [_edit_rows("real", "untouched", edits, {name: e.images for name, e in edits.items()},
+                                      None, float("nan"), detector)]
+    for space, pipeline in pipelines.items():
+        for method, settings in methods.items():
+            out, seconds = {}, 0.0
+            for name, edit in edits.items():
+                started = time.perf_counter()
+                out[name] = pipeline.inpaint(edit.images, edit.edited_types, edit.edited_instances, edit.regions,
+                                             settings, guidance_scale, generator=torch.Generator().manual_seed(seed))
+                seconds += time.perf_counter() - started
+            painted[(space, method)] = out
+            per_image = seconds / sum(len(e) for e in edits.values())
+            frames.append(_edit_rows(space, method, edits, out, settings, per_image, detector))
+    return painted, pd.concat(frames).set_index(["space", "method", "edit", "image"])
+
+
+def _edit_rows(space: str, method: str, edits: dict[str, EditBatch], images: dict[str, np.ndarray],
+               settings: RePaintSettings | None, seconds: float, detector):
+    """One row per image of each edit: its seam and its edit success."""
     import pandas as pd
 
     from ..diffusion.inpainting import model_evaluations
     from ..evaluation.mask_fidelity import edit_success
     from ..evaluation.seams import seam_score
 
-    if len(edit_names) != len(images):
-        raise ValueError(f"one name per edited image: {len(edit_names)} names for {len(images)} images")
-    painted, rows = {}, []
-    for space, pipeline in pipelines.items():
-        for method, settings in methods.items():
-            started = time.perf_counter()
-            out = pipeline.inpaint(images, edited_types, edited_instances, regions, settings, guidance_scale,
-                                   generator=torch.Generator().manual_seed(seed))
-            seconds = (time.perf_counter() - started) / len(out)
-            painted[(space, method)] = out
-            success = edit_success(detector, out, regions, edited_types, original_types)
-            for k, name in enumerate(edit_names):
-                seam = seam_score(out[k], regions[k])
-                rows.append({"space": space, "method": method, "edit": name, "network calls": model_evaluations(settings),
-                             "seconds per image": seconds, "seam ratio": seam["ratio"], "colour step": seam["step"],
-                             **success.iloc[k].to_dict()})
-    return painted, pd.DataFrame(rows).set_index(["space", "method", "edit"])
+    rows = []
+    for name, edit in edits.items():
+        success = edit_success(detector, images[name], edit.regions, edit.edited_types, edit.types)
+        for k in range(len(edit)):
+            seam = seam_score(images[name][k], edit.regions[k])
+            rows.append({"space": space, "method": method, "edit": name, "image": k,
+                         "network calls": model_evaluations(settings) if settings else 0,
+                         "seconds per image": seconds, "seam ratio": seam["ratio"], "colour step": seam["step"],
+                         **success.iloc[k].to_dict()})
+    return pd.DataFrame(rows)
 
 
 SAMPLERS = ("DDIM", "DDPM, learned variance", "DDPM, fixed variance")

@@ -86,6 +86,13 @@ def split_section(n_train: int, downsample: int, size: int, split_version: int =
             f"  ({size * downsample} px fields box-averaged by {downsample}), with random flips and quarter turns.")
 
 
+def heldout_in_words(record: Any) -> str:
+    """What a record's held-out set rests on, as a card's sentence (its size, overlaps and distinct nuclei), or ""
+    for a record made before it was recorded."""
+    heldout = getattr(record, "heldout", None)
+    return f" The held-out set: {heldout['statement']}." if heldout else ""
+
+
 def licence_section(methods: str, sources: tuple[str, ...] | None = None) -> str:
     """The card's licence paragraph: ours, the data wheels' (``sources``; default: the default set's), and what
     to cite."""

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
 from ..data.datasets import split_description
 from ..data.pairs import PAIR_SOURCES
-from .cards import (card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, score_rows, split_in_words,
-                    training_time)
+from .cards import (card_footer, checks_and_goals, hardware_in_words, heldout_in_words, not_for_diagnosis, score_rows,
+                    split_in_words, training_time)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,10 +70,11 @@ class JointRecord(StageRecord):
     realism_ranking: dict | None = None
     appearance_distance: float | None = None
     appearance_floor: float | None = None
+    heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
 
     # made after the published cpu record (split 2): it lacks them until the cpu profile runs again
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"appearance", "realism_ranking", "appearance_distance", "appearance_floor"})
+        {"appearance", "realism_ranking", "appearance_distance", "appearance_floor", "heldout"})
     HEADLINE: ClassVar[tuple[str, ...]] = ("appearance_distance", "appearance_floor", "fid", "floor_fid", "label_dice",
                                            "label_dice_reference", "label_dice_floor", "located_fraction",
                                            "typed_fraction", "spurious_per_tile", "two_stage_oracle_fid")
@@ -103,12 +104,17 @@ def _json_value(value: Any) -> Any:
     return bool(value) if isinstance(value, (bool, np.bool_)) else float(value)
 
 
-def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, sweep, spade_guidance_scale: float,
-                  mask_guidance_scale: float, slide_area_scale: float, slide_downsample: float, checks, goals, table, runs,
+def joint_metrics(config, device, *, heldout: dict, n_validation: int, guidance_scale: float, sweep,
+                  spade_guidance_scale: float, mask_guidance_scale: float, slide_area_scale: float,
+                  slide_downsample: float, checks, goals, table, runs,
                   headline_set: str, head_to_head_sets, empty_adherence, detector, disk_radius: float, trainer,
                   sampling_seconds: float, mask_pipeline, spade_pipeline, sources: dict, gallery, appearance,
                   ranking) -> dict[str, Any]:
     """Notebook 08's metrics, as its record keeps them, from what the notebook computed.
+
+    ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
+    its ``n``, overlapping pairs, distinct nuclei and a sentence); the record's ``n`` is its size, which every scored
+    set shares (a non-overlapping grid may hold fewer tiles than the profile's ``n_eval``).
 
     ``config`` is the profile (``ctx.config``; the pairs are its ``[spade]`` section's); ``sweep`` the validation
     guidance sweep (index: guidance scale); ``table`` the held-out table (scores and layout adherence, one row per set),
@@ -134,7 +140,7 @@ def joint_metrics(config, device, *, n_validation: int, guidance_scale: float, s
         return row_values(table, name)
 
     metrics = {
-        "n": pairs.n_eval, "n_validation": n_validation, "device": str(device),
+        "n": heldout["n"], "heldout": heldout, "n_validation": n_validation, "device": str(device),
         "split": split_description(PAIR_SOURCES),
         "tile_size": pairs.tile_size, "downsample": pairs.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale,
@@ -251,7 +257,7 @@ out.images, out.types, out.instances  # uint8 NHWC images and their decoded labe
 The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), split by region
 ({split_in_words(record.stamp.split_version)}); only train-region pairs were trained on. The guidance
 ({record.guidance_scale:g}) was chosen on {record.n_validation} validation pairs; the scores below are on
-n = {record.n} held-out pairs.
+n = {record.n} held-out pairs.{heldout_in_words(record)}
 
 ## Scores (held-out region, equal n)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, register
-from .cards import card_footer, checks_and_goals, hardware_in_words, not_for_diagnosis, training_time
+from .cards import card_footer, checks_and_goals, hardware_in_words, heldout_in_words, not_for_diagnosis, training_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,20 +51,25 @@ class MasksRecord(StageRecord):
     area_over_floor: float | None = None
     area_median: float | None = None
     heldout_area_median: float | None = None
+    heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
                                            "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd",
                                            "area_over_floor")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median"})
+        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median", "heldout"})
 
 
 
-def masks_metrics(config, device, *, split_x: float, validation_y: float, n_validation: int, guidance_scale: float,
-                  sweep, scores, per_type_accuracy, matching, checks, goals, round_trip_recall: float, trainer,
-                  run_folder, chosen: str, unguided: str, ceiling: str, floor: str, baseline: str,
-                  areas) -> dict[str, Any]:
+def masks_metrics(config, device, *, heldout: dict, split_x: float, validation_y: float, n_validation: int,
+                  guidance_scale: float, sweep, scores, per_type_accuracy, matching, checks, goals,
+                  round_trip_recall: float, trainer, run_folder, chosen: str, unguided: str, ceiling: str, floor: str,
+                  baseline: str, areas) -> dict[str, Any]:
     """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
+
+    ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
+    its ``n``, overlapping pairs, distinct nuclei and a sentence); the record's ``n`` is its size, which every scored
+    set shares (a non-overlapping grid may hold fewer tiles than the profile's ``n_eval``).
 
     ``config`` is the profile (``ctx.config``); ``sweep`` the validation guidance sweep and ``scores`` the held-out
     score table (``evaluation.mask_generation.score_mask_sets``), whose rows ``chosen``, ``unguided``, ``ceiling``,
@@ -87,8 +92,9 @@ def masks_metrics(config, device, *, split_x: float, validation_y: float, n_vali
     if missing:
         raise KeyError(f"the whole-nucleus area table lacks the rows {missing}; its rows are {list(areas.index)}")
     metrics = {
-        "n": section.n_eval, "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of "
-                                       f"the rest validation (y >= {validation_y:.0f})"),
+        "n": heldout["n"], "heldout": heldout,
+        "split": (f"HGSC slide, right 25 % held out (level-0 x >= {split_x:.0f}), bottom 25 % of the rest validation "
+                  f"(y >= {validation_y:.0f})"),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "validation_sweep": table_records(sweep.astype(float)),
         "n_validation": n_validation, "heldout_scores": table_records(scores.astype(float)),
@@ -180,7 +186,7 @@ out.types, out.instances  # decoded type and instance maps
 The nucleus polygons of one whole HGSC slide (`hgsc` wheel), split by region (the slide keeps its strips in every
 split since 2: the right 25 % held out, the bottom 25 % of the rest validation); only train-region tiles ({record.tile_size} px, with at least one
 nucleus, flipped and rotated) were trained on. The guidance ({record.guidance_scale:g}) was chosen on
-{record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.
+{record.n_validation} validation tiles; the scores below are on n = {record.n} held-out tiles.{heldout_in_words(record)}
 
 ## Scores (held-out strip, equal n)
 

@@ -14,7 +14,7 @@ from .base import RELEASED_PROFILES, Stage, StageRecord, config_from_section, re
 from ..data.datasets import split_description
 from ..data.pairs import PAIR_SOURCES
 from .cards import (card_footer, checks_and_goals, default_set_seen, default_set_sources, hardware_in_words,
-                    not_for_diagnosis, score_rows, split_in_words, training_time)
+                    heldout_in_words, not_for_diagnosis, score_rows, split_in_words, training_time)
 
 SPACES = ("pixel", "latent")
 
@@ -70,19 +70,24 @@ class SpadeRecord(StageRecord):
     appearance_shifts: dict | None = None  # each set's signed feature shifts from real held-out nuclei, in words too
     appearance_over_floor: float | None = None  # the pixel model's mean appearance distance over the real floor
     appearance_over_floor_latent: float | None = None
+    heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "appearance_over_floor", "appearance_over_floor_latent",
                                            "fidelity_dice", "fidelity_dice_reference", "fidelity_dice_floor",
                                            "inpainting_speed_ratio_pixel")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent"})
+        {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent", "heldout"})
 
 
 
-def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, sampler: str,
+def spade_metrics(config, device, *, heldout: dict, n_validation: int, guidance_scale: float, sampler: str,
                   mask_guidance_scale: float, sweep, sampler_scores, scores, appearance, appearance_shifts, detector,
                   checks, goals, inpainting, speed_ratio: dict, trainers: dict, gallery) -> dict[str, Any]:
     """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
+
+    ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
+    its ``n``, overlapping pairs, distinct nuclei and a sentence); the record's ``n`` is its size, which every scored
+    set shares (a non-overlapping grid may hold fewer tiles than the profile's ``n_eval``).
 
     ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
     (with its ``appearance`` over the floor, the choice's criterion, where the notebook scored it) and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
@@ -91,7 +96,8 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     rows ``"<space>, real masks, s = <guidance scale>"`` of both spaces and ``appearance_shifts`` its
     ``appearance_shifts`` table;
     ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
-    ``inpainting`` the inpainting benchmark (index: space, method, edit) and ``speed_ratio`` RePaint's time over the
+    ``inpainting`` each inpainting edit's summary over its images (``evaluation.mask_fidelity.edit_summary``, index:
+    space, method, edit: n, the edit margin's mean and bootstrap interval, seams, time) and ``speed_ratio`` RePaint's time over the
     DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG. A set the
     held-out table lacks is a KeyError naming it. In a released profile (cpu) the record names both releases."""
     from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
@@ -101,7 +107,7 @@ def spade_metrics(config, device, *, n_validation: int, guidance_scale: float, s
     columns = ["fid", "kid", "dice", "n"]
     repaint_keys = ("t_T", "jump_length", "jump_n_sample")
     metrics = {
-        "n": section.n_eval, "n_validation": n_validation,
+        "n": heldout["n"], "heldout": heldout, "n_validation": n_validation,
         "split": split_description(PAIR_SOURCES),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
         "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
@@ -234,7 +240,7 @@ images = pipeline(types, instances, guidance_scale={guidance_scale:g}, num_infer
 
 The nest and stroma images with nucleus labels (`hgsc_png` and `hgsc` wheels), {record.tile_size} px pairs at
 {record.downsample:g} image px per px, split by region ({split_in_words(record.stamp.split_version)}); only
-train-region pairs were trained on. {chosen} The scores below are on n = {record.n} held-out pairs.
+train-region pairs were trained on. {chosen} The scores below are on n = {record.n} held-out pairs.{heldout_in_words(record)}
 
 ## Scores (held-out region, equal n)
 
