@@ -54,6 +54,25 @@ def test_a_block_design_partitions_the_image_with_one_block_per_row_and_column()
         BlockDesign(grid=4, heldout=(0, 0, 1, 2), validation=(1, 2, 3, 0))
 
 
+def test_split_description_names_each_image_once_under_its_own_design():
+    from histolab_utils.data.datasets import BLOCK_DESIGNS, SPLIT_VERSION, split_description
+
+    words = split_description(DEFAULT_SET)
+    assert words.startswith(f"split {SPLIT_VERSION}; ")
+    groups = dict(part.split(": ", 1) for part in words.removeprefix(f"split {SPLIT_VERSION}; ").split("; "))
+    names = [name for group in groups for name in group.split(", ")]
+    assert sorted(names) == sorted(DEFAULT_SET)  # every image, once
+    for group, design in groups.items():
+        blocked = {name in BLOCK_DESIGNS for name in group.split(", ")}
+        assert blocked == {"blocks" in design}, (group, design)  # a block image never under the strips, nor one under it
+    assert len(groups) == 2  # the strip images share one entry
+    assert split_description(["hgsc_nest", "hgsc_stroma"]) == (
+        f"split {SPLIT_VERSION}; hgsc_nest: 4 x 4 blocks, one held-out and one validation block per row and column; "
+        "hgsc_stroma: right 25 % held out, bottom 25 % of the rest validation")
+    with pytest.raises(ValueError, match="no_such_image"):
+        split_description(["hgsc_nest", "no_such_image"])
+
+
 @pytest.mark.parametrize("region", ["train", "validation", "heldout"])
 def test_crops_of_a_block_design_stay_in_their_blocks(region):
     from histolab_utils.data.datasets import BlockDesign

@@ -11,12 +11,18 @@ from histolab_utils.evaluation.floors import (ddpm_goals, floors, heldout_fid, l
 
 def test_scores_and_floors_on_real_crops(real_data):
     reference = real_reference(image_size=32, n=8, seed=5)
-    assert reference.train.shape == reference.heldout.shape == (8, 32, 32, 3)
+    assert reference.train.shape == reference.heldout.shape == reference.validation.shape == (8, 32, 32, 3)
     floor = floors(reference)
     assert floor["n"] == 8 and floor["fid_train_vs_heldout"] > 0 and floor["fid_train_vs_train"] > 0
+    assert floor["fid_train_vs_validation"] > 0
     noise = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     scores = score_samples(noise, reference)
     assert scores["fid_vs_heldout"] > floor["fid_train_vs_heldout"]
+    assert scores["fid_vs_validation"] > floor["fid_train_vs_validation"]
+    # the validation score is against the validation draw: real validation crops score 0 there, not vs held-out
+    itself = score_samples(reference.validation.copy(), reference)
+    assert itself["fid_vs_validation"] == pytest.approx(0, abs=1e-3)
+    assert itself["fid_vs_heldout"] > 1
     copies = score_samples(reference.train.copy(), reference)
     assert copies["near_copy_fraction"] == 1.0 and scores["near_copy_fraction"] == 0.0
     # Memorisation searches the crops the model trained on when they are given.
@@ -125,3 +131,30 @@ def test_condition_matched_floor_rows_have_the_wanted_conditions():
     assert how.to_dict() == {"exact": 3, "exact, reused": 1, "nearest": 1}
     with pytest.raises(ValueError, match="pool and wanted"):
         condition_matched(pool, wanted[:, :1])
+
+
+def test_choose_best_model_follows_the_validation_draw_never_held_out():
+    from histolab_utils.evaluation.choices import BEST_MODEL_RULE, choose_best_model
+
+    rows = pd.DataFrame([
+        # held-out would pick sigmoid, train would pick linear (memorised): validation picks cosine
+        {"schedule": "linear", "prediction": "v_prediction", "sampler": "ddim", "fid_vs_validation": 70.0,
+         "fid_vs_heldout": 72.0, "fid_vs_train": 40.0},
+        {"schedule": "cosine", "prediction": "v_prediction", "sampler": "ddim", "fid_vs_validation": 61.0,
+         "fid_vs_heldout": 66.0, "fid_vs_train": 60.0},
+        {"schedule": "sigmoid", "prediction": "v_prediction", "sampler": "ddim", "fid_vs_validation": 64.0,
+         "fid_vs_heldout": 60.0, "fid_vs_train": 62.0},
+        {"schedule": "linear", "prediction": "epsilon", "sampler": "dpm", "fid_vs_validation": 30.0,
+         "fid_vs_heldout": 30.0, "fid_vs_train": 30.0},  # another sampler's row never competes
+        {"schedule": "linear", "prediction": "epsilon", "sampler": "ddim", "fid_vs_validation": float("nan"),
+         "fid_vs_heldout": 50.0, "fid_vs_train": 50.0},  # no finite score: left out
+    ])
+    assert choose_best_model(rows) == ("cosine", "v_prediction")
+    assert choose_best_model(rows, sampler="dpm") == ("linear", "epsilon")
+    assert "validation" in BEST_MODEL_RULE and "DDIM" in BEST_MODEL_RULE
+    with pytest.raises(ValueError, match="never on held-out"):
+        choose_best_model(rows, column="fid_vs_heldout")
+    with pytest.raises(ValueError, match="fid_vs_validation"):
+        choose_best_model(rows.drop(columns="fid_vs_validation"))
+    with pytest.raises(ValueError, match="'ddpm'"):
+        choose_best_model(rows, sampler="ddpm")

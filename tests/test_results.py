@@ -117,6 +117,13 @@ def test_the_model_card_states_data_split_scores_floors_licences_and_use():
                    "BSD-3-Clause", "MIT", "Apache-2.0", "25 min of training", "2500 optimiser steps",
                    "DDPMPipeline.from_pretrained", "Salimans & Ho (2022)", "best of the 4 models"):
         assert needed in card, needed
+    assert "Its sampler of lowest held-out FID (ddim) scores FID 80.0" in card  # a record without validation scores
+    # with validation scores the card's best sampler is chosen on them, not on held-out
+    rows = record["metrics"]["rows"]
+    rows[0]["fid_vs_validation"] = 75.0
+    rows.append({**rows[0], "sampler": "dpm", "steps": 20, "fid_vs_heldout": 78.0, "fid_vs_validation": 77.0})
+    card = stage("ddpm").card(typed("ddpm", record), "cosine-v_prediction", "ddpm-cosine-v-cpu")
+    assert "Its best sampler on the validation draw (ddim) scores FID 80.0 against held-out" in card
 
 
 def test_the_spade_and_joint_cards_state_scores_beside_floors_checks_goals_and_use():

@@ -250,14 +250,21 @@ def downsampled_box(box: Box, downsample: float) -> Box:
 
 
 def split_description(names: Sequence[str]) -> str:
-    """The split of ``names`` in words, for a record: each image's design and the split version."""
-    parts = []
+    """The split of ``names`` in words, for a record: the split version, then each design with the images it cuts
+    (in the order of ``names``), e.g. ``split 3; hgsc_nest: 4 x 4 blocks, ...; hgsc_stroma, cellseg_he: right 25 %
+    held out, ...``. An unknown name is an error that names it."""
+    unknown = [name for name in names if name not in IMAGES]
+    if unknown or not names:
+        raise ValueError(f"split_description: no such image(s) {unknown} (the images: {sorted(IMAGES)})" if unknown
+                         else "split_description needs at least one image name")
+    designs: dict[str, list[str]] = {}
     for name in names:
         design = BLOCK_DESIGNS.get(name)
-        parts.append(f"{name}: {design.grid} x {design.grid} blocks, one held-out and one validation block per row and "
-                     f"column" if design else f"{name}: right {100 * HELDOUT_FRACTION:g} % held out, bottom "
-                     f"{100 * VALIDATION_FRACTION:g} % of the rest validation")
-    return f"split {SPLIT_VERSION}; " + "; ".join(parts)
+        words = (f"{design.grid} x {design.grid} blocks, one held-out and one validation block per row and column"
+                 if design else f"right {100 * HELDOUT_FRACTION:g} % held out, bottom {100 * VALIDATION_FRACTION:g} % "
+                 f"of the rest validation")
+        designs.setdefault(words, []).append(name)
+    return f"split {SPLIT_VERSION}; " + "; ".join(f"{', '.join(group)}: {words}" for words, group in designs.items())
 
 
 def read_rgb(path: Path) -> np.ndarray:

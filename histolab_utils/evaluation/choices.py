@@ -1,9 +1,11 @@
-"""Choices made on the validation strip: a setting (a guidance scale, say) is picked from a sweep scored on
-validation tiles only, so the held-out strip gives final scores and never decides anything.
+"""Choices made on the validation region: a setting (a guidance scale, say) is picked from a sweep scored on
+validation tiles only, and a model from scores against a validation draw, so the held-out region gives final scores
+and never decides anything.
 
 >>> sweep = pd.DataFrame({"dice": [0.40, 0.55, 0.58], "fid": [60.0, 50.0, 70.0]}, index=[0.0, 1.5, 3.0])
 >>> choose_guidance_scale(sweep, "dice")                       # 3.0: the best Dice
 >>> choose_guidance_scale(sweep, "dice", within=("fid", 1.1))  # 1.5: the best Dice among FIDs within 10 % of the best
+>>> choose_best_model(rows)  # (schedule, prediction) of the lowest DDIM FID against the validation draw
 """
 
 from __future__ import annotations
@@ -36,3 +38,24 @@ def choose_guidance_scale(sweep: pd.DataFrame, column: str = "f1", higher_is_bet
         raise ValueError(f"no finite {column!r} in the sweep to choose a guidance scale from")
     best = values.max() if higher_is_better else values.min()
     return float(min(scale for scale, value in values.items() if value == best))
+
+
+# what choose_best_model does with its defaults, in words, for a metrics record
+BEST_MODEL_RULE = ("lowest DDIM FID against a validation-region draw at the samples' n (no held-out pixel informs the "
+                   "choice)")
+
+
+def choose_best_model(rows: pd.DataFrame, sampler: str = "ddim", column: str = "fid_vs_validation",
+                      keys: tuple[str, ...] = ("schedule", "prediction")) -> tuple:
+    """The ``keys`` (schedule, prediction type) of the row of ``sampler`` with the lowest ``column``, an FID against
+    the validation draw by default (:func:`~histolab_utils.evaluation.floors.score_samples`); the first such row on a
+    tie, rows with no finite score left out. A held-out column is refused: held-out crops give final scores only."""
+    if "heldout" in column:
+        raise ValueError(f"column={column!r}: a choice is made on validation scores, never on held-out ones")
+    missing = [name for name in ("sampler", column, *keys) if name not in rows.columns]
+    if missing:
+        raise ValueError(f"rows lack the column(s) {missing} needed to choose a model (have {list(rows.columns)})")
+    scored = rows[rows["sampler"] == sampler].dropna(subset=[column])
+    if scored.empty:
+        raise ValueError(f"no {sampler!r} row with a finite {column!r} to choose a model from")
+    return tuple(scored.loc[scored[column].astype(float).idxmin(), list(keys)])

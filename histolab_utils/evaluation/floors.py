@@ -1,9 +1,10 @@
 """Score generated samples against real crops, with the real-vs-real floors beside them.
 
 The real reference sets are random crops of the embedded default set: two independent draws
-from the train region and one from the held-out region, all with the same n as the samples
-(FID falls as n grows, so only equal-n numbers are comparable). Their Inception features are
-cached per (crop size, n, seed).
+from the train region, one from the validation region (what choices are made on) and one from
+the held-out region (final scores only), all with the same n as the samples (FID falls as n
+grows, so only equal-n numbers are comparable). Their Inception features are cached per
+(crop size, n, seed).
 """
 
 from __future__ import annotations
@@ -28,33 +29,41 @@ class RealReference:
     train_b_features: np.ndarray  # an independent train draw, for the train-vs-train floor
     heldout: np.ndarray
     heldout_features: np.ndarray
+    validation: np.ndarray  # the validation region's draw: what a choice between models is made on
+    validation_features: np.ndarray
 
 
 def real_reference(image_size: int, n: int, seed: int = 0, downsample: int = 1) -> RealReference:
-    """Draw (and cache the features of) the real reference sets, at the models' ``downsample``."""
+    """Draw (and cache the features of) the real reference sets, at the models' ``downsample``: two train draws, one
+    held-out and one validation draw, ``n`` crops each."""
     images = load_images(DEFAULT_SET)
     sets = {}
     scale = f"|downsample={downsample}" if downsample != 1 else ""
-    for name, region, offset in (("train", "train", 101), ("train_b", "train", 202), ("heldout", "heldout", 303)):
+    draws = (("train", "train", 101), ("train_b", "train", 202), ("heldout", "heldout", 303),
+             ("validation", "validation", 404))
+    for name, region, offset in draws:
         crops = CropSampler(images, image_size, region, seed=seed + offset, downsample=downsample).sample(n)
         key = f"{','.join(DEFAULT_SET)}|{region}|{image_size}px{scale}|n={n}|seed={seed + offset}"
         sets[name] = (crops, metrics.cached_features(key, lambda c=crops: metrics.inception_features(c)))
     return RealReference(image_size, n, sets["train"][0], sets["train"][1], sets["train_b"][1],
-                         sets["heldout"][0], sets["heldout"][1])
+                         sets["heldout"][0], sets["heldout"][1], sets["validation"][0], sets["validation"][1])
 
 
 def floors(reference: RealReference) -> dict:
-    """FID/KID of real against real at the reference's n: the best a generator could score."""
+    """FID/KID of real against real at the reference's n: the best a generator could score. Train against validation
+    is the floor of a sample set's FID against the validation draw (:func:`score_samples`' ``fid_vs_validation``)."""
     return {
         "n": reference.n,
         "fid_train_vs_heldout": metrics.fid(reference.train_features, reference.heldout_features),
         "fid_train_vs_train": metrics.fid(reference.train_features, reference.train_b_features),
+        "fid_train_vs_validation": metrics.fid(reference.train_features, reference.validation_features),
         "kid_train_vs_heldout": metrics.kid(reference.train_features, reference.heldout_features)[0],
     }
 
 
 def score_samples(samples: np.ndarray, reference: RealReference, training_crops: np.ndarray | None = None) -> dict:
-    """Every metric of one sample set: vs held-out (the headline), vs train, diversity, memorisation.
+    """Every metric of one sample set: vs held-out (the headline), vs validation (what a choice between models uses),
+    vs train (beside the train-vs-train floor, and a memorisation signal when far below it), diversity, memorisation.
 
     ``training_crops`` are the crops the model was trained on; the memorisation check searches
     them for each sample's nearest neighbour (default: the reference's train draw, a stand-in).
@@ -69,6 +78,7 @@ def score_samples(samples: np.ndarray, reference: RealReference, training_crops:
         "fid_vs_heldout": metrics.fid(reference.heldout_features, features),
         "kid_vs_heldout": kid_mean,
         "kid_vs_heldout_std": kid_std,
+        "fid_vs_validation": metrics.fid(reference.validation_features, features),
         "fid_vs_train": metrics.fid(reference.train_features, features),
         "precision": precision,
         "recall": recall,
@@ -97,7 +107,8 @@ def ddpm_goals(rows: pd.DataFrame, floor: dict, best_model: tuple[str, str], tra
     """The goals notebook 03 sets its best model, measured: a pandas table of goal, target, measured, met.
 
     ``rows`` is the score table (one row per schedule, prediction type and sampler, with ``steps``, ``colour_*``
-    means and ``near_copy_fraction``), ``best_model`` the (schedule, prediction) picked without the held-out strip.
+    means and ``near_copy_fraction``), ``best_model`` the (schedule, prediction) picked on the validation draw
+    (:func:`~histolab_utils.evaluation.choices.choose_best_model`), never on held-out crops.
     ``train_colour`` and ``heldout_colour`` are :func:`~histolab_utils.evaluation.metrics.colour_stats` of the real
     train-region and held-out draws at the samples' n (:attr:`RealReference.train` and ``.heldout``).
 

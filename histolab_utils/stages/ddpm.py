@@ -60,13 +60,16 @@ def model_label(schedule: str, prediction: str) -> str:
 
 
 def ddpm_limits(record: DDPMRecord, rows: list[dict]) -> list[str]:
-    """What a card says one DDPM cannot do: its resolution, and its best sampler's distance from real."""
+    """What a card says one DDPM cannot do: its resolution, and its best sampler's distance from real (the sampler
+    chosen on the validation draw; in a record made before it had one, the one of lowest held-out FID, said so)."""
     size, downsample, floor = record.image_size, record.downsample, record.floor["fid_train_vs_heldout"]
     limits = [f"{size} px samples of {size * downsample} px fields: a nucleus is a few pixels across, so there is no "
               f"nuclear or chromatin detail to judge."]
     if rows:
-        best = min(rows, key=lambda r: r["fid_vs_heldout"])
-        limits.append(f"Its best sampler ({best['sampler']}) scores FID {best['fid_vs_heldout']:.1f} against held-out, "
+        on_validation = all("fid_vs_validation" in r for r in rows)  # older records lack it: best by held-out, said so
+        best = min(rows, key=lambda r: r["fid_vs_validation" if on_validation else "fid_vs_heldout"])
+        which = "best sampler on the validation draw" if on_validation else "sampler of lowest held-out FID"
+        limits.append(f"Its {which} ({best['sampler']}) scores FID {best['fid_vs_heldout']:.1f} against held-out, "
                       f"{best['fid_vs_heldout'] / floor:.2f}x the real train-vs-held-out floor, with recall "
                       f"{best['recall']:.2f} (the share of real crops its samples cover).")
     return limits
