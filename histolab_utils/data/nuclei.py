@@ -537,15 +537,23 @@ def distinct_mask_nuclei(tiles: MaskTiles, root: Path | None = None) -> int:
     two overlapping tiles, or cut by the border of two neighbouring ones, counts once. Random tiles that overlap
     show fewer distinct nuclei than their nuclei per tile suggest; a grid's count is the number of units a nucleus
     score rests on."""
-    seen: set[int] = set()
-    if tiles.source == "wsi":
-        annotations = wsi_nuclei(root)
-        for box in tiles.boxes:
-            seen.update(np.unique(rasterize(annotations, tuple(box), (tiles.size, tiles.size))["instance"]).tolist())
-    else:
+    if tiles.source != "wsi":
         instance = _image_raster(tiles.source, tiles.downsample, Path(root) if root else data_dir())[1]
-        for x0, y0, x1, y1 in np.rint(tiles.boxes / tiles.downsample).astype(np.int64):
-            seen.update(np.unique(instance[y0:y1, x0:x1]).tolist())
+        return nuclei_seen(instance, np.rint(tiles.boxes / tiles.downsample).astype(np.int64))
+    annotations = wsi_nuclei(root)  # the slide's nuclei have slide-wide ids: rasterise each tile on its own
+    seen: set[int] = set()
+    for box in tiles.boxes:
+        seen.update(np.unique(rasterize(annotations, tuple(box), (tiles.size, tiles.size))["instance"]).tolist())
+    seen.discard(0)
+    return len(seen)
+
+
+def nuclei_seen(instance: np.ndarray, boxes: np.ndarray) -> int:
+    """How many different nonzero ids of the instance raster ``instance`` [H, W] the integer pixel ``boxes``
+    [N, 4] (x0, y0, x1, y1) show between them: an id seen by two boxes counts once."""
+    seen: set[int] = set()
+    for x0, y0, x1, y1 in boxes:
+        seen.update(np.unique(instance[y0:y1, x0:x1]).tolist())
     seen.discard(0)
     return len(seen)
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from ..paths import data_dir
 from .datasets import IMAGES, Box, Region, downsampled_box, load_image
-from .nuclei import (IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, overlapping_pairs, renumber_instances,
-                     vocabulary_name)
+from .nuclei import (IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, nuclei_seen, overlapping_pairs,
+                     renumber_instances, vocabulary_name)
 
 PAIR_SOURCES = ("hgsc_nest", "hgsc_stroma")
 
@@ -230,11 +230,7 @@ def distinct_nuclei(pairs: ImageMaskPairs, root: Path | None = None) -> dict[str
     counts = {}
     for name in dict.fromkeys(pairs.sources.tolist()):
         instances = pair_rasters(name, pairs.downsample, root)[2]
-        seen: set[int] = set()
-        for x0, y0, x1, y1 in (pairs.boxes[pairs.sources == name] / pairs.downsample).astype(int):
-            seen.update(np.unique(instances[y0:y1, x0:x1]).tolist())
-        seen.discard(0)
-        counts[name] = len(seen)
+        counts[name] = nuclei_seen(instances, (pairs.boxes[pairs.sources == name] / pairs.downsample).astype(int))
     counts["all"] = sum(counts.values())
     return counts
 
