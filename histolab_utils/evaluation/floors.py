@@ -177,7 +177,7 @@ def vqgan_goals(scores, real_vs_real: dict, model: str, *, min_psnr: float = 24.
     return pd.DataFrame(goals, columns=["goal", "target", "measured", "met"])
 
 
-def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, chance: float | None = None, fid_ratio: float = 1.5,
+def ldm_goals(scores, floor, accuracy: float, ceiling: float, *, chance: float | None = None, fid_ratio: float = 1.2,
               control_ratio: float = 0.8):
     """The goals notebook 05 sets its conditional LDM at the chosen guidance, measured: a pandas table of goal,
     target, measured, met.
