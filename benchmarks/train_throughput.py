@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py [--image-size 32] [--batch-size 16] [--steps 30] [--channels 16 32 32]
     python benchmarks/train_throughput.py --cpu-profile     # the cpu profile's DDPM: fp32, bf16, channels_last
+    python benchmarks/train_throughput.py --cpu-profile --recipes baseline plain_loop   # a step of each, both precisions
 
 ``--precision`` lists the settings our trainer is timed with ("auto" picks bf16 where the CPU has native
 bf16, AVX-512 BF16 or AMX, else fp32); each row's ratio is against the plain fp32 loop.
@@ -11,6 +12,10 @@ Measured on CPUs (``--cpu-profile``: 32 px, batch 32, UNet 32/64/64, 30 timed st
   added under 5 % (87 and 132 images/s) after 70-90 s of compiling, so the profiles leave it off on a CPU.
 - AVX2 only (this project's 2-core AMD EPYC of 2026-11-25, no AVX-512): see README.md, "Precision on the CPU".
   There bf16 is emulated and far slower than fp32, so "auto" picks fp32.
+``--recipes`` times a step of our trainer under each named training recipe (``diffusion/recipes.py``: its UNet
+shape, loss, schedule and EMA) in each precision, with its ratio to the first recipe's: what a profile must scale
+``train_steps`` by to keep the minutes when it adopts another recipe.
+
 channels_last helps GPU convolutions (the trainer uses it on CUDA only); ``--channels-last`` times it on a CPU.
 
 The plain loop is written as diffusers' unconditional training example does it: a DataLoader
@@ -102,6 +107,26 @@ def our_trainer(crops: np.ndarray, args, steps: int, precision: str = "auto", ch
         return time.perf_counter() - started
 
 
+def recipe_step_seconds(crops: np.ndarray, args, recipe: str, precision: str) -> float:
+    """Seconds per optimiser step of our trainer under training recipe ``recipe`` (its settings over the
+    benchmark's UNet widths, batch and resolution)."""
+    from histolab_utils.diffusion.recipes import recipe_settings
+    from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
+
+    config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, steps=args.steps + 5,
+                         block_out_channels=tuple(args.channels), learning_rate=1e-4, warmup_steps=10,
+                         checkpoint_every=10 ** 9, mixed_precision=precision, **recipe_settings(recipe))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = DiffusionTrainer(config, crops, tmp, progress=False)
+        trainer.save_checkpoint = lambda: None
+        trainer.train(steps=5)
+        _sync()
+        started = time.perf_counter()
+        trainer.train(steps=args.steps + 5)
+        _sync()
+        return (time.perf_counter() - started) / args.steps
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -119,14 +144,19 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="also time our trainer with channels_last")
     parser.add_argument("--cpu-profile", action="store_true",
                         help="the cpu profile's DDPM (32 px, batch 32, UNet 32/64/64), with --precision no bf16")
+    parser.add_argument("--recipes", nargs="+", default=None, metavar="NAME",
+                        help="time a step of each named training recipe instead, ratio to the first")
     args = parser.parse_args()
     if args.cpu_profile:
         args.image_size, args.batch_size, args.channels, args.precision = 32, 32, [32, 64, 64], ["no", "bf16"]
         args.channels_last = True
     from histolab_utils.data import training_crops
-    from histolab_utils.engine.precision import cpu_has_native_bf16, resolve_mixed_precision
+    from histolab_utils.engine.precision import resolve_mixed_precision
 
     crops = training_crops(args.image_size, max(512, args.batch_size * 8))
+    if args.recipes:
+        print_recipe_steps(crops, args)
+        return
     plain = plain_diffusers_loop(crops, args, args.steps)
     rows = [("plain diffusers loop (fp32)", plain)]
     for precision in args.precision:
@@ -134,17 +164,35 @@ def main() -> None:
         rows.append((label, our_trainer(crops, args, args.steps, precision)))
     if args.channels_last:
         rows.append(("ours, fp32, channels_last", our_trainer(crops, args, args.steps, "no", channels_last=True)))
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        device = (f"CPU ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, native bf16: "
-                  f"{'yes' if cpu_has_native_bf16() else 'no'})")
+    device = device_in_words()
     images = args.batch_size * args.steps
     print(f"{args.image_size} px, batch {args.batch_size}, UNet channels {args.channels}, {args.steps} timed steps "
           f"on {device}; torch {torch.__version__}, {platform.python_version()}")
     print(f"{'trainer':<36}{'seconds':>10}{'images/s':>12}{'ratio':>8}")
     for label, seconds in rows:
         print(f"{label:<36}{seconds:>10.2f}{images / seconds:>12.1f}{plain / seconds:>7.2f}x")
+
+
+def device_in_words() -> str:
+    from histolab_utils.engine.precision import cpu_has_native_bf16
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return (f"CPU ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, native bf16: "
+            f"{'yes' if cpu_has_native_bf16() else 'no'})")
+
+
+def print_recipe_steps(crops: np.ndarray, args) -> None:
+    """Each recipe's seconds per step in each precision, and its ratio to the first recipe's at that precision."""
+    print(f"{args.image_size} px, batch {args.batch_size}, UNet channels {args.channels}, {args.steps} timed steps "
+          f"on {device_in_words()}; torch {torch.__version__}")
+    print(f"{'recipe':<22}{'precision':>10}{'s / step':>10}{'ratio':>8}")
+    for precision in args.precision:
+        first = None
+        for recipe in args.recipes:
+            seconds = recipe_step_seconds(crops, args, recipe, precision)
+            first = first or seconds
+            print(f"{recipe:<22}{precision:>10}{seconds:>10.3f}{seconds / first:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":
