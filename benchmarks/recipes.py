@@ -46,6 +46,8 @@ from histolab_utils.paths import atomic_write_text  # noqa: E402
 SCHEDULE = "cosine"
 PREDICTION = "v_prediction"
 PUBLISHED_TABLE = ROOT / "results" / "cpu" / "recipes.json"
+# the cpu DDPM's UNet shape on splits 1 and 2, which "today" and every row that does not set a shape train with
+STUDY_SHAPE = {"layers_per_block": 1, "norm_num_groups": 0}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,19 @@ RECIPES: dict[str, Recipe] = {
         "Hang et al. 2023; diffusers' train_unconditional example",
         {"layers_per_block": 2, "norm_num_groups": 32, "lr_schedule": "constant", "loss_weighting": "min_snr",
          "snr_gamma": 5.0}),
+    # the plain loop's three differences from today's, one at a time (which of them buys its gain?)
+    "depth_2": Recipe(
+        "today's, with 2 layers per block (the plain loop's depth) and nothing else changed",
+        "diffusers' train_unconditional example (its UNet depth)",
+        {"layers_per_block": 2}),
+    "norm_groups_32": Recipe(
+        "today's, with 32 GroupNorm groups (the plain loop's; today's narrow-UNet rule gives 8) and nothing else",
+        "diffusers' train_unconditional example (UNet2DModel's default norm groups)",
+        {"norm_num_groups": 32}),
+    "constant_lr": Recipe(
+        "today's, with a constant learning rate after warm-up (the plain loop's) instead of the cosine decay",
+        "diffusers' train_unconditional example (its default lr_scheduler)",
+        {"lr_schedule": "constant"}),
 }
 
 
@@ -94,7 +109,9 @@ def recipe_config(name: str, seed: int, steps: int = 0) -> TrainConfig:
     ddpm = load_config("cpu").ddpm
     config = config_from_section(TrainConfig, ddpm, seed, own={"schedule": SCHEDULE, "prediction_type": PREDICTION, "extra": {
         "downsample": ddpm.downsample, "n_train_crops": ddpm.n_train_crops, "recipe": name}})
-    changes = {**TRAINING_RECIPES["baseline"].settings, **recipe.changes}  # from the baseline, whatever the profile adopts
+    # every row starts from the baseline at the UNet shape the cpu profile had when the study ran, whatever the
+    # profile has adopted since (the plain loop's shape is in its own row)
+    changes = {**STUDY_SHAPE, **TRAINING_RECIPES["baseline"].settings, **recipe.changes}
     if recipe.space == "latent":
         changes.update(in_channels=4, image_size=ddpm.image_size // 4)
     return replace(config, **changes, checkpoint_every=250, **({"steps": steps} if steps else {}))
@@ -318,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--not-chosen-by-validation", default="", metavar="RECIPES",
                         help="comma-separated recipes whose validation FID cannot choose (their model saw the "
                              "validation strip, e.g. latent on an earlier split's VQ-GAN); they are scored, not chosen")
+    parser.add_argument("--also-second-seed", default="", metavar="RECIPES",
+                        help="comma-separated recipes that get a second seed besides those validation chooses (a "
+                             "recipe a rule outside the study picks, to be adopted: it needs its seed noise)")
     parser.add_argument("--timing-steps", type=int, default=30)
     # one folder and one table per split, so that a study never mixes two splits' crops, floors and checkpoints
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu" / f"recipes-split{SPLIT_VERSION}")
@@ -327,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     order = [name.strip() for name in args.only.split(",") if name.strip()]
     exclude = [name.strip() for name in args.not_chosen_by_validation.split(",") if name.strip()]
-    unknown = [name for name in order + exclude if name not in RECIPES]
+    also = [name.strip() for name in args.also_second_seed.split(",") if name.strip()]
+    unknown = [name for name in order + exclude + also if name not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -366,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in timing:
             run(name, 0)
     if all(any(r["recipe"] == n and r["seed"] == 0 for r in records) for n in order):
-        for name in best_by_validation(records, args.second_seeds, exclude):
+        chosen = best_by_validation(records, args.second_seeds, exclude)
+        for name in chosen + [name for name in also if name not in chosen]:
             run(name, 1)
     return 0
 

@@ -232,3 +232,19 @@ def test_a_recipe_whose_validation_score_is_not_independent_is_never_chosen_for_
                for name, fid in [("today", 120.0), ("min_snr", 110.0), ("latent", 90.0), ("edm", 130.0)]]
     assert benchmark.best_by_validation(records) == ["latent", "min_snr"]
     assert benchmark.best_by_validation(records, exclude=["latent"]) == ["min_snr", "today"]
+
+
+def test_the_study_rows_keep_the_shape_they_were_measured_at_whatever_the_profile_adopts():
+    """The cpu profile adopted the plain loop (2 layers per block, 32 norm groups) after the study: its "today" row
+    must still train the baseline at 1 layer and the narrow-UNet groups, and each ablation row change one thing."""
+    benchmark = load_benchmark()
+    today = benchmark.recipe_config("today", 0)
+    assert (today.layers_per_block, today.norm_num_groups, today.lr_schedule) == (1, 0, "cosine")
+    plain = benchmark.recipe_config("plain_loop", 0)
+    assert (plain.layers_per_block, plain.norm_num_groups, plain.lr_schedule) == (2, 32, "constant")
+    for row, (field, value) in {"depth_2": ("layers_per_block", 2), "norm_groups_32": ("norm_num_groups", 32),
+                                "constant_lr": ("lr_schedule", "constant")}.items():
+        config = benchmark.recipe_config(row, 0)
+        changed = {f.name for f in dataclasses.fields(config)
+                   if getattr(config, f.name) != getattr(today, f.name) and f.name not in ("extra",)}
+        assert changed == {field} and getattr(config, field) == value, row
