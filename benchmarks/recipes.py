@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from histolab_utils.config import load_config  # noqa: E402
-from histolab_utils.data import CropSampler, load_images, training_crops  # noqa: E402
+from histolab_utils.data import training_crops  # noqa: E402
 from histolab_utils.data.datasets import SPLIT_VERSION  # noqa: E402
 from histolab_utils.engine.configs import config_from_section  # noqa: E402
 from histolab_utils.diffusion.recipes import TRAINING_RECIPES  # noqa: E402
@@ -192,21 +192,17 @@ class References:
 
 
 def references(n: int, seed: int = 0) -> References:
+    """Notebook 03's real reference sets at the cpu DDPM's scale (``real_reference``: its validation draw is the one
+    that chooses), their colours, and the floors beside them."""
     from histolab_utils.evaluation import metrics
     from histolab_utils.evaluation.floors import floors, real_reference
 
     ddpm = load_config("cpu").ddpm
     reference = real_reference(ddpm.image_size, n, seed=seed, downsample=ddpm.downsample)
-    validation = CropSampler(load_images(), ddpm.image_size, "validation", seed=seed + 404,
-                             downsample=ddpm.downsample).sample(n)
-    key = f"recipes|validation|{ddpm.image_size}px|downsample={ddpm.downsample}|n={n}|seed={seed + 404}"
-    validation_features = metrics.cached_features(key, lambda: metrics.inception_features(validation))
     colour = {region: metrics.colour_stats(crops) for region, crops in
-              (("train", reference.train), ("heldout", reference.heldout), ("validation", validation))}
-    floor = floors(reference)
-    floor["fid_train_vs_validation"] = metrics.fid(reference.train_features, validation_features)
+              (("train", reference.train), ("heldout", reference.heldout), ("validation", reference.validation))}
     return References(n, {"heldout": reference.heldout_features, "train": reference.train_features,
-                          "validation": validation_features}, colour, floor)
+                          "validation": reference.validation_features}, colour, floors(reference))
 
 
 def score_run(name: str, unet, refs: References, seed: int) -> list[dict]:
