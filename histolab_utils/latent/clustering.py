@@ -291,7 +291,13 @@ class ExpertLabels:
         if tiles is not None:
             unknown = sorted(set(table["tile"]) - set(map(str, tiles)))
             if unknown:
-                raise ExpertLabelError(f"{path} names {len(unknown)} unknown tiles, e.g. {unknown[:3]}")
+                from ..data.datasets import SPLIT_VERSION
+
+                raise ExpertLabelError(
+                    f"{path} names {len(unknown)} unknown tiles, e.g. {unknown[:3]}: this tiling (its tile size, "
+                    f"downsample and split {SPLIT_VERSION}, whose region boundaries drop the tiles that cross them) "
+                    f"has no such tiles. A file made with another tile size or on an earlier split is stale: move it "
+                    f"aside, and notebook 04 starts a new one from its clustering")
         if clusters is not None:
             unknown = sorted(set(table["cluster"]) - set(clusters))
             if unknown:
