@@ -234,6 +234,25 @@ def test_a_recipe_whose_validation_score_is_not_independent_is_never_chosen_for_
     assert benchmark.best_by_validation(records, exclude=["latent"]) == ["min_snr", "today"]
 
 
+@pytest.mark.parametrize("profile", ["cpu", "full"])
+def test_every_diffusion_model_of_a_real_profile_trains_with_the_whole_adopted_recipe(profile):
+    """A recipe never overrides a shape a profile sets, and cpu inherits smoke's layers_per_block = 1: the adopted
+    recipe's every setting must still reach each diffusion model's trainer, or the study's winner is not what trains."""
+    from histolab_utils.config import load_config
+    from histolab_utils.diffusion.recipes import recipe_settings
+    from histolab_utils.stages import stage
+
+    loaded = load_config(profile)
+    adopted = loaded.ddpm.recipe
+    assert adopted != "baseline", f"the {profile} profile adopts the study's recipe"
+    for name in ("ddpm", "masks", "spade", "joint"):
+        trained = stage(name).train_config(loaded)
+        for key, value in recipe_settings(adopted).items():
+            assert getattr(trained, key) == value, (profile, name, key)
+    for key, value in recipe_settings(adopted).items():  # the LDM's trainer config also needs its latents
+        assert getattr(loaded.ldm, key) == value, (profile, "ldm", key)
+
+
 def test_the_study_rows_keep_the_shape_they_were_measured_at_whatever_the_profile_adopts():
     """The cpu profile adopted the plain loop (2 layers per block, 32 norm groups) after the study: its "today" row
     must still train the baseline at 1 layer and the narrow-UNet groups, and each ablation row change one thing."""
