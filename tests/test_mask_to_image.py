@@ -504,6 +504,25 @@ def test_the_gallery_takes_crops_that_do_not_overlap():
         pairs.apart([5], 1)
 
 
+def test_a_gallerys_real_reference_is_a_seeded_random_draw_of_the_matching_tiles():
+    """Notebooks 06 and 08 show real tiles of a condition beside generated ones: a seeded draw among the tiles of
+    that condition, not the first ones in grid order (one corner of the region)."""
+    from histolab_utils.plotting import random_reference
+
+    matches = np.arange(200) % 3 == 0  # 67 tiles of the condition
+    drawn = random_reference(matches, 8, seed=4)
+    assert len(drawn) == 8 and len(set(drawn.tolist())) == 8 and matches[drawn].all()
+    assert drawn.tolist() == random_reference(matches, 8, seed=4).tolist()  # seeded
+    assert drawn.tolist() != random_reference(matches, 8, seed=5).tolist()
+    assert drawn.tolist() != np.flatnonzero(matches)[:8].tolist()  # not the grid's first tiles
+    assert sorted(random_reference(matches, 100, seed=0).tolist()) == np.flatnonzero(matches).tolist()  # all there are
+    assert len(random_reference(np.zeros(5, bool), 3)) == 0
+    with pytest.raises(ValueError, match="matches must be a 1-D boolean array"):
+        random_reference(np.arange(5), 3)
+    with pytest.raises(ValueError, match="k must be a whole number"):
+        random_reference(matches, -1)
+
+
 # -- non-overlapping held-out sets and inpainting edits on them ------------------------------------
 def test_a_grid_subset_keeps_at_most_n_grid_tiles_and_a_floor_takes_the_same_share_of_sources():
     from histolab_utils.data.nuclei import overlapping_pairs
