@@ -702,13 +702,16 @@ class _SweepPainter:
 
     space = "pixel"
 
-    def __init__(self, images: np.ndarray, follows: bool = True):
+    def __init__(self, images: np.ndarray, follows: bool = True, real_unconditional: bool = False):
         self.images, self.follows, self.scheduler = images, follows, None
+        self.real_unconditional = real_unconditional  # s = 0 paints the real images: the best on every score
 
     def __call__(self, types, instances, guidance_scale, steps, generator):
         from types import SimpleNamespace
 
         assert len(types) == len(self.images), "paints the whole validation set in one batch"
+        if self.real_unconditional and guidance_scale == 0:
+            return SimpleNamespace(images=self.images.copy())
         if not self.follows or guidance_scale == 0:
             return SimpleNamespace(images=np.full_like(self.images, (235, 200, 220)))
         ancestral = type(self.scheduler).__name__ == "DDPMScheduler"
@@ -726,7 +729,7 @@ def _with_nuclei(pairs):
 
 def test_the_guidance_then_the_sampler_are_chosen_on_validation_pairs_by_one_rule():
     """notebook 07's choose_sampling, for the pixel and the latent model alike: the scale of the most real nuclei
-    among those that follow the mask (s = 0 paints none), then the sampler of lowest validation FID at that scale;
+    among the guided ones that follow the mask (s = 0 paints none here, and is never chosen anyway), then the sampler of lowest validation FID at that scale;
     the pipeline keeps the chosen sampler, and held-out pairs are refused."""
     import dataclasses
 
@@ -747,6 +750,11 @@ def test_the_guidance_then_the_sampler_are_chosen_on_validation_pairs_by_one_rul
     assert choice.sampler_scores.loc["DDIM", "fid"] == choice.sweep.loc[1.5, "fid"]  # the sweep's own DDIM images
     assert choice.sweep.loc[0.0, "dice"] < choice.scores.loc["floor: mismatched real pairs", "dice"]
     heldout = image_mask_pairs(32, "heldout", 16, seed=1, downsample=2)
+    # s = 0, the unconditional model, is never chosen, even where it clears the Dice check and is best on every score
+    fixed = dataclasses.replace(section, learned_variance=False)
+    unconditional = choose_sampling(_SweepPainter(validation.images, real_unconditional=True), validation, floor,
+                                    detector, fixed)
+    assert unconditional.sweep["appearance"].idxmin() == 0.0 and unconditional.guidance_scale == 1.5
     with pytest.raises(ValueError, match="validation: pairs of the 'heldout' region"):
         choose_sampling(painter, heldout, floor, detector, section)
     with pytest.raises(ValueError, match="floor: pairs of the 'heldout' region"):

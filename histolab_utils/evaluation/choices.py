@@ -44,8 +44,8 @@ def choose_guidance_scale(sweep: pd.DataFrame, column: str = "f1", higher_is_bet
 # what notebook 07 does on its validation pairs for its pixel and its latent SPADE model alike
 # (models.mask_to_image.choose_sampling), in words, for their cards
 SAMPLING_RULE = ("with DDIM, the guidance scale of the most real nuclei (the lowest nucleus appearance distance over "
-                 "its real floor) among the scales whose fidelity Dice clears the mismatched-pair floor and whose FID is "
-                 "within 10 % of the best of those; then, at that scale and equal network calls, the sampler of lowest "
+                 "its real floor) among the guided scales (s > 0) whose fidelity Dice clears the mismatched-pair floor and "
+                 "whose FID is within 10 % of the best of those; then, at that scale and equal network calls, the sampler of lowest "
                  "FID")
 
 

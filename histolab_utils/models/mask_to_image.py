@@ -460,8 +460,9 @@ def choose_sampling(pipeline: MaskToImagePipeline, validation: ImageMaskPairs, f
     The model paints ``validation``'s masks with DDIM at every scale of ``section.guidance_scales`` (the profile's
     ``[spade]`` section: its scales, ``sampler_steps``, schedule and ``learned_variance``). The chosen scale has the
     lowest nucleus appearance distance over its floor (real train nuclei of ``floor`` against the validation ones)
-    among the scales whose haematoxylin Dice (``detector``) clears the mismatched-pair floor and whose FID is within
-    10 % of the best of those. At that scale and the same network calls, each of :data:`SAMPLERS` (DDIM alone
+    among the guided scales (s > 0) whose haematoxylin Dice (``detector``) clears the mismatched-pair floor and whose
+    FID is within 10 % of the best of those. s = 0 is scored and shown, never chosen: it is the unconditional model,
+    which ignores the mask by construction, and its Dice can clear the floor by chance. At that scale and the same network calls, each of :data:`SAMPLERS` (DDIM alone
     without a learned variance) paints the same masks, and the lowest FID wins. ``floor`` gives the real-vs-real
     FID and the appearance floor at the validation n (real train-region pairs).
 
@@ -498,9 +499,12 @@ def choose_sampling(pipeline: MaskToImagePipeline, validation: ImageMaskPairs, f
         nucleus_features(validation.images, validation.instances, validation.types), features=IMAGE_FEATURES,
         seed=score_seed)
     sweep["appearance"] = appearance.loc[list(guidance_sets), "over_floor"].to_numpy(float)
+    guided = sweep[sweep.index > 0]  # the candidates: s = 0 ignores the mask by construction
+    if guided.empty:
+        raise ValueError(f"section.guidance_scales={list(section.guidance_scales)}: no scale above 0 to choose")
     follows = ("dice", float(scores.loc[FLOOR_MISMATCHED, "dice"]))  # the check every candidate passes
-    follows_mask = bool((sweep["dice"].astype(float) > follows[1]).any())
-    guidance_scale = choose_guidance_scale(sweep, "appearance", higher_is_better=False, within=("fid", 1.1),
+    follows_mask = bool((guided["dice"].astype(float) > follows[1]).any())
+    guidance_scale = choose_guidance_scale(guided, "appearance", higher_is_better=False, within=("fid", 1.1),
                                            above=follows if follows_mask or strict else None)  # strict: none is an error
     sampler_sets = {"DDIM": guidance_sets[f"s = {guidance_scale:g}"]}  # the sweep's own images at the chosen scale
     sampler_sets.update({name: paint(name, guidance_scale) for name in samplers if name != "DDIM"})
