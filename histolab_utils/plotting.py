@@ -103,6 +103,21 @@ def draw_split(ax, image, *, colour_train: str = "tab:blue", colour_validation: 
     ax.axis("off")
 
 
+def random_reference(matches: Sequence[bool] | np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``k`` items where ``matches`` (bool [N]: a tile of the condition shown, say) is True, a
+    seeded random draw in the order drawn: the real tiles a gallery shows beside generated ones. Not the first
+    matching tiles: a grid's first tiles are its top-left corner, one spot of the region. Fewer when fewer match; a
+    ``matches`` that is not a 1-D boolean array, or a negative ``k``, is an error that names it."""
+    matches = np.asarray(matches)
+    if matches.ndim != 1 or matches.dtype != bool:
+        raise ValueError(f"matches must be a 1-D boolean array (True: a tile that may be shown); got "
+                         f"{matches.dtype} {matches.shape}")
+    if int(k) != k or k < 0:
+        raise ValueError(f"k must be a whole number >= 0; got k={k!r}")
+    candidates = np.flatnonzero(matches)
+    return np.random.default_rng(seed).permutation(candidates)[:int(k)]
+
+
 def image_grid(images: Sequence[np.ndarray] | np.ndarray, ncols: int = 8, titles: Sequence[str] | None = None,
                size: float = 1.6):
     """A figure showing uint8 images in a grid (``None`` leaves a cell empty); returns the figure."""

@@ -504,6 +504,25 @@ def test_the_gallery_takes_crops_that_do_not_overlap():
         pairs.apart([5], 1)
 
 
+def test_a_gallerys_real_reference_is_a_seeded_random_draw_of_the_matching_tiles():
+    """Notebooks 06 and 08 show real tiles of a condition beside generated ones: a seeded draw among the tiles of
+    that condition, not the first ones in grid order (one corner of the region)."""
+    from histolab_utils.plotting import random_reference
+
+    matches = np.arange(200) % 3 == 0  # 67 tiles of the condition
+    drawn = random_reference(matches, 8, seed=4)
+    assert len(drawn) == 8 and len(set(drawn.tolist())) == 8 and matches[drawn].all()
+    assert drawn.tolist() == random_reference(matches, 8, seed=4).tolist()  # seeded
+    assert drawn.tolist() != random_reference(matches, 8, seed=5).tolist()
+    assert drawn.tolist() != np.flatnonzero(matches)[:8].tolist()  # not the grid's first tiles
+    assert sorted(random_reference(matches, 100, seed=0).tolist()) == np.flatnonzero(matches).tolist()  # all there are
+    assert len(random_reference(np.zeros(5, bool), 3)) == 0
+    with pytest.raises(ValueError, match="matches must be a 1-D boolean array"):
+        random_reference(np.arange(5), 3)
+    with pytest.raises(ValueError, match="k must be a whole number"):
+        random_reference(matches, -1)
+
+
 # -- non-overlapping held-out sets and inpainting edits on them ------------------------------------
 def test_a_grid_subset_keeps_at_most_n_grid_tiles_and_a_floor_takes_the_same_share_of_sources():
     from histolab_utils.data.nuclei import overlapping_pairs
@@ -582,8 +601,10 @@ class _EditPainter:
 
     def __init__(self, follow: bool):
         self.follow = follow
+        self.guidance_scales = set()  # the scales it was asked to paint at
 
     def inpaint(self, images, types, instances, regions, settings, guidance_scale, generator=None):
+        self.guidance_scales.add(guidance_scale)
         out = images.copy()
         if self.follow:
             out[regions & (types > 0)] = (60, 30, 120)
@@ -599,8 +620,11 @@ def test_the_inpainting_benchmark_scores_every_image_and_the_summary_gives_each_
     edits = notebook_edits(grid_pairs(32, "heldout", downsample=2), 6, seed=0)
     settings = {"RePaint": RePaintSettings(10, 5, 2, eta=1.0)}
     detector = lambda images: np.asarray(images).mean(axis=-1) < 100  # noqa: E731  the painter's nuclei are dark
-    painted, table = inpainting_benchmark({"follows": _EditPainter(True), "ignores": _EditPainter(False)}, edits,
-                                          settings, 1.5, detector)
+    painters = {"follows": _EditPainter(True), "ignores": _EditPainter(False)}
+    painted, table = inpainting_benchmark(painters, edits, settings, {"follows": 1.5, "ignores": 2.0}, detector)
+    assert [p.guidance_scales for p in painters.values()] == [{1.5}, {2.0}]  # each pipeline at its own guidance
+    with pytest.raises(ValueError, match=r"guidance_scale names no scale for \['ignores'\]"):
+        inpainting_benchmark(painters, edits, settings, {"follows": 1.5}, detector)
     assert list(table.index.names) == ["space", "method", "edit", "image"] and len(table) == 3 * 12
     assert set(painted) == {("follows", "RePaint"), ("ignores", "RePaint")}
     assert painted[("follows", "RePaint")]["add inflammatory"].shape == edits["add inflammatory"].images.shape
@@ -667,3 +691,105 @@ def test_the_guidance_is_chosen_among_scales_that_follow_the_mask():
                                  above=("dice", 0.11)) == 1.5  # s = 3: most real, but its FID is 29 % off
     with pytest.raises(ValueError, match="none passes the check"):
         choose_guidance_scale(sweep, "appearance", higher_is_better=False, above=("dice", 0.9))
+
+
+# -- the guidance and the sampler, chosen for each model by one rule on validation pairs ---------------------
+class _SweepPainter:
+    """A stand-in pipeline for the validation pairs it is given (in order): at s = 1.5 the real images, exactly with
+    the ancestral sampler and the learned variance, with a little noise with DDIM and more with the fixed variance;
+    at s = 3 the real images under heavy noise; at s = 0 (or always, ``follows=False``) a blank pink tile, which
+    shows no nucleus where its mask puts one (pairs with nuclei: Dice 0, below the mismatched pairs')."""
+
+    space = "pixel"
+
+    def __init__(self, images: np.ndarray, follows: bool = True, real_unconditional: bool = False):
+        self.images, self.follows, self.scheduler = images, follows, None
+        self.real_unconditional = real_unconditional  # s = 0 paints the real images: the best on every score
+
+    def __call__(self, types, instances, guidance_scale, steps, generator):
+        from types import SimpleNamespace
+
+        assert len(types) == len(self.images), "paints the whole validation set in one batch"
+        if self.real_unconditional and guidance_scale == 0:
+            return SimpleNamespace(images=self.images.copy())
+        if not self.follows or guidance_scale == 0:
+            return SimpleNamespace(images=np.full_like(self.images, (235, 200, 220)))
+        ancestral = type(self.scheduler).__name__ == "DDPMScheduler"
+        learned = ancestral and self.scheduler.config.variance_type == "learned_range"
+        sigma = 40.0 if guidance_scale == 3 else 0.0 if learned else 20.0 if ancestral else 6.0
+        noise = np.random.default_rng(0).normal(0, sigma, self.images.shape)
+        return SimpleNamespace(images=np.clip(self.images + noise, 0, 255).astype(np.uint8))
+
+
+def _with_nuclei(pairs):
+    """The pairs whose mask holds a nucleus: a blank tile then scores Dice 0 against every mask (an empty mask and
+    an empty detection would agree, Dice 1)."""
+    return pairs.subset(np.flatnonzero((pairs.types > 0).any(axis=(1, 2))))
+
+
+def test_the_guidance_then_the_sampler_are_chosen_on_validation_pairs_by_one_rule():
+    """notebook 07's choose_sampling, for the pixel and the latent model alike: the scale of the most real nuclei
+    among the guided ones that follow the mask (s = 0 paints none here, and is never chosen anyway), then the sampler of lowest validation FID at that scale;
+    the pipeline keeps the chosen sampler, and held-out pairs are refused."""
+    import dataclasses
+
+    from histolab_utils.config import load_config
+    from histolab_utils.data.pairs import grid_pairs, source_counts
+    from histolab_utils.models.mask_to_image import choose_sampling
+
+    section = dataclasses.replace(load_config("smoke").spade, guidance_scales=[0.0, 1.5, 3.0])
+    validation = _with_nuclei(image_mask_pairs(32, "validation", 20, seed=4, downsample=2))
+    floor = grid_pairs(32, "train", downsample=2, n=source_counts(validation), seed=3)
+    detector = HaematoxylinDetector.fit(floor.images)
+    painter = _SweepPainter(validation.images)
+    choice = choose_sampling(painter, validation, floor, detector, section)
+    assert (choice.space, choice.guidance_scale, choice.sampler) == ("pixel", 1.5, "DDPM, learned variance")
+    assert choice.follows_mask and painter.scheduler.config.variance_type == "learned_range"
+    assert list(choice.sweep.index) == [0.0, 1.5, 3.0] and choice.sweep["appearance"].notna().all()
+    assert list(choice.sampler_scores.index) == ["DDIM", "DDPM, learned variance", "DDPM, fixed variance"]
+    assert choice.sampler_scores.loc["DDIM", "fid"] == choice.sweep.loc[1.5, "fid"]  # the sweep's own DDIM images
+    assert choice.sweep.loc[0.0, "dice"] < choice.scores.loc["floor: mismatched real pairs", "dice"]
+    heldout = image_mask_pairs(32, "heldout", 16, seed=1, downsample=2)
+    # s = 0, the unconditional model, is never chosen, even where it clears the Dice check and is best on every score
+    fixed = dataclasses.replace(section, learned_variance=False)
+    unconditional = choose_sampling(_SweepPainter(validation.images, real_unconditional=True), validation, floor,
+                                    detector, fixed)
+    assert unconditional.sweep["appearance"].idxmin() == 0.0 and unconditional.guidance_scale == 1.5
+    with pytest.raises(ValueError, match="validation: pairs of the 'heldout' region"):
+        choose_sampling(painter, heldout, floor, detector, section)
+    with pytest.raises(ValueError, match="floor: pairs of the 'heldout' region"):
+        choose_sampling(painter, validation, heldout, detector, section)
+
+
+def test_a_model_that_follows_no_mask_is_refused_when_strict_and_flagged_otherwise():
+    """A smoke-sized model may paint no nucleus where its mask asks at any scale: strict (cpu, full) that is an
+    error; otherwise the scale is chosen among all, and the choice says it follows no mask."""
+    import dataclasses
+
+    from histolab_utils.config import load_config
+    from histolab_utils.data.pairs import grid_pairs, source_counts
+    from histolab_utils.models.mask_to_image import choose_sampling
+
+    section = dataclasses.replace(load_config("smoke").spade, guidance_scales=[0.0, 1.5], learned_variance=False)
+    validation = _with_nuclei(image_mask_pairs(32, "validation", 20, seed=4, downsample=2))
+    floor = grid_pairs(32, "train", downsample=2, n=source_counts(validation), seed=3)
+    detector = HaematoxylinDetector.fit(floor.images)
+    blank = _SweepPainter(validation.images, follows=False)
+    with pytest.raises(ValueError, match="none passes the check"):
+        choose_sampling(blank, validation, floor, detector, section)
+    choice = choose_sampling(blank, validation, floor, detector, section, strict=False)
+    assert not choice.follows_mask and choice.sampler == "DDIM" and list(choice.sampler_scores.index) == ["DDIM"]
+
+
+def test_the_sampler_of_lowest_validation_fid_is_chosen_the_first_on_a_tie():
+    from histolab_utils.evaluation.choices import choose_sampler
+
+    scores = pd.DataFrame({"fid": [50.0, 45.0, 45.0, math.nan]},
+                          index=["DDIM", "DDPM, learned variance", "DDPM, fixed variance", "unscored"])
+    assert choose_sampler(scores) == "DDPM, learned variance"
+    with pytest.raises(ValueError, match="never on held-out ones"):
+        choose_sampler(scores.rename(columns={"fid": "fid_heldout"}), "fid_heldout")
+    with pytest.raises(ValueError, match="lack the column 'kid'"):
+        choose_sampler(scores, "kid")
+    with pytest.raises(ValueError, match="no sampler with a finite 'fid'"):
+        choose_sampler(scores.iloc[3:])

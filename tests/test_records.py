@@ -138,10 +138,10 @@ def test_the_masks_record_names_a_missing_input(isolated_dirs):
 
 
 # -- notebook 07 ---------------------------------------------------------------------------------------------------
-def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
-    g = f"{guidance_scale:g}"
+def spade_inputs(tmp_path, guidance_scale=1.5, latent_guidance_scale=2.0, **changes):
+    g, lg = f"{guidance_scale:g}", f"{latent_guidance_scale:g}"  # each space is sampled at its own chosen scale
     names = [FLOOR_REAL, REFERENCE_PAIRS, FLOOR_MISMATCHED, f"pixel, real masks, s = {g}", "pixel, real masks, s = 0",
-             f"pixel, generated masks, s = {g}", f"latent, real masks, s = {g}", f"latent, generated masks, s = {g}"]
+             f"pixel, generated masks, s = {g}", f"latent, real masks, s = {lg}", f"latent, generated masks, s = {lg}"]
     scores = pd.DataFrame({"fid": [10.0, math.nan, math.nan, 40.0, 60.0, 45.0, 50.0, 55.0],
                            "kid": [0.01, math.nan, math.nan, 0.04, 0.06, 0.05, 0.05, 0.05],
                            "dice": [math.nan, 0.7, 0.3, 0.5, 0.35, 0.45, 0.4, 0.4], "n": [8] * 8}, index=names)
@@ -150,6 +150,12 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
                          index=pd.Index([0.0, guidance_scale], name="guidance_scale"))
     samplers = pd.DataFrame({"fid": [40.0, 42.0], "kid": [0.04, 0.05], "dice": [0.5, 0.5], "n": [4, 4],
                              "dice_std": [0.1, 0.1]}, index=["DDIM", "DDPM (learned variance)"])
+    latent_sweep = sweep.set_axis([0.0, latent_guidance_scale]).rename_axis("guidance_scale") + 1.0
+    latent_samplers = samplers.iloc[::-1] * 2
+    choices = {"pixel": SimpleNamespace(guidance_scale=guidance_scale, sampler="DDIM", sweep=sweep,
+                                        sampler_scores=samplers),
+               "latent": SimpleNamespace(guidance_scale=latent_guidance_scale, sampler="DDPM (learned variance)",
+                                         sweep=latent_sweep, sampler_scores=latent_samplers)}
     inpainting = pd.DataFrame({"n": [16, 16], "margin": [0.2, 0.1], "margin_lo": [0.1, -0.05], "margin_hi": [0.3, 0.2],
                                "seam ratio": [1.1, 1.3], "seconds per image": [9.0, 3.0]},
                               index=pd.MultiIndex.from_tuples([("pixel", "RePaint", "add inflammatory"),
@@ -157,15 +163,14 @@ def spade_inputs(tmp_path, guidance_scale=1.5, **changes):
     appearance = pd.DataFrame({"n": [30] * 3, "draws": [20] * 3, "distance": [0.8, 1.2, 0.4],
                                "distance_lo": [0.7, 1.0, 0.3], "distance_hi": [0.9, 1.4, 0.5],
                                "over_floor": [2.0, 3.0, 1.0], "w_h_mean": [0.5, 0.9, 0.3]},
-                              index=pd.Index([f"pixel, real masks, s = {g}", f"latent, real masks, s = {g}",
+                              index=pd.Index([f"pixel, real masks, s = {g}", f"latent, real masks, s = {lg}",
                                               APPEARANCE_FLOOR], name="set"))
     shifts = pd.DataFrame({"whole": [40, 40, 35, 50], "h_mean": [0.3, 0.2, 0.15, 0.16],
                            "shift_h_mean": [2.5, 0.7, -0.2, 0.0],
                            "reading": ["darker (+2.5)", "darker (+0.7)", "as real", "as real"]},
                           index=[*appearance.index, "real held-out"])
     checks, goals = checks_and_goals()
-    inputs = dict(heldout=HELDOUT, n_validation=4, guidance_scale=guidance_scale, sampler="DDIM", mask_guidance_scale=2.0, sweep=sweep,
-                  sampler_scores=samplers, scores=scores, appearance=appearance, appearance_shifts=shifts,
+    inputs = dict(heldout=HELDOUT, n_validation=4, choices=choices, mask_guidance_scale=2.0, scores=scores, appearance=appearance, appearance_shifts=shifts,
                   detector=SimpleNamespace(threshold=0.25), checks=checks,
                   goals=goals, inpainting=inpainting, speed_ratio={"pixel": 3.0, "latent": 2.5},
                   trainers={"pixel": trainer(300, 20.0), "latent": trainer(200, 10.0)},
@@ -178,7 +183,8 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
     record = SPADE.save_metrics(context("07_mask_to_image", profile), **spade_inputs(isolated_dirs))
     assert isinstance(record, SpadeRecord)
     assert_round_trips(record, SpadeRecord, isolated_dirs / "reports" / profile / "metrics" / "07_mask_to_image.json")
-    assert record.stamp.headline == [*SpadeRecord.HEADLINE, "n", "guidance_scale", "sampler"]
+    assert record.stamp.headline == [*SpadeRecord.HEADLINE, "n", "guidance_scale", "sampler", "latent_guidance_scale",
+                                     "latent_sampler"]
     assert record.headline_values() == {"fid": 40.0, "floor_fid": 10.0, "appearance_over_floor": 2.0,
                                         "appearance_over_floor_latent": 3.0, "fidelity_dice": 0.5,
                                         "fidelity_dice_reference": 0.7, "fidelity_dice_floor": 0.3,
@@ -193,6 +199,13 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
         "0.0": {"fid": 60.0, "kid": 0.06, "dice": 0.35, "appearance": 3.0, "n": 4.0},
         "1.5": {"fid": 40.0, "kid": 0.04, "dice": 0.5, "appearance": 1.2, "n": 4.0}}
     assert list(record.validation_samplers) == ["DDIM", "DDPM (learned variance)"]
+    # each space's own choice, made by one rule on the validation pairs; its held-out sets sampled with it
+    assert (record.guidance_scale, record.sampler) == record.sampling("pixel") == (1.5, "DDIM")
+    assert record.sampling("latent") == (2.0, "DDPM (learned variance)") and record.has_own_choice("latent")
+    assert record.latent_validation_guidance_sweep["2.0"] == {"fid": 41.0, "kid": 1.04, "dice": 1.5,
+                                                              "appearance": 2.2, "n": 5.0}
+    assert list(record.latent_validation_samplers) == ["DDPM (learned variance)", "DDIM"]
+    assert record.latent_real_masks == {"fid": 50.0, "kid": 0.05, "dice": 0.4, "n": 8.0}
     assert record.inpainting["pixel | RePaint | add inflammatory"]["seconds per image"] == 9.0
     assert record.inpainting["pixel | RePaint | add inflammatory"]["margin_lo"] == 0.1
     assert record.n == 7 and record.heldout["distinct_nuclei"] == 31
@@ -209,13 +222,44 @@ def test_the_spade_record_names_a_missing_input(isolated_dirs):
     del inputs["inpainting"]
     with pytest.raises(TypeError, match="inpainting"):
         SPADE.save_metrics(ctx, **inputs)
-    scores = spade_inputs(isolated_dirs)["scores"].drop(index="latent, generated masks, s = 1.5")
-    with pytest.raises(KeyError, match="latent, generated masks, s = 1.5"):
+    scores = spade_inputs(isolated_dirs)["scores"].drop(index="latent, generated masks, s = 2")
+    with pytest.raises(KeyError, match="latent, generated masks, s = 2"):
         SPADE.save_metrics(ctx, **spade_inputs(isolated_dirs, scores=scores))
-    appearance = spade_inputs(isolated_dirs)["appearance"].drop(index="latent, real masks, s = 1.5")
-    with pytest.raises(KeyError, match="latent, real masks, s = 1.5"):
+    appearance = spade_inputs(isolated_dirs)["appearance"].drop(index="latent, real masks, s = 2")
+    with pytest.raises(KeyError, match="latent, real masks, s = 2"):
         SPADE.save_metrics(ctx, **spade_inputs(isolated_dirs, appearance=appearance))
+    with pytest.raises(KeyError, match=r"choices lack the space\(s\) \['latent'\]"):
+        SPADE.save_metrics(ctx, **spade_inputs(isolated_dirs, choices={"pixel": spade_inputs(isolated_dirs)["choices"]["pixel"]}))
     assert not (isolated_dirs / "reports" / "smoke" / "metrics" / "07_mask_to_image.json").exists()
+
+
+def test_each_spade_card_states_its_models_own_choice_beside_the_other_models(isolated_dirs):
+    """Both models' guidance and sampler were chosen on the validation pairs by one rule: each card says its own,
+    the other's and the rule, and its usage samples with its own; a record made before that says the latent model
+    took DDIM at the pixel model's guidance."""
+    record = SPADE.save_metrics(context("07_mask_to_image", "cpu"), **spade_inputs(isolated_dirs))
+    pixel, latent = (SPADE.card(record, space, SPADE.release_name("cpu", space)) for space in ("pixel", "latent"))
+    steps = load_config("cpu").spade.sampler_steps
+    assert (f"The guidance (1.5) and the sampler (DDIM, {steps} network calls) were chosen for this model on 4 "
+            "validation pairs, by the rule both SPADE models share (the latent model's choice: guidance 2, sampler "
+            "DDPM (learned variance)): with DDIM, the guidance scale of the most real nuclei") in pixel
+    assert (f"The guidance (2) and the sampler (DDPM (learned variance), {steps} network calls) were chosen for this "
+            "model on 4 validation pairs, by the rule both SPADE models share (the pixel model's choice: guidance 1.5, "
+            "sampler DDIM)") in latent
+    assert 'named_sampler("DDPM (learned variance)"' in latent and "guidance_scale=2," in latent
+    assert "| model, real held-out masks | 1.200 |" in latent  # its appearance row: the set at its own scale
+    same_scale = SPADE.save_metrics(context("07_mask_to_image", "cpu"),  # older records sampled both at one scale
+                                    **spade_inputs(isolated_dirs, latent_guidance_scale=1.5)).to_json()
+    older = SpadeRecord.from_json({**same_scale, "metrics": {
+        k: v for k, v in same_scale["metrics"].items() if k not in SpadeRecord.ADDED_SINCE_PUBLISHED
+        or not k.startswith("latent_")}})
+    assert older.sampling("latent") == (1.5, "DDIM") and not older.has_own_choice("latent")
+    assert older.explained_absences() >= {"latent_guidance_scale", "latent_sampler"}
+    old_latent = SPADE.card(older, "latent", "spade-latent-cpu")
+    assert "It samples with the pixel model's guidance (1.5)" in old_latent and 'named_sampler("DDIM"' in old_latent
+    assert "were chosen for this model on 4 validation pairs." in SPADE.card(older, "pixel", "spade-pixel-cpu")
+    with pytest.raises(ValueError, match="the SPADE models are"):
+        record.sampling("both")
 
 
 # -- notebook 08 ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ and never decides anything.
 >>> choose_guidance_scale(sweep, "dice")                       # 3.0: the best Dice
 >>> choose_guidance_scale(sweep, "dice", within=("fid", 1.1))  # 1.5: the best Dice among FIDs within 10 % of the best
 >>> choose_best_model(rows)  # (schedule, prediction) of the lowest DDIM FID against the validation draw
+>>> choose_sampler(sampler_scores)  # the sampler of lowest validation FID, at the chosen guidance
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ def choose_guidance_scale(sweep: pd.DataFrame, column: str = "f1", higher_is_bet
         raise ValueError(f"no finite {column!r} in the sweep to choose a guidance scale from")
     best = values.max() if higher_is_better else values.min()
     return float(min(scale for scale, value in values.items() if value == best))
+
+
+# what notebook 07 does on its validation pairs for its pixel and its latent SPADE model alike
+# (models.mask_to_image.choose_sampling), in words, for their cards
+SAMPLING_RULE = ("with DDIM, the guidance scale of the most real nuclei (the lowest nucleus appearance distance over "
+                 "its real floor) among the guided scales (s > 0) whose fidelity Dice clears the mismatched-pair floor and "
+                 "whose FID is within 10 % of the best of those; then, at that scale and equal network calls, the sampler of lowest "
+                 "FID")
+
+
+def choose_sampler(scores: pd.DataFrame, column: str = "fid") -> str:
+    """The sampler (the index of ``scores``) with the lowest ``column``, an FID on validation pairs by default; the
+    first such sampler on a tie, samplers with no finite score left out. A held-out column is refused: held-out
+    pairs give final scores only."""
+    if "heldout" in column:
+        raise ValueError(f"column={column!r}: a sampler is chosen on validation scores, never on held-out ones")
+    if column not in scores.columns:
+        raise ValueError(f"the sampler scores lack the column {column!r} (have {list(scores.columns)})")
+    values = scores[column].astype(float).dropna()
+    if values.empty:
+        raise ValueError(f"no sampler with a finite {column!r} to choose from (samplers: {list(scores.index)})")
+    return str(values.idxmin())
 
 
 # what choose_best_model does with its defaults, in words, for a metrics record

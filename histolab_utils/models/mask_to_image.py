@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from ..diffusion.spade import SPADEUNet  # noqa: F401  diffusers' loader finds t
 from ..diffusion.training import TrainConfig
 from ..engine.trainer import save_pretrained_atomic
 from .mask_generator import MASK_CHANNELS, encode_masks
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 try:
     from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -354,9 +357,11 @@ def notebook_edits(pairs: ImageMaskPairs, n: int, seed: int = 0, count: int = 8)
 
 
 def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], edits: dict[str, EditBatch],
-                         methods: dict[str, RePaintSettings], guidance_scale: float, detector, seed: int = 3):
+                         methods: dict[str, RePaintSettings], guidance_scale: float | dict[str, float], detector,
+                         seed: int = 3):
     """Repaint every edit's regions for its edited masks with every pipeline (pixel, latent) and every method
-    (RePaint, its DDIM variant), and score each image: time, network calls, the seam ratio (1 = no edge along the
+    (RePaint, its DDIM variant), at ``guidance_scale`` (one for all, or each pipeline's own by its key), and score
+    each image: time, network calls, the seam ratio (1 = no edge along the
     region's outline), the colour step across it (grey levels: a region repainted paler or in another tint than its
     surroundings; :func:`~histolab_utils.evaluation.seams.seam_score`) and the edit's success
     (:func:`~histolab_utils.evaluation.mask_fidelity.edit_success`: haematoxylin Dice inside the region against the
@@ -369,6 +374,10 @@ def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], edits: dict[
 
     import pandas as pd
 
+    scales = guidance_scale if isinstance(guidance_scale, dict) else dict.fromkeys(pipelines, guidance_scale)
+    if set(pipelines) - set(scales):
+        raise ValueError(f"guidance_scale names no scale for {sorted(set(pipelines) - set(scales))} (it has "
+                         f"{sorted(scales)})")
     painted, frames = {}, [_edit_rows("real", "untouched", edits, {name: e.images for name, e in edits.items()},
                                       None, float("nan"), detector)]
     for space, pipeline in pipelines.items():
@@ -377,7 +386,7 @@ def inpainting_benchmark(pipelines: dict[str, MaskToImagePipeline], edits: dict[
             for name, edit in edits.items():
                 started = time.perf_counter()
                 out[name] = pipeline.inpaint(edit.images, edit.edited_types, edit.edited_instances, edit.regions,
-                                             settings, guidance_scale, generator=torch.Generator().manual_seed(seed))
+                                             settings, scales[space], generator=torch.Generator().manual_seed(seed))
                 seconds += time.perf_counter() - started
             painted[(space, method)] = out
             per_image = seconds / sum(len(e) for e in edits.values())
@@ -426,3 +435,81 @@ def named_sampler(name: str, section, clip_sample: bool = True):
     ancestral = make_scheduler("ddpm", section.schedule, prediction_type=section.prediction_type, clip_sample=clip_sample)
     variance = "learned_range" if name == "DDPM, learned variance" else "fixed_small"
     return DDPMScheduler.from_config(ancestral.config, variance_type=variance)
+
+
+@dataclasses.dataclass
+class SamplingChoice:
+    """The guidance scale and the sampler :func:`choose_sampling` chose for one model on validation pairs, with the
+    tables they were chosen from."""
+
+    space: str  # "pixel" or "latent"
+    guidance_scale: float
+    sampler: str  # one of SAMPLERS
+    sweep: pd.DataFrame  # by guidance scale, with DDIM: fid, kid, dice, dice_std, n and appearance (over its floor)
+    sampler_scores: pd.DataFrame  # by sampler, at the chosen scale and equal network calls: fid, kid, dice, n
+    scores: pd.DataFrame  # the sweep's synthesis_scores, with the validation floors and the real-pair reference
+    follows_mask: bool  # whether the chosen scale's Dice cleared the mismatched-pair floor (False: no scale did)
+    whole_nuclei: int  # whole nuclei per set and draw that the appearance distance rests on
+
+
+def choose_sampling(pipeline: MaskToImagePipeline, validation: ImageMaskPairs, floor: ImageMaskPairs, detector,
+                    section, *, seed: int = 200, score_seed: int = 0, strict: bool = True) -> SamplingChoice:
+    """Choose a guidance scale and then a sampler for ``pipeline`` on validation pairs, by the rule notebook 07
+    applies to its pixel and its latent model alike (``evaluation.choices.SAMPLING_RULE``).
+
+    The model paints ``validation``'s masks with DDIM at every scale of ``section.guidance_scales`` (the profile's
+    ``[spade]`` section: its scales, ``sampler_steps``, schedule and ``learned_variance``). The chosen scale has the
+    lowest nucleus appearance distance over its floor (real train nuclei of ``floor`` against the validation ones)
+    among the guided scales (s > 0) whose haematoxylin Dice (``detector``) clears the mismatched-pair floor and whose
+    FID is within 10 % of the best of those. s = 0 is scored and shown, never chosen: it is the unconditional model,
+    which ignores the mask by construction, and its Dice can clear the floor by chance. At that scale and the same network calls, each of :data:`SAMPLERS` (DDIM alone
+    without a learned variance) paints the same masks, and the lowest FID wins. ``floor`` gives the real-vs-real
+    FID and the appearance floor at the validation n (real train-region pairs).
+
+    Only validation and train pixels inform the choice: pairs of another region are an error. Where no scale clears
+    the mismatched-pair floor, ``strict`` makes that an error; otherwise the scale is chosen among all of them and
+    ``follows_mask`` says so (a smoke-sized model may follow no mask). The pipeline is left with the chosen
+    sampler."""
+    from ..evaluation.choices import choose_guidance_scale, choose_sampler
+    from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, synthesis_scores
+    from ..evaluation.nucleus_appearance import IMAGE_FEATURES, appearance_scores, nucleus_features
+
+    for pairs, name, region in ((validation, "validation", "validation"), (floor, "floor", "train")):
+        if pairs.region != region:
+            raise ValueError(f"{name}: pairs of the {pairs.region!r} region; a choice is made on {region!r} pairs "
+                             "only (held-out pairs give final scores)")
+    samplers = {name: named_sampler(name, section, clip_sample=pipeline.space == "pixel")
+                for name in (SAMPLERS if section.learned_variance else SAMPLERS[:1])}
+
+    def paint(scheduler_name: str, guidance_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        pipeline.scheduler = samplers[scheduler_name]
+        return synthesise(pipeline, validation.types, validation.instances, guidance_scale, section.sampler_steps,
+                          seed=seed), validation.types
+
+    def score(sets: dict):
+        return synthesis_scores(detector, validation.images, validation.types, floor.images, sets, seed=score_seed)
+
+    guidance_sets = {f"s = {s:g}": paint("DDIM", s) for s in section.guidance_scales}
+    scores = score(guidance_sets)
+    sweep = scores.loc[list(guidance_sets)].set_axis(list(section.guidance_scales)).rename_axis("guidance_scale")
+    appearance = appearance_scores(
+        {name: nucleus_features(images, validation.instances, validation.types)
+         for name, (images, _) in guidance_sets.items()},
+        nucleus_features(floor.images, floor.instances, floor.types),
+        nucleus_features(validation.images, validation.instances, validation.types), features=IMAGE_FEATURES,
+        seed=score_seed)
+    sweep["appearance"] = appearance.loc[list(guidance_sets), "over_floor"].to_numpy(float)
+    guided = sweep[sweep.index > 0]  # the candidates: s = 0 ignores the mask by construction
+    if guided.empty:
+        raise ValueError(f"section.guidance_scales={list(section.guidance_scales)}: no scale above 0 to choose")
+    follows = ("dice", float(scores.loc[FLOOR_MISMATCHED, "dice"]))  # the check every candidate passes
+    follows_mask = bool((guided["dice"].astype(float) > follows[1]).any())
+    guidance_scale = choose_guidance_scale(guided, "appearance", higher_is_better=False, within=("fid", 1.1),
+                                           above=follows if follows_mask or strict else None)  # strict: none is an error
+    sampler_sets = {"DDIM": guidance_sets[f"s = {guidance_scale:g}"]}  # the sweep's own images at the chosen scale
+    sampler_sets.update({name: paint(name, guidance_scale) for name in samplers if name != "DDIM"})
+    sampler_scores = score(sampler_sets).loc[list(sampler_sets)]
+    sampler = choose_sampler(sampler_scores)
+    pipeline.scheduler = samplers[sampler]
+    return SamplingChoice(pipeline.space, guidance_scale, sampler, sweep, sampler_scores, scores, follows_mask,
+                          int(appearance["n"].iloc[0]))

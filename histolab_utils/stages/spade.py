@@ -23,7 +23,12 @@ SPACES = ("pixel", "latent")
 class SpadeRecord(StageRecord):
     """notebook 07's metrics: FID, KID and fidelity Dice per set beside floors; nucleus appearance beside its real
     floor; inpainting; checks; goals. The appearance fields are None in records written before notebook 07 scored
-    it (the appearance goal replaced "fidelity Dice at least the real pairs'")."""
+    it (the appearance goal replaced "fidelity Dice at least the real pairs'").
+
+    ``guidance_scale``, ``sampler`` and the two validation tables are the pixel model's choice; the ``latent_`` ones
+    the latent model's, made by the same rule on the same validation pairs. They are None in records written before
+    each model had its own choice: those sampled the latent model with DDIM at the pixel model's guidance
+    (:meth:`sampling` says so)."""
 
     n: int
     n_validation: int
@@ -71,29 +76,54 @@ class SpadeRecord(StageRecord):
     appearance_over_floor: float | None = None  # the pixel model's mean appearance distance over the real floor
     appearance_over_floor_latent: float | None = None
     heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
+    latent_guidance_scale: float | None = None  # the latent model's own choice, on the validation pairs
+    latent_sampler: str | None = None
+    latent_validation_guidance_sweep: dict | None = None
+    latent_validation_samplers: dict | None = None
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("fid", "floor_fid", "appearance_over_floor", "appearance_over_floor_latent",
                                            "fidelity_dice", "fidelity_dice_reference", "fidelity_dice_floor",
                                            "inpainting_speed_ratio_pixel")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent", "heldout"})
+        {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent", "heldout",
+         "latent_guidance_scale", "latent_sampler", "latent_validation_guidance_sweep", "latent_validation_samplers"})
+
+    def sampling(self, space: str) -> tuple[float, str]:
+        """The guidance scale and the sampler the model of ``space`` was sampled with, both chosen on validation
+        pairs. A record made before each model had its own choice sampled the latent model with DDIM at the pixel
+        model's guidance, and gives that."""
+        if space not in SPACES:
+            raise ValueError(f"space={space!r}: the SPADE models are {SPACES}")
+        if space == "pixel":
+            return self.guidance_scale, self.sampler
+        if self.latent_guidance_scale is None:
+            return self.guidance_scale, "DDIM"
+        return self.latent_guidance_scale, self.latent_sampler
+
+    def has_own_choice(self, space: str) -> bool:
+        """Whether the model of ``space`` had its guidance and sampler chosen for it (always the pixel model; the
+        latent one in records made since each model has its own choice)."""
+        return space == "pixel" or self.latent_guidance_scale is not None
 
 
 
-def spade_metrics(config, device, *, heldout: dict, n_validation: int, guidance_scale: float, sampler: str,
-                  mask_guidance_scale: float, sweep, sampler_scores, scores, appearance, appearance_shifts, detector,
-                  checks, goals, inpainting, speed_ratio: dict, trainers: dict, gallery) -> dict[str, Any]:
+def spade_metrics(config, device, *, heldout: dict, n_validation: int, choices: dict, mask_guidance_scale: float,
+                  scores, appearance, appearance_shifts, detector, checks, goals, inpainting, speed_ratio: dict,
+                  trainers: dict, gallery) -> dict[str, Any]:
     """Notebook 07's metrics, as its record keeps them, from what the notebook computed.
 
     ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
     its ``n``, overlapping pairs, distinct nuclei and a sentence); the record's ``n`` is its size, which every scored
     set shares (a non-overlapping grid may hold fewer tiles than the profile's ``n_eval``).
 
-    ``config`` is the profile (``ctx.config``); ``sweep`` and ``sampler_scores`` the validation tables of the guidance
-    (with its ``appearance`` over the floor, the choice's criterion, where the notebook scored it) and the samplers; ``scores`` the held-out table (``evaluation.mask_fidelity.synthesis_scores``), whose sets are
-    named ``"<space>, <real|generated> masks, s = <guidance scale>"`` beside the floors and the fidelity reference;
-    ``appearance`` the nucleus appearance table (``evaluation.nucleus_appearance.appearance_scores``) with the
-    rows ``"<space>, real masks, s = <guidance scale>"`` of both spaces and ``appearance_shifts`` its
+    ``config`` is the profile (``ctx.config``); ``choices`` each space's choice on the validation pairs
+    (``models.mask_to_image.choose_sampling``: its ``guidance_scale``, ``sampler``, and the validation tables of the
+    guidance, ``sweep``, with its ``appearance`` over the floor, the choice's criterion, and of the samplers,
+    ``sampler_scores``), for ``"pixel"`` and ``"latent"``; ``scores`` the held-out table
+    (``evaluation.mask_fidelity.synthesis_scores``), whose sets are named
+    ``"<space>, <real|generated> masks, s = <that space's guidance scale>"`` beside the floors and the fidelity
+    reference; ``appearance`` the nucleus appearance table (``evaluation.nucleus_appearance.appearance_scores``) with
+    the rows ``"<space>, real masks, s = <its guidance scale>"`` of both spaces and ``appearance_shifts`` its
     ``appearance_shifts`` table;
     ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
     ``inpainting`` each inpainting edit's summary over its images (``evaluation.mask_fidelity.edit_summary``, index:
@@ -103,24 +133,35 @@ def spade_metrics(config, device, *, heldout: dict, n_validation: int, guidance_
     from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
     from ..report import row_values, table_records
 
+    missing = [space for space in SPACES if space not in choices]
+    if missing:
+        raise KeyError(f"choices lack the space(s) {missing}: notebook 07 chooses a guidance and a sampler for each")
     section = config.spade
     columns = ["fid", "kid", "dice", "n"]
     repaint_keys = ("t_T", "jump_length", "jump_n_sample")
+    guidance_scale, latent_scale = choices["pixel"].guidance_scale, choices["latent"].guidance_scale
+
+    def validation_tables(choice) -> dict:
+        sweep = choice.sweep
+        return {"validation_guidance_sweep": table_records(
+                    sweep[[*columns[:3], *(["appearance"] if "appearance" in sweep else []), "n"]].astype(float)),
+                "validation_samplers": table_records(choice.sampler_scores[columns].astype(float))}
+
     metrics = {
         "n": heldout["n"], "heldout": heldout, "n_validation": n_validation,
         "split": split_description(PAIR_SOURCES),
         "tile_size": section.tile_size, "downsample": section.downsample, "guidance_scale": guidance_scale,
-        "profile_guidance_scale": section.guidance_scale, "sampler": sampler, "sampler_steps": section.sampler_steps,
-        "mask_guidance_scale": mask_guidance_scale,
-        "validation_guidance_sweep": table_records(sweep[[*columns[:3], *(["appearance"] if "appearance" in sweep else []),
-                                                          "n"]].astype(float)),
-        "validation_samplers": table_records(sampler_scores[columns].astype(float)),
+        "profile_guidance_scale": section.guidance_scale, "sampler": choices["pixel"].sampler,
+        "sampler_steps": section.sampler_steps, "mask_guidance_scale": mask_guidance_scale,
+        **validation_tables(choices["pixel"]),
+        "latent_guidance_scale": latent_scale, "latent_sampler": choices["latent"].sampler,
+        **{f"latent_{key}": table for key, table in validation_tables(choices["latent"]).items()},
         "floor_real_vs_real": row_values(scores, FLOOR_REAL),
         "nasdm_pixel_real_masks": row_values(scores, f"pixel, real masks, s = {guidance_scale:g}"),
         "pixel_unguided": row_values(scores, "pixel, real masks, s = 0"),
         "nasdm_pp_pixel_generated_masks": row_values(scores, f"pixel, generated masks, s = {guidance_scale:g}"),
-        "latent_real_masks": row_values(scores, f"latent, real masks, s = {guidance_scale:g}"),
-        "latent_generated_masks": row_values(scores, f"latent, generated masks, s = {guidance_scale:g}"),
+        "latent_real_masks": row_values(scores, f"latent, real masks, s = {latent_scale:g}"),
+        "latent_generated_masks": row_values(scores, f"latent, generated masks, s = {latent_scale:g}"),
         "fidelity_reference_real_pairs": row_values(scores, REFERENCE_PAIRS),
         "fidelity_floor_mismatched_pairs": row_values(scores, FLOOR_MISMATCHED),
         "detector_threshold": detector.threshold,
@@ -137,7 +178,7 @@ def spade_metrics(config, device, *, heldout: dict, n_validation: int, guidance_
         "appearance": table_records(appearance.astype(float)),
         "appearance_shifts": {str(name): {str(k): (v if isinstance(v, str) else float(v)) for k, v in row.items()}
                               for name, row in appearance_shifts.iterrows()},
-        **{key: row_values(appearance, f"{space}, real masks, s = {guidance_scale:g}")["over_floor"]
+        **{key: row_values(appearance, f"{space}, real masks, s = {choices[space].guidance_scale:g}")["over_floor"]
            for key, space in (("appearance_over_floor", "pixel"), ("appearance_over_floor_latent", "latent"))},
     }
     if config.name in RELEASED_PROFILES:  # make results releases both models under these names
@@ -173,7 +214,7 @@ def appearance_section(record: SpadeRecord, space: str) -> str:
 
     if not record.appearance:
         return ""
-    own = f"{space}, real masks, s = {record.guidance_scale:g}"
+    own = f"{space}, real masks, s = {record.sampling(space)[0]:g}"
     features = [key[2:] for key in record.appearance[FLOOR_ROW] if key.startswith("w_")]
     rows = {"model, real held-out masks": record.appearance[own], FLOOR_ROW: record.appearance[FLOOR_ROW]}
     reading = (record.appearance_shifts or {}).get(own, {}).get("reading", "")
@@ -191,9 +232,29 @@ read: {reading or "n/a"}.
                 + f" | {row['n']:.0f} |" for name, row in rows.items())
 
 
+def chosen_in_words(record: SpadeRecord, space: str) -> str:
+    """What a card says of the guidance and the sampler its model samples with: chosen for it on validation pairs by
+    the rule both models share, beside the other model's choice; or, in a record made before each model had its own
+    choice, the pixel model's guidance and DDIM, for the latent model."""
+    from ..evaluation.choices import SAMPLING_RULE
+
+    guidance_scale, sampler = record.sampling(space)
+    if not record.has_own_choice(space):
+        return (f"It samples with the pixel model's guidance ({guidance_scale:g}), chosen on validation pairs for the "
+                f"pixel model, and DDIM with {record.sampler_steps} steps; neither was tuned for this model.")
+    chosen = (f"The guidance ({guidance_scale:g}) and the sampler ({sampler}, {record.sampler_steps} network calls) "
+              f"were chosen for this model on {record.n_validation} validation pairs")
+    other = "latent" if space == "pixel" else "pixel"
+    if not record.has_own_choice(other):  # an older record: the pixel model alone had a choice
+        return chosen + "."
+    other_scale, other_sampler = record.sampling(other)
+    return (f"{chosen}, by the rule both SPADE models share (the {other} model's choice: guidance {other_scale:g}, "
+            f"sampler {other_sampler}): {SAMPLING_RULE}.")
+
+
 def spade_card(record: SpadeRecord, space: str, name: str) -> str:
     """A model card for one of notebook 07's mask-to-image models, from its published metrics record."""
-    guidance_scale, sampler = record.guidance_scale, record.sampler if space == "pixel" else "DDIM"
+    guidance_scale, sampler = record.sampling(space)
     keys = ({"model, real held-out masks": "nasdm_pixel_real_masks", "model, s = 0": "pixel_unguided",
              "model, notebook 06's generated masks": "nasdm_pp_pixel_generated_masks"} if space == "pixel" else
             {"model, real held-out masks": "latent_real_masks",
@@ -205,10 +266,7 @@ def spade_card(record: SpadeRecord, space: str, name: str) -> str:
     seen = ("the train-region pairs of two H&E images of one tissue (`hgsc_nest`, `hgsc_stroma`), and through its VQ-GAN "
             f"{default_set_seen()}" if space == "latent" else
             "the train-region pairs of two H&E images of one tissue (`hgsc_nest`, `hgsc_stroma`)")
-    chosen = (f"The guidance ({guidance_scale:g}) and the sampler ({sampler}, {record.sampler_steps} network calls) were "
-              f"chosen on {record.n_validation} validation pairs." if space == "pixel" else
-              f"It samples with the pixel model's guidance ({guidance_scale:g}), chosen on validation pairs for the pixel "
-              f"model, and DDIM with {record.sampler_steps} steps; neither was tuned for this model.")
+    chosen = chosen_in_words(record, space)
     vq = (" on the 8 x 8 latents of the released 4-channel VQ-GAN (`vqgan-4ch-cpu`, packed inside as `vqvae`)"
           if space == "latent" else " on pixels")
     return f"""---
@@ -229,9 +287,11 @@ classifier-free guidance. {training_time(record.train_steps[space], record.train
 
 ```python
 from histolab_utils.data import pretrained
-from histolab_utils.models.mask_to_image import MaskToImagePipeline
+from histolab_utils.config import load_config
+from histolab_utils.models.mask_to_image import MaskToImagePipeline, named_sampler
 
 pipeline = MaskToImagePipeline.from_pretrained(pretrained("{name}"))
+pipeline.scheduler = named_sampler("{sampler}", load_config("{record.profile}").spade, clip_sample={space == "pixel"})  # chosen on validation
 images = pipeline(types, instances, guidance_scale={guidance_scale:g}, num_inference_steps={record.sampler_steps}).images
 # types, instances: int [N, {record.tile_size}, {record.tile_size}] nucleus-type and instance maps; images: uint8 NHWC
 ```
@@ -270,7 +330,7 @@ class SpadeStage(Stage):
     summary = "the mask-to-image SPADE model, NASDM stage 2 (notebook 07)"
     record_type = SpadeRecord
     build_metrics = staticmethod(spade_metrics)
-    headline_extras = ("n", "guidance_scale", "sampler")
+    headline_extras = ("n", "guidance_scale", "sampler", "latent_guidance_scale", "latent_sampler")
     generator_key = "spade"
     generator_variant = "pixel"
     chosen_settings = {"spade_guidance_scale": "guidance_scale", "spade_sampler": "sampler"}
