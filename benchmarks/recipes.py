@@ -98,7 +98,7 @@ RECIPES: dict[str, Recipe] = {
         {"norm_num_groups": 32}),
     "constant_lr": Recipe(
         "today's, with a constant learning rate after warm-up (the plain loop's) instead of the cosine decay",
-        "diffusers' train_unconditional example (its default lr_scheduler)",
+        "the pilot's plain diffusers loop (diffusers' train_unconditional example defaults to a cosine schedule)",
         {"lr_schedule": "constant"}),
 }
 

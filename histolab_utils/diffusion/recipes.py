@@ -36,9 +36,10 @@ TRAINING_RECIPES: dict[str, TrainingRecipe] = {
         {"loss_weighting": "min_snr", "snr_gamma": 5.0, "preconditioning": "none", "lr_schedule": "cosine",
          "ema": "diffusers"}),
     "plain_loop": TrainingRecipe(
-        "diffusers' unconditional training example's settings: 2 layers per block, 32 norm groups, a constant "
-        "learning rate after warm-up",
-        "diffusers' train_unconditional example (von Platen et al., diffusers)",
+        "the plain diffusers loop of the recipe issue's pilot: 2 layers per block and 32 norm groups (UNet2DModel's "
+        "defaults, as diffusers' train_unconditional example uses them), a constant learning rate after warm-up",
+        "diffusers' UNet2DModel defaults and train_unconditional example (von Platen et al., diffusers); the pilot's "
+        "loop",
         {"loss_weighting": "uniform", "preconditioning": "none", "lr_schedule": "constant", "ema": "diffusers",
          "layers_per_block": 2, "norm_num_groups": 32}),
     "edm": TrainingRecipe(
