@@ -88,12 +88,14 @@ def plain_diffusers_loop(crops: np.ndarray, args, steps: int) -> float:
     return time.perf_counter() - started
 
 
-def our_trainer(crops: np.ndarray, args, steps: int, precision: str = "auto", channels_last: bool = False) -> float:
+def our_trainer(crops: np.ndarray, args, steps: int, precision: str = "auto", channels_last: bool = False,
+                **settings) -> float:
+    """Seconds for ``steps`` optimiser steps of our trainer (``settings``: more TrainConfig fields, a recipe's)."""
     from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
 
     config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, steps=steps + 5,
                          block_out_channels=tuple(args.channels), learning_rate=1e-4, warmup_steps=10,
-                         checkpoint_every=10 ** 9, compile=args.compile, mixed_precision=precision)
+                         checkpoint_every=10 ** 9, compile=args.compile, mixed_precision=precision, **settings)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = DiffusionTrainer(config, crops, tmp, progress=False)
         if channels_last:
@@ -111,20 +113,8 @@ def recipe_step_seconds(crops: np.ndarray, args, recipe: str, precision: str) ->
     """Seconds per optimiser step of our trainer under training recipe ``recipe`` (its settings over the
     benchmark's UNet widths, batch and resolution)."""
     from histolab_utils.diffusion.recipes import recipe_settings
-    from histolab_utils.diffusion.training import DiffusionTrainer, TrainConfig
 
-    config = TrainConfig(image_size=args.image_size, batch_size=args.batch_size, steps=args.steps + 5,
-                         block_out_channels=tuple(args.channels), learning_rate=1e-4, warmup_steps=10,
-                         checkpoint_every=10 ** 9, mixed_precision=precision, **recipe_settings(recipe))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = DiffusionTrainer(config, crops, tmp, progress=False)
-        trainer.save_checkpoint = lambda: None
-        trainer.train(steps=5)
-        _sync()
-        started = time.perf_counter()
-        trainer.train(steps=args.steps + 5)
-        _sync()
-        return (time.perf_counter() - started) / args.steps
+    return our_trainer(crops, args, args.steps, precision, **recipe_settings(recipe)) / args.steps
 
 
 def _sync() -> None:
