@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 
 import tomllib
@@ -69,6 +70,28 @@ def test_no_code_cell_is_longer_than_30_lines(path):
     lines = {index: len(cell.source.splitlines()) for index, cell in enumerate(nb.cells) if cell.cell_type == "code"}
     too_long = {index: n for index, n in lines.items() if n > MAX_CELL_LINES}
     assert not too_long, f"{path.name}: code cells over {MAX_CELL_LINES} lines ({{cell index: lines}}): {too_long}"
+
+
+def imported_but_unused(source: str) -> list[str]:
+    """Names that ``source`` (a notebook's code cells, IPython magics dropped) imports and never reads."""
+    tree = ast.parse(source)
+    imported = {(alias.asname or alias.name).split(".")[0]
+                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return sorted(imported - used)
+
+
+def test_the_unused_import_check_finds_an_unused_name_and_passes_a_used_one():
+    assert imported_but_unused("import numpy as np\nfrom os import path, sep\nprint(np.pi, sep)") == ["path"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_imports_only_what_it_uses(path):
+    """An import nothing reads tells a student to look for a step the notebook no longer takes."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(line for cell in nb.cells if cell.cell_type == "code" for line in cell.source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+    assert not imported_but_unused(code), f"{path.name} imports names it never uses: {imported_but_unused(code)}"
 
 
 CITATION = re.compile(r"\b([A-Z][\w'\-]+)(?: et al\.| (?:&|and) [A-Z][\w'\-]+)?,? \(?((?:19|20)\d\d)\b")
