@@ -437,7 +437,7 @@ def mask_tiles(source: str, size: int, region: Region, n: int, seed: int = 0, *,
 
 
 # -- non-overlapping grids: independent tiles -------------------------------------------------------
-def _grid_boxes(box: Sequence[float], span: float) -> np.ndarray:
+def grid_cells(box: Sequence[float], span: float) -> np.ndarray:
     """float [M, 4]: the cells (x0, y0, x1, y1) of a grid of ``span`` px laid from the top-left corner of ``box``,
     row by row; the border the grid does not fill is left out."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -457,7 +457,7 @@ def _grid_wsi_tiles(size: int, downsample: float, region: Region, n: int | None,
     import shapely
 
     annotations = wsi_nuclei(root)
-    cells = _grid_boxes(_region_box_holding(region, size * downsample, "tile", root), size * downsample)
+    cells = grid_cells(_region_box_holding(region, size * downsample, "tile", root), size * downsample)
     hits, _ = annotations._tree.query(shapely.box(*cells.T), predicate="intersects")
     candidates = np.unique(hits)  # cells whose box meets a polygon; a raster may still hold none of its pixels
     types, instances, boxes = [], [], []
@@ -478,7 +478,7 @@ def _grid_image_tiles(name: str, size: int, downsample: float, region: Region, n
     root = Path(root) if root else data_dir()
     label, instance = _image_raster(name, downsample, root)
     windows = [downsampled_box(box, downsample) for box in load_image(name, root).region_boxes(region)]
-    cells = np.concatenate([_grid_boxes((x0, y0, min(x1, label.shape[1]), min(y1, label.shape[0])), size)
+    cells = np.concatenate([grid_cells((x0, y0, min(x1, label.shape[1]), min(y1, label.shape[0])), size)
                             for x0, y0, x1, y1 in windows]).astype(np.int64)
     if not len(cells):
         raise ValueError(f"{name}'s {region} region has no box of {size} x {size} px at downsample {downsample}: "

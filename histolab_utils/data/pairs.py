@@ -23,8 +23,8 @@ import numpy as np
 
 from ..paths import data_dir
 from .datasets import IMAGES, Box, Region, downsampled_box, load_image
-from .nuclei import (IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, nuclei_seen, overlapping_pairs,
-                     renumber_instances, vocabulary_name)
+from .nuclei import (IMAGE_CONTEXTS, NUCLEUS_CLASSES, TISSUE_CONTEXTS, _image_raster, grid_cells, nuclei_seen,
+                     overlapping_pairs, renumber_instances, vocabulary_name)
 
 PAIR_SOURCES = ("hgsc_nest", "hgsc_stroma")
 
@@ -194,10 +194,9 @@ def grid_pairs(size: int, region: Region, *, sources=PAIR_SOURCES, downsample: i
         raise ValueError(f"need size > 0; got size={size}")
     parts = []
     for name in sources:
-        for x0, y0, x1, y1 in _region_windows(name, region, size, downsample, root):
-            ys, xs = np.meshgrid(np.arange(y0, y1 - size + 1, size), np.arange(x0, x1 - size + 1, size),
-                                 indexing="ij")
-            parts.append(_crops(name, xs.ravel(), ys.ravel(), size, downsample, root))
+        for window in _region_windows(name, region, size, downsample, root):
+            cells = grid_cells(window, size).astype(np.int64)
+            parts.append(_crops(name, cells[:, 0], cells[:, 1], size, downsample, root))
     tiles = _joined(parts, region, downsample)
     return tiles if n is None else tiles.subset(_seeded_subset(tiles.sources, n, seed))
 
