@@ -40,6 +40,21 @@ def test_inception_features_equal_a_direct_torchscript_call(real_data):
     np.testing.assert_allclose(tensor_input, direct[:1], atol=1e-4, rtol=0)
 
 
+def test_inception_features_of_a_set_seen_before_come_from_the_cache_and_a_changed_pixel_misses_it(monkeypatch):
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    first = metrics.inception_features(images)
+    first[:] = 0  # each call owns its copy: changing it leaves the cache alone
+    calls = []
+    monkeypatch.setattr(metrics, "load_inception", lambda device: calls.append(device) or (lambda x: 1 / 0))
+    again = metrics.inception_features(images.copy())
+    assert not calls and np.abs(again).sum() > 0
+    changed = images.copy()
+    changed[1, 5, 5, 0] ^= 1
+    with pytest.raises(ZeroDivisionError):  # a new set runs the network
+        metrics.inception_features(changed)
+    assert len(calls) == 1
+
+
 def test_inception_features_reject_bad_input():
     with pytest.raises(ValueError, match="uint8 images"):
         metrics.inception_features(np.zeros((2, 64, 64, 3), np.float32))

@@ -65,16 +65,32 @@ def preprocess(batch_uint8_nchw: torch.Tensor) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+# Features of the last few image sets, keyed by their bytes: notebooks and choices score the same real set against
+# many generated ones (a guidance sweep, then samplers), and its features need computing once.
+_FEATURE_CACHE: dict[tuple, np.ndarray] = {}
+FEATURE_CACHE_SIZE = 8
+
+
 @torch.no_grad()
 def inception_features(images, batch_size: int = 50, device: str | torch.device | None = None) -> np.ndarray:
-    """Pool3 features [N, 2048] (float64) of uint8 NHWC images (array or tensor)."""
+    """Pool3 features [N, 2048] (float64) of uint8 NHWC images (array or tensor). The features of the last
+    ``FEATURE_CACHE_SIZE`` distinct image sets are kept (keyed by their pixels), so scoring one real set against
+    many others computes its features once; each call returns its own copy."""
     nchw = _as_uint8_nchw(images)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pixels = nchw.contiguous().cpu().numpy().tobytes()
+    key = (tuple(nchw.shape), device, hashlib.blake2b(pixels, digest_size=16).digest())
+    if key in _FEATURE_CACHE:
+        _FEATURE_CACHE[key] = _FEATURE_CACHE.pop(key)  # most recently used last
+        return _FEATURE_CACHE[key].copy()
     model = load_inception(device)
     out = np.empty((len(nchw), FEATURE_DIM), dtype=np.float64)
     for start in range(0, len(nchw), batch_size):
         batch = preprocess(nchw[start:start + batch_size].to(device))
         out[start:start + len(batch)] = model(batch).double().cpu().numpy()
+    _FEATURE_CACHE[key] = out.copy()
+    while len(_FEATURE_CACHE) > FEATURE_CACHE_SIZE:
+        _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
     return out
 
 
