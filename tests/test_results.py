@@ -219,7 +219,8 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                              "ci_high": 0.96}, {"set": "2.0", "n": 80, "accuracy": 0.75, "ci_low": 0.65, "ci_high": 0.84}],
         "goals": [{"goal": "controllability by the independent judge over its real ceiling", "target": ">= 0.8",
                    "measured": 0.6 / 0.8, "met": False}]}}
-    old_card = stage("ldm").card(typed("ldm", ldm), "", "ldm-cpu")
+    before_the_judge = {**ldm, "metrics": {**ldm["metrics"], "judge": None, "judged_controllability": None}}
+    old_card = stage("ldm").card(typed("ldm", before_the_judge), "", "ldm-cpu")
     assert "independent judge: not recorded by this run" in old_card  # a record made before the judge existed
     ldm["metrics"].update(judge={"features": "inception"}, judged_ceiling=0.8, judged_chance=0.5,
                           judged_chance_majority=0.55, judged_controllability=[
@@ -232,8 +233,15 @@ def test_the_vqgan_and_ldm_cards_state_scores_beside_floors_and_use():
                    "own space (near-circular)", "chance is\n0.50", "ceiling (real held-out tiles) is 0.90", "subfolder",
                    "30 min of training", "logistic regression on inception features",
                    "| 2.0 | 80 | 0.60 (0.50-0.70) | 0.75 | 0.20 |", "on real held-out tiles, 0.80); chance is 0.50 (1/k) or\n0.55",
-                   "| controllability by the independent judge over its real ceiling | >= 0.8 | 0.75 | no |"):
+                   "| controllability by the independent judge over its real ceiling | >= 0.8 | 0.75 | no |",
+                   "DPMSolverMultistepScheduler.from_pretrained"):
         assert needed in card, needed
+    assert "better than real held-out tiles" not in card and "DDIMScheduler" not in card
+    # samples the judge files better than real tiles, the interval above the ceiling: a limit, though the goal is met
+    ldm["metrics"]["judged_controllability"][1].update(accuracy=0.9, of_ceiling=1.12, of_ceiling_low=1.05,
+                                                      of_ceiling_high=1.18)
+    exaggerated = stage("ldm").card(typed("ldm", ldm), "", "ldm-cpu")
+    assert "(1.12x its ceiling, 95 % interval 1.05-1.18): guidance exaggerates" in exaggerated
 
 
 def test_notebook_09_uses_the_released_generators_of_a_released_profile(isolated_dirs):

@@ -90,6 +90,14 @@ def ldm_limits(record: LDMRecord) -> list[str]:
         if floor and row["fid"] < floor:
             limits.append(f"Cluster {cluster!r} scores FID {row['fid']:.1f}, below its real floor ({floor:.1f}) at n = "
                           f"{row['n']}: at that n the floor is too noisy to rank against, which is no win.")
+    at = next((row for row in record.judged_controllability or []
+               if row.get("set") == str(float(record.guidance_scale))), None)
+    if at is not None and at.get("of_ceiling_low", 0.0) > 1.0:
+        limits.append(f"At guidance {record.guidance_scale:g} the judge files samples better than real held-out tiles "
+                      f"({at['of_ceiling']:.2f}x its ceiling, 95 % interval {at['of_ceiling_low']:.2f}-"
+                      f"{at['of_ceiling_high']:.2f}): guidance exaggerates what tells the clusters apart. The goal "
+                      f"(at least 0.8 of the ceiling) is one-sided, so its row says met, but higher than real is no "
+                      f"win.")
     if not any("judge" in key for key in record.to_json()["metrics"]):
         limits.append("Its controllability filed samples with the clusters' own rule, on the VQ-GAN features the model "
                       "generates in: nearly circular, so its goal row above ('controllability over its real-tile "
@@ -126,13 +134,14 @@ classifier-free guidance; {training_time(None, seconds, hardware_in_words(record
 ## Use
 
 ```python
-from diffusers import DDIMScheduler, UNet2DModel, VQModel
+from diffusers import DPMSolverMultistepScheduler, UNet2DModel, VQModel
 from histolab_utils.data import pretrained
 from histolab_utils.models.ldm import ClassConditionalLDMPipeline
 
 pipeline = ClassConditionalLDMPipeline.from_pretrained(pretrained("{name}"))  # guidance built in
 images = pipeline([0] * 8, guidance_scale={record.guidance_scale}, num_inference_steps={record.sampler_steps}).images
-# without histolab_utils, the parts: UNet2DModel / VQModel / DDIMScheduler.from_pretrained(folder, subfolder=...)
+# without histolab_utils, the parts: UNet2DModel / VQModel / DPMSolverMultistepScheduler.from_pretrained(folder,
+# subfolder=...): the scheduler the scores were sampled with
 ```
 
 Class ids follow `class_names.json`; id {len(record.classes)} is "no class" (the unconditional model).
