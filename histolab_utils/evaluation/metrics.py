@@ -78,8 +78,8 @@ def inception_features(images, batch_size: int = 50, device: str | torch.device 
     many others computes its features once; each call returns its own copy."""
     nchw = _as_uint8_nchw(images)
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pixels = nchw.contiguous().cpu().numpy().tobytes()
-    key = (tuple(nchw.shape), device, hashlib.blake2b(pixels, digest_size=16).digest())
+    nhwc = nchw.permute(0, 2, 3, 1).cpu().numpy()  # a view of the caller's pixels when they are contiguous NHWC
+    key = (tuple(nchw.shape), device, hashlib.blake2b(np.ascontiguousarray(nhwc).data, digest_size=16).digest())
     if key in _FEATURE_CACHE:
         _FEATURE_CACHE[key] = _FEATURE_CACHE.pop(key)  # most recently used last
         return _FEATURE_CACHE[key].copy()
