@@ -103,7 +103,8 @@ safetensors (load them in fp32 on a CPU: the default).
 ## Training
 
 {split_section(record.n_train_crops, downsample, size, record.stamp.split_version)}
-- Loss: L1 + EfficientNet-Lite0 perceptual + VQ commitment + a hinge PatchGAN term with the adaptive weight;
+- Training recipe: the VQ-GAN's own (the diffusion recipes of `histolab_utils/diffusion/recipes.py` do not apply
+  to an autoencoder). Loss: L1 + EfficientNet-Lite0 perceptual + VQ commitment + a hinge PatchGAN term with the adaptive weight;
   dead codes restarted onto encoder outputs. {record.train_steps} optimiser steps.
 - Configuration: `histolab_vqgan_config.json` beside the weights, and the `{record.profile}` profile
   (`histolab_utils/profiles/{record.profile}.toml`). Commit: `{record.stamp.git_commit}`.
