@@ -109,6 +109,24 @@ def test_ldm_goals_judge_controllability_against_its_ceiling_and_each_clusters_f
     assert ldm_goals(scores, floor, accuracy=0.68, ceiling=0.7, chance=0.58).set_index("goal").loc[margin, "met"]
 
 
+def test_ldm_goals_fail_controllability_the_judge_files_more_surely_than_real_tiles():
+    floor = pd.DataFrame({"class": [0, -1], "name": ["a", "all"], "fid": [40.0, 30.0]})
+    scores = pd.DataFrame({"class": [0, -1], "name": ["a", "all"], "fid": [44.0, 33.0]})
+    control = "controllability by the independent judge over its real ceiling"
+    margin = "controllability's margin over chance, as a share of the ceiling's"
+    # notebook 05's split-3 run: 0.997 of samples against a 0.895 ceiling, 1.11x (interval 1.07-1.16)
+    exaggerated = ldm_goals(scores, floor, accuracy=0.997, ceiling=0.895, chance=0.395,
+                            of_ceiling_low=1.07).set_index("goal")
+    assert exaggerated.loc[control, "measured"] == pytest.approx(0.997 / 0.895)
+    assert not exaggerated.loc[control, "met"] and not exaggerated.loc[margin, "met"]
+    assert "not wholly above 1" in exaggerated.loc[control, "target"]
+    # above 1 by sampling noise only (the interval reaches below 1) is real-like, and met
+    assert ldm_goals(scores, floor, accuracy=0.92, ceiling=0.895, chance=0.395,
+                     of_ceiling_low=0.97).set_index("goal").loc[[control, margin], "met"].all()
+    # without the interval the goal is the one-sided one the issue wrote
+    assert ldm_goals(scores, floor, accuracy=0.997, ceiling=0.895).set_index("goal").loc[control, "met"]
+
+
 def test_vqgan_goals_compare_psnr_rfid_with_the_region_shift_codebook_use_and_the_baselines():
     scores = pd.DataFrame({"psnr": [25.0, 15.0, 22.0, 29.0], "rfid": [40.0, 120.0, 80.0, 20.0],
                            "codebook_usage": [0.95, np.nan, np.nan, np.nan]},
