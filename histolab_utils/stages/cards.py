@@ -32,8 +32,9 @@ SPLIT_WORDS = {
         "train region included what split 2 made the validation strip"),
     2: ("the right 25 % of every image held out, the bottom 25 % of the rest the validation strip; that held-out "
         "strip of `hgsc_nest` holds 5 of its 288 tumour nuclei, which is why split 3 replaced it"),
-    3: ("`hgsc_nest` cut into 4 x 4 blocks, one held-out and one validation block in each row and column (each nucleus "
-        "type's share of the held-out nuclei within 30 % of its share in the image); every other image keeps split "
+    3: ("`hgsc_nest` cut into 4 x 4 blocks, one held-out and one validation block in each row and column (the rule: each "
+        "nucleus type's share of the held-out nuclei within 30 % of its share in the image; the chosen blocks reach "
+        "10 %); every other image keeps split "
         "2's strips (the right 25 % held out, the bottom 25 % of the rest validation)"),
 }
 
