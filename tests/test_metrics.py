@@ -140,3 +140,15 @@ def test_cached_features_compute_once(tmp_path, real_data):
     assert calls == [1] and np.array_equal(first, second)
     metrics.cached_features("demo|train|64|n=3", compute, cache_dir=tmp_path)
     assert calls == [1, 1]
+
+
+def test_colour_problems_pass_a_dark_but_pink_set_and_name_what_grey_noise_breaks():
+    real = {"mean_r": 175.0, "mean_g": 124.0, "mean_b": 183.0, "saturated_fraction": 0.0}
+    dark = {"mean_r": 154.0, "mean_g": 105.0, "mean_b": 165.0, "saturated_fraction": 0.0}  # 03's split-3 DDIM samples
+    assert metrics.colour_problems(dark, real) == []
+    grey = {"mean_r": 129.0, "mean_g": 126.0, "mean_b": 128.0, "saturated_fraction": 0.0}  # its linear-eps model's
+    problems = metrics.colour_problems(grey, real)
+    assert any("mean R" in p for p in problems) and any("wrong hue" in p for p in problems)
+    assert not any("mean G" in p for p in problems)  # green alone is close: brightness alone would miss grey
+    assert metrics.colour_problems({**dark, "saturated_fraction": 0.57}, real) == ["57% of pixels saturated (under 5%)"]
+    assert metrics.colour_problems({**dark, "mean_b": 105.0}, real)  # blue lost: wrong hue and brightness

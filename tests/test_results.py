@@ -334,3 +334,13 @@ def test_results_refuse_a_dirty_checkout_unless_told(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         results.main(["--profile", "cpu", "--only", "03"])
     assert "uncommitted changes" in capsys.readouterr().err
+
+
+def test_a_cards_training_recipe_line_says_what_the_recipe_is():
+    from types import SimpleNamespace
+
+    from histolab_utils.stages.cards import training_recipe
+
+    line = training_recipe(SimpleNamespace(training_recipe="plain_loop"))
+    assert line.startswith("Training recipe: `plain_loop`") and "constant learning rate after warm-up" in line
+    assert "predates recipe names" in training_recipe(SimpleNamespace(training_recipe=None))

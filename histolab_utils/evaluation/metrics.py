@@ -225,6 +225,29 @@ def colour_gap(images, real_images) -> float:
     return float(max(abs(ours[f"mean_{c}"] - theirs[f"mean_{c}"]) for c in "rgb"))
 
 
+def colour_problems(colour: dict, real_colour: dict, brightness: float = 30.0, hue: float = 15.0,
+                    saturated: float = 0.05) -> list[str]:
+    """What is wrong with a sample set's colour (:func:`colour_stats` of the samples and of real crops): an empty
+    list for H&E-like colour. A sanity check a broken model fails, not a quality goal: grey noise is 40+ levels off in
+    R and B and has no hue; a working model's DDIM samples can run 20 levels dark with the right hue.
+
+    * brightness: each channel's mean within ``brightness`` levels of the real one's;
+    * hue: R - G and B - G (H&E's pink and purple sit well above green; grey has neither) within ``hue`` of real's;
+    * saturation: under ``saturated`` of pixels at a corner of the RGB cube."""
+    problems = []
+    for c in "rgb":
+        off = colour[f"mean_{c}"] - real_colour[f"mean_{c}"]
+        if abs(off) > brightness:
+            problems.append(f"mean {c.upper()} is {off:+.0f} levels off the real crops' (at most {brightness:g})")
+    for c in "rb":
+        gap = (colour[f"mean_{c}"] - colour["mean_g"]) - (real_colour[f"mean_{c}"] - real_colour["mean_g"])
+        if abs(gap) > hue:
+            problems.append(f"{c.upper()} - G is {gap:+.0f} levels off the real crops' (at most {hue:g}): wrong hue")
+    if colour["saturated_fraction"] >= saturated:
+        problems.append(f"{colour['saturated_fraction']:.0%} of pixels saturated (under {saturated:.0%})")
+    return problems
+
+
 def memorisation(samples, train, k: int = 50, threshold: float = 1 / 3) -> dict:
     """Nearest training crop of each sample in pixel space, and the near-copy fraction.
 

@@ -128,8 +128,12 @@ def hardware_in_words(record: Any) -> str:
 def training_recipe(record: Any) -> str:
     """The card's line on how the model trained: the recipe its record names (``Stage.save_metrics`` stamps it), or,
     for records made before recipes had names, the baseline, the only recipe there was."""
+    from ..diffusion.recipes import TRAINING_RECIPES
+
     name = getattr(record, "training_recipe", None)
-    return (f"Training recipe: `{name}` (`histolab_utils/diffusion/recipes.py`)." if name else
+    recipe = TRAINING_RECIPES.get(name) if name else None
+    return (f"Training recipe: `{name}` (`histolab_utils/diffusion/recipes.py`)" +
+            (f": {recipe.description}." if recipe else ".") if name else
             "Training recipe: `baseline` (`histolab_utils/diffusion/recipes.py`), the only one before the recipe "
             "study; the record predates recipe names.")
 

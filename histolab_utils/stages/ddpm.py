@@ -122,8 +122,8 @@ The scheduler carries the model's own betas (`trained_betas`) and prediction typ
 {split_section(record.n_train_crops, downsample, size, record.stamp.split_version)}
 - Model: diffusers `UNet2DModel`, 1,000 training timesteps, {schedule} schedule, {prediction}.
 - {training_recipe(record)}
-- Steps: {record.train_steps} optimiser steps of {record.batch_size} crops (AdamW, warm-up then cosine
-  learning rate, EMA of the weights, which are what is released).
+- Steps: {record.train_steps} optimiser steps of {record.batch_size} crops (AdamW, the recipe's learning-rate
+  schedule after warm-up, EMA of the weights, which are what is released).
 - Configuration: `histolab_train_config.json` beside the weights, and the `{record.profile}` profile
   (`histolab_utils/profiles/{record.profile}.toml`). Commit: `{record.stamp.git_commit}`.
 
