@@ -131,11 +131,12 @@ def training_recipe(record: Any) -> str:
     from ..diffusion.recipes import TRAINING_RECIPES
 
     name = getattr(record, "training_recipe", None)
-    recipe = TRAINING_RECIPES.get(name) if name else None
-    return (f"Training recipe: `{name}` (`histolab_utils/diffusion/recipes.py`)" +
-            (f": {recipe.description}." if recipe else ".") if name else
-            "Training recipe: `baseline` (`histolab_utils/diffusion/recipes.py`), the only one before the recipe "
-            "study; the record predates recipe names.")
+    if not name:
+        return ("Training recipe: `baseline` (`histolab_utils/diffusion/recipes.py`), the only one before the recipe "
+                "study; the record predates recipe names.")
+    recipe = TRAINING_RECIPES.get(name)
+    what = f": {recipe.description}" if recipe else ""
+    return f"Training recipe: `{name}` (`histolab_utils/diffusion/recipes.py`){what}."
 
 
 def card_footer(record: Any, notebook: str, methods: str, sources: tuple[str, ...] | None = ("hgsc",),

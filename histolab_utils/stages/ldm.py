@@ -91,14 +91,18 @@ def _judged_at_guidance(record: LDMRecord) -> dict | None:
 def _above_real(record: LDMRecord) -> bool:
     """Whether the judge files the samples at the chosen guidance more surely than real held-out tiles: the share of
     its ceiling has its whole 95 % interval above 1."""
+    from ..evaluation.floors import above_real
+
     at = _judged_at_guidance(record)
-    return at is not None and at.get("of_ceiling_low", 0.0) > 1.0
+    return at is not None and above_real(at.get("of_ceiling_low"))
 
 
 def _goal_verdict(record: LDMRecord, goal: dict) -> str:
     """A goal row's 'met' cell. A controllability goal recorded one-sided (before ``ldm_goals`` took the interval)
     that the samples met only by exceeding real tiles is shown as failed, with why."""
-    one_sided = goal["goal"].startswith("controllability") and "above 1" not in goal["target"]
+    from ..evaluation.floors import ABOVE_REAL_CLAUSE
+
+    one_sided = goal["goal"].startswith("controllability") and ABOVE_REAL_CLAUSE not in goal["target"]
     if goal["met"] and one_sided and _above_real(record):
         return "no: above real (met as recorded, one-sided; see Limits)"
     return "yes" if goal["met"] else "no"
