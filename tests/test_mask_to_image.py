@@ -465,11 +465,15 @@ def test_the_appearance_goal_fails_an_untrained_generator_and_meets_real_pairs(a
     from histolab_utils.evaluation.mask_fidelity import FLOOR_REAL, mask_to_image_goals
     from histolab_utils.evaluation.nucleus_appearance import appearance_goals
 
+    from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, REFERENCE_PAIRS
+
     scores, shifts = appearance_of_07
-    fid = pd.DataFrame({"fid": [20.0, 25.0]}, index=[FLOOR_REAL, "real pairs"])
+    fid = pd.DataFrame({"fid": [20.0, 25.0, np.nan, np.nan], "dice": [np.nan, 0.55, 0.54, 0.06],
+                        "dice_std": [np.nan, 0.2, 0.2, 0.1], "n": [200] * 4},
+                       index=[FLOOR_REAL, "real pairs", REFERENCE_PAIRS, FLOOR_MISMATCHED])
     goals = mask_to_image_goals(fid, "real pairs", appearance_goals(scores, "real pairs"))
     assert goals["met"].all(), goals
-    assert len(goals) == 1 + 1 + 3  # FID, the mean and each image feature: no fidelity goal
+    assert len(goals) == 1 + 1 + 1 + 3  # FID, fidelity, the mean and each image feature
     assert 0.5 < scores.loc["real pairs", "over_floor"] < 1.5
     for name in ("untrained SPADE", "noise", "flat"):
         broken = mask_to_image_goals(fid.rename(index={"real pairs": name}), name, appearance_goals(scores, name))
@@ -793,3 +797,33 @@ def test_the_sampler_of_lowest_validation_fid_is_chosen_the_first_on_a_tie():
         choose_sampler(scores, "kid")
     with pytest.raises(ValueError, match="no sampler with a finite 'fid'"):
         choose_sampler(scores.iloc[3:])
+
+
+def test_the_real_pairs_range_holds_a_second_real_set_95_percent_of_the_time():
+    """real_pairs_range is where a second, independent real set's mean Dice falls: draw two real sets of per-image
+    Dice from one skewed distribution many times; the second lands inside the first's range about 95 % of the time
+    (without the sqrt(2), about 83 %)."""
+    from histolab_utils.evaluation.mask_fidelity import real_pairs_range
+
+    rng = np.random.default_rng(0)
+    inside = []
+    for _ in range(2000):
+        first, second = rng.beta(2.0, 1.7, size=(2, 150))
+        low, high = real_pairs_range({"dice": first.mean(), "dice_std": first.std(), "n": len(first)})
+        inside.append(low <= second.mean() <= high)
+    assert 0.93 < np.mean(inside) < 0.97, np.mean(inside)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        real_pairs_range({"dice": 0.5, "dice_std": 0.0, "n": 1})
+
+
+def test_the_fidelity_goal_is_two_sided():
+    """Above the real pairs' range is a miss (nuclei easier to detect than real ones), as is at or below the
+    mismatched floor; a set that agrees with its masks as real pairs do meets it."""
+    from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, REFERENCE_PAIRS, fidelity_goal
+
+    scores = pd.DataFrame({"dice": [0.54, 0.06, 0.55, 0.82, 0.05, 0.40], "dice_std": [0.2] * 6, "n": [200] * 6},
+                          index=[REFERENCE_PAIRS, FLOOR_MISMATCHED, "real-like", "dark ovals", "blind", "weak"])
+    met = {name: fidelity_goal(scores, name)[3] for name in ("real-like", "dark ovals", "blind", "weak")}
+    assert met == {"real-like": True, "dark ovals": False, "blind": False, "weak": False}, met
+    goal, target, measured, _ = fidelity_goal(scores, "dark ovals", what="label agreement")
+    assert goal.startswith("label agreement") and measured == 0.82 and target == "0.501 to 0.579"
