@@ -636,6 +636,27 @@ def test_the_area_goal_is_two_sided_and_fails_an_untrained_generator(slide_areas
     assert areas.loc["untrained", "over_floor"] > 3.0
 
 
+def test_the_median_area_goal_meets_a_second_real_draw_and_misses_eroded_and_grown_nuclei(slide_areas):
+    """Notebook 06's size goal (issue 37): the whole-nucleus median area within 20 % of real held-out's, both ways."""
+    from histolab_utils.evaluation.nucleus_appearance import median_area_goal
+
+    met = {name: bool(median_area_goal(slide_areas, name)["met"].iloc[0]) for name in ("real B", "eroded", "grown")}
+    assert met == {"real B": True, "eroded": False, "grown": False}, slide_areas["area_median"]
+    with pytest.raises(ValueError, match="no 'missing' row"):
+        median_area_goal(slide_areas, "missing")
+
+
+def test_the_mask_generator_goals_bar_the_morphology_fd_at_3x_the_floor():
+    from histolab_utils.evaluation.mask_generation import mask_generator_goals
+
+    scores = pd.DataFrame({"recall": [0.95, 1.0, 1.0, 1.0], "morphology_fd": [0.57, 0.003, 0.19, 0.15]},
+                          index=["model", "ceiling", "floor", "ellipses"])
+    goals = mask_generator_goals(scores, "model", "ceiling", "floor", "ellipses").set_index("goal")
+    assert goals["met"].tolist()[:2] == [True, True] and goals["met"].iloc[2] is None
+    scores.loc["model", "morphology_fd"] = 0.58  # just over 3 x 0.19
+    assert not mask_generator_goals(scores, "model", "ceiling", "floor", "ellipses")["met"].iloc[1]
+
+
 def test_the_legend_names_the_colours_the_masks_and_overlays_are_painted_in():
     from histolab_utils.plotting import NUCLEUS_COLOURS, mask_image, type_legend_handles, type_overlay
 

@@ -85,17 +85,18 @@ def mask_generator_checks(scores: pd.DataFrame, chosen: str, unguided: str, ceil
 
 
 def mask_generator_goals(scores: pd.DataFrame, chosen: str, ceiling: str, floor: str, baseline: str,
-                         recall_ratio: float = 0.9) -> pd.DataFrame:
+                         recall_ratio: float = 0.9, fd_ratio: float = 3.0) -> pd.DataFrame:
     """The goals set for notebook 06's cpu results, measured (reported whether met or not): conditioning recall at
-    the chosen guidance at least ``recall_ratio`` x the round-trip ceiling's; a morphology FD below the random-ellipse
-    ``baseline``'s (ellipses with the counts of real tiles of the same types and real nuclei's sizes: a strong
-    baseline on these count and coverage features); and the FD over the condition-matched real floor's (the floor is
-    real data: near 1 is the best there is)."""
+    the chosen guidance at least ``recall_ratio`` x the round-trip ceiling's, and a morphology FD at most ``fd_ratio``
+    x the condition-matched real floor's (the floor is real data: near 1 is the best there is). The FD over the
+    random-ellipse ``baseline``'s (ellipses with the counts of real tiles of the same types and real nuclei's sizes: a
+    strong baseline on these count and coverage features) is reported beside them, not a goal."""
     recall = scores.loc[chosen, "recall"] / scores.loc[ceiling, "recall"]
     fd = float(scores.loc[chosen, "morphology_fd"])
-    fd_ratio = fd / max(float(scores.loc[floor, "morphology_fd"]), 1e-12)
+    over_floor = fd / max(float(scores.loc[floor, "morphology_fd"]), 1e-12)
     rows = [("conditioning recall over the round-trip ceiling", f">= {recall_ratio:g}", recall, recall >= recall_ratio),
-            ("morphology FD over the random-ellipse baseline's", "< 1", fd / float(scores.loc[baseline, "morphology_fd"]),
-             fd < float(scores.loc[baseline, "morphology_fd"])),
-            ("morphology FD over the condition-matched real floor", "reported", fd_ratio, None)]
+            ("morphology FD over the condition-matched real floor", f"<= {fd_ratio:g}", over_floor,
+             over_floor <= fd_ratio),
+            ("morphology FD over the random-ellipse baseline's", "reported",
+             fd / float(scores.loc[baseline, "morphology_fd"]), None)]
     return pd.DataFrame(rows, columns=["goal", "target", "measured", "met"])

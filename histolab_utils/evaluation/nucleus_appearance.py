@@ -342,6 +342,19 @@ def whole_areas(sets: Mapping[str, object]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def median_area_goal(areas: pd.DataFrame, chosen: str, tolerance: float = 0.2) -> pd.DataFrame:
+    """Notebook 06's size goal, one row of goal, target, measured, met: the median area of the ``chosen`` set's whole
+    nuclei over the real held-out nuclei's, within ``tolerance`` of 1 (two-sided: too small and too large both
+    miss). ``areas`` is an :func:`area_distribution` table (its ``area_median`` column and ``real held-out`` row)."""
+    for name in (chosen, "real held-out"):
+        if name not in areas.index:
+            raise ValueError(f"areas has no {name!r} row: pass an area_distribution table; rows: {list(areas.index)}")
+    ratio = float(areas.loc[chosen, "area_median"]) / float(areas.loc["real held-out", "area_median"])
+    return pd.DataFrame([(f"whole-nucleus median area over the real held-out nuclei's ({chosen})",
+                          f"{1 - tolerance:g} to {1 + tolerance:g}", ratio, bool(abs(ratio - 1) <= tolerance))],
+                        columns=["goal", "target", "measured", "met"])
+
+
 def appearance_goals(scores: pd.DataFrame, chosen: str | Sequence[str] | None = None, k: float = 1.5, *,
                      per_feature: bool = True) -> pd.DataFrame:
     """The appearance goals, measured (reported whether met or not): a pandas table of goal, target, measured, met
