@@ -343,7 +343,7 @@ def test_the_goals_are_about_realism_and_a_route_closer_to_real_wins():
 
     appearance = pd.DataFrame({"joint": row(0.9, 0.4), "oracle": row(0.0, 0.5), "disks": row(3.0, 0.3),
                                FLOOR_ROW: row(0.5, 0.5), "unscored": row(float("nan"), float("nan"))}).T
-    goals = joint_synthesis_goals(appearance, "joint", ["oracle", "disks"]).set_index("goal")
+    goals = joint_synthesis_goals(appearance, "joint", ["oracle", "disks"], k=1.5).set_index("goal")
     # mean, area, eccentricity, h_mean, h_std, ring_contrast over the floor; then the image features over each route
     assert goals["met"].tolist() == [True, False, False, True, True, True, True, False]
     versus_oracle = "appearance distance on h_mean, h_std, ring_contrast over oracle's"
@@ -357,6 +357,29 @@ def test_the_goals_are_about_realism_and_a_route_closer_to_real_wins():
         joint_synthesis_goals(appearance, "joint", ["missing route"])
     with pytest.raises(KeyError, match="w_texture"):
         joint_synthesis_goals(appearance, "joint", ["disks"], compare_on=["texture"])
+
+
+def test_the_joint_goals_lead_with_fid_and_a_two_sided_label_agreement():
+    """Issue 37's goals for notebook 08: FID <= 1.5 x the floor, and the label's Dice with its image above the
+    mismatched floor and within the real pairs' range: a joint model whose labels agree with its images far better
+    than real labels do with real images misses it."""
+    import pandas as pd
+
+    from histolab_utils.evaluation.layout_adherence import joint_synthesis_goals
+    from histolab_utils.evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
+    from histolab_utils.evaluation.nucleus_appearance import FLOOR_ROW
+
+    row = {"n": 40, "distance": 0.5, "w_area": 0.5, "w_eccentricity": 0.5, "w_h_mean": 0.5, "w_h_std": 0.5,
+           "w_ring_contrast": 0.5}
+    appearance = pd.DataFrame({"joint": row, "oracle": row, FLOOR_ROW: row}).T
+    scores = pd.DataFrame({"fid": [70.0, 100.0, np.nan, np.nan], "dice": [np.nan, 0.55, 0.54, 0.06],
+                           "dice_std": [np.nan, 0.2, 0.2, 0.1], "n": [215] * 4},
+                          index=[FLOOR_REAL, "joint", REFERENCE_PAIRS, FLOOR_MISMATCHED])
+    goals = joint_synthesis_goals(appearance, "joint", ["oracle"], scores=scores)
+    assert goals["goal"].iloc[0].startswith("FID") and goals["goal"].iloc[1].startswith("label agreement")
+    assert goals["met"].tolist()[:2] == [True, True], goals
+    scores.loc["joint", ["fid", "dice"]] = [110.0, 0.61]  # 1.57 x the floor; labels easier to find than real ones
+    assert joint_synthesis_goals(appearance, "joint", ["oracle"], scores=scores)["met"].tolist()[:2] == [False, False]
 
 
 @pytest.fixture(scope="module")
