@@ -367,3 +367,10 @@ def test_a_release_made_on_an_earlier_split_is_refused_with_what_to_do(tmp_path,
     (tmp_path / "no-run").mkdir()
     assert vqgan.model_or_release("cpu", "4ch") == tmp_path / "no-run"
     assert SPLIT_VERSION == 3
+
+
+def test_loading_a_model_that_is_not_there_names_the_folder_and_the_notebook(tmp_path):
+    from histolab_utils.stages.masks import MASKS
+
+    with pytest.raises(FileNotFoundError, match=r"no masks model in .*nothing: run notebook 06_nuclei_masks"):
+        MASKS.load(tmp_path / "nothing")

@@ -217,6 +217,10 @@ class Stage:
         (``diffusion.pipelines.load_pipeline``)."""
         from ..diffusion.pipelines import load_pipeline
 
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"no {self.name} model in {folder}: run notebook {self.notebook} first (or "
+                                    f"`python -m histolab_utils.train {self.name} --profile <profile> --resume`), or "
+                                    f"pass a released one (data/pretrained/)")
         return load_pipeline(self.pipeline_class(), folder, device, scheduler)
 
     def load_released(self, variant: str = "", device: Any = "cpu", scheduler: Any = None,
