@@ -410,7 +410,8 @@ def test_the_shipped_spade_models_verify_and_load_in_a_fresh_process(shipped, re
     intact, carded, and loadable by the package's pipeline class in a fresh process, which paints real masks."""
     names, published = shipped("spade-", "07_mask_to_image")
     assert sorted(published["metrics"]["released_model"]) == ["latent", "pixel"]
-    outputs = released_and_loading(names, LOAD_SPADE, ("not for diagnosis", "Licence", "floor", "validation", "n = 500"))
+    held_out = f"n = {published['metrics']['n']}"  # each card states the record's held-out n
+    outputs = released_and_loading(names, LOAD_SPADE, ("not for diagnosis", "Licence", "floor", "validation", held_out))
     assert all(outputs[name].split()[0] == name.split("-")[1] for name in names)  # the latent one carries its VQ-GAN
     assert all(check["passes"] for check in published["metrics"]["checks"])
 

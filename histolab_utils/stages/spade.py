@@ -86,7 +86,8 @@ class SpadeRecord(StageRecord):
                                            "inpainting_speed_ratio_pixel")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
         {"appearance", "appearance_shifts", "appearance_over_floor", "appearance_over_floor_latent", "heldout",
-         "latent_guidance_scale", "latent_sampler", "latent_validation_guidance_sweep", "latent_validation_samplers"})
+         "latent_guidance_scale", "latent_sampler", "latent_validation_guidance_sweep", "latent_validation_samplers",
+         "train_seconds_source"})  # the last is written only where a record's training seconds were corrected later
 
     def sampling(self, space: str) -> tuple[float, str]:
         """The guidance scale and the sampler the model of ``space`` was sampled with, both chosen on validation
