@@ -220,6 +220,13 @@ def fidelity_goal(scores, chosen: str, what: str = "mask fidelity") -> tuple:
             f"{low:.3f} to {high:.3f}", measured, bool(measured > floor and low <= measured <= high))
 
 
+def fid_goal(scores, chosen: str, fid_ratio: float) -> tuple:
+    """One (goal, target, measured, met) row: the ``chosen`` set's FID at most ``fid_ratio`` x the real-vs-real floor
+    (``scores``: a :func:`synthesis_scores` table). Notebooks 07 and 08 share it."""
+    ratio = float(scores.loc[chosen, "fid"]) / float(scores.loc[FLOOR_REAL, "fid"])
+    return f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio, bool(ratio <= fid_ratio)
+
+
 def mask_to_image_goals(scores, chosen: str, appearance_goals, fid_ratio: float = 1.4):
     """The goals of notebook 07, measured (reported whether met or not): FID at most ``fid_ratio`` x the
     real-vs-real floor (``scores``, a :func:`synthesis_scores` table, row ``chosen``), the mask fidelity of
@@ -237,9 +244,7 @@ def mask_to_image_goals(scores, chosen: str, appearance_goals, fid_ratio: float 
     if list(appearance_goals.columns) != columns:
         raise ValueError(f"appearance_goals must be an appearance_goals table ({columns}); "
                          f"got columns {list(appearance_goals.columns)}")
-    ratio = float(scores.loc[chosen, "fid"]) / float(scores.loc[FLOOR_REAL, "fid"])
-    fid = pd.DataFrame([(f"FID over the real-vs-real floor ({chosen})", f"<= {fid_ratio:g}", ratio,
-                         ratio <= fid_ratio), fidelity_goal(scores, chosen)], columns=columns)
+    fid = pd.DataFrame([fid_goal(scores, chosen, fid_ratio), fidelity_goal(scores, chosen)], columns=columns)
     return pd.concat([fid, appearance_goals], ignore_index=True)
 
 
