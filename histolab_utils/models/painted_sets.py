@@ -13,15 +13,13 @@ the CPU makes notebook 07's choice and its held-out scores from those images:
    :class:`PaintedPipeline`); then the held-out table, nucleus appearance and goals of the chosen scale and of s = 0.
 
 The sampler is DDIM only (where a profile's ``learned_variance`` would also try the ancestral samplers): the record
-says so. ``python -m histolab_utils.models.painted_sets paint|score --help``.
+says so. ``python -m histolab_utils.score spade-paint|spade-painted --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 from collections import defaultdict, deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,7 +125,7 @@ def read_painted(path: str | Path) -> tuple[dict, dict[str, dict[float, np.ndarr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no painted sets (make them with `python -m "
-                                f"histolab_utils.models.painted_sets paint`)")
+                                f"histolab_utils.score spade-paint`)")
     with np.load(path) as data:
         if "settings" not in data.files:
             raise ValueError(f"{path}: not a painted-sets file (no 'settings' key)")
@@ -202,48 +200,3 @@ def _detector_images(config) -> np.ndarray:
     section = config.spade
     return image_mask_pairs(section.tile_size, "train", min(section.n_train_pairs, 1000), seed=config.seed,
                             downsample=section.downsample).images
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..config import load_config, pick_device
-
-    parser = argparse.ArgumentParser(prog="python -m histolab_utils.models.painted_sets", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    paint = commands.add_parser("paint", help="paint notebook 07's validation and held-out sets (on the GPU)")
-    paint.add_argument("pipeline", type=Path, help="a pixel SPADE's pipeline folder (runs/<profile>/spade-pixel/pipeline)")
-    paint.add_argument("--out", type=Path, required=True, help="the .npz to write")
-    paint.add_argument("--batch-size", type=int, default=256)
-    score = commands.add_parser("score", help="choose on validation and score held-out (on the CPU)")
-    score.add_argument("painted", type=Path, help="a file written by `paint`")
-    score.add_argument("--out", type=Path, required=True, help="the JSON record to write")
-    score.add_argument("--note", default="", help="what the record rests on, in words (kept in it)")
-    score.add_argument("--lenient", action="store_true", help="choose even if no scale follows the mask (smoke)")
-    for command in (paint, score):
-        command.add_argument("--profile", default="full")
-    args = parser.parse_args(argv)
-    config = load_config(args.profile)
-    if args.command == "paint":
-        from ..diffusion.pipelines import load_pipeline
-        from .mask_to_image import MaskToImagePipeline
-
-        if not args.pipeline.is_dir():
-            parser.error(f"pipeline: {args.pipeline} is not a folder")
-        pipeline = load_pipeline(MaskToImagePipeline, args.pipeline, pick_device())
-        print(paint_sets(pipeline, config, args.out, batch_size=args.batch_size))
-        return 0
-    from ..data.datasets import SPLIT_VERSION
-    from ..report import hardware
-
-    metrics = score_painted(args.painted, config, strict=not args.lenient)
-    record = {"notebook": "07_mask_to_image", "profile": args.profile, "split_version": SPLIT_VERSION,
-              "scored_on": hardware().get("cpu"), "note": args.note, "metrics": metrics}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(json.dumps(record, indent=1) + "\n")
-    partial.replace(args.out)
-    print(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,9 +2,9 @@
 # Notebook 07, full profile, the pixel SPADE alone, fitted to one device call: train notebook 07's pixel SPADE with
 # the full profile's model, data and recipe for SPADE_LIMIT seconds (checkpoints every 250 steps; a run the limit
 # stops is exported from its last checkpoint, `train spade --resume --steps N`), then paint notebook 07's validation
-# pairs and held-out grid at every guidance scale of the profile with DDIM (histolab_utils.models.painted_sets paint).
+# pairs and held-out grid at every guidance scale of the profile with DDIM (`python -m histolab_utils.score spade-paint`).
 # The painted sets, the loss log and the pipeline's config come back; the weights stay (no room in what returns).
-# Chosen and scored on the CPU, where the FID network is: `python -m histolab_utils.models.painted_sets score`.
+# Chosen and scored on the CPU, where the FID network is: `python -m histolab_utils.score spade-painted`.
 # Carried: .whl (diffusers, importlib_metadata, monai, shapely wheels) and .dev07/raw/hgsc (the two labelled images).
 # Run: BUDGET=560 SPADE_LIMIT=330 bash results/full/07_spade_device.sh
 # Dry run on a CPU: PROFILE=smoke NO_INSTALL=1 PY=.venv/bin/python HISTO_RUNS_DIR=/tmp/dry OUT=/tmp/dry-out SPADE_STEPS=10 SPADE_EVERY=5
@@ -36,7 +36,7 @@ if [ ! -d $SPADE/pipeline ]; then
 fi
 tr '\r' '\n' < /tmp/spade.log | grep -v "it/s\]$" | tail -4 | tee -a $LOG
 
-$PY -m histolab_utils.models.painted_sets paint $SPADE/pipeline --profile $PROFILE --out /tmp/07_painted_sets.npz \
+$PY -m histolab_utils.score spade-paint $SPADE/pipeline --profile $PROFILE --out /tmp/07_painted_sets.npz \
   2>&1 | tail -2 | tee -a $LOG
 echo "painted at $(( $(date +%s) - T0 )) s" | tee -a $LOG
 # what comes back is at most 8 files of 16 MiB: the painted sets in 15 MB parts (`cat` joins them), the run's small files
