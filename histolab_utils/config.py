@@ -165,6 +165,9 @@ class MaskSection(GuidedDiffusion):
     n_train_tiles: int  # train-region tiles of the slide
     n_eval: int  # held-out tiles; every set compared with them (generated, floor, baseline) has as many
     gallery_per_condition: int
+    # speck filters notebook 06 chooses among on validation (models.mask_generator.choose_min_nucleus_px): decoded
+    # instances under this many px are removed from both maps; 0 is no filter, and the only candidate by default
+    min_nucleus_px: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -185,13 +185,14 @@ def old_metric_name(metrics: Mapping[str, Any], key: str) -> str | None:
     return next((old for old, new in RENAMED_METRICS.items() if new == key and old in metrics), None)
 
 
-def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
+def chosen_setting(notebook: str, key: str, profile: str, default: Any, *, valid_since: int | None = None) -> Any:
     """A setting ``notebook`` chose on the validation region in ``profile`` (say, notebook 06's ``guidance_scale``),
     as its latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published
     one (``results/<profile>/``), else ``default`` (the profile's value). A record made on an earlier split than
     today's is passed over (split 1 had no validation strip, and split 2's validation strip of ``hgsc_nest`` lies
     partly in split 3's held-out blocks); one that holds the setting under its old name (:data:`RENAMED_METRICS`)
-    is an error saying which key to rename."""
+    is an error saying which key to rename. ``valid_since``: the earliest split whose choice still holds, for a model
+    whose data that split left unchanged (a stage's ``split_unchanged_since``; default today's)."""
     from .data.datasets import SPLIT_VERSION
 
     for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
@@ -202,7 +203,7 @@ def chosen_setting(notebook: str, key: str, profile: str, default: Any) -> Any:
                 raise ValueError(f"{path}: the metrics hold {old!r}, the old name of {key!r}: rename the key to "
                                  f"{key!r} (the value stays)")
             value = record["metrics"].get(key)
-            if value is not None and record.get("split_version", 1) >= SPLIT_VERSION:
+            if value is not None and record.get("split_version", 1) >= (valid_since or SPLIT_VERSION):
                 return value
     return default
 

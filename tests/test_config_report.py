@@ -147,6 +147,9 @@ def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips
     published, local = tmp_path / "results" / "06_x.json", tmp_path / "reports" / "06_x.json"
     published.write_text(json.dumps({"split_version": 2, "metrics": {"guidance_scale": 1.5}}))
     assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 2.0  # chosen on split 2: passed over
+    # unless the model's data is the same since split 2 (its stage's split_unchanged_since): then that choice holds
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0, valid_since=2) == 1.5
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0, valid_since=3) == 2.0
     published.write_text(json.dumps({"split_version": 3, "metrics": {"guidance_scale": 1.0}}))
     assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 1.0
     (tmp_path / "reports").mkdir()

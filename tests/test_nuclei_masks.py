@@ -136,6 +136,42 @@ def test_decode_drops_single_pixel_fragments_but_keeps_the_type_map():
         mg.decode_masks(np.zeros((1, 3, 8, 8)))
 
 
+def test_the_speck_filter_removes_small_instances_from_both_maps_and_renumbers_the_rest():
+    types = np.zeros((1, 16, 16), np.uint8)
+    instances = np.zeros((1, 16, 16), np.int32)
+    types[0, 1:7, 1:7], instances[0, 1:7, 1:7] = 1, 1  # a 36 px nucleus
+    types[0, 10:12, 10:12], instances[0, 10:12, 10:12] = 2, 2  # a 4 px speck
+    types[0, 9:15, 1:6], instances[0, 9:15, 1:6] = 3, 3  # a 30 px nucleus
+    x = mg.encode_masks(types, instances, dtype=np.float32)
+    kept = mg.decode_masks(x)
+    assert len(np.unique(kept.instances)) == 4 and kept.types[0, 10, 10] == 2  # off by default
+    filtered = mg.decode_masks(x, min_nucleus_px=5)
+    assert sorted(np.unique(filtered.instances)) == [0, 1, 2]  # renumbered 1..n
+    assert filtered.types[0, 10:12, 10:12].max() == 0 and filtered.instances[0, 10:12, 10:12].max() == 0
+    assert (filtered.types[0, 1:7, 1:7] == 1).all() and (filtered.types[0, 9:15, 1:6] == 3).all()
+    assert mg.decode_masks(x, min_nucleus_px=31).instances.max() == 1  # the 30 px one goes too
+
+
+def test_the_speck_filter_is_chosen_on_validation_tiles_by_morphology_fd(real_data):
+    """Real validation masks with specks added: a filter that removes them is closer to the real tiles than none,
+    so it is chosen; a filter that also removes real nuclei is not. Held-out tiles are refused."""
+    tiles = mask_tiles("wsi", 32, "validation", 120, seed=3, downsample=2.0, cache=False)
+    x = mg.encode_masks(tiles.types, tiles.instances, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    for i in range(len(x)):  # two 2 x 2 connective specks on background, in every tile
+        for _ in range(2):
+            y0, x0 = rng.integers(0, 30, 2)
+            if (tiles.types[i, y0:y0 + 2, x0:x0 + 2] == 0).all():
+                x[i, :, y0:y0 + 2, x0:x0 + 2] = -1
+                x[i, 3, y0:y0 + 2, x0:x0 + 2] = 1
+    chosen, table = mg.choose_min_nucleus_px(x, tiles, [0, 6, 60])
+    assert chosen == 6, table["morphology_fd"]
+    assert table["instances"].astype(float).is_monotonic_decreasing
+    heldout = mask_tiles("wsi", 32, "heldout", 8, seed=3, downsample=2.0, cache=False)
+    with pytest.raises(ValueError, match="chosen on 'validation' tiles only"):
+        mg.choose_min_nucleus_px(x[:8], heldout, [0, 6])
+
+
 @pytest.mark.parametrize("size, downsample, floor, floor_all", [(128, 1.0, 0.99, 0.98), (32, 2.0, 0.97, 0.95)])
 def test_round_trip_of_real_heldout_tiles(real_data, size, downsample, floor, floor_all):
     """Type maps come back exactly; instances (IoU > 0.5) at >= 99 % at the full profile's geometry,

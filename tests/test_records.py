@@ -75,8 +75,11 @@ def masks_inputs(**changes):
     areas = pd.DataFrame({"n": [6, 6, pd.NA], "w_area": [0.9, 0.3, math.nan], "over_floor": [3.0, 1.0, math.nan],
                           "area_median": [20.0, 50.0, 48.0], "whole": [30, 40, 35], "fragments": [9, 20, 18]},
                          index=[CHOSEN, FLOOR_ROW, "real held-out"]).astype({"n": "Int64"})
+    specks = pd.DataFrame([[8, 30, 3.0], [8, 22, 2.1]], index=pd.Index([0, 12], name="min_nucleus_px"),
+                          columns=["n", "instances", "morphology_fd"])
     checks, goals = checks_and_goals()
     inputs = dict(heldout=HELDOUT, split_x=1234.4, validation_y=567.6, n_validation=8, guidance_scale=2.0, sweep=sweep, scores=scores,
+                  min_nucleus_px=12, speck_sweep=specks,
                   per_type_accuracy=per_type, matching=pd.Series({"exact": 7, "nearest": 1}, name="rows"),
                   checks=checks, goals=goals, round_trip_recall=0.99, trainer=trainer(), run_folder=MASKS.run_folder("x"),
                   chosen=CHOSEN, unguided=UNGUIDED, ceiling=CEILING, floor=FLOOR, baseline=BASELINE, areas=areas)

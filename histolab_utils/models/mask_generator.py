@@ -16,6 +16,12 @@ left unclaimed joins the one instance of its type it touches (the far side of a 
 nucleus) or forms an instance of its own. Instances under ``MIN_FRAGMENT_PX`` pixels are dropped
 from the instance map (their pixels keep their type in the type map, which stays the exact argmax).
 
+A generated mask can also hold specks: blobs of a few pixels that no real nucleus at this scale is
+(the cpu model's whole instances had a first quartile of 8 px against real nuclei's 32). Decoding
+with ``min_nucleus_px`` removes instances smaller than that from both maps, so that what a later
+notebook paints or counts is what was kept. It is 0 (off) unless chosen: notebook 06 chooses it on
+the validation strip (:func:`choose_min_nucleus_px`), and the round trip of real masks never uses it.
+
 Condition
 ---------
 ``[multi-hot types (K) | one-hot tissue context (C) | null flag]``, mapped linearly and added to
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.nuclei import (NUCLEUS_CLASSES, TISSUE_CONTEXTS, MaskTiles, as_multi_hot, context_index, edge_map,
@@ -90,8 +97,9 @@ class DecodedMasks:
 
 
 def decode_masks(x: np.ndarray | torch.Tensor, min_fragment_px: int = MIN_FRAGMENT_PX,
-                 grow_px: float = GROW_PX) -> DecodedMasks:
-    """[N, K + 2, H, W] model-space masks -> type and instance maps (see the module docstring)."""
+                 grow_px: float = GROW_PX, min_nucleus_px: int = 0) -> DecodedMasks:
+    """[N, K + 2, H, W] model-space masks -> type and instance maps (see the module docstring); instances under
+    ``min_nucleus_px`` pixels (0: none) are then removed from both maps."""
     from skimage.measure import label
     from skimage.segmentation import expand_labels
 
@@ -106,7 +114,19 @@ def decode_masks(x: np.ndarray | torch.Tensor, min_fragment_px: int = MIN_FRAGME
         seeds = label(foreground & ~boundary[i], connectivity=1)
         grown = expand_labels(seeds, distance=grow_px) * foreground
         instances[i] = _claim_leftovers(grown, foreground & (grown == 0), types[i], min_fragment_px)
+        if min_nucleus_px > 0:
+            _remove_specks(types[i], instances[i], min_nucleus_px)
     return DecodedMasks(types=types, instances=instances)
+
+
+def _remove_specks(types: np.ndarray, instances: np.ndarray, min_nucleus_px: int) -> None:
+    """In place: instances under ``min_nucleus_px`` pixels become background in both maps; the rest are
+    renumbered 1..n."""
+    small = np.bincount(instances.ravel()) < min_nucleus_px
+    small[0] = False
+    speck = small[instances]
+    types[speck], instances[speck] = 0, 0
+    instances[...] = renumber_instances(instances)
 
 
 def _claim_leftovers(grown: np.ndarray, leftover: np.ndarray, types: np.ndarray, min_fragment_px: int) -> np.ndarray:
@@ -179,16 +199,19 @@ class NucleiMaskPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, types: Sequence, contexts: Sequence[str | int], guidance_scale: float = 1.0,
                  num_inference_steps: int = 50, generator: torch.Generator | None = None,
-                 min_fragment_px: int = MIN_FRAGMENT_PX) -> MaskPipelineOutput:
+                 min_fragment_px: int = MIN_FRAGMENT_PX, min_nucleus_px: int = 0) -> MaskPipelineOutput:
         conditions = condition_vectors(types, contexts)
-        return self.from_conditions(conditions, guidance_scale, num_inference_steps, generator, min_fragment_px)
+        return self.from_conditions(conditions, guidance_scale, num_inference_steps, generator, min_fragment_px,
+                                    min_nucleus_px=min_nucleus_px)
 
     @torch.no_grad()
     def from_conditions(self, conditions: np.ndarray, guidance_scale: float = 1.0, num_inference_steps: int = 50,
                         generator: torch.Generator | None = None,
-                        min_fragment_px: int = MIN_FRAGMENT_PX, size: int | None = None) -> MaskPipelineOutput:
+                        min_fragment_px: int = MIN_FRAGMENT_PX, size: int | None = None,
+                        min_nucleus_px: int = 0) -> MaskPipelineOutput:
         """Masks for ready-made condition vectors [N, K + C + 1], of ``size`` px (default: the
-        trained size; the UNet is convolutional, so another size divisible by its downsampling works)."""
+        trained size; the UNet is convolutional, so another size divisible by its downsampling works),
+        decoded by :func:`decode_masks` (``min_nucleus_px``: the speck filter notebook 06 chose, 0 for none)."""
         unet = self.unet
         conditions = np.asarray(conditions, dtype=np.float32)
         if conditions.ndim != 2 or conditions.shape[1] != unet.config.condition_features:
@@ -209,7 +232,7 @@ class NucleiMaskPipeline(DiffusionPipeline):
         empty = (conditions[:, :K] == 0).all(axis=1) & (conditions[:, -1] == 0)
         masks[empty] = encode_masks(np.zeros((1, size, size), np.uint8), np.zeros((1, size, size), np.int32),
                                     dtype=np.float32)[0]
-        decoded = decode_masks(masks, min_fragment_px=min_fragment_px)
+        decoded = decode_masks(masks, min_fragment_px=min_fragment_px, min_nucleus_px=min_nucleus_px)
         return MaskPipelineOutput(types=decoded.types, instances=decoded.instances, masks=masks)
 
 
@@ -229,17 +252,47 @@ def load_vocabulary(folder: str | Path) -> dict:
 
 
 def generate_masks(pipeline: NucleiMaskPipeline, conditions: np.ndarray, guidance_scale: float, steps: int,
-                   seed: int = 0, batch_size: int = 64, size: int | None = None) -> MaskPipelineOutput:
-    """Masks for many condition vectors, in batches, from one seeded generator."""
+                   seed: int = 0, batch_size: int = 64, size: int | None = None,
+                   min_nucleus_px: int = 0) -> MaskPipelineOutput:
+    """Masks for many condition vectors, in batches, from one seeded generator (``min_nucleus_px``: the speck
+    filter of :func:`decode_masks`)."""
     generator = torch.Generator().manual_seed(seed)
     parts = [pipeline.from_conditions(conditions[start:start + batch_size], guidance_scale, steps, generator,
-                                      size=size)
+                                      size=size, min_nucleus_px=min_nucleus_px)
              for start in range(0, len(conditions), batch_size)]
     if not parts:
         size = size or pipeline.unet.config.sample_size
         empty = np.zeros((0, size, size))
         return MaskPipelineOutput(empty.astype(np.uint8), empty.astype(np.int32), np.zeros((0, MASK_CHANNELS, size, size)))
     return MaskPipelineOutput(*(np.concatenate([getattr(p, key) for p in parts]) for key in ("types", "instances", "masks")))
+
+
+def choose_min_nucleus_px(masks: np.ndarray, validation: MaskTiles,
+                          candidates: Sequence[int]) -> tuple[int, pd.DataFrame]:
+    """The speck filter (``decode_masks``' ``min_nucleus_px``) with the lowest morphology FD against the validation
+    tiles, for the model-space ``masks`` [N, K + 2, H, W] generated for ``validation``'s conditions, among the
+    candidates whose conditioning F1 is at least the smallest candidate's (a filter may not buy morphology with
+    conditioning: removing the only specks of a requested type loses it); the smallest on a tie. Returns it and the
+    table it was chosen from (``evaluation.mask_generation.score_mask_sets``, one row per candidate). Decoding is
+    cheap, so every candidate decodes the same samples: the choice costs no sampling. Call it on validation tiles
+    only."""
+    from ..evaluation.mask_generation import score_mask_sets
+
+    if validation.region != "validation":
+        raise ValueError(f"validation: tiles of the {validation.region!r} region; the speck filter is chosen on "
+                         "'validation' tiles only (held-out tiles give final scores)")
+    candidates = sorted({int(c) for c in candidates})
+    if not candidates or candidates[0] < 0:
+        raise ValueError(f"candidates must be pixel counts >= 0; got {candidates}")
+    sets = {}
+    for px in candidates:
+        decoded = decode_masks(masks, min_nucleus_px=px)
+        sets[px] = (decoded.types, decoded.instances, np.asarray(masks)[:, -1] > 0)
+    table = score_mask_sets(validation.multi_hot, (validation.types, validation.instances), sets)
+    table.index.name = "min_nucleus_px"
+    f1 = table["f1"].astype(float)
+    fd = table["morphology_fd"].astype(float)[f1 >= f1.iloc[0]]
+    return int(fd[fd == fd.min()].index.min()), table
 
 
 def train_mask_generator(config: TrainConfig, tiles: MaskTiles, out_dir: str | Path, progress: bool = True,

@@ -207,6 +207,7 @@ class Generators:
     mask_settings: tuple[float, int] = (2.0, 25)
     joint_settings: tuple[float, int] = (2.0, 10)
     trained_at: dict[str, tuple[int, int]] | None = None  # each model's (tile px, downsample) in training
+    mask_min_nucleus_px: int = 0  # the speck filter notebook 06 chose (models.mask_generator.decode_masks)
 
     def check_scale(self, size: int, downsample: int) -> None:
         """Refuse to make tiles at a scale a generator did not train at (a convolutional UNet samples any size, but
@@ -221,6 +222,8 @@ class Generators:
     def fingerprint(self) -> str:
         """Which models and settings made a bank (their saved configs and weights' sizes and times)."""
         parts = [repr((self.spade_settings, self.mask_settings, self.joint_settings))]
+        if self.mask_min_nucleus_px:  # (absent when off: banks made before the filter existed keep their key)
+            parts.append(f"min_nucleus_px={self.mask_min_nucleus_px}")
         for pipeline in (self.spade, self.masks, self.joint):
             folder = getattr(getattr(pipeline, "config", None), "_name_or_path", None)
             if folder and Path(folder).is_dir():
@@ -243,11 +246,11 @@ def generators_for(sources: Iterable[str]) -> set[str]:
 def load_generators(folders: dict[str, str | Path], masks, spade, joint, device="cpu", *,
                     mask_guidance_scale: float | None = None, spade_guidance_scale: float | None = None,
                     spade_sampler: str | None = None, joint_guidance_scale: float | None = None,
-                    only: Iterable[str] | None = None) -> Generators:
+                    mask_min_nucleus_px: int | None = None, only: Iterable[str] | None = None) -> Generators:
     """Notebooks 06, 07 and 08's pipelines from ``folders`` (keys ``masks``, ``spade``, ``joint``: a saved run's
     ``pipeline`` folder or a released one), each with its profile section's sampler, steps and guidance scale
     (``masks``, ``spade``, ``joint``: a profile's sections), unless the settings each notebook chose on its validation
-    strip are given: the mask guidance scale (06), the SPADE guidance scale and sampler (07, a name of
+    strip are given: the mask guidance scale and speck filter (06), the SPADE guidance scale and sampler (07, a name of
     ``models.mask_to_image.SAMPLERS``) and the joint model's guidance scale (08). A missing folder says which
     notebook makes it. ``only``: load just these keys (see :func:`generators_for`); the others stay None and need no
     folder."""
@@ -282,7 +285,8 @@ def load_generators(folders: dict[str, str | Path], masks, spade, joint, device=
     return Generators(**loaded, trained_at=trained_at,
                       spade_settings=(chosen(spade_guidance_scale, spade.guidance_scale), spade.sampler_steps),
                       mask_settings=(chosen(mask_guidance_scale, masks.guidance_scale), masks.sampler_steps),
-                      joint_settings=(chosen(joint_guidance_scale, joint.guidance_scale), joint.sampler_steps))
+                      joint_settings=(chosen(joint_guidance_scale, joint.guidance_scale), joint.sampler_steps),
+                      mask_min_nucleus_px=int(chosen(mask_min_nucleus_px, 0)))
 
 
 def _need(model, name: str):
@@ -322,7 +326,8 @@ def _paint_generated(conditions: np.ndarray, size: int, generators: Generators, 
     from ..models.mask_to_image import synthesise
 
     guidance_scale, steps = generators.mask_settings
-    made = generate_masks(_need(generators.masks, "06"), conditions, guidance_scale, steps, seed=seed, size=size)
+    made = generate_masks(_need(generators.masks, "06"), conditions, guidance_scale, steps, seed=seed, size=size,
+                          min_nucleus_px=generators.mask_min_nucleus_px)
     guidance_scale, steps = generators.spade_settings
     images = synthesise(_need(generators.spade, "07"), made.types, made.instances, guidance_scale, steps,
                         seed=seed + 1)

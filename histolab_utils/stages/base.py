@@ -189,6 +189,14 @@ class Stage:
                 raise EarlierSplitError(error)
         return local
 
+    def chosen(self, profile: str, key: str, default: Any) -> Any:
+        """A setting this stage's notebook chose on validation (``report.chosen_setting``): this machine's record,
+        else the published one, made on a split that still holds this model's data (``split_unchanged_since``),
+        else ``default``."""
+        from ..report import chosen_setting
+
+        return chosen_setting(self.notebook, key, profile, default, valid_since=self.split_unchanged_since)
+
     def release_split(self, profile: str = RELEASED_PROFILES[0]) -> int:
         """The split version the released model of ``profile`` was trained on (its notebook's published record)."""
         import json

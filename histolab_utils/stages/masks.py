@@ -52,19 +52,23 @@ class MasksRecord(StageRecord):
     area_median: float | None = None
     heldout_area_median: float | None = None
     heldout: dict | None = None  # what the held-out set rests on (n, overlapping pairs, distinct nuclei, a sentence)
+    # the speck filter chosen on validation (models.mask_generator.choose_min_nucleus_px) and its table
+    min_nucleus_px: int | None = None
+    speck_sweep: dict | None = None
 
     HEADLINE: ClassVar[tuple[str, ...]] = ("overall_recall", "overall_precision", "ceiling_recall", "unguided_recall",
                                            "morphology_fd", "floor_morphology_fd", "baseline_morphology_fd",
                                            "area_over_floor")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
-        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median", "heldout"})
+        {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median", "heldout", "min_nucleus_px",
+         "speck_sweep"})
 
 
 
 def masks_metrics(config, device, *, heldout: dict, split_x: float, validation_y: float, n_validation: int,
                   guidance_scale: float, sweep, scores, per_type_accuracy, matching, checks, goals,
                   round_trip_recall: float, trainer, run_folder, chosen: str, unguided: str, ceiling: str, floor: str,
-                  baseline: str, areas) -> dict[str, Any]:
+                  baseline: str, areas, min_nucleus_px: int = 0, speck_sweep=None) -> dict[str, Any]:
     """Notebook 06's metrics, as its record keeps them, from what the notebook computed.
 
     ``heldout`` says what the held-out set rests on (``data.nuclei.tiles_summary`` or ``data.pairs.pairs_summary``:
@@ -78,7 +82,8 @@ def masks_metrics(config, device, *, heldout: dict, split_x: float, validation_y
     ``matching`` how the floor's rows were matched; ``checks`` and ``goals`` the two tables the notebook showed;
     ``trainer`` the mask generator's trainer (its ``step`` and ``train_seconds``); ``areas`` the whole-nucleus area
     table (``evaluation.nucleus_appearance.area_distribution``: a ``chosen`` row, the floor row and the ``real
-    held-out`` row). A set either table lacks is a KeyError naming it. In a released profile (cpu) the record names
+    held-out`` row); ``min_nucleus_px`` the speck filter chosen on validation and ``speck_sweep`` the table it was
+    chosen from (``models.mask_generator.choose_min_nucleus_px``). A set either table lacks is a KeyError naming it. In a released profile (cpu) the record names
     the release ``make results`` makes."""
     from ..evaluation.nucleus_appearance import FLOOR_ROW
     from ..report import table_records
@@ -106,8 +111,10 @@ def masks_metrics(config, device, *, heldout: dict, split_x: float, validation_y
         "round_trip_instance_recall": round_trip_recall,
         "train_steps": trainer.step, "train_seconds": trainer.train_seconds, "device": str(device),
         "sampler": section.sampler, "sampler_steps": section.sampler_steps,
-        "pipeline": str(Path(run_folder) / "pipeline"),
+        "pipeline": str(Path(run_folder) / "pipeline"), "min_nucleus_px": int(min_nucleus_px),
     }
+    if speck_sweep is not None:
+        metrics["speck_sweep"] = table_records(speck_sweep.astype(float))
     if config.name in RELEASED_PROFILES:  # make results releases the model under this name
         metrics["released_model"] = MASKS.release_name(config.name)
 
@@ -176,7 +183,8 @@ from histolab_utils.data import pretrained
 from histolab_utils.models.mask_generator import NucleiMaskPipeline
 
 pipeline = NucleiMaskPipeline.from_pretrained(pretrained("{name}"))
-out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={record.guidance_scale:g})
+out = pipeline([["neoplastic", "connective"]] * 8, ["tumor"] * 8, guidance_scale={record.guidance_scale:g},
+               min_nucleus_px={record.min_nucleus_px or 0})  # the speck filter chosen on validation
 out.types, out.instances  # decoded type and instance maps
 # without histolab_utils: diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet") loads the network
 ```
@@ -214,7 +222,7 @@ class MasksStage(Stage):
     build_metrics = staticmethod(masks_metrics)
     headline_extras = ("n", "guidance_scale")
     generator_key = "masks"
-    chosen_settings = {"mask_guidance_scale": "guidance_scale"}
+    chosen_settings = {"mask_guidance_scale": "guidance_scale", "mask_min_nucleus_px": "min_nucleus_px"}
     split_unchanged_since = 2  # it trains on the slide's tiles only, whose strips split 3 kept
 
     def pipeline_class(self):
@@ -254,21 +262,21 @@ class MasksStage(Stage):
         ``data.nuclei.present_types`` reads them, and its tissue context), at the pairs' size: how notebooks 07 and
         08 get notebook 06's masks. The model saved in ``folder`` samples with the ``[masks]`` sampler of the profile
         ``config`` at the guidance notebook 06 chose on its validation strip (``report.chosen_setting``: this
-        machine's record, else the published one, else the profile's). Returns the masks (``generate_masks``'
-        output: ``types``, ``instances``, ``masks``) and that guidance scale."""
+        machine's record, else the published one, else the profile's), decoded with the speck filter it chose there
+        (``min_nucleus_px``; none where no record chose one). Returns the masks (``generate_masks``' output:
+        ``types``, ``instances``, ``masks``) and that guidance scale."""
         from ..data.nuclei import present_types
         from ..diffusion.schedules import make_scheduler
         from ..models.mask_generator import condition_vectors, generate_masks
-        from ..report import chosen_setting
 
         section = config.masks
         pipeline = self.load(folder, device, make_scheduler(section.sampler, section.schedule, clip_sample=True,
                                                             prediction_type=section.prediction_type))
-        guidance_scale = chosen_setting(self.notebook, "guidance_scale", config.name, section.guidance_scale)
+        guidance_scale = self.chosen(config.name, "guidance_scale", section.guidance_scale)
         conditions = condition_vectors(present_types(pairs.types, pairs.instances), pairs.contexts)
         # the UNet is convolutional: it draws masks of the pairs' size even where notebook 06 trained on larger tiles
         made = generate_masks(pipeline, conditions, guidance_scale, section.sampler_steps, seed=seed,
-                              size=pairs.types.shape[-1])
+                              size=pairs.types.shape[-1], min_nucleus_px=self.chosen(config.name, "min_nucleus_px", 0))
         return made, guidance_scale
 
 

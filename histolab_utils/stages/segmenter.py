@@ -146,9 +146,7 @@ def generator_folders(profile: str) -> dict[str, Path]:
 def chosen_generator_settings(profile: str) -> dict[str, Any]:
     """What notebooks 06-08 chose on their validation strips in ``profile``, as keyword arguments of
     ``segmentation.experiments.load_generators`` (None where a notebook has not chosen yet: the profile's value)."""
-    from ..report import chosen_setting
-
-    return {argument: chosen_setting(s.notebook, key, profile, None)
+    return {argument: s.chosen(profile, key, None)
             for s in generator_stages().values() for argument, key in s.chosen_settings.items()}
 
 
