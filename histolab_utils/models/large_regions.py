@@ -135,11 +135,12 @@ def mask_conditions(types: np.ndarray, instances: np.ndarray, contexts: np.ndarr
 
 def generate_canvas_masks(pipeline, field_types: np.ndarray, field_instances: np.ndarray, contexts: np.ndarray,
                           method: str, tile: int, steps: int, guidance_scale: float, stride: int | None = None,
-                          seed: int = 0) -> Canvas:
+                          seed: int = 0, min_nucleus_px: int = 0) -> Canvas:
     """A canvas of nuclei masks from notebook 06's generator by ``method``: each window asks for the types the slide's
     field holds under it, in its tissue context, and the canvas is decoded once, as a whole. A window over a field
     without nuclei asks for none: a request the generator never trained on (its pipeline answers it with an exact
-    empty tile, which a window shared with its neighbours cannot be), so such windows show what the model guesses."""
+    empty tile, which a window shared with its neighbours cannot be), so such windows show what the model guesses.
+    ``min_nucleus_px``: the speck filter notebook 06 chose (``mask_generator.decode_masks``; 0 for none)."""
     size = _check_square(field_types, tile)
     unet = pipeline.unet
     field_types, field_instances = np.asarray(field_types), np.asarray(field_instances)
@@ -153,7 +154,7 @@ def generate_canvas_masks(pipeline, field_types: np.ndarray, field_instances: np
     started = time.perf_counter()
     x = tiled_denoise(predict, pipeline.scheduler, x * pipeline.scheduler.init_noise_sigma, method, tile, steps,
                       stride, generator, seed)
-    decoded = decode_masks(x.float().clamp(-1, 1))
+    decoded = decode_masks(x.float().clamp(-1, 1), min_nucleus_px=min_nucleus_px)
     return Canvas(None, decoded.types[0], decoded.instances[0], method, steps, time.perf_counter() - started,
                   _cost(method, size, tile, steps, stride, guidance_scale, seed))
 
