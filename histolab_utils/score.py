@@ -59,6 +59,7 @@ def score_painted_spade(argv: Sequence[str]) -> int:
     parser.add_argument("--note", default="", help="spade-painted: how it was trained (command, steps, seconds)")
     parser.add_argument("--lenient", action="store_true",
                         help="spade-painted: choose even if no scale follows the mask (a smoke-sized model)")
+    parser.add_argument("--gallery", type=Path, help="spade-painted: also a PNG of 8 held-out tiles drawn at random")
     args = parser.parse_args(argv)
     config = load_config(args.profile)
     if args.what == "spade-paint":
@@ -78,6 +79,8 @@ def score_painted_spade(argv: Sequence[str]) -> int:
     metrics.update(trained_on=args.trained_on, note=args.note)
     stamped = metrics_record(args.out.stem, metrics, profile=config.name)
     atomic_write_text(args.out, json.dumps(to_jsonable(stamped), indent=2) + "\n")
+    if args.gallery is not None:
+        painted_sets.painted_gallery(args.source, config, metrics["guidance_scale"]).savefig(args.gallery, dpi=80)
     print(f"wrote {args.out}: chose s = {metrics['guidance_scale']:g} on {metrics['n_validation']} validation pairs; "
           f"held-out n = {metrics['n']}: FID {metrics['chosen']['fid']:.1f} against the floor's "
           f"{metrics['floor_real_vs_real']['fid']:.1f}")

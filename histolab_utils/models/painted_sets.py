@@ -200,3 +200,19 @@ def _detector_images(config) -> np.ndarray:
     section = config.spade
     return image_mask_pairs(section.tile_size, "train", min(section.n_train_pairs, 1000), seed=config.seed,
                             downsample=section.downsample).images
+
+
+def painted_gallery(path: str | Path, config, scale: float, n: int = 8, seed: int = 0):
+    """A figure of ``n`` held-out tiles drawn at random (``seed``): each one's mask, its painting at guidance
+    ``scale`` and at s = 0 (from a :func:`paint_sets` file), and the real tile."""
+    from ..plotting import image_grid, mask_images
+
+    _, images = read_painted(path)
+    heldout = notebook_pairs(config)["heldout"]
+    pick = np.sort(np.random.default_rng(seed).choice(len(heldout), n, replace=False))
+    rows = {"mask (held-out)": mask_images(heldout.types[pick], heldout.instances[pick]),
+            f"painted, s = {scale:g}": images["heldout"][float(scale)][pick],
+            "s = 0": images["heldout"][0.0][pick], "real": heldout.images[pick]}
+    return image_grid([image for row in rows.values() for image in row], ncols=n,
+                      titles=[name if i == 0 else "" for name in rows for i in range(n)], size=1.5)
+

@@ -6,11 +6,13 @@
 # The painted sets, the loss log and the pipeline's config come back; the weights stay (no room in what returns).
 # Chosen and scored on the CPU, where the FID network is: `python -m histolab_utils.score spade-painted`.
 # Carried: .whl (diffusers, importlib_metadata, monai, shapely wheels) and .dev07/raw/hgsc (the two labelled images).
-# Run: BUDGET=560 SPADE_LIMIT=330 bash results/full/07_spade_device.sh
+# Run: SPADE_LIMIT=380 bash results/full/07_spade_device.sh   (2026-12-04: train 380 s, then paint at PAINT_N_EVAL=430:
+#   215 validation pairs and the 215-tile held-out grid, about 2 minutes on an H200; at n_eval 1,000 it is about 3)
 # Dry run on a CPU: PROFILE=smoke NO_INSTALL=1 PY=.venv/bin/python HISTO_RUNS_DIR=/tmp/dry OUT=/tmp/dry-out SPADE_STEPS=10 SPADE_EVERY=5
 set -u
 T0=$(date +%s)
 PROFILE=${PROFILE:-full}
+PAINT_N_EVAL=${PAINT_N_EVAL:-430}  # spade.n_eval while painting (score with the same HISTO_OVERRIDES)
 if [ -d .whl ] && [ -z "${NO_INSTALL:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
   export PYTHONPATH=/tmp/site:$PWD HISTO_DATA_DIR=$PWD/.dev07
@@ -36,7 +38,8 @@ if [ ! -d $SPADE/pipeline ]; then
 fi
 tr '\r' '\n' < /tmp/spade.log | grep -v "it/s\]$" | tail -4 | tee -a $LOG
 
-$PY -m histolab_utils.score spade-paint $SPADE/pipeline --profile $PROFILE --out /tmp/07_painted_sets.npz \
+HISTO_OVERRIDES=${PAINT_N_EVAL:+spade.n_eval=$PAINT_N_EVAL} \
+  $PY -m histolab_utils.score spade-paint $SPADE/pipeline --profile $PROFILE --out /tmp/07_painted_sets.npz --batch-size 512 \
   2>&1 | tail -2 | tee -a $LOG
 echo "painted at $(( $(date +%s) - T0 )) s" | tee -a $LOG
 # what comes back is at most 8 files of 16 MiB: the painted sets in 15 MB parts (`cat` joins them), the run's small files
