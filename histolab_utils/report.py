@@ -185,17 +185,20 @@ def old_metric_name(metrics: Mapping[str, Any], key: str) -> str | None:
     return next((old for old, new in RENAMED_METRICS.items() if new == key and old in metrics), None)
 
 
-def chosen_setting(notebook: str, key: str, profile: str, default: Any, *, valid_since: int | None = None) -> Any:
+def chosen_setting(notebook: str, key: str, profile: str, default: Any, *, valid_since: int | None = None,
+                   published_only: bool = False) -> Any:
     """A setting ``notebook`` chose on the validation region in ``profile`` (say, notebook 06's ``guidance_scale``),
     as its latest metrics record holds it: this machine's run (``reports/<profile>/metrics/``), else the published
     one (``results/<profile>/``), else ``default`` (the profile's value). A record made on an earlier split than
     today's is passed over (split 1 had no validation strip, and split 2's validation strip of ``hgsc_nest`` lies
     partly in split 3's held-out blocks); one that holds the setting under its old name (:data:`RENAMED_METRICS`)
     is an error saying which key to rename. ``valid_since``: the earliest split whose choice still holds, for a model
-    whose data that split left unchanged (a stage's ``split_unchanged_since``; default today's)."""
+    whose data that split left unchanged (a stage's ``split_unchanged_since``; default today's). ``published_only``:
+    the published record alone, for settings of the released model (this machine's run may be another model)."""
     from .data.datasets import SPLIT_VERSION
 
-    for path in (metrics_dir(profile) / f"{notebook}.json", results_dir(profile) / f"{notebook}.json"):
+    local = () if published_only else (metrics_dir(profile) / f"{notebook}.json",)
+    for path in (*local, results_dir(profile) / f"{notebook}.json"):
         if path.is_file():
             record = json.loads(path.read_text())
             old = old_metric_name(record["metrics"], key)

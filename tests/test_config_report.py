@@ -157,6 +157,8 @@ def test_chosen_setting_reads_this_machines_run_then_the_published_one_and_skips
     assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 1.0
     local.write_text(json.dumps({"split_version": 3, "metrics": {"guidance_scale": 4.0}}))
     assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0) == 4.0
+    # the released model's setting is the published record's, whatever this machine's run chose
+    assert report.chosen_setting("06_x", "guidance_scale", "cpu", 2.0, published_only=True) == 1.0
     # a record from before the rename holds the old key: it says which key to rename, never falls back silently
     local.write_text(json.dumps({"split_version": 3, "metrics": {"guidance": 4.0}}))
     with pytest.raises(ValueError, match=r"06_x.json: .*'guidance', the old name of 'guidance_scale': rename the key"):

@@ -189,13 +189,19 @@ class Stage:
                 raise EarlierSplitError(error)
         return local
 
-    def chosen(self, profile: str, key: str, default: Any) -> Any:
-        """A setting this stage's notebook chose on validation (``report.chosen_setting``): this machine's record,
-        else the published one, made on a split that still holds this model's data (``split_unchanged_since``),
-        else ``default``."""
+    def chosen(self, profile: str, key: str, default: Any, variant: str = "") -> Any:
+        """A setting this stage's notebook chose on validation for the model :meth:`model_or_release` gives
+        (``report.chosen_setting``): the published record's where that is the release, else this machine's record,
+        else the published one; made on a split that still holds this model's data (``split_unchanged_since``),
+        else ``default``. (A local run that failed its checks leaves a record, but its model is not the release.)"""
         from ..report import chosen_setting
 
-        return chosen_setting(self.notebook, key, profile, default, valid_since=self.split_unchanged_since)
+        try:
+            released = self.model_or_release(profile, variant) != self.model_folder(profile, variant)
+        except EarlierSplitError:  # a release made on an earlier split, and no run here: no model to match
+            released = False
+        return chosen_setting(self.notebook, key, profile, default, valid_since=self.split_unchanged_since,
+                              published_only=released)
 
     def release_split(self, profile: str = RELEASED_PROFILES[0]) -> int:
         """The split version the released model of ``profile`` was trained on (its notebook's published record)."""
