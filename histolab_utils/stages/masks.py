@@ -61,7 +61,7 @@ class MasksRecord(StageRecord):
                                            "area_over_floor")
     ADDED_SINCE_PUBLISHED: ClassVar[frozenset[str]] = StageRecord.ADDED_SINCE_PUBLISHED | frozenset(
         {"nucleus_area", "area_over_floor", "area_median", "heldout_area_median", "heldout", "min_nucleus_px",
-         "speck_sweep"})
+         "speck_sweep", "train_seconds_source"})  # the last is written only where training seconds were corrected later
 
 
 
