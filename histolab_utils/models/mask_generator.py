@@ -19,7 +19,8 @@ from the instance map (their pixels keep their type in the type map, which stays
 A generated mask can also hold specks: blobs of a few pixels that no real nucleus at this scale is
 (the cpu model's whole instances had a first quartile of 8 px against real nuclei's 32). Decoding
 with ``min_nucleus_px`` removes instances smaller than that from both maps, so that what a later
-notebook paints or counts is what was kept. It is 0 (off) unless chosen: notebook 06 chooses it on
+notebook paints or counts is what was kept (one-pixel fragments, dropped from the instance map
+before, keep their type pixels). It is 0 (off) unless chosen: notebook 06 chooses it on
 the validation strip (:func:`choose_min_nucleus_px`), and the round trip of real masks never uses it.
 
 Condition
