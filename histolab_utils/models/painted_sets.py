@@ -96,16 +96,14 @@ class PaintedPipeline:
                  sampler_name: str = SAMPLER):
         self.sampler_name = sampler_name
         self.scheduler = None  # choose_sampling sets it; only the images painted with sampler_name exist
-        self._queues: dict[tuple[float, bytes], deque] = defaultdict(deque)
+        self._queues: dict[tuple[float, str], deque] = defaultdict(deque)
         for scale, images in painted.items():
             for image, key in zip(images, self._keys(types, instances)):
                 self._queues[(float(scale), key)].append(image)
 
     @staticmethod
-    def _keys(types: np.ndarray, instances: np.ndarray) -> list[bytes]:
-        return [hashlib.sha256(np.ascontiguousarray(t, np.uint8).tobytes()
-                               + np.ascontiguousarray(i, np.int64).tobytes()).digest()
-                for t, i in zip(types, instances)]
+    def _keys(types: np.ndarray, instances: np.ndarray) -> list[str]:
+        return [mask_fingerprint(t, i) for t, i in zip(types, instances)]
 
     def __call__(self, types, instances, guidance_scale, steps, generator=None) -> SimpleNamespace:
         sampler = type(self.scheduler).__name__ if self.scheduler is not None else None
