@@ -123,9 +123,7 @@ def decode_masks(x: np.ndarray | torch.Tensor, min_fragment_px: int = MIN_FRAGME
 def _remove_specks(types: np.ndarray, instances: np.ndarray, min_nucleus_px: int) -> None:
     """In place: instances under ``min_nucleus_px`` pixels become background in both maps; the rest are
     renumbered 1..n."""
-    small = np.bincount(instances.ravel()) < min_nucleus_px
-    small[0] = False
-    speck = small[instances]
+    speck = _pixels_of_small_instances(instances, min_nucleus_px)
     types[speck], instances[speck] = 0, 0
     instances[...] = renumber_instances(instances)
 
@@ -149,10 +147,15 @@ def _claim_leftovers(grown: np.ndarray, leftover: np.ndarray, types: np.ndarray,
         else:
             grown[where] = next_id
             next_id += 1
-    small = np.bincount(grown.ravel()) < min_fragment_px
-    small[0] = False
-    grown[small[grown]] = 0
+    grown[_pixels_of_small_instances(grown, min_fragment_px)] = 0
     return renumber_instances(grown)
+
+
+def _pixels_of_small_instances(instances: np.ndarray, min_px: int) -> np.ndarray:
+    """bool map of the pixels whose instance (not background) has fewer than ``min_px`` pixels."""
+    small = np.bincount(instances.ravel()) < min_px
+    small[0] = False
+    return small[instances]
 
 
 # -- conditions --------------------------------------------------------------------------------
