@@ -159,6 +159,15 @@ def save_figure(notebook: str, name: str, image: np.ndarray, profile: str | None
     return path
 
 
+def save_plot(notebook: str, name: str, figure: Any, profile: str | None = None, dpi: int = 80) -> Path:
+    """Save a matplotlib figure as ``reports/<profile>/figures/<notebook>-<name>.png``, the name ``make results``
+    publishes beside the metrics (a figure saved under another name stays in ``reports/``)."""
+    path = figures_dir(profile) / f"{notebook}-{name}.png"
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return path
+
+
 def published_metrics(notebook: str, profile: str, *, this_split: bool = False) -> dict | None:
     """The committed metrics record of ``notebook`` in ``profile`` (``results/<profile>/<notebook>.json``),
     or None when that profile's results are not published. ``this_split``: None also when the record was made

@@ -72,6 +72,15 @@ def test_no_code_cell_is_longer_than_30_lines(path):
     assert not too_long, f"{path.name}: code cells over {MAX_CELL_LINES} lines ({{cell index: lines}}): {too_long}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_notebook_saves_its_figures_where_make_results_publishes_them(path):
+    """``make results`` publishes ``reports/<profile>/figures/<notebook>-*.png`` only: a figure saved by hand under
+    another name stays behind while the results README points at last run's copy."""
+    nb = nbformat.read(path, as_version=4)
+    by_hand = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and ".savefig(" in cell.source]
+    assert not by_hand, f"{path.name} cells {by_hand}: save figures with histolab_utils.report.save_plot"
+
+
 def imported_but_unused(source: str) -> list[str]:
     """Names that ``source`` (a notebook's code cells, IPython magics dropped) imports and never reads."""
     tree = ast.parse(source)

@@ -87,6 +87,25 @@ def test_publish_copies_metrics_figures_and_a_compacted_notebook(executed_run):
     assert not list(target.glob(".*")), "no temporary file is left in results/"
 
 
+def test_a_saved_plot_is_published_and_a_figure_named_otherwise_is_not(executed_run):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from histolab_utils.report import save_plot
+
+    figure, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1], [1, 0])
+    saved = save_plot("03_ddpm_schedulers", "losses", figure, profile="cpu")
+    plt.close(figure)
+    figure.savefig(saved.with_name("03_losses.png"))  # not the notebook's prefix: never published
+    names = {p.name for p in results.publish("03_ddpm_schedulers", "cpu")}
+    assert saved.name == "03_ddpm_schedulers-losses.png" and saved.name in names and "03_losses.png" not in names
+    assert Image.open(results_dir("cpu") / saved.name).format == "PNG"
+    assert not list(saved.parent.glob(".*")), "no temporary file is left beside the figure"
+
+
 def test_publish_refuses_what_is_missing_or_too_big(executed_run, monkeypatch):
     monkeypatch.setattr(results, "MAX_NOTEBOOK_BYTES", 1000)
     with pytest.raises(ValueError, match="over the 0 MB limit"):
