@@ -193,6 +193,7 @@ def test_the_spade_record_is_built_written_and_typed(isolated_dirs, profile):
                                         "fidelity_dice_reference": 0.7, "fidelity_dice_floor": 0.3,
                                         "inpainting_speed_ratio_pixel": 3.0}
     assert record.appearance[APPEARANCE_FLOOR]["distance"] == 0.4 and record.appearance[APPEARANCE_FLOOR]["n"] == 30.0
+    assert record.gallery == "07_mask_to_image-gallery.png", "the published name, not this machine's path"
     assert record.appearance_shifts["pixel, real masks, s = 1.5"] == {"whole": 40.0, "h_mean": 0.3,
                                                                       "shift_h_mean": 2.5, "reading": "darker (+2.5)"}
     # a set's NaN scores are left out of its row; the validation tables keep their four columns, NaN as None
@@ -329,6 +330,7 @@ def test_the_joint_record_is_built_written_and_typed(isolated_dirs, profile):
     assert isinstance(record, JointRecord)
     assert_round_trips(record, JointRecord, isolated_dirs / "reports" / profile / "metrics" / "08_joint_synthesis.json")
     assert record.stamp.headline == [*JointRecord.HEADLINE, "n"]
+    assert record.gallery == "gallery.png", "the published name, not this machine's path"
     table = inputs["table"]
     oracle = joint_module().ORACLE
     assert record.fid == table.loc[HEADLINE_SET, "fid"] and record.two_stage_oracle_fid == table.loc[oracle, "fid"]

@@ -123,7 +123,7 @@ def joint_metrics(config, device, *, heldout: dict, n_validation: int, guidance_
     two-stage routes); ``empty_adherence`` the layout adherence of empty layouts; ``detector`` the haematoxylin
     detector; ``trainer`` the joint trainer; ``mask_pipeline`` and ``spade_pipeline`` the folders of notebooks 06 and
     07's models the two-stage route used; ``sources`` the layout sources (name -> (layouts, contexts)); ``gallery``
-    the gallery's PNG; ``appearance`` the held-out sets' nucleus appearance (a :func:`~histolab_utils.evaluation.
+    the gallery's PNG (its file name is recorded, the name ``make results`` publishes it under); ``appearance`` the held-out sets' nucleus appearance (a :func:`~histolab_utils.evaluation.
     nucleus_appearance.pairs_appearance_scores` table, its floor row too) and ``ranking`` the route comparison ranked
     by realism (:func:`~histolab_utils.evaluation.nucleus_appearance.realism_ranking`), kept as ``appearance`` and
     ``realism_ranking`` (``{set: {column: value}}``, in rank order). A set the tables lack is a KeyError naming it. In a released profile (cpu) the record names
@@ -163,7 +163,7 @@ def joint_metrics(config, device, *, heldout: dict, n_validation: int, guidance_
                              "spade pixel (07)": trained_steps(spade_pipeline)},
         "layout_sources": {name: {"tiles": len(lay), "nuclei": int(lay.counts.sum())}
                            for name, (lay, _) in sources.items()},
-        "gallery": str(gallery),
+        "gallery": Path(gallery).name,
         "appearance": table_records(appearance),
         "realism_ranking": {str(name): {str(k): _json_value(v) for k, v in r.items()} for name, r in ranking.iterrows()},
     }

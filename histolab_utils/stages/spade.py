@@ -129,7 +129,8 @@ def spade_metrics(config, device, *, heldout: dict, n_validation: int, choices: 
     ``detector`` the haematoxylin detector (its threshold); ``checks`` and ``goals`` the tables the notebook showed;
     ``inpainting`` each inpainting edit's summary over its images (``evaluation.mask_fidelity.edit_summary``, index:
     space, method, edit: n, the edit margin's mean and bootstrap interval, seams, time) and ``speed_ratio`` RePaint's time over the
-    DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG. A set the
+    DDIM variant's per space; ``trainers`` the SPADE trainers by space; ``gallery`` the gallery's PNG (its file name
+    is recorded: ``make results`` publishes it under that name beside the record). A set the
     held-out table lacks is a KeyError naming it. In a released profile (cpu) the record names both releases."""
     from ..evaluation.mask_fidelity import FLOOR_MISMATCHED, FLOOR_REAL, REFERENCE_PAIRS
     from ..report import row_values, table_records
@@ -175,7 +176,7 @@ def spade_metrics(config, device, *, heldout: dict, n_validation: int, choices: 
         "repaint_fast": dict(zip(repaint_keys, section.repaint_fast)),
         "train_steps": {space: t.step for space, t in trainers.items()},
         "train_seconds": {space: t.train_seconds for space, t in trainers.items()}, "device": str(device),
-        "learned_variance": section.learned_variance, "gallery": str(gallery),
+        "learned_variance": section.learned_variance, "gallery": Path(gallery).name,
         "appearance": table_records(appearance.astype(float)),
         "appearance_shifts": {str(name): {str(k): (v if isinstance(v, str) else float(v)) for k, v in row.items()}
                               for name, row in appearance_shifts.iterrows()},
