@@ -153,18 +153,22 @@ def save_figure(notebook: str, name: str, image: np.ndarray, profile: str | None
     ``make results`` publishes these beside the metrics."""
     from PIL import Image
 
-    path = figures_dir(profile) / f"{notebook}-{name}.png"
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, optimize=True)
-    return path
+    return _write_figure(notebook, name, profile,
+                         lambda tmp: Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, optimize=True))
 
 
 def save_plot(notebook: str, name: str, figure: Any, profile: str | None = None, dpi: int = 80) -> Path:
     """Save a matplotlib figure as ``reports/<profile>/figures/<notebook>-<name>.png``, the name ``make results``
     publishes beside the metrics (a figure saved under another name stays in ``reports/``)."""
+    return _write_figure(notebook, name, profile, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+
+
+def _write_figure(notebook: str, name: str, profile: str | None, write) -> Path:
+    """``write(tmp)`` a PNG aside, then rename it to ``reports/<profile>/figures/<notebook>-<name>.png``: the one
+    name ``make results`` publishes, and never a half-written file."""
     path = figures_dir(profile) / f"{notebook}-{name}.png"
     with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=dpi, format="png")
+        write(tmp)
     return path
 
 

@@ -125,8 +125,9 @@ def joint_metrics(config, device, *, heldout: dict, n_validation: int, guidance_
     07's models the two-stage route used; ``sources`` the layout sources (name -> (layouts, contexts)); ``gallery``
     the gallery's PNG (its file name is recorded: ``make results`` publishes it under that name beside the record);
     ``appearance`` the held-out sets' nucleus appearance (a
-    :func:`~histolab_utils.evaluation.nucleus_appearance.pairs_appearance_scores` table, its floor row too) and ``ranking`` the route comparison ranked
-    by realism (:func:`~histolab_utils.evaluation.nucleus_appearance.realism_ranking`), kept as ``appearance`` and
+    :func:`~histolab_utils.evaluation.nucleus_appearance.pairs_appearance_scores` table, its floor row too) and
+    ``ranking`` the route comparison ranked by realism
+    (:func:`~histolab_utils.evaluation.nucleus_appearance.realism_ranking`), kept as ``appearance`` and
     ``realism_ranking`` (``{set: {column: value}}``, in rank order). A set the tables lack is a KeyError naming it. In a released profile (cpu) the record names
     the release ``make results`` makes."""
     import pandas as pd
