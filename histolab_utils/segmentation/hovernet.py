@@ -13,12 +13,13 @@ Sobel gradients inside nuclei); MONAI's ``HoVerNetInstanceMapPostProcessing`` (m
 watershed on the HV gradients) and ``HoVerNetNuclearTypePostProcessing`` (majority type per
 instance) turn the outputs into instance and type maps.
 
-Two bodies, one interface: MONAI's ``HoVerNet`` in FAST mode (256 px input only; the full
-profile) and MONAI's ``BasicUNet`` with the three heads as 2 + 2 + (1 + n_types) output channels
-(the smoke profile). No pretrained weights can be downloaded here, so both train from scratch.
+Two bodies, one interface: MONAI's ``BasicUNet`` with the three heads as 2 + 2 + (1 + n_types)
+output channels (every profile's: the generators' tiles are 32-64 px), and MONAI's ``HoVerNet`` in
+FAST mode (256 px input only; selectable for tiles that size). No pretrained weights can be
+downloaded here, so both train from scratch.
 
-Training is the project's Accelerate trainer (seeded, bf16 on GPU, checkpoints, exact resume, a
-non-finite loss stops it); with ``augment`` a batch is flipped and rotated (the HV vectors turned
+Training is the project's Accelerate trainer (seeded, bf16 where "auto" picks it, checkpoints,
+exact resume, a non-finite loss stops it); with ``augment`` a batch is flipped and rotated (the HV vectors turned
 with it) and stain- and colour-jittered (:func:`~histolab_utils.stain.jitter.stain_jitter`).
 """
 
@@ -68,7 +69,7 @@ class SegmenterConfig:
     # shrink with the nuclei (set from the scale, never tuned on the test region)
     min_object_size: int = 10  # px; smaller predicted instances and markers are dropped
     marker_radius: int = 2  # px of the disk that opens the watershed markers
-    mixed_precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    mixed_precision: str = "auto"  # bf16 on CUDA and on CPUs with native bf16, else fp32
     compile: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
