@@ -192,7 +192,7 @@ def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | No
     ax.axvline(0, ls="--", color="black", lw=1)
     ax.set_yticks(y, [f"{a} (vs {r})" for a, r in zip(rows.index, rows["reference"])])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{score}: arm - reference (seeds-and-tiles bootstrap, interval at its Holm level)")
+    ax.set_xlabel(f"{score}: arm - reference\n(seeds-and-tiles bootstrap, interval at its Holm level)")
     return ax
 
 
