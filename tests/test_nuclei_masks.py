@@ -709,3 +709,20 @@ def test_the_legend_names_the_colours_the_masks_and_overlays_are_painted_in():
     assert [h.get_label() for h in type_legend_handles(colours=NUCLEUS_COLOURS, names={2: "lymphocyte"})] == ["lymphocyte"]
     with pytest.raises(ValueError, match="no colour for types {4: 'dead'}"):
         type_legend_handles(colours=NUCLEUS_COLOURS, names=[*NUCLEUS_CLASSES, "dead"])
+
+
+def test_describe_tiles_counts_nuclei_as_pq_does():
+    """Notebook 09's data table and its per-type PQ header count the same test nuclei: a typed pixel outside every
+    instance (background in the instance map) is no nucleus, and a nucleus in two tiles counts in each."""
+    from histolab_utils.data.nuclei import MaskTiles, describe_tiles
+    from histolab_utils.evaluation.segmentation import nuclei_per_type
+
+    types, instances = np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint16)
+    for tile, ident, kind, (y, x) in [(0, 1, 1, (0, 0)), (0, 2, 3, (0, 4)), (1, 1, 1, (4, 4))]:
+        instances[tile, y:y + 3, x:x + 3], types[tile, y:y + 3, x:x + 3] = ident, kind
+    types[0, 7, 7] = 3  # a stray typed pixel without an instance
+    tiles = MaskTiles(types, instances, np.zeros(2, int), np.zeros((2, 4)), source="test", region="heldout")
+    table = describe_tiles(tiles)
+    summed = {name: int(table[f"n_{name}"].sum()) for name in NUCLEUS_CLASSES}
+    assert summed == nuclei_per_type(types, instances, NUCLEUS_CLASSES).to_dict()
+    assert summed[NUCLEUS_CLASSES[0]] == 2 and summed[NUCLEUS_CLASSES[2]] == 1

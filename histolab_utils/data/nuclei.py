@@ -608,8 +608,9 @@ def wsi_density(bins: int = 64, root: Path | None = None) -> tuple[np.ndarray, t
 
 
 def describe_tiles(tiles: MaskTiles) -> pd.DataFrame:
-    """One row per tile: context, nuclei per type, foreground fraction."""
-    counts = np.stack([[len(np.unique(inst[typ == k + 1])) for k in range(len(NUCLEUS_CLASSES))]
+    """One row per tile: context, nuclei per type (the instances whose pixels carry the type, as PQ counts them;
+    a typed pixel without an instance is no nucleus), foreground fraction."""
+    counts = np.stack([[len(np.unique(inst[(typ == k + 1) & (inst > 0)])) for k in range(len(NUCLEUS_CLASSES))]
                        for typ, inst in zip(tiles.types, tiles.instances)]) if len(tiles) else np.zeros((0, 3))
     frame = pd.DataFrame(counts, columns=[f"n_{name}" for name in NUCLEUS_CLASSES])
     frame.insert(0, "context", tiles.context_names)
