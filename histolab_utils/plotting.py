@@ -158,20 +158,32 @@ def draw_tile_grid(ax, plan, *, kept_colour: str = "lime", rejected_colour: str 
     ax.axis("off")
 
 
+DETECTION_COLOURS = {"TP": (0.1, 0.85, 0.2), "FP": (0.95, 0.1, 0.1), "FN": (1.0, 0.9, 0.0)}
+
+
 def detection_overlay(image: np.ndarray, true_inst: np.ndarray, pred_inst: np.ndarray) -> np.ndarray:
     """The image with predicted nuclei outlined green where they match a true nucleus at IoU > 0.5
-    (TP) and red where they match none (FP), and the true nuclei no prediction matched in yellow (FN)."""
+    (TP) and red where they match none (FP), and the true nuclei no prediction matched in yellow (FN)
+    (``DETECTION_COLOURS``; :func:`detection_legend_handles` names them)."""
     from skimage.segmentation import find_boundaries
 
     from .evaluation.segmentation import match_instances
 
     tp, fp, fn = match_instances(true_inst, pred_inst)
     out = image.astype(np.float32) / 255
-    for ids, labels, colour in ((fn, true_inst, (1.0, 0.9, 0.0)), (tp, pred_inst, (0.1, 0.85, 0.2)),
-                                (fp, pred_inst, (0.95, 0.1, 0.1))):
+    for ids, labels, kind in ((fn, true_inst, "FN"), (tp, pred_inst, "TP"), (fp, pred_inst, "FP")):
         edges = find_boundaries(np.where(np.isin(labels, ids), labels, 0), mode="inner")
-        out[edges] = colour
+        out[edges] = DETECTION_COLOURS[kind]
     return (out * 255).round().astype(np.uint8)
+
+
+def detection_legend_handles() -> list:
+    """Legend handles (outlined patches) for :func:`detection_overlay`'s TP, FP and FN colours."""
+    from matplotlib.patches import Patch
+
+    words = {"TP": "TP: predicted, matched", "FP": "FP: predicted, unmatched", "FN": "FN: true, missed"}
+    return [Patch(facecolor="none", edgecolor=colour, linewidth=2, label=words[kind])
+            for kind, colour in DETECTION_COLOURS.items()]
 
 
 def plot_arm_differences(results, score: str, ax=None, order: Sequence[str] | None = None):

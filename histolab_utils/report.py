@@ -159,8 +159,10 @@ def save_figure(notebook: str, name: str, image: np.ndarray, profile: str | None
 
 def save_plot(notebook: str, name: str, figure: Any, profile: str | None = None, dpi: int = 80) -> Path:
     """Save a matplotlib figure as ``reports/<profile>/figures/<notebook>-<name>.png``, the name ``make results``
-    publishes beside the metrics (a figure saved under another name stays in ``reports/``)."""
-    return _write_figure(notebook, name, profile, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    publishes beside the metrics (a figure saved under another name stays in ``reports/``). The file holds what the
+    notebook shows: labels and legends outside the axes are kept (a tight bounding box, as the inline backend draws)."""
+    return _write_figure(notebook, name, profile,
+                         lambda tmp: figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
 
 
 def _write_figure(notebook: str, name: str, profile: str | None, write) -> Path:

@@ -104,6 +104,12 @@ def test_a_saved_plot_is_published_and_a_figure_named_otherwise_is_not(executed_
     assert saved.name == "03_ddpm_schedulers-losses.png" and saved.name in names and "03_losses.png" not in names
     assert Image.open(results_dir("cpu") / saved.name).format == "PNG"
     assert not list(saved.parent.glob(".*")), "no temporary file is left beside the figure"
+    # what sticks out of the figure (a long axis label, a legend below it) is saved, as the notebook shows it
+    figure, ax = plt.subplots(figsize=(1, 1))
+    ax.set_xlabel("a label much wider than the one-inch figure it belongs to")
+    wide = save_plot("03_ddpm_schedulers", "wide", figure, profile="cpu", dpi=80)
+    plt.close(figure)
+    assert Image.open(wide).width > 2 * 80
 
 
 def test_publish_refuses_what_is_missing_or_too_big(executed_run, monkeypatch):

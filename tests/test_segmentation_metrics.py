@@ -187,3 +187,19 @@ def test_nuclei_per_type_counts_instances_per_tile_as_pq_does():
     assert found.to_dict() == {c: int(counts[f"pq_tp_{c}"].sum() + counts[f"pq_fn_{c}"].sum()) for c in CLASSES}
     with pytest.raises(ValueError, match="one shape"):
         nuclei_per_type(types, instances[:1], CLASSES)
+
+
+def test_detection_overlay_outlines_tp_fp_fn_in_the_colours_its_legend_names():
+    from histolab_utils.plotting import detection_legend_handles, detection_overlay
+
+    true_inst, pred_inst = np.zeros((16, 16), int), np.zeros((16, 16), int)
+    true_inst[1:6, 1:6] = 1; pred_inst[1:6, 1:6] = 1      # matched: TP
+    pred_inst[9:14, 1:6] = 2                              # no true nucleus there: FP
+    true_inst[9:14, 9:14] = 2                             # nobody found it: FN
+    painted = detection_overlay(np.zeros((16, 16, 3), np.uint8), true_inst, pred_inst)
+    colours = {h.get_label().split(":")[0]: np.round(np.asarray(h.get_edgecolor()[:3]) * 255)
+               for h in detection_legend_handles()}
+    assert set(colours) == {"TP", "FP", "FN"}
+    for kind, (y, x) in {"TP": (1, 3), "FP": (9, 3), "FN": (9, 11)}.items():
+        assert (painted[y, x] == colours[kind]).all(), kind  # the outline's top edge
+    assert (painted[3, 3] == 0).all() and (painted[7, 7] == 0).all()  # inside and between nuclei: untouched
