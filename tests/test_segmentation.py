@@ -12,7 +12,7 @@ import torch
 
 from histolab_utils.config import load_config
 from histolab_utils.data.nuclei import NUCLEUS_CLASSES
-from histolab_utils.engine.trainer import BatchSource
+from histolab_utils.engine.trainer import BatchSource, logged_train_seconds
 from histolab_utils.segmentation.experiments import (Arm, Pool, Synthetic, arm_catalogue, arm_size, arm_training_set,
                                                      needed_pool_pairs, pick_arms, run_arm, segmenter_config,
                                                      synthetic_bank)
@@ -71,9 +71,13 @@ def test_segmenter_trains_resumes_saves_and_segments(tmp_path):
     straight.train()
     half = SegmenterTrainer(config, images, types, instances, tmp_path / "b", progress=False)
     half.train(steps=2)
+    first_session = logged_train_seconds(tmp_path / "b")
     resumed = SegmenterTrainer(config, images, types, instances, tmp_path / "b", progress=False)
     resumed.train(resume=True)
     assert resumed.step == 4 and [r["loss"] for r in resumed.log] == pytest.approx([r["loss"] for r in straight.log])
+    # the run's logged training time counts both sessions, as the notebook's record reads it back
+    assert 0 < first_session < logged_train_seconds(tmp_path / "b") <= resumed.train_seconds
+    assert logged_train_seconds(tmp_path / "c") is None
     folder = straight.save_model()
     model, loaded = load_segmenter(folder)
     assert loaded == config
@@ -499,3 +503,16 @@ def test_cli_trains_one_arm(tmp_path, real_data, isolated_dirs):
     assert saved["steps"] == 2 and saved["seed"] == 1 and saved["extra"] == {"arm": "real_25"}
     assert len(pd.read_csv(out / "test_counts.csv")) == load_config("smoke").segmentation.n_test
     assert main(["segmenter", "--arm", "add_magic_25", "--profile", "smoke", "--out", str(out)]) == 2
+
+
+def test_seconds_trained_sums_what_each_run_logged_in_its_latest_checkpoint(tmp_path):
+    from histolab_utils.segmentation.experiments import seconds_trained
+
+    for seed, seconds in ((0, 10.0), (1, 12.5)):
+        for step, logged in ((2, seconds / 2), (10, seconds)):  # step 10 sorts after step 2 by number, not by name
+            checkpoint = tmp_path / "real_25" / f"seed-{seed}" / "checkpoints" / f"step-{step}"
+            checkpoint.mkdir(parents=True)
+            (checkpoint / "trainer.json").write_text(json.dumps({"step": step, "train_seconds": logged}))
+    assert seconds_trained(tmp_path, [("real_25", 0), ("real_25", 1)]) == pytest.approx(22.5)
+    with pytest.raises(FileNotFoundError, match="add_joint_75/seed-0 has no checkpoint"):
+        seconds_trained(tmp_path, [("real_25", 0), ("add_joint_75", 0)])

@@ -170,6 +170,15 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
 
 
+def logged_train_seconds(out_dir: str | Path) -> float | None:
+    """The training wall time a run in ``out_dir`` logged in its latest checkpoint: every session of it, resumes
+    included, so a run read back later still reports what it took. None when it has no checkpoint."""
+    checkpoints = _checkpoints(Path(out_dir))
+    if not checkpoints:
+        return None
+    return float(json.loads((checkpoints[-1] / "trainer.json").read_text()).get("train_seconds", 0.0))
+
+
 def save_pretrained_atomic(model, folder: str | Path, extra: dict[str, dict] | None = None) -> Path:
     """``model.save_pretrained`` into a staging folder that replaces ``folder`` only when complete;
     ``extra`` maps file names to JSON-able dicts written beside it."""

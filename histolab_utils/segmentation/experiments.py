@@ -45,6 +45,7 @@ from ..data.datasets import split_description
 from ..data.layouts import layouts_from_masks
 from ..data.nuclei import NUCLEUS_CLASSES, describe_tiles, present_types
 from ..data.pairs import PAIR_SOURCES, ImageMaskPairs, distinct_nuclei, grid_pairs
+from ..engine.trainer import logged_train_seconds
 from ..evaluation.hierarchical_bootstrap import holm, holm_interval_levels
 from ..evaluation.segmentation import (REPORTED_SCORES, TESTED_SCORES, arm_contrast, nuclei_per_type, seed_summary,
                                        segmentation_scores, tile_counts)
@@ -604,6 +605,19 @@ def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequen
         names = [a.name for a in arms if a.experiment == experiment or a.name in references]
         tables[title] = formatted_results(results.loc[names], scores, contrasts)
     return tables
+
+
+def seconds_trained(folder: str | Path, runs: Iterable[tuple[str, int]]) -> float:
+    """The training seconds the (arm, seed) runs in ``folder`` logged, summed (:func:`logged_train_seconds`): what
+    training them took, whenever it happened, where a timer around a notebook cell that reads finished runs back
+    measures the read. A run without a checkpoint is an error naming it."""
+    total = 0.0
+    for arm, seed in runs:
+        seconds = logged_train_seconds(Path(folder) / arm / f"seed-{seed}")
+        if seconds is None:
+            raise FileNotFoundError(f"{Path(folder) / arm / f'seed-{seed}'} has no checkpoint: it logged no training time")
+        total += seconds
+    return total
 
 
 def steps_taken(folder: str | Path, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
