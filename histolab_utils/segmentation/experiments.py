@@ -607,22 +607,29 @@ def experiment_tables(results: pd.DataFrame, arms: Sequence[Arm], scores: Sequen
     return tables
 
 
+def run_path(folder: str | Path, arm: str, seed: int) -> Path:
+    """One run's folder among an experiment's: ``folder/ARM/seed-N``, where :func:`run_experiments` has
+    :func:`run_arm` write it and every reader of a run looks."""
+    return Path(folder) / arm / f"seed-{seed}"
+
+
 def seconds_trained(folder: str | Path, runs: Iterable[tuple[str, int]]) -> float:
     """The training seconds the (arm, seed) runs in ``folder`` logged, summed (:func:`logged_train_seconds`): what
     training them took, whenever it happened, where a timer around a notebook cell that reads finished runs back
     measures the read. A run without a checkpoint is an error naming it."""
     total = 0.0
     for arm, seed in runs:
-        seconds = logged_train_seconds(Path(folder) / arm / f"seed-{seed}")
+        run = run_path(folder, arm, seed)
+        seconds = logged_train_seconds(run)
         if seconds is None:
-            raise FileNotFoundError(f"{Path(folder) / arm / f'seed-{seed}'} has no checkpoint: it logged no training time")
+            raise FileNotFoundError(f"{run} has no checkpoint: it logged no training time")
         total += seconds
     return total
 
 
 def steps_taken(folder: str | Path, runs: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """The optimiser steps each (arm, seed) run in ``folder`` logged (its loss log has a row per step)."""
-    return {(arm, seed): len(pd.read_csv(Path(folder) / arm / f"seed-{seed}" / "loss.csv")) for arm, seed in runs}
+    return {(arm, seed): len(pd.read_csv(run_path(folder, arm, seed) / "loss.csv")) for arm, seed in runs}
 
 
 def record_table(record: dict, scores: Sequence[str] = REPORTED_SCORES,
@@ -660,7 +667,7 @@ def arm_record(results: pd.DataFrame, name: str, training_tiles: int, scores: Se
 
 def saved_predictions(folder: str | Path, arm: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The type and instance maps one run (``folder/ARM/seed-N``, :func:`run_arm`) predicted for the test tiles."""
-    path = Path(folder) / arm / f"seed-{seed}" / "test_predictions.npz"
+    path = run_path(folder, arm, seed) / "test_predictions.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run arm {arm!r} with seed {seed} first")
     with np.load(path) as saved:
@@ -723,7 +730,7 @@ def run_experiments(section, arms: Sequence[Arm], pool: Pool, test: ImageMaskPai
     training = {arm.name: arm_training_set(arm, pool, banks) for arm in arms}
     for arm, seed in tqdm(runs, desc="arms x seeds", disable=not progress):
         counts[(arm.name, seed)] = run_arm(segmenter_config(section, arm, seed), training[arm.name], test,
-                                           Path(folder) / arm.name / f"seed-{seed}", resume=resume)
+                                           run_path(folder, arm.name, seed), resume=resume)
     return counts
 
 
@@ -739,7 +746,7 @@ def finished_counts(folder: str | Path, section, arms: Sequence[Arm],
     counts = {}
     for arm in arms:
         for seed in section.seeds:
-            run = Path(folder) / arm.name / f"seed-{seed}"
+            run = run_path(folder, arm.name, seed)
             done, saved = run / "test_counts.csv", run / "model" / "segmenter_config.json"
             if not (done.is_file() and saved.is_file()):
                 raise FileNotFoundError(f"{run}: no finished run (test_counts.csv and model/segmenter_config.json); "

@@ -19,8 +19,8 @@ FAST mode (256 px input only; selectable for tiles that size). No pretrained wei
 downloaded here, so both train from scratch.
 
 Training is the project's Accelerate trainer (seeded, bf16 where "auto" picks it, checkpoints,
-exact resume, a non-finite loss stops it); with ``augment`` a batch is flipped and rotated (the HV vectors turned
-with it) and stain- and colour-jittered (:func:`~histolab_utils.stain.jitter.stain_jitter`).
+exact resume, a non-finite loss stops it); with ``augment`` a batch is flipped and rotated (the
+HV vectors turned with it) and stain- and colour-jittered (:func:`~histolab_utils.stain.jitter.stain_jitter`).
 """
 
 from __future__ import annotations
